@@ -1,0 +1,190 @@
+"""The one command seam: every external command of the product goes through ``Runner``.
+
+Invariants:
+- argv is always an explicit list (never a shell string), and every call has a timeout.
+- A transport turns the argv into what is really spawned: ``Local`` runs it as is, ``Netns``
+  prefixes ``ip netns exec NS`` (lab), a VM transport (later) sends it over a console.
+- Failures map to ``TransientError`` (timeouts, codes the caller marks transient) or
+  ``TerminalError`` (missing binary, other non-zero exits). ``check=False`` returns the result
+  instead, for commands whose exit code is an answer (``ping``, ``tgtadm --op show``).
+- Nothing else in the product spawns processes (tests check that no other module imports
+  ``subprocess`` or ``sh``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import subprocess
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import sh
+
+from reconciler.core.errors import TerminalError, TransientError
+
+
+class Transport(Protocol):
+    name: str
+
+    def wrap(self, argv: Sequence[str]) -> list[str]: ...
+
+
+@dataclass(frozen=True)
+class Local:
+    name: str = "local"
+
+    def wrap(self, argv: Sequence[str]) -> list[str]:
+        return list(argv)
+
+
+@dataclass(frozen=True)
+class Netns:
+    """Run inside a named network namespace (``ip netns exec``)."""
+
+    namespace: str
+    name: str = "netns"
+
+    def wrap(self, argv: Sequence[str]) -> list[str]:
+        return ["ip", "netns", "exec", self.namespace, *argv]
+
+
+@dataclass(frozen=True)
+class CommandResult:
+    argv: tuple[str, ...]
+    rc: int
+    stdout: str
+    stderr: str
+    seconds: float
+
+    @property
+    def ok(self) -> bool:
+        return self.rc == 0
+
+
+@dataclass
+class Runner:
+    transport: Transport = field(default_factory=Local)
+    timeout: float = 10.0
+    env: Mapping[str, str] | None = None
+
+    def run(
+        self,
+        argv: Sequence[str],
+        *,
+        timeout: float | None = None,
+        check: bool = True,
+        transient_codes: Sequence[int] = (),
+        env: Mapping[str, str] | None = None,
+        stdin: str | None = None,
+    ) -> CommandResult:
+        """Run ``argv`` to completion. See the module docstring for the error mapping."""
+        full = self.transport.wrap(argv)
+        limit = self.timeout if timeout is None else timeout
+        merged = _merge_env(self.env, env)
+        started = time.monotonic()
+        try:
+            cmd = sh.Command(full[0])
+        except sh.CommandNotFound as exc:
+            raise TerminalError(f"command not found: {full[0]}", command=tuple(full)) from exc
+        # sh's own ``_timeout`` (and ``wait(timeout=)``) polls at 100 ms granularity, which
+        # would dominate a failover; a timer that kills the process keeps a call at ~5 ms.
+        proc = cmd(
+            *full[1:],
+            _bg=True,
+            _bg_exc=False,
+            _ok_code=list(range(256)),
+            _env=merged,
+            _in=stdin,
+            _return_cmd=True,
+            _tty_out=False,
+        )
+        expired = threading.Event()
+
+        def _expire() -> None:
+            expired.set()
+            with contextlib.suppress(Exception):
+                proc.kill()
+
+        timer = threading.Timer(limit, _expire)
+        timer.daemon = True
+        timer.start()
+        try:
+            proc.wait()
+        except sh.SignalException as exc:
+            if expired.is_set():
+                raise TransientError(
+                    f"{_short(argv)} timed out after {limit:g}s", command=tuple(full)
+                ) from exc
+            raise TransientError(
+                f"{_short(argv)} was killed by a signal", command=tuple(full)
+            ) from exc
+        finally:
+            timer.cancel()
+        result = CommandResult(
+            argv=tuple(full),
+            rc=proc.exit_code,
+            stdout=_text(proc.stdout),
+            stderr=_text(proc.stderr),
+            seconds=time.monotonic() - started,
+        )
+        if check and result.rc != 0:
+            message = (
+                f"{_short(argv)} failed with exit code {result.rc}: "
+                f"{(result.stderr or result.stdout).strip()[:400]}"
+            )
+            error = TransientError if result.rc in transient_codes else TerminalError
+            raise error(message, command=tuple(full), output=result.stderr or result.stdout)
+        return result
+
+    def spawn(
+        self,
+        argv: Sequence[str],
+        *,
+        env: Mapping[str, str] | None = None,
+        log_path: str | None = None,
+        new_session: bool = True,
+    ) -> subprocess.Popen[bytes]:
+        """Start a long-running command (a daemon in foreground mode, a detached arping) and
+        return its handle without waiting. The caller owns it (wait/kill by PID)."""
+        full = self.transport.wrap(argv)
+        out = open(log_path, "ab") if log_path else subprocess.DEVNULL  # noqa: SIM115
+        try:
+            return subprocess.Popen(
+                full,
+                env=_merge_env(self.env, env),
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=out,
+                start_new_session=new_session,
+            )
+        except FileNotFoundError as exc:
+            raise TerminalError(f"command not found: {full[0]}", command=tuple(full)) from exc
+        finally:
+            if log_path and not isinstance(out, int):
+                out.close()
+
+
+def _merge_env(
+    base: Mapping[str, str] | None, extra: Mapping[str, str] | None
+) -> dict[str, str] | None:
+    if base is None and extra is None:
+        return None
+    import os
+
+    merged = dict(os.environ)
+    merged.update(base or {})
+    merged.update(extra or {})
+    return merged
+
+
+def _text(value: object) -> str:
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return str(value or "")
+
+
+def _short(argv: Sequence[str]) -> str:
+    return " ".join(argv[:4]) + (" ..." if len(argv) > 4 else "")

@@ -1,0 +1,1 @@
+"""Simulated adapters over one shared two-node world (``adapters.sim.world``)."""

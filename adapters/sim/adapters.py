@@ -1,0 +1,204 @@
+"""Simulated implementations of every adapter Protocol, backed by one ``World``.
+
+Each call is one transaction on the world store, so two agents (two processes with a
+``FileWorldStore``, or one process with a shared in-memory ``WorldStore``) act on one cluster.
+Injected faults (``World.faults``) make actions raise the errors the real tools would cause, and
+make observations come back as UNKNOWN data, exactly like unparseable command output.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import TypeVar
+
+from reconciler.core.observed import (
+    ConnState,
+    DiskState,
+    Liveness,
+    ResourceObs,
+    Role,
+    RoleVerdict,
+    TargetObs,
+    VipObs,
+)
+from reconciler.core.spec import Lun, Resource, StorageCluster, Target, Vip
+
+from .world import WorldStore
+
+_E = TypeVar("_E", bound=StrEnum)
+
+
+@dataclass
+class _SimBase:
+    store: WorldStore
+    node: str
+
+
+class SimDrbd(_SimBase):
+    def observe(self, resources: Sequence[Resource]) -> tuple[ResourceObs, ...]:
+        with self.store.transaction() as world:
+            world.step()
+            if not world.nodes[self.node].alive:
+                return tuple(ResourceObs.unknown(r.name, "node is down") for r in resources)
+            if world.check_fault(self.node, "drbd-observe") == "garbage":
+                return tuple(
+                    ResourceObs.unknown(r.name, "unparseable drbdsetup status output")
+                    for r in resources
+                )
+            out = []
+            for r in resources:
+                if r.name not in world.nodes[self.node].resources:
+                    out.append(ResourceObs.down(r.name))
+                    continue
+                view = world.drbd_view(self.node, r.name)
+                if not view["up"]:
+                    out.append(ResourceObs.down(r.name))
+                    continue
+                out.append(
+                    ResourceObs(
+                        name=r.name,
+                        up=True,
+                        role=_as(Role, view["role"]),
+                        conn=_as(ConnState, view["conn"]),
+                        disk=_as(DiskState, view["disk"]),
+                        peer_role=_as(Role, view["peer_role"]),
+                        peer_disk=_as(DiskState, view["peer_disk"]),
+                        split_brain=bool(view["split_brain"]),
+                        sync_percent=_float_or_none(view["sync_percent"]),
+                    )
+                )
+            return tuple(out)
+
+    def up(self, resource: Resource) -> None:
+        with self.store.transaction() as world:
+            world.check_fault(self.node, "drbd-up")
+            world.drbd_up(self.node, resource.name)
+
+    def primary(self, resource: Resource, *, force: bool = False) -> None:
+        with self.store.transaction() as world:
+            world.check_fault(self.node, "drbd-primary")
+            world.drbd_primary(self.node, resource.name, force=force)
+
+    def secondary(self, resource: Resource) -> None:
+        with self.store.transaction() as world:
+            world.check_fault(self.node, "drbd-secondary")
+            world.drbd_secondary(self.node, resource.name)
+
+    def connect(self, resource: Resource, *, discard_my_data: bool = False) -> None:
+        with self.store.transaction() as world:
+            world.check_fault(self.node, "drbd-connect")
+            world.drbd_connect(self.node, resource.name, discard_my_data=discard_my_data)
+
+    def disconnect(self, resource: Resource) -> None:
+        with self.store.transaction() as world:
+            world.check_fault(self.node, "drbd-disconnect")
+            world.drbd_disconnect(self.node, resource.name)
+
+
+class SimVip(_SimBase):
+    def observe(self, vips: Sequence[Vip]) -> tuple[VipObs, ...]:
+        with self.store.transaction() as world:
+            if not world.nodes[self.node].alive:
+                return tuple(VipObs(address=v.ip, error="node is down") for v in vips)
+            if world.check_fault(self.node, "vip-observe") == "garbage":
+                return tuple(
+                    VipObs(address=v.ip, error="unparseable `ip -j addr` output") for v in vips
+                )
+            out = []
+            for v in vips:
+                local = v.ip in world.nodes[self.node].vips
+                answered = None if local else world.vip_answered_elsewhere(self.node, v.ip)
+                out.append(VipObs(address=v.ip, local=local, answered_elsewhere=answered))
+            return tuple(out)
+
+    def add(self, vip: Vip) -> None:
+        with self.store.transaction() as world:
+            world.check_fault(self.node, "vip-add")
+            world.vip_add(self.node, vip.ip)
+
+    def remove(self, vip: Vip) -> None:
+        with self.store.transaction() as world:
+            world.check_fault(self.node, "vip-remove")
+            world.vip_remove(self.node, vip.ip)
+
+    def announce(self, vip: Vip) -> None:
+        with self.store.transaction() as world:
+            world.check_fault(self.node, "vip-announce")
+            world.vip_announce(self.node, vip.ip)
+
+
+class SimTarget(_SimBase):
+    def observe(self, target: Target) -> TargetObs:
+        with self.store.transaction() as world:
+            nd = world.nodes[self.node]
+            if not nd.alive:
+                return TargetObs(running=None, error="node is down")
+            if world.check_fault(self.node, "target-observe") == "garbage":
+                return TargetObs(running=None, error="unparseable `tgtadm --op show` output")
+            return TargetObs(running=nd.target_running, exported_luns=frozenset(nd.exported))
+
+    def start(self, target: Target) -> None:
+        with self.store.transaction() as world:
+            world.check_fault(self.node, "target-start")
+            world.target_start(self.node)
+
+    def export_lun(self, target: Target, lun: Lun, resource: Resource) -> None:
+        with self.store.transaction() as world:
+            world.check_fault(self.node, "target-export")
+            world.target_export(self.node, lun.lun, resource.name)
+
+    def unexport_lun(self, target: Target, lun: Lun) -> None:
+        with self.store.transaction() as world:
+            world.check_fault(self.node, "target-unexport")
+            world.target_unexport(self.node, lun.lun)
+
+    def stop(self, target: Target) -> None:
+        with self.store.transaction() as world:
+            world.check_fault(self.node, "target-stop")
+            world.target_stop(self.node)
+
+
+class SimPoolMaster(_SimBase):
+    """The XenServer pool as the simulator knows it: one pool master (or none)."""
+
+    def observe(self) -> RoleVerdict:
+        with self.store.transaction() as world:
+            if world.check_fault(self.node, "role-observe") == "garbage":
+                return RoleVerdict(Role.UNKNOWN, "pool.conf is unreadable")
+            master = world.pool_master
+            if master == self.node:
+                return RoleVerdict(Role.PRIMARY, "this node is the pool master")
+            if master is None:
+                return RoleVerdict(Role.UNKNOWN, "the pool has no master")
+            return RoleVerdict(Role.SECONDARY, f"pool slave of {master}")
+
+
+@dataclass
+class SimLiveness(_SimBase):
+    heuristics_total: int = 0
+
+    def observe(self) -> Liveness:
+        with self.store.transaction() as world:
+            peer = world.nodes[world.peer(self.node)]
+            me = world.nodes[self.node]
+            reachable = peer.alive and (world.management_link or world.replication_link)
+            ok = self.heuristics_total if me.heuristics_reachable else 0
+            return Liveness(
+                peer_reachable=reachable,
+                heuristics_ok=ok,
+                heuristics_total=self.heuristics_total,
+            )
+
+
+def _as(cls: type[_E], value: object) -> _E:
+    return value if isinstance(value, cls) else cls(value)  # type: ignore[call-arg]
+
+
+def _float_or_none(value: object) -> float | None:
+    return float(value) if isinstance(value, int | float) else None
+
+
+def sim_liveness(store: WorldStore, node: str, spec: StorageCluster) -> SimLiveness:
+    return SimLiveness(store=store, node=node, heuristics_total=len(spec.spec.promotion.heuristics))

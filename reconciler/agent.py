@@ -1,0 +1,131 @@
+"""One tick of the agent (the imperative shell around the pure core), and its report.
+
+A tick: observe (adapters) -> plan (pure) -> apply (executor, unless dry-run) -> status record.
+Exit codes of a tick, a contract the CLI exposes: 0 converged or every action applied;
+1 an action failed (the next tick retries); 3 blocked by a safety rule with nothing else to do.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from adapters.base import NodeAdapters
+from reconciler import __version__
+from reconciler.core.observed import ObservedState
+from reconciler.core.plan import Plan
+from reconciler.core.planner import plan as make_plan
+from reconciler.core.spec import StorageCluster
+from reconciler.executor import ApplyReport, RetryPolicy, apply
+from reconciler.observe import observe
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_BLOCKED = 3
+
+
+@dataclass(frozen=True, slots=True)
+class TickReport:
+    observed: ObservedState
+    plan: Plan
+    result: ApplyReport | None  # None on --dry-run
+    started: float
+    seconds: float
+
+    @property
+    def exit_code(self) -> int:
+        if self.result is not None and self.result.failed is not None:
+            return EXIT_FAILED
+        if not self.plan.actions and self.plan.blocked:
+            return EXIT_BLOCKED
+        return EXIT_OK
+
+    def to_json(self) -> dict[str, Any]:
+        result = self.result
+        return {
+            "node": self.plan.node,
+            "desired_role": self.plan.desired_role,
+            "role_reason": self.plan.role_reason,
+            "dry_run": result is None,
+            "actions": [a.to_json() for a in self.plan.actions],
+            "blocked": [b.to_json() for b in self.plan.blocked],
+            "applied": [a.to_json() for a in result.applied] if result else [],
+            "errors": list(result.errors) if result else [],
+            "warnings": list(self.plan.warnings),
+            "converged": self.plan.converged,
+            "exit_code": self.exit_code,
+            "observed": observed_json(self.observed),
+            "seconds": round(self.seconds, 6),
+        }
+
+
+def observed_json(obs: ObservedState) -> dict[str, Any]:
+    return {
+        "resources": [
+            {
+                "name": r.name,
+                "up": r.up,
+                "role": r.role.value,
+                "connection": r.conn.value,
+                "disk": r.disk.value,
+                "peer_role": r.peer_role.value,
+                "peer_disk": r.peer_disk.value,
+                "split_brain": r.split_brain,
+                "sync_percent": r.sync_percent,
+                "error": r.error,
+            }
+            for r in obs.resources
+        ],
+        "vips": [
+            {
+                "address": v.address,
+                "local": v.local,
+                "answered_elsewhere": v.answered_elsewhere,
+                "error": v.error,
+            }
+            for v in obs.vips
+        ],
+        "target": {
+            "running": obs.target.running,
+            "exported_luns": sorted(obs.target.exported_luns),
+            "error": obs.target.error,
+        },
+        "role_source": {"role": obs.role_source.role.value, "detail": obs.role_source.detail},
+        "manual_mode": obs.operator.manual_mode,
+        "chosen_role": obs.operator.chosen_role.value if obs.operator.chosen_role else None,
+        "peer_reachable": obs.liveness.peer_reachable,
+    }
+
+
+def tick(
+    spec: StorageCluster,
+    adapters: NodeAdapters,
+    *,
+    dry_run: bool = False,
+    retry: RetryPolicy | None = None,
+) -> TickReport:
+    started = time.time()
+    t0 = time.monotonic()
+    observed = observe(spec, adapters)
+    the_plan = make_plan(spec, observed)
+    result = None if dry_run else apply(the_plan, spec, adapters, retry=retry)
+    return TickReport(observed, the_plan, result, started, time.monotonic() - t0)
+
+
+def write_status(state_dir: Path, report: TickReport) -> None:
+    """The status record `reconcile status` reads; written atomically."""
+    record = report.to_json()
+    record["version"] = __version__
+    record["time"] = report.started
+    state_dir.mkdir(parents=True, exist_ok=True)
+    path = state_dir / f"status-{report.plan.node}.json"
+    fd, tmp = tempfile.mkstemp(dir=state_dir, prefix=".status-")
+    with os.fdopen(fd, "w") as fh:
+        json.dump(record, fh, indent=1)
+    os.replace(tmp, path)

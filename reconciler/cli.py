@@ -1,0 +1,410 @@
+"""The ``reconcile`` command line.
+
+Contract (other tools and the docs build on it):
+  reconcile --once  -f SPEC [--node NAME] [--dry-run] [--json] [--state-dir DIR]
+  reconcile --watch -f SPEC [--node NAME] [--interval SECONDS]
+  reconcile validate -f SPEC
+Exit codes: 0 converged / every action applied; 1 an action failed; 2 invalid spec or usage;
+3 blocked by a safety rule with nothing else to do.
+Without -f (and without $TANDEM_SPEC) the embedded demo spec is used: a simulated two-node
+cluster that runs anywhere without root.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import signal
+import socket
+import sys
+import threading
+from collections.abc import Iterator
+from importlib import resources as importlib_resources
+from pathlib import Path
+from typing import Any, NoReturn
+
+import click
+from rich.console import Console
+
+from reconciler import __version__
+from reconciler.agent import EXIT_BLOCKED, EXIT_OK, EXIT_USAGE, TickReport, tick, write_status
+from reconciler.core.errors import AdapterError
+from reconciler.core.observed import OperatorState, Role
+from reconciler.core.spec import StorageCluster
+from reconciler.core.specload import SpecError, load_spec
+
+DEMO = "embedded:demo.yaml"
+console = Console(highlight=False, soft_wrap=True)
+errors = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def _fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
+    errors.print(f"[bold red]error:[/] {message}", markup=True, soft_wrap=True)
+    sys.exit(code)
+
+
+def read_spec(path: str | None) -> tuple[StorageCluster, str]:
+    """Load and validate the spec; exit 2 with file:line:column messages when it is wrong."""
+    if path is None:
+        text = importlib_resources.files("reconciler").joinpath("demo.yaml").read_text()
+        name = DEMO
+    else:
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            _fail(f"cannot read spec {path}: {getattr(exc, 'strerror', None) or exc}")
+        name = path
+    try:
+        return load_spec(text, filename=name), name
+    except SpecError as exc:
+        for line in exc.render().splitlines():
+            errors.print(line, markup=False, soft_wrap=True)
+        n = len(exc.problems)
+        errors.print(
+            f"{name}: {n} problem{'s' if n != 1 else ''}; nothing was changed", markup=False
+        )
+        sys.exit(EXIT_USAGE)
+
+
+def default_state_dir() -> Path:
+    env = os.environ.get("TANDEM_STATE_DIR")
+    if env:
+        return Path(env)
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "tandem"
+
+
+def pick_node(spec: StorageCluster, node: str | None) -> str:
+    names = spec.node_names
+    if node is None:
+        host = socket.gethostname().split(".")[0]
+        matches = [n for n in names if n.lower() == host.lower()]
+        if not matches:
+            _fail(
+                f"this host ({host}) is not a node of the spec ({', '.join(names)}); "
+                "pass --node NAME or set TANDEM_NODE"
+            )
+        return matches[0]
+    if node not in names:
+        _fail(f"--node {node!r} is not a node of the spec ({', '.join(names)})")
+    return node
+
+
+@contextlib.contextmanager
+def agent_lock(state_dir: Path, node: str) -> Iterator[None]:
+    """Only one copy of the agent acts for a node at a time."""
+    state_dir.mkdir(parents=True, exist_ok=True)
+    path = state_dir / f"agent-{node}.lock"
+    with open(path, "a+") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            holder = fh.read().strip() or "?"
+            _fail(f"another reconcile agent is acting for {node} (pid {holder}); not starting")
+        fh.seek(0)
+        fh.truncate()
+        fh.write(str(os.getpid()))
+        fh.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _adapters(spec: StorageCluster, node: str, state_dir: Path) -> Any:
+    from adapters.factory import build_adapters
+
+    try:
+        return build_adapters(spec, node, state_dir)
+    except AdapterError as exc:
+        _fail(str(exc))
+
+
+def print_report(report: TickReport, *, as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps(report.to_json(), sort_keys=True))
+        return
+    p = report.plan
+    mode = " (dry run: nothing applied)" if report.result is None else ""
+    console.print(f"[bold]{p.node}[/]: should be [bold]{p.desired_role}[/] ({p.role_reason}){mode}")
+    steps = {id(s.action): s for s in (report.result.steps if report.result else ())}
+    for i, action in enumerate(p.actions, 1):
+        step = steps.get(id(action))
+        mark = ""
+        if step is not None:
+            mark = " [green]ok[/]" if step.ok else f" [red]FAILED[/]: {step.error}"
+        elif report.result is not None:
+            mark = " [yellow]not run[/]"
+        console.print(f"  {i}. [cyan]{action.describe()}[/] - {action.reason}{mark}")
+    for b in p.blocked:
+        console.print(f"  [yellow]blocked[/] {b.what}: {b.reason}")
+    for w in p.warnings:
+        console.print(f"  [magenta]warning[/]: {w}")
+    if p.converged:
+        console.print("  converged: nothing to do")
+
+
+def _run_once(
+    spec: StorageCluster, node: str, state_dir: Path, *, dry_run: bool, as_json: bool
+) -> int:
+    adapters = _adapters(spec, node, state_dir)
+    report = tick(spec, adapters, dry_run=dry_run)
+    print_report(report, as_json=as_json)
+    if not dry_run:
+        write_status(state_dir, report)
+    return report.exit_code
+
+
+def _watch(
+    spec: StorageCluster, node: str, state_dir: Path, *, interval: float, as_json: bool
+) -> int:
+    stop = threading.Event()
+
+    def _stop(signum: int, _frame: object) -> None:
+        # Finish the current step (never abandon a half-applied action), then exit.
+        stop.set()
+
+    signal.signal(signal.SIGINT, _stop)
+    signal.signal(signal.SIGTERM, _stop)
+    adapters = _adapters(spec, node, state_dir)
+    while not stop.is_set():
+        report = tick(spec, adapters)
+        if as_json or report.plan.actions or report.plan.blocked or report.result is None:
+            print_report(report, as_json=as_json)
+        sys.stdout.flush()
+        write_status(state_dir, report)
+        stop.wait(interval)
+    return EXIT_OK
+
+
+_SPEC_OPT = click.option(
+    "-f",
+    "--file",
+    "spec_path",
+    envvar="TANDEM_SPEC",
+    type=str,
+    default=None,
+    help="Desired-state spec (YAML). Env: TANDEM_SPEC. Default: the embedded demo cluster.",
+)
+_NODE_OPT = click.option(
+    "--node", envvar="TANDEM_NODE", help="Which node this agent acts for (default: hostname)."
+)
+_STATE_OPT = click.option(
+    "--state-dir",
+    envvar="TANDEM_STATE_DIR",
+    type=click.Path(file_okay=False),
+    help="Agent state (operator choices, status, simulated world). Env: TANDEM_STATE_DIR. "
+    "Default: $XDG_STATE_HOME/tandem.",
+)
+
+
+@click.group(
+    invoke_without_command=True,
+    context_settings={"help_option_names": ["-h", "--help"]},
+    epilog="Exit codes: 0 converged or all actions applied; 1 an action failed; "
+    "2 invalid spec or usage; 3 blocked by a safety rule with nothing else to do.",
+)
+@click.option("--once", is_flag=True, help="Run one tick (observe, plan, apply) and exit.")
+@click.option("--watch", is_flag=True, help="Tick every --interval seconds until SIGINT/SIGTERM.")
+@_SPEC_OPT
+@_NODE_OPT
+@click.option("--dry-run", is_flag=True, help="Print the plan; change nothing.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per tick.")
+@_STATE_OPT
+@click.option(
+    "--interval",
+    type=click.FloatRange(min=0.01, max=3600),
+    default=None,
+    help="Seconds between ticks in --watch (fractions allowed; default: spec timings).",
+)
+@click.version_option(__version__, prog_name="reconcile")
+@click.pass_context
+def main(
+    ctx: click.Context,
+    once: bool,
+    watch: bool,
+    spec_path: str | None,
+    node: str | None,
+    dry_run: bool,
+    as_json: bool,
+    state_dir: str | None,
+    interval: float | None,
+) -> None:
+    """tandem: keep a two-node DRBD + iSCSI + floating-IP cluster converged on a YAML spec.
+
+    Each tick observes this node (DRBD, VIP, iSCSI target, role source), plans the minimal
+    ordered actions (promote, demote, add/remove VIP, start/stop target, export LUNs) under
+    safety rules, and applies them with retries.
+
+    \b
+    Quick tour (the embedded demo is a simulated cluster, no root needed):
+      reconcile validate -f specs/demo.yaml
+      reconcile --once --node node1 --dry-run
+      reconcile --once --node node1
+      reconcile --once --node node2
+      reconcile --watch --node node1 --interval 0.5
+    """
+    if ctx.invoked_subcommand is not None:
+        if once or watch:
+            raise click.UsageError("--once/--watch cannot be combined with a subcommand")
+        return
+    if once == watch:
+        if not once:
+            click.echo(ctx.get_help())
+            ctx.exit(EXIT_USAGE)
+        raise click.UsageError("choose one of --once and --watch")
+    if dry_run and watch:
+        raise click.UsageError("--dry-run goes with --once")
+    spec, _ = read_spec(spec_path)
+    the_node = pick_node(spec, node)
+    sdir = Path(state_dir) if state_dir else default_state_dir()
+    with agent_lock(sdir, the_node):
+        if once:
+            ctx.exit(_run_once(spec, the_node, sdir, dry_run=dry_run, as_json=as_json))
+        every = interval if interval is not None else spec.spec.timings.tick_interval
+        ctx.exit(_watch(spec, the_node, sdir, interval=every, as_json=as_json))
+
+
+@main.command()
+@_SPEC_OPT
+def validate(spec_path: str | None) -> None:
+    """Check a spec: exit 0, or exit 2 with file:line:column, field path and what was expected."""
+    spec, name = read_spec(spec_path)
+    a, b = spec.node_names
+    click.echo(
+        f"{name}: valid ({spec.metadata.name}: nodes {a}, {b}; "
+        f"{len(spec.spec.resources)} resource(s), {len(spec.spec.vips)} VIP(s), "
+        f"{len(spec.spec.target.luns)} LUN(s); role source {spec.spec.role_source.type.value})"
+    )
+
+
+# --- operator commands -----------------------------------------------------------------------
+
+
+def _operator_context(
+    spec_path: str | None, node: str | None, state_dir: str | None
+) -> tuple[StorageCluster, str, Path, Any]:
+    spec, _ = read_spec(spec_path)
+    the_node = pick_node(spec, node)
+    sdir = Path(state_dir) if state_dir else default_state_dir()
+    return spec, the_node, sdir, _adapters(spec, the_node, sdir)
+
+
+@main.command("manual-mode")
+@click.argument("state", type=click.Choice(["enable", "disable", "show"]))
+@_SPEC_OPT
+@_NODE_OPT
+@_STATE_OPT
+def manual_mode(state: str, spec_path: str | None, node: str | None, state_dir: str | None) -> None:
+    """Enable/disable manual mode on this node (maintenance with zero VM downtime).
+
+    In manual mode automatic role selection stops: the agent keeps replicating and keeps the
+    current roles until `become-primary`/`become-secondary`. Enable it on both nodes. Disabling
+    is refused unless this node is back in its native role (the role source agrees), so leaving
+    manual mode never moves storage.
+    """
+    from reconciler.observe import observe
+
+    spec, the_node, _sdir, adapters = _operator_context(spec_path, node, state_dir)
+    current = adapters.operator.load()
+    if state == "show":
+        chosen = current.chosen_role.value if current.chosen_role else "none"
+        click.echo(
+            f"{the_node}: manual mode {'on' if current.manual_mode else 'off'}; "
+            f"chosen role: {chosen}"
+        )
+        return
+    if state == "enable":
+        adapters.operator.save(OperatorState(manual_mode=True, chosen_role=current.chosen_role))
+        click.echo(f"{the_node}: manual mode enabled; roles are held until you choose one")
+        return
+    obs = observe(spec, adapters)
+    native = obs.role_source.role
+    holding = Role.PRIMARY if any(r.role is Role.PRIMARY for r in obs.resources) else Role.SECONDARY
+    if native is Role.UNKNOWN:
+        _fail(
+            f"refused: the role source has no verdict ({obs.role_source.detail}); "
+            "leaving manual mode now could move storage unpredictably",
+            EXIT_BLOCKED,
+        )
+    if native is not holding:
+        _fail(
+            f"refused: {the_node} is {holding.value} but its native role is {native.value} "
+            f"({obs.role_source.detail}); swap roles back first so leaving manual mode "
+            "does not move storage",
+            EXIT_BLOCKED,
+        )
+    adapters.operator.save(OperatorState())
+    click.echo(f"{the_node}: manual mode disabled; following the role source again")
+
+
+@main.command("become-primary")
+@_SPEC_OPT
+@_NODE_OPT
+@_STATE_OPT
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Also promote while DRBD is disconnected and no policy allows it (may cause split "
+    "brain if the peer is Primary: the agent then detects and reports it).",
+)
+def become_primary(
+    spec_path: str | None, node: str | None, state_dir: str | None, force: bool
+) -> None:
+    """Make this node storage primary (manual mode only). Refused while the peer is Primary or
+    the VIP answers elsewhere: dual-primary is never allowed."""
+    from reconciler.observe import observe
+
+    spec, the_node, sdir, adapters = _operator_context(spec_path, node, state_dir)
+    current = adapters.operator.load()
+    if not current.manual_mode:
+        _fail(
+            f"refused: {the_node} is not in manual mode (run `reconcile manual-mode enable`)",
+            EXIT_BLOCKED,
+        )
+    obs = observe(spec, adapters)
+    peer_primary = [r.name for r in obs.resources if r.peer_role is Role.PRIMARY]
+    if peer_primary:
+        _fail(
+            f"refused: the peer is Primary for {', '.join(peer_primary)}; run "
+            "`reconcile become-secondary` on the peer first",
+            EXIT_BLOCKED,
+        )
+    answered = [v.address for v in obs.vips if v.answered_elsewhere]
+    if answered:
+        _fail(
+            f"refused: VIP {', '.join(answered)} answers from another host; release it there first",
+            EXIT_BLOCKED,
+        )
+    adapters.operator.save(OperatorState(manual_mode=True, chosen_role=Role.PRIMARY, force=force))
+    report = tick(spec, adapters)
+    print_report(report, as_json=False)
+    write_status(sdir, report)
+    sys.exit(report.exit_code)
+
+
+@main.command("become-secondary")
+@_SPEC_OPT
+@_NODE_OPT
+@_STATE_OPT
+def become_secondary(spec_path: str | None, node: str | None, state_dir: str | None) -> None:
+    """Make this node storage secondary (manual mode only; always allowed)."""
+    spec, the_node, sdir, adapters = _operator_context(spec_path, node, state_dir)
+    current = adapters.operator.load()
+    if not current.manual_mode:
+        _fail(
+            f"refused: {the_node} is not in manual mode (run `reconcile manual-mode enable`)",
+            EXIT_BLOCKED,
+        )
+    adapters.operator.save(OperatorState(manual_mode=True, chosen_role=Role.SECONDARY))
+    report = tick(spec, adapters)
+    print_report(report, as_json=False)
+    write_status(sdir, report)
+    sys.exit(report.exit_code if report.exit_code != EXIT_BLOCKED else EXIT_OK)
+
+
+def run() -> None:  # pragma: no cover - console entry point wrapper
+    main()

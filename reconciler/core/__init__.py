@@ -1,0 +1,1 @@
+"""The pure core: every function here is deterministic and free of I/O (import-linter checks)."""

@@ -1,0 +1,258 @@
+"""Observed state: what the adapters report for this node and what it can see of its peer.
+
+Invariants of this module:
+- Every type is frozen plain data (hashable, comparable): a tick's observation never changes
+  after it is taken, so the planner can be a pure function of it.
+- A failed or partial observation is *data*: fields become ``UNKNOWN`` / ``None`` and ``error``
+  says why. Nothing here raises because the world was unreadable.
+- Enum values are the spellings DRBD itself prints (``UpToDate``, ``SyncSource`` ...), so parsers
+  can map text to members with ``Enum(value)`` and fall back to ``UNKNOWN``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import TypeVar
+
+_E = TypeVar("_E", bound=StrEnum)
+
+
+class Role(StrEnum):
+    PRIMARY = "Primary"
+    SECONDARY = "Secondary"
+    UNKNOWN = "Unknown"
+
+    @classmethod
+    def parse(cls, text: str) -> Role:
+        return _parse_enum(cls, text)
+
+
+class ConnState(StrEnum):
+    """DRBD connection state, with DRBD 9's replication state folded in.
+
+    DRBD 9 reports ``connection:Connected`` plus ``replication:SyncSource``; DRBD 8.4 reports
+    ``cs:SyncSource``. Both normalise to ``SYNC_SOURCE`` so the planner sees one vocabulary.
+    """
+
+    STANDALONE = "StandAlone"
+    DISCONNECTING = "Disconnecting"
+    UNCONNECTED = "Unconnected"
+    TIMEOUT = "Timeout"
+    BROKEN_PIPE = "BrokenPipe"
+    NETWORK_FAILURE = "NetworkFailure"
+    PROTOCOL_ERROR = "ProtocolError"
+    TEAR_DOWN = "TearDown"
+    CONNECTING = "Connecting"
+    WF_CONNECTION = "WFConnection"
+    WF_REPORT_PARAMS = "WFReportParams"
+    CONNECTED = "Connected"
+    STARTING_SYNC_S = "StartingSyncS"
+    STARTING_SYNC_T = "StartingSyncT"
+    WF_BITMAP_S = "WFBitMapS"
+    WF_BITMAP_T = "WFBitMapT"
+    WF_SYNC_UUID = "WFSyncUUID"
+    SYNC_SOURCE = "SyncSource"
+    SYNC_TARGET = "SyncTarget"
+    PAUSED_SYNC_S = "PausedSyncS"
+    PAUSED_SYNC_T = "PausedSyncT"
+    VERIFY_S = "VerifyS"
+    VERIFY_T = "VerifyT"
+    AHEAD = "Ahead"
+    BEHIND = "Behind"
+    UNKNOWN = "Unknown"
+
+    @classmethod
+    def parse(cls, text: str) -> ConnState:
+        return _parse_enum(cls, text)
+
+    @property
+    def is_connected(self) -> bool:
+        """The peers talk to each other (replicating, syncing or verifying)."""
+        return self in _CONNECTED
+
+    @property
+    def is_syncing(self) -> bool:
+        return self in _SYNCING
+
+
+_CONNECTED = frozenset(
+    {
+        ConnState.CONNECTED,
+        ConnState.STARTING_SYNC_S,
+        ConnState.STARTING_SYNC_T,
+        ConnState.WF_BITMAP_S,
+        ConnState.WF_BITMAP_T,
+        ConnState.WF_SYNC_UUID,
+        ConnState.SYNC_SOURCE,
+        ConnState.SYNC_TARGET,
+        ConnState.PAUSED_SYNC_S,
+        ConnState.PAUSED_SYNC_T,
+        ConnState.VERIFY_S,
+        ConnState.VERIFY_T,
+        ConnState.AHEAD,
+        ConnState.BEHIND,
+    }
+)
+_SYNCING = frozenset(
+    {
+        ConnState.STARTING_SYNC_S,
+        ConnState.STARTING_SYNC_T,
+        ConnState.WF_BITMAP_S,
+        ConnState.WF_BITMAP_T,
+        ConnState.WF_SYNC_UUID,
+        ConnState.SYNC_SOURCE,
+        ConnState.SYNC_TARGET,
+        ConnState.PAUSED_SYNC_S,
+        ConnState.PAUSED_SYNC_T,
+    }
+)
+
+
+class DiskState(StrEnum):
+    DISKLESS = "Diskless"
+    ATTACHING = "Attaching"
+    DETACHING = "Detaching"
+    FAILED = "Failed"
+    NEGOTIATING = "Negotiating"
+    INCONSISTENT = "Inconsistent"
+    OUTDATED = "Outdated"
+    DUNKNOWN = "DUnknown"
+    CONSISTENT = "Consistent"
+    UPTODATE = "UpToDate"
+    UNKNOWN = "Unknown"
+
+    @classmethod
+    def parse(cls, text: str) -> DiskState:
+        return _parse_enum(cls, text)
+
+
+def _parse_enum(cls: type[_E], text: str) -> _E:
+    """Map DRBD's spelling to a member; anything unexpected is ``UNKNOWN``, never an error."""
+    cleaned = text.strip()
+    for member in cls:
+        if member.value.lower() == cleaned.lower():
+            return member
+    return cls("Unknown")
+
+
+@dataclass(frozen=True, slots=True)
+class ResourceObs:
+    """One DRBD resource as this node sees it.
+
+    ``up`` is False when the resource is not configured in the kernel (DRBD stopped / module not
+    loaded); ``known`` is False when the observation itself failed (then every state is
+    UNKNOWN and ``error`` says why).
+    """
+
+    name: str
+    up: bool = False
+    role: Role = Role.UNKNOWN
+    conn: ConnState = ConnState.UNKNOWN
+    disk: DiskState = DiskState.UNKNOWN
+    peer_role: Role = Role.UNKNOWN
+    peer_disk: DiskState = DiskState.UNKNOWN
+    split_brain: bool = False
+    sync_percent: float | None = None
+    known: bool = True
+    error: str | None = None
+
+    @classmethod
+    def unknown(cls, name: str, error: str) -> ResourceObs:
+        return cls(name=name, up=False, known=False, error=error)
+
+    @classmethod
+    def down(cls, name: str) -> ResourceObs:
+        return cls(
+            name=name,
+            up=False,
+            role=Role.UNKNOWN,
+            conn=ConnState.UNKNOWN,
+            disk=DiskState.DISKLESS,
+            peer_role=Role.UNKNOWN,
+            peer_disk=DiskState.DUNKNOWN,
+        )
+
+    @property
+    def degraded(self) -> bool:
+        """Replication is not healthy (the reference design's alert condition)."""
+        if not self.known or not self.up:
+            return True
+        if self.conn not in (ConnState.CONNECTED, ConnState.SYNC_SOURCE, ConnState.SYNC_TARGET):
+            return True
+        return not (self.disk is DiskState.UPTODATE and self.peer_disk is DiskState.UPTODATE)
+
+
+@dataclass(frozen=True, slots=True)
+class VipObs:
+    """A floating address. ``local``: configured on this node; ``answered_elsewhere``: another
+    host answers ARP for it (None when not probed, e.g. because it is local)."""
+
+    address: str
+    local: bool | None = None
+    answered_elsewhere: bool | None = None
+    error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TargetObs:
+    """The iSCSI target daemon on this node and the LUN numbers it exports."""
+
+    running: bool | None = None
+    exported_luns: frozenset[int] = frozenset()
+    error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RoleVerdict:
+    """What the role source says this node should be. UNKNOWN means "no opinion / unreadable":
+    the planner then changes no role."""
+
+    role: Role = Role.UNKNOWN
+    detail: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class OperatorState:
+    """What an operator set on this node: manual mode and the role chosen in it."""
+
+    manual_mode: bool = False
+    chosen_role: Role | None = None
+    force: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Liveness:
+    """Reachability facts used by the promotion policy when DRBD is disconnected.
+
+    ``peer_reachable``: the peer answers on its management/replication address.
+    ``heuristics``: how many heuristic addresses (switch, gateway) answered, out of ``total``.
+    None means "not probed".
+    """
+
+    peer_reachable: bool | None = None
+    heuristics_ok: int = 0
+    heuristics_total: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class ObservedState:
+    node: str
+    resources: tuple[ResourceObs, ...] = ()
+    vips: tuple[VipObs, ...] = ()
+    target: TargetObs = field(default_factory=TargetObs)
+    role_source: RoleVerdict = field(default_factory=RoleVerdict)
+    operator: OperatorState = field(default_factory=OperatorState)
+    liveness: Liveness = field(default_factory=Liveness)
+
+    def resource(self, name: str) -> ResourceObs:
+        for r in self.resources:
+            if r.name == name:
+                return r
+        return ResourceObs.unknown(name, "not reported by the DRBD adapter")
+
+    def vip(self, address: str) -> VipObs:
+        for v in self.vips:
+            if v.address == address:
+                return v
+        return VipObs(address=address, error="not reported by the VIP adapter")

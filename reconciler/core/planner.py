@@ -1,0 +1,356 @@
+"""The planner: ``plan(desired, observed) -> Plan``.
+
+Pure: no I/O, no clock, no randomness; the same inputs always give the same plan (hypothesis
+checks it). Level-based: nothing an earlier tick believed is used, only this observation.
+
+How it works. Two small ``transitions`` state machines are built once, at import:
+
+- ``RESOURCE_MACHINE`` per DRBD resource: ``unknown``, ``down``, ``starting``, ``secondary``,
+  ``primary``. ``promote`` is guarded by ``safety.may_promote``; a refused guard becomes a
+  ``Blocked`` entry, never an action.
+- ``SERVING_MACHINE`` per node: ``idle`` and ``serving`` (VIP + target + LUNs). ``serve`` is
+  guarded by "some resource is (about to be) Primary here".
+
+Each tick a fresh model is seeded with the *observed* phase, and the planner fires the triggers
+that lead to the desired role. Callbacks only *record* actions (transitions does not roll back
+a state change when a callback raises, so callbacks never do I/O). Because later steps read the
+machine's state after earlier triggers, the plan is ordered: start-drbd -> promote -> add-vip ->
+announce-vip -> start-target -> export-lun on the way up; stop-target -> remove-vip -> demote on
+the way down. After ``start-drbd`` nothing else is chained for that resource: the connection
+must be observed before a promotion can be judged safe.
+
+Minimality: every facet (each VIP, the daemon, each LUN) is compared with the observation and
+an action is recorded only when it differs, so a converged node gets an empty plan.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from transitions import Machine
+
+from reconciler.core import safety
+from reconciler.core.observed import ConnState, ObservedState, ResourceObs, Role
+from reconciler.core.plan import Action, ActionKind, Blocked, Plan
+from reconciler.core.spec import DisconnectedPolicy, RoleSourceType, StorageCluster
+
+# --- the machines -------------------------------------------------------------------------
+
+RESOURCE_STATES = ["unknown", "down", "starting", "secondary", "primary"]
+RESOURCE_TRANSITIONS: list[dict[str, Any]] = [
+    {"trigger": "start", "source": "down", "dest": "starting", "after": "record_start"},
+    {
+        "trigger": "promote",
+        "source": "secondary",
+        "dest": "primary",
+        "conditions": "promotion_allowed",
+        "after": "record_promote",
+    },
+    {"trigger": "demote", "source": "primary", "dest": "secondary", "after": "record_demote"},
+]
+SERVING_STATES = ["idle", "serving"]
+SERVING_TRANSITIONS: list[dict[str, Any]] = [
+    {
+        "trigger": "serve",
+        "source": ["idle", "serving"],
+        "dest": "serving",
+        "conditions": "has_primary",
+        "after": "record_serve",
+    },
+    {
+        "trigger": "unserve",
+        "source": ["idle", "serving"],
+        "dest": "idle",
+        "after": "record_unserve",
+    },
+]
+
+
+def _machine(states: list[str], transitions: list[dict[str, Any]], initial: str) -> Machine:
+    # model=None: the machine is a shared, read-only transition table; per-tick models are
+    # passed to ``events[...].trigger(model)`` and never registered, so plan() stays pure.
+    return Machine(
+        model=None,
+        states=states,
+        transitions=transitions,
+        initial=initial,
+        auto_transitions=False,
+    )
+
+
+RESOURCE_MACHINE = _machine(RESOURCE_STATES, RESOURCE_TRANSITIONS, "unknown")
+SERVING_MACHINE = _machine(SERVING_STATES, SERVING_TRANSITIONS, "idle")
+
+
+# --- guards (a test-only seam lets property tests switch one off to prove invariants bite) ---
+
+
+@dataclass(frozen=True, slots=True)
+class Guards:
+    may_promote: Callable[..., safety.Verdict] = safety.may_promote
+    may_add_vip: Callable[..., safety.Verdict] = safety.may_add_vip
+    may_export: Callable[..., safety.Verdict] = safety.may_export
+
+
+DEFAULT_GUARDS = Guards()
+
+
+# --- per-tick models ----------------------------------------------------------------------
+
+
+@dataclass
+class _Recorder:
+    actions: list[Action] = field(default_factory=list)
+    blocked: list[Blocked] = field(default_factory=list)
+
+    def act(self, kind: ActionKind, reason: str, **where: Any) -> None:
+        self.actions.append(Action(kind=kind, reason=reason, **where))
+
+    def block(self, what: str, reason: str, resource: str | None = None) -> None:
+        self.blocked.append(Blocked(what=what, reason=reason, resource=resource))
+
+
+class _ResourceModel:
+    """One resource's phase for this tick; callbacks record, never act."""
+
+    def __init__(self, obs: ResourceObs, verdict: safety.Verdict, rec: _Recorder) -> None:
+        self.obs = obs
+        self.verdict = verdict
+        self.rec = rec
+        self.state = _resource_phase(obs)
+
+    def promotion_allowed(self) -> bool:
+        return self.verdict.ok
+
+    def record_start(self) -> None:
+        self.rec.act(
+            ActionKind.START_DRBD,
+            f"DRBD resource {self.obs.name} is not running; start it so it can replicate",
+            resource=self.obs.name,
+        )
+
+    def record_promote(self) -> None:
+        self.rec.act(ActionKind.PROMOTE, self.verdict.reason, resource=self.obs.name)
+
+    def record_demote(self) -> None:
+        self.rec.act(
+            ActionKind.DEMOTE,
+            f"this node should be secondary; demote {self.obs.name} so the peer can promote",
+            resource=self.obs.name,
+        )
+
+
+def _resource_phase(obs: ResourceObs) -> str:
+    if not obs.known:
+        return "unknown"
+    if not obs.up:
+        return "down"
+    if obs.role is Role.PRIMARY:
+        return "primary"
+    if obs.role is Role.SECONDARY:
+        return "secondary"
+    return "unknown"
+
+
+class _ServingModel:
+    def __init__(
+        self,
+        *,
+        spec: StorageCluster,
+        obs: ObservedState,
+        primary: dict[str, bool],
+        guards: Guards,
+        rec: _Recorder,
+    ) -> None:
+        self.spec = spec
+        self.obs = obs
+        self.primary = primary
+        self.guards = guards
+        self.rec = rec
+        serving = bool(obs.target.running) or any(bool(v.local) for v in obs.vips)
+        self.state = "serving" if serving else "idle"
+
+    def has_primary(self) -> bool:
+        return any(self.primary.values())
+
+    def record_serve(self) -> None:
+        spec, obs, rec = self.spec.spec, self.obs, self.rec
+        serving = [name for name, is_primary in self.primary.items() if is_primary]
+        vips_ok = True
+        for vip in spec.vips:
+            vobs = obs.vip(vip.ip)
+            if vobs.local:
+                continue
+            verdict = self.guards.may_add_vip(vobs, serving_resources=serving)
+            if not verdict.ok:
+                rec.block("add-vip", verdict.reason)
+                vips_ok = False
+                continue
+            rec.act(ActionKind.ADD_VIP, f"primary here and {verdict.reason}", vip=vip.ip)
+            rec.act(
+                ActionKind.ANNOUNCE_VIP,
+                "gratuitous ARP so initiators' ARP caches move to this node at once",
+                vip=vip.ip,
+            )
+        if not vips_ok and not obs.target.running:
+            # Starting a target nobody can reach only widens the blast radius of a conflict.
+            return
+        if obs.target.running is None:
+            rec.block("start-target", f"target state unknown ({obs.target.error})")
+            return
+        if not obs.target.running:
+            rec.act(ActionKind.START_TARGET, "primary here and the target is not running")
+        exported = obs.target.exported_luns if obs.target.running else frozenset()
+        for lun in spec.target.luns:
+            verdict = self.guards.may_export(lun.resource, primary=self.primary)
+            if lun.lun in exported:
+                if not verdict.ok:
+                    rec.act(
+                        ActionKind.UNEXPORT_LUN, verdict.reason, lun=lun.lun, resource=lun.resource
+                    )
+                continue
+            if verdict.ok:
+                rec.act(
+                    ActionKind.EXPORT_LUN,
+                    f"{lun.resource} is Primary here; export it as LUN {lun.lun}",
+                    lun=lun.lun,
+                    resource=lun.resource,
+                )
+
+    def record_unserve(self) -> None:
+        obs, rec = self.obs, self.rec
+        if obs.target.running or obs.target.running is None:
+            rec.act(
+                ActionKind.STOP_TARGET,
+                "this node must not serve: stop the target first so no initiator writes here",
+            )
+        for vip in self.spec.spec.vips:
+            vobs = obs.vip(vip.ip)
+            if vobs.local or vobs.local is None:
+                rec.act(
+                    ActionKind.REMOVE_VIP,
+                    "this node must not serve: release the VIP for the primary",
+                    vip=vip.ip,
+                )
+
+
+# --- the role decision --------------------------------------------------------------------
+
+
+def desired_role(spec: StorageCluster, obs: ObservedState) -> tuple[Role | None, str]:
+    """Which role this node should have, and why. None means "hold the current roles"."""
+    op = obs.operator
+    if op.manual_mode or spec.spec.role_source.type is RoleSourceType.MANUAL:
+        if op.chosen_role in (Role.PRIMARY, Role.SECONDARY):
+            return op.chosen_role, f"manual mode: the operator chose {op.chosen_role.value}"
+        return None, "manual mode: keeping the current roles"
+    if spec.spec.role_source.type is RoleSourceType.STATIC:
+        return _static_role(spec, obs)
+    verdict = obs.role_source
+    if verdict.role is Role.UNKNOWN:
+        return None, f"role source has no verdict ({verdict.detail or 'unknown'}); holding roles"
+    return verdict.role, verdict.detail or f"role source says {verdict.role.value}"
+
+
+def _static_role(spec: StorageCluster, obs: ObservedState) -> tuple[Role, str]:
+    rs = spec.spec.role_source
+    me_primary = any(r.role is Role.PRIMARY for r in obs.resources)
+    peer_primary = any(r.peer_role is Role.PRIMARY for r in obs.resources)
+    if obs.node == rs.preferred:
+        if peer_primary and not rs.failback:
+            return Role.SECONDARY, "preferred node, but the peer holds storage and failback is off"
+        return Role.PRIMARY, "this is the preferred node"
+    if me_primary and not rs.failback:
+        return Role.PRIMARY, "holding storage after a takeover (failback is off)"
+    if obs.liveness.peer_reachable is False and not any(r.conn.is_connected for r in obs.resources):
+        return Role.PRIMARY, f"the preferred node {rs.preferred} is unreachable: take over"
+    return Role.SECONDARY, f"{rs.preferred} is the preferred node"
+
+
+# --- plan() -------------------------------------------------------------------------------
+
+
+def plan(
+    desired: StorageCluster, observed: ObservedState, *, guards: Guards = DEFAULT_GUARDS
+) -> Plan:
+    """Compute the minimal ordered plan for ``observed.node``. Pure and deterministic."""
+    spec = desired.spec
+    rec = _Recorder()
+    warnings: list[str] = []
+    role, role_reason = desired_role(desired, observed)
+    if role is None:
+        holding = any(r.role is Role.PRIMARY for r in observed.resources)
+        role = Role.PRIMARY if holding else Role.SECONDARY
+        role_reason = f"{role_reason} ({role.value.lower()})"
+
+    policy: DisconnectedPolicy = spec.promotion.when_disconnected
+    models: list[_ResourceModel] = []
+    for res in spec.resources:
+        robs = observed.resource(res.name)
+        verdict = guards.may_promote(
+            robs,
+            policy=policy,
+            liveness=observed.liveness,
+            override=observed.operator.force,
+        )
+        model = _ResourceModel(robs, verdict, rec)
+        models.append(model)
+        if model.state == "unknown":
+            rec.block("observe", f"cannot read DRBD state of {res.name}: {robs.error}", res.name)
+            continue
+        if model.state == "down":
+            _fire(RESOURCE_MACHINE, "start", model)
+            continue
+        if robs.conn is ConnState.STANDALONE:
+            if robs.split_brain:
+                warnings.append(
+                    f"split brain on {res.name}: nothing is discarded automatically; "
+                    "run the guided recovery (`reconcile split-brain --help`)"
+                )
+            else:
+                rec.act(
+                    ActionKind.CONNECT,
+                    f"{res.name} is StandAlone without split brain: reconnect to the peer",
+                    resource=res.name,
+                )
+        promoting = role is Role.PRIMARY and model.state == "secondary"
+        if promoting and not _fire(RESOURCE_MACHINE, "promote", model):
+            rec.block("promote", verdict.reason, res.name)
+
+    primary = {m.obs.name: m.state == "primary" for m in models}
+    serving = _ServingModel(spec=desired, obs=observed, primary=primary, guards=guards, rec=rec)
+    if role is Role.PRIMARY and serving.has_primary():
+        _fire(SERVING_MACHINE, "serve", serving)
+    else:
+        _fire(SERVING_MACHINE, "unserve", serving)
+        if role is Role.SECONDARY:
+            for model in models:
+                if model.state == "primary":
+                    _fire(RESOURCE_MACHINE, "demote", model)
+    # Connect before promote/serve work is pointless to reorder; but CONNECT must never sit
+    # between a stop-target and a demote either: keep the recorded order (it already is).
+    for robs in observed.resources:
+        if robs.known and robs.up and robs.degraded and not robs.split_brain:
+            warnings.append(
+                f"replication of {robs.name} is degraded: {robs.conn.value} "
+                f"{robs.disk.value}/{robs.peer_disk.value}"
+            )
+    return Plan(
+        node=observed.node,
+        desired_role=role.value,
+        role_reason=role_reason,
+        actions=tuple(rec.actions),
+        blocked=tuple(rec.blocked),
+        warnings=tuple(warnings),
+    )
+
+
+def _fire(machine: Machine, trigger: str, model: Any) -> bool:
+    return bool(machine.events[trigger].trigger(model))
+
+
+def with_operator_force(observed: ObservedState) -> ObservedState:
+    """The same observation with the operator's override set (used by become-primary --force)."""
+    return replace(observed, operator=replace(observed.operator, force=True))

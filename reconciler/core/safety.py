@@ -1,0 +1,187 @@
+"""Safety predicates: the one place that says what is allowed.
+
+Used twice, on purpose: the planner's state machine takes them as transition *conditions*
+(so a refused change becomes a ``Blocked`` entry, never an action), and the property tests
+check the cluster-wide invariants below after every executed action.
+
+Invariants stated here:
+1. Never two primaries: a node promotes only when its DRBD peer is not Primary; while DRBD is
+   disconnected the peer's role is unknowable, so promotion then needs the declared
+   ``promotion.whenDisconnected`` policy (peer known Outdated, or quorum) or an operator override.
+2. Never promote data that may be older than the peer's: local disk must be UpToDate, and a
+   split-brained resource is never promoted automatically.
+3. The VIP and the target only on the primary: a VIP is added only where at least one resource is
+   (or is about to be, in this plan) Primary and nobody else answers on it; a LUN is exported
+   only from a Primary device.
+
+Every function here is pure and total: it returns a ``Verdict``, it never raises.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from reconciler.core.observed import (
+    ConnState,
+    DiskState,
+    Liveness,
+    ResourceObs,
+    Role,
+    VipObs,
+)
+from reconciler.core.spec import DisconnectedPolicy
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    ok: bool
+    reason: str
+
+    def __bool__(self) -> bool:
+        return self.ok
+
+
+def may_promote(
+    res: ResourceObs,
+    *,
+    policy: DisconnectedPolicy,
+    liveness: Liveness,
+    override: bool = False,
+) -> Verdict:
+    """May this node promote ``res`` now? (invariants 1 and 2)"""
+    name = res.name
+    if not res.known:
+        return Verdict(False, f"DRBD state of {name} is unknown ({res.error}); not promoting blind")
+    if not res.up:
+        return Verdict(False, f"{name} is not up")
+    if res.role is Role.PRIMARY:
+        return Verdict(True, f"{name} is already Primary")
+    if res.split_brain:
+        return Verdict(
+            False,
+            f"split brain on {name}: both sides wrote while disconnected; nothing is promoted "
+            "or discarded automatically (see `reconcile split-brain --help`)",
+        )
+    if res.peer_role is Role.PRIMARY:
+        return Verdict(
+            False,
+            f"the peer is still Primary for {name}; it must demote first "
+            "(dual-primary is never allowed)",
+        )
+    if res.disk is not DiskState.UPTODATE:
+        if res.conn in (ConnState.SYNC_TARGET, ConnState.PAUSED_SYNC_T):
+            done = f" ({res.sync_percent:.1f}% done)" if res.sync_percent is not None else ""
+            return Verdict(False, f"{name} is still resyncing from the peer{done}")
+        return Verdict(
+            False,
+            f"local data of {name} is {res.disk.value}, not UpToDate: the peer may have newer data",
+        )
+    if res.conn.is_connected:
+        return Verdict(True, f"{name}: connected, local data UpToDate, peer not Primary")
+    # Disconnected: the peer may be Primary and writing right now. DRBD itself would let us
+    # promote (8.4 without fencing), so this is where we must be stricter than the tool.
+    if res.peer_disk is DiskState.OUTDATED:
+        return Verdict(True, f"{name}: disconnected, but the peer's disk is known Outdated")
+    if override:
+        return Verdict(
+            True,
+            f"{name}: disconnected; promoted on the operator's explicit override "
+            "(may cause split brain if the peer is Primary)",
+        )
+    where = f"{name} is {res.conn.value} (the peer's role and data are unknown)"
+    if policy is DisconnectedPolicy.REFUSE:
+        return Verdict(False, f"{where}; policy 'refuse' promotes only on an operator override")
+    if policy is DisconnectedPolicy.OUTDATED_PEER:
+        return Verdict(False, f"{where}; policy 'outdated-peer' needs the peer known Outdated")
+    return _quorum(where, liveness)
+
+
+def _quorum(where: str, liveness: Liveness) -> Verdict:
+    if liveness.peer_reachable is None:
+        return Verdict(False, f"{where}; peer liveness was not probed, so no quorum")
+    if liveness.peer_reachable:
+        return Verdict(
+            False,
+            f"{where}; the peer is alive on another path and may still be Primary "
+            "(replication link down?)",
+        )
+    if liveness.heuristics_total == 0:
+        return Verdict(
+            False, f"{where}; no heuristic addresses are configured, so no quorum is possible"
+        )
+    if liveness.heuristics_ok * 2 <= liveness.heuristics_total:
+        return Verdict(
+            False,
+            f"{where}; only {liveness.heuristics_ok}/{liveness.heuristics_total} heuristic "
+            "addresses answer: this node may be the isolated one",
+        )
+    return Verdict(
+        True,
+        f"{where}, but the peer is unreachable and {liveness.heuristics_ok}/"
+        f"{liveness.heuristics_total} heuristic addresses answer (quorum)",
+    )
+
+
+def may_add_vip(vip: VipObs, *, serving_resources: Iterable[str]) -> Verdict:
+    """May this node configure ``vip``? (invariant 3)"""
+    if not any(True for _ in serving_resources):
+        return Verdict(False, f"VIP {vip.address}: no resource is Primary here")
+    if vip.local is None:
+        return Verdict(False, f"VIP {vip.address}: local state unknown ({vip.error})")
+    if vip.answered_elsewhere is None:
+        return Verdict(
+            False, f"VIP {vip.address}: could not check whether another host answers ({vip.error})"
+        )
+    if vip.answered_elsewhere:
+        return Verdict(
+            False,
+            f"VIP {vip.address} is answered by another host; not taking it over "
+            "(a stale holder or an address conflict)",
+        )
+    return Verdict(True, f"VIP {vip.address}: nobody else answers")
+
+
+def may_export(resource: str, *, primary: Mapping[str, bool]) -> Verdict:
+    """A LUN is exported only from a Primary device (invariant 3)."""
+    if primary.get(resource, False):
+        return Verdict(True, f"{resource} is Primary here")
+    return Verdict(False, f"{resource} is not Primary here; its LUN is not exported")
+
+
+# --- cluster-wide invariants (checked by the property tests and `reconcile simulate`) --------
+
+
+@dataclass(frozen=True, slots=True)
+class NodeFacts:
+    """What is true on one node at one instant (from the simulator's ground truth)."""
+
+    name: str
+    roles: Mapping[str, Role]
+    vips: frozenset[str]
+    target_running: bool
+    exported: Mapping[int, str]  # LUN -> resource
+
+
+def invariant_violations(nodes: Iterable[NodeFacts]) -> list[str]:
+    """Violations of invariants 1 and 3 across the cluster (empty when safe)."""
+    facts = list(nodes)
+    problems: list[str] = []
+    resources = sorted({r for n in facts for r in n.roles})
+    for res in resources:
+        primaries = [n.name for n in facts if n.roles.get(res) is Role.PRIMARY]
+        if len(primaries) > 1:
+            problems.append(f"two primaries for {res}: {', '.join(primaries)}")
+    vips = sorted({v for n in facts for v in n.vips})
+    for vip in vips:
+        holders = [n.name for n in facts if vip in n.vips]
+        if len(holders) > 1:
+            problems.append(f"VIP {vip} on two nodes: {', '.join(holders)}")
+    for n in facts:
+        is_primary = any(role is Role.PRIMARY for role in n.roles.values())
+        if n.vips and not is_primary:
+            problems.append(f"VIP on {n.name}, which is not Primary")
+        for lun, res in sorted(n.exported.items()):
+            if n.roles.get(res) is not Role.PRIMARY:
+                problems.append(f"{n.name} exports LUN {lun} from {res}, which is not Primary")
+    return problems

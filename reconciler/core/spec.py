@@ -1,0 +1,374 @@
+"""The desired-state spec (``apiVersion: tandem/v1``, ``kind: StorageCluster``).
+
+Invariants of this module:
+- Every model forbids unknown keys and is frozen: a typo is an error, never a silent default.
+- Every string that can reach a command line (names, devices, interfaces, IQNs, paths) matches a
+  conservative pattern here, so adapters never have to quote or escape anything.
+- YAML keys are camelCase (Kubernetes style); Python attributes are snake_case.
+- The JSON Schema committed as ``specs/schema.json`` is generated from these models.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from enum import StrEnum
+from typing import Annotated, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    field_validator,
+    model_validator,
+)
+from pydantic.alias_generators import to_camel
+
+SafeName = Annotated[
+    str,
+    StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"),
+    Field(description="Letters, digits, '.', '_' and '-' (max 63), starting with a letter/digit."),
+]
+DevicePath = Annotated[
+    str,
+    StringConstraints(pattern=r"^/dev/[A-Za-z0-9_][A-Za-z0-9/_.+-]{0,126}$"),
+    Field(description="A block device path under /dev (no spaces, no '..')."),
+]
+FilePath = Annotated[
+    str,
+    StringConstraints(pattern=r"^/[A-Za-z0-9_][A-Za-z0-9/_.+-]{0,254}$"),
+    Field(description="An absolute file path without spaces or shell characters."),
+]
+InterfaceName = Annotated[
+    str,
+    StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,14}$"),
+    Field(description="A Linux interface name (max 15 characters)."),
+]
+Iqn = Annotated[
+    str,
+    StringConstraints(pattern=r"^iqn\.[0-9]{4}-[0-9]{2}\.[a-z0-9][a-z0-9.-]*(:[A-Za-z0-9_.:-]+)?$"),
+    Field(description="An iSCSI qualified name, e.g. iqn.2024-01.com.example:storage.iscsi1"),
+]
+ScsiWord = Annotated[
+    str,
+    StringConstraints(pattern=r"^[A-Za-z0-9_.-]{1,32}$"),
+    Field(description="SCSI identifier text (letters, digits, '.', '_', '-'; max 32)."),
+]
+SAFE_NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
+
+Seconds = Annotated[float, Field(gt=0, le=3600, description="A duration in seconds.")]
+
+
+def _help(alias: object) -> tuple[str, str]:
+    meta = getattr(alias, "__metadata__", ())
+    pattern = next(m.pattern for m in meta if isinstance(m, StringConstraints))
+    text = next(m.description for m in meta if hasattr(m, "description") and m.description)
+    return str(pattern), f"expected {text[0].lower()}{text[1:]}"
+
+
+PATTERN_HELP: dict[str, str] = dict(
+    _help(a) for a in (SafeName, DevicePath, FilePath, InterfaceName, Iqn, ScsiWord)
+)
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        frozen=True,
+        alias_generator=to_camel,
+        populate_by_name=True,
+        use_enum_values=False,
+    )
+
+
+class Metadata(_Model):
+    name: SafeName
+
+
+class Transport(StrEnum):
+    LOCAL = "local"
+    NETNS = "netns"
+
+
+class Node(_Model):
+    """One of the two hosts."""
+
+    name: SafeName = Field(description="Host name; matched against the machine's hostname.")
+    replication_address: ipaddress.IPv4Address = Field(
+        description="Address on the DRBD replication link."
+    )
+    management_address: ipaddress.IPv4Address | None = Field(
+        default=None, description="Address on the management network (used for liveness)."
+    )
+    pool_conf: FilePath = Field(
+        default="/etc/xensource/pool.conf",
+        description="Where XenServer's pool.conf is on this node (role source pool-master).",
+    )
+    transport: Transport = Field(
+        default=Transport.LOCAL,
+        description="How commands reach this node: 'local', or 'netns' (lab: inside a namespace).",
+    )
+    namespace: SafeName | None = Field(
+        default=None, description="The network namespace for transport 'netns'."
+    )
+
+    @model_validator(mode="after")
+    def _namespace_matches_transport(self) -> Node:
+        if self.transport is Transport.NETNS and not self.namespace:
+            raise ValueError("transport 'netns' needs 'namespace'")
+        return self
+
+
+class RoleSourceType(StrEnum):
+    POOL_MASTER = "pool-master"
+    MANUAL = "manual"
+    STATIC = "static"
+
+
+class RoleSource(_Model):
+    """Who decides which node is storage primary."""
+
+    type: RoleSourceType = Field(
+        default=RoleSourceType.POOL_MASTER,
+        description=(
+            "'pool-master': follow the XenServer pool master (reference design); "
+            "'manual': only the operator's choice; "
+            "'static': the preferred node is primary while it is alive (plain Linux)."
+        ),
+    )
+    preferred: SafeName | None = Field(
+        default=None, description="For 'static': the node that should be primary."
+    )
+    failback: bool = Field(
+        default=False,
+        description="For 'static': move storage back to the preferred node when it returns.",
+    )
+
+    @model_validator(mode="after")
+    def _preferred_for_static(self) -> RoleSource:
+        if self.type is RoleSourceType.STATIC and self.preferred is None:
+            raise ValueError("role source 'static' needs 'preferred' (a node name)")
+        return self
+
+
+class DisconnectedPolicy(StrEnum):
+    REFUSE = "refuse"
+    OUTDATED_PEER = "outdated-peer"
+    QUORUM = "quorum"
+
+
+class Promotion(_Model):
+    """When may a node promote while it cannot talk to its peer's DRBD?"""
+
+    when_disconnected: DisconnectedPolicy = Field(
+        default=DisconnectedPolicy.QUORUM,
+        description=(
+            "'refuse': never (an operator override is needed); "
+            "'outdated-peer': only when DRBD reports the peer's disk Outdated; "
+            "'quorum': also when the peer is unreachable and a majority of heuristic "
+            "addresses answer (the lone host still sees the outside world)."
+        ),
+    )
+    heuristics: tuple[ipaddress.IPv4Address, ...] = Field(
+        default=(),
+        description="Addresses only the healthy side can reach (switch, gateway).",
+    )
+
+
+class Resource(_Model):
+    """A DRBD resource replicated between the nodes."""
+
+    name: SafeName
+    minor: int = Field(ge=0, le=1048575, description="DRBD minor: the device is /dev/drbd<minor>.")
+    disk: DevicePath = Field(description="Backing block device on each node.")
+
+    @property
+    def device(self) -> str:
+        return f"/dev/drbd{self.minor}"
+
+
+class Vip(_Model):
+    """A floating address that sits on the primary."""
+
+    address: ipaddress.IPv4Interface = Field(description="Address with prefix, e.g. 10.0.0.3/24.")
+    interface: InterfaceName
+
+    @property
+    def ip(self) -> str:
+        return str(self.address.ip)
+
+
+class TargetDriver(StrEnum):
+    TGT = "tgt"
+    LIO = "lio"
+
+
+class Lun(_Model):
+    lun: int = Field(ge=1, le=255, description="LUN number (0 is the controller).")
+    resource: SafeName = Field(description="The DRBD resource this LUN exports.")
+    scsi_id: ScsiWord = Field(description="SCSI id, identical on both nodes.")
+    scsi_sn: ScsiWord = Field(description="SCSI serial number, identical on both nodes.")
+
+
+class Target(_Model):
+    driver: TargetDriver = TargetDriver.TGT
+    iqn: Iqn
+    tid: int = Field(default=1, ge=1, le=65535, description="tgt target id.")
+    luns: tuple[Lun, ...] = Field(min_length=1)
+    initiators: tuple[str, ...] = Field(
+        default=("ALL",),
+        description="Allowed initiators: 'ALL', IPv4 addresses/networks, or initiator IQNs.",
+    )
+
+    @field_validator("initiators")
+    @classmethod
+    def _initiators_safe(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        import re
+
+        for item in value:
+            if item == "ALL":
+                continue
+            try:
+                ipaddress.IPv4Network(item, strict=False)
+                continue
+            except ValueError:
+                pass
+            if not re.fullmatch(
+                r"iqn\.[0-9]{4}-[0-9]{2}\.[a-z0-9][a-z0-9.-]*(:[A-Za-z0-9_.:-]+)?", item
+            ):
+                raise ValueError(
+                    f"initiator {item!r} is not 'ALL', an IPv4 address/network or an IQN"
+                )
+        return value
+
+
+class Timings(_Model):
+    tick_interval: Seconds = Field(
+        default=10.0, description="Seconds between ticks (reference: 10)."
+    )
+    command_timeout: Seconds = Field(default=10.0, description="Timeout of any one command.")
+    status_staleness: Seconds = Field(
+        default=5.0, description="Status is stale when older than tickInterval + this."
+    )
+    retry_attempts: int = Field(default=3, ge=1, le=20, description="Tries per transient action.")
+    retry_backoff: Seconds = Field(default=0.2, description="First retry delay (doubles).")
+    retry_backoff_max: Seconds = Field(default=2.0, description="Longest retry delay.")
+
+
+class Mail(_Model):
+    enabled: bool = False
+    sender: str = Field(default="tandem@localhost", alias="from")
+    to: tuple[str, ...] = ()
+    subject: str = Field(default="tandem alert", max_length=200)
+    server: str = Field(default="localhost", pattern=r"^[A-Za-z0-9.-]+$")
+    port: int = Field(default=25, ge=1, le=65535)
+
+    @model_validator(mode="after")
+    def _recipients_when_enabled(self) -> Mail:
+        if self.enabled and not self.to:
+            raise ValueError("mail is enabled but 'to' lists no recipient")
+        return self
+
+
+class Alerts(_Model):
+    mail: Mail = Field(default_factory=Mail)
+    syslog: bool = True
+    quiet_ticks: int = Field(
+        default=5, ge=0, le=1000, description="No alert mail in the first N ticks after start."
+    )
+    screen_time: Seconds = Field(
+        default=1800.0, description="An identical alert is not re-sent within this many seconds."
+    )
+
+
+class Adapters(_Model):
+    """Which implementation serves each concern: 'sim' everywhere, or a real one."""
+
+    drbd: Literal["sim", "drbd"] = "sim"
+    vip: Literal["sim", "iproute"] = "sim"
+    target: Literal["sim", "tgt"] = "sim"
+    role_source: Literal["sim", "pool-conf", "state"] = Field(
+        default="sim",
+        description=(
+            "'sim': the simulated pool; 'pool-conf': XenServer's pool.conf; "
+            "'state': the agent's own state (manual / static role sources)."
+        ),
+    )
+
+
+class ClusterSpec(_Model):
+    nodes: tuple[Node, Node] = Field(description="Exactly two nodes.")
+    role_source: RoleSource = Field(default_factory=RoleSource)
+    promotion: Promotion = Field(default_factory=Promotion)
+    resources: tuple[Resource, ...] = Field(min_length=1)
+    vips: tuple[Vip, ...] = Field(min_length=1)
+    target: Target
+    timings: Timings = Field(default_factory=Timings)
+    alerts: Alerts = Field(default_factory=Alerts)
+    adapters: Adapters = Field(default_factory=Adapters)
+
+    @model_validator(mode="after")
+    def _cross_field_rules(self) -> ClusterSpec:
+        a, b = self.nodes
+        if a.name == b.name:
+            raise ValueError(f"the two nodes need distinct names (both are {a.name!r})")
+        _unique("resource name", [r.name for r in self.resources])
+        _unique("DRBD minor", [r.minor for r in self.resources])
+        _unique("LUN number", [lun.lun for lun in self.target.luns])
+        _unique("VIP address", [str(v.address.ip) for v in self.vips])
+        names = {r.name for r in self.resources}
+        for lun in self.target.luns:
+            if lun.resource not in names:
+                raise ValueError(
+                    f"LUN {lun.lun} references resource {lun.resource!r}, "
+                    f"which is not declared (declared: {', '.join(sorted(names))})"
+                )
+        node_addresses = {
+            addr
+            for n in self.nodes
+            for addr in (n.replication_address, n.management_address)
+            if addr
+        }
+        for vip in self.vips:
+            if vip.address.ip in node_addresses:
+                raise ValueError(f"VIP {vip.address.ip} is also a node address; it must float")
+        if self.role_source.preferred is not None and self.role_source.preferred not in (
+            a.name,
+            b.name,
+        ):
+            raise ValueError(
+                f"roleSource.preferred {self.role_source.preferred!r} is not one of the nodes "
+                f"({a.name}, {b.name})"
+            )
+        return self
+
+
+def _unique(what: str, values: list[object]) -> None:
+    seen: set[object] = set()
+    for v in values:
+        if v in seen:
+            raise ValueError(f"duplicate {what}: {v}")
+        seen.add(v)
+
+
+class StorageCluster(_Model):
+    """The whole desired-state document."""
+
+    api_version: Literal["tandem/v1"]
+    kind: Literal["StorageCluster"]
+    metadata: Metadata
+    spec: ClusterSpec
+
+    def node(self, name: str) -> Node:
+        for n in self.spec.nodes:
+            if n.name == name:
+                return n
+        raise KeyError(name)
+
+    def peer_of(self, name: str) -> Node:
+        a, b = self.spec.nodes
+        return b if a.name == name else a
+
+    @property
+    def node_names(self) -> tuple[str, str]:
+        return (self.spec.nodes[0].name, self.spec.nodes[1].name)

@@ -1,0 +1,161 @@
+"""The executor: applies a plan through the adapters.
+
+Invariants:
+- the only place with retries: tenacity retries ``TransientError`` with exponential backoff;
+  ``TerminalError`` (and anything unexpected) fails the step at once;
+- stops at the first failed step, so a failed promote never leads to a VIP or a target;
+- never raises: the report says what ran, what failed and why; the next tick re-observes;
+- sleeping is a parameter (tests pass a recorder and never sleep for real).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from tenacity import (
+    RetryCallState,
+    Retrying,
+    retry_if_exception_type,
+    stop_after_attempt,
+    wait_exponential,
+)
+
+from adapters.base import NodeAdapters
+from reconciler.core.errors import TransientError
+from reconciler.core.plan import Action, ActionKind, Plan
+from reconciler.core.spec import StorageCluster
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    attempts: int = 3
+    backoff: float = 0.2
+    backoff_max: float = 2.0
+
+    @classmethod
+    def from_spec(cls, spec: StorageCluster) -> RetryPolicy:
+        t = spec.spec.timings
+        return cls(t.retry_attempts, t.retry_backoff, t.retry_backoff_max)
+
+
+@dataclass(frozen=True, slots=True)
+class StepReport:
+    action: Action
+    ok: bool
+    attempts: int
+    seconds: float
+    error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ApplyReport:
+    steps: tuple[StepReport, ...] = field(default=())
+
+    @property
+    def applied(self) -> tuple[Action, ...]:
+        return tuple(s.action for s in self.steps if s.ok)
+
+    @property
+    def failed(self) -> StepReport | None:
+        return next((s for s in self.steps if not s.ok), None)
+
+    @property
+    def errors(self) -> tuple[str, ...]:
+        return tuple(f"{s.action.describe()}: {s.error}" for s in self.steps if not s.ok)
+
+
+def apply(
+    plan: Plan,
+    spec: StorageCluster,
+    adapters: NodeAdapters,
+    *,
+    retry: RetryPolicy | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+    clock: Callable[[], float] = time.monotonic,
+    after_step: Callable[[StepReport], None] | None = None,
+) -> ApplyReport:
+    policy = retry or RetryPolicy.from_spec(spec)
+    steps: list[StepReport] = []
+    for action in plan.actions:
+        report = _run_step(action, spec, adapters, policy, sleep, clock)
+        steps.append(report)
+        if after_step is not None:
+            after_step(report)
+        if not report.ok:
+            break
+    return ApplyReport(tuple(steps))
+
+
+def _run_step(
+    action: Action,
+    spec: StorageCluster,
+    adapters: NodeAdapters,
+    policy: RetryPolicy,
+    sleep: Callable[[float], None],
+    clock: Callable[[], float],
+) -> StepReport:
+    attempts = 0
+
+    def count(_: RetryCallState) -> None:
+        nonlocal attempts
+        attempts += 1
+
+    started = clock()
+    retrying = Retrying(
+        stop=stop_after_attempt(policy.attempts),
+        wait=wait_exponential(multiplier=policy.backoff, max=policy.backoff_max),
+        retry=retry_if_exception_type(TransientError),
+        sleep=sleep,
+        before=count,
+        reraise=True,
+    )
+    try:
+        retrying(_dispatch, action, spec, adapters)
+    except Exception as exc:
+        return StepReport(action, False, attempts, clock() - started, _describe(exc))
+    return StepReport(action, True, attempts, clock() - started)
+
+
+def _describe(exc: Exception) -> str:
+    text = str(exc) or exc.__class__.__name__
+    if isinstance(exc, TransientError):
+        return f"{text} (transient; gave up after retries)"
+    return text
+
+
+def _dispatch(action: Action, spec: StorageCluster, a: NodeAdapters) -> None:
+    s = spec.spec
+    kind = action.kind
+    if kind in (ActionKind.START_DRBD, ActionKind.PROMOTE, ActionKind.DEMOTE, ActionKind.CONNECT):
+        res = next(r for r in s.resources if r.name == action.resource)
+        if kind is ActionKind.START_DRBD:
+            a.drbd.up(res)
+        elif kind is ActionKind.PROMOTE:
+            a.drbd.primary(res, force=action.force)
+        elif kind is ActionKind.DEMOTE:
+            a.drbd.secondary(res)
+        else:
+            a.drbd.connect(res)
+    elif kind in (ActionKind.ADD_VIP, ActionKind.REMOVE_VIP, ActionKind.ANNOUNCE_VIP):
+        vip = next(v for v in s.vips if v.ip == action.vip)
+        if kind is ActionKind.ADD_VIP:
+            a.vip.add(vip)
+        elif kind is ActionKind.REMOVE_VIP:
+            a.vip.remove(vip)
+        else:
+            a.vip.announce(vip)
+    elif kind is ActionKind.START_TARGET:
+        a.target.start(s.target)
+    elif kind is ActionKind.STOP_TARGET:
+        a.target.stop(s.target)
+    elif kind in (ActionKind.EXPORT_LUN, ActionKind.UNEXPORT_LUN):
+        lun = next(x for x in s.target.luns if x.lun == action.lun)
+        if kind is ActionKind.EXPORT_LUN:
+            res = next(r for r in s.resources if r.name == lun.resource)
+            a.target.export_lun(s.target, lun, res)
+        else:
+            a.target.unexport_lun(s.target, lun)
+    else:  # pragma: no cover - ActionKind is exhaustive above
+        raise AssertionError(f"no dispatch for {kind}")
