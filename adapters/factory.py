@@ -19,8 +19,10 @@ from reconciler.core.spec import StorageCluster, Transport
 WORLD_FILE = "sim-world.json"
 
 
-def world_store(spec: StorageCluster, state_dir: Path) -> FileWorldStore:
-    return FileWorldStore(state_dir / WORLD_FILE, spec=spec)
+def world_store(
+    spec: StorageCluster, state_dir: Path, *, read_only: bool = False
+) -> FileWorldStore:
+    return FileWorldStore(state_dir / WORLD_FILE, spec=spec, read_only=read_only)
 
 
 def operator_store(state_dir: Path, node: str) -> FileOperatorStore:
@@ -33,11 +35,12 @@ def build_adapters(
     state_dir: Path,
     *,
     store: WorldStore | None = None,
+    dry_run: bool = False,
 ) -> NodeAdapters:
     chosen = spec.spec.adapters
     world = store
     if world is None and "sim" in (chosen.drbd, chosen.vip, chosen.target, chosen.role_source):
-        world = world_store(spec, state_dir)
+        world = world_store(spec, state_dir, read_only=dry_run)
     runner = _runner(spec, node)
 
     if chosen.drbd == "sim":

@@ -11,6 +11,7 @@ import json
 import os
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -109,12 +110,13 @@ def tick(
     *,
     dry_run: bool = False,
     retry: RetryPolicy | None = None,
+    sleep: Callable[[float], None] = time.sleep,
 ) -> TickReport:
     started = time.time()
     t0 = time.monotonic()
     observed = observe(spec, adapters)
     the_plan = make_plan(spec, observed)
-    result = None if dry_run else apply(the_plan, spec, adapters, retry=retry)
+    result = None if dry_run else apply(the_plan, spec, adapters, retry=retry, sleep=sleep)
     return TickReport(observed, the_plan, result, started, time.monotonic() - t0)
 
 

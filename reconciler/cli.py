@@ -114,11 +114,11 @@ def agent_lock(state_dir: Path, node: str) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def _adapters(spec: StorageCluster, node: str, state_dir: Path) -> Any:
+def _adapters(spec: StorageCluster, node: str, state_dir: Path, *, dry_run: bool = False) -> Any:
     from adapters.factory import build_adapters
 
     try:
-        return build_adapters(spec, node, state_dir)
+        return build_adapters(spec, node, state_dir, dry_run=dry_run)
     except AdapterError as exc:
         _fail(str(exc))
 
@@ -150,7 +150,7 @@ def print_report(report: TickReport, *, as_json: bool) -> None:
 def _run_once(
     spec: StorageCluster, node: str, state_dir: Path, *, dry_run: bool, as_json: bool
 ) -> int:
-    adapters = _adapters(spec, node, state_dir)
+    adapters = _adapters(spec, node, state_dir, dry_run=dry_run)
     report = tick(spec, adapters, dry_run=dry_run)
     print_report(report, as_json=as_json)
     if not dry_run:

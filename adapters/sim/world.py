@@ -492,9 +492,10 @@ class FileWorldStore(WorldStore):
     """A world persisted as JSON; every transaction is load -> change -> atomic save under an
     exclusive lock, so two agent processes can share one simulated cluster."""
 
-    def __init__(self, path: Path, *, spec: StorageCluster) -> None:
+    def __init__(self, path: Path, *, spec: StorageCluster, read_only: bool = False) -> None:
         self.path = path
         self.spec = spec
+        self.read_only = read_only  # --dry-run: observe (time may pass in memory), never save
         self.lock_path = path.with_suffix(path.suffix + ".lock")
 
     @contextlib.contextmanager
@@ -506,7 +507,7 @@ class FileWorldStore(WorldStore):
                 world = self._load()
                 before = world.model_dump_json()
                 yield world
-                if world.model_dump_json() != before:
+                if not self.read_only and world.model_dump_json() != before:
                     self._save(world)
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)

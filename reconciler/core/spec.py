@@ -16,6 +16,7 @@ from typing import Annotated, Literal
 
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     StringConstraints,
@@ -23,6 +24,7 @@ from pydantic import (
     model_validator,
 )
 from pydantic.alias_generators import to_camel
+from pydantic_core import PydanticCustomError
 
 SafeName = Annotated[
     str,
@@ -57,6 +59,24 @@ ScsiWord = Annotated[
 SAFE_NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
 
 Seconds = Annotated[float, Field(gt=0, le=3600, description="A duration in seconds.")]
+
+
+def _not_a_number(value: object) -> object:
+    # ipaddress accepts integers (IPv4Address(12) is 0.0.0.12): a truncated address in YAML
+    # (`replicationAddress: 10`) must be an error, not a silently different address.
+    if isinstance(value, int | float):
+        raise ValueError("expected an IPv4 address written as text, e.g. 10.0.0.1")
+    return value
+
+
+IPv4 = Annotated[ipaddress.IPv4Address, BeforeValidator(_not_a_number)]
+IPv4WithPrefix = Annotated[ipaddress.IPv4Interface, BeforeValidator(_not_a_number)]
+
+
+def cross_field_error(message: str, *at: str | int) -> PydanticCustomError:
+    """A model-level rule broken by one field: ``at`` is that field's path (YAML keys) below the
+    model, so the loader can point at its line instead of at the whole model."""
+    return PydanticCustomError("cross_field", "{message}", {"message": message, "at": at})
 
 
 def _help(alias: object) -> tuple[str, str]:
@@ -94,10 +114,10 @@ class Node(_Model):
     """One of the two hosts."""
 
     name: SafeName = Field(description="Host name; matched against the machine's hostname.")
-    replication_address: ipaddress.IPv4Address = Field(
+    replication_address: IPv4 = Field(
         description="Address on the DRBD replication link."
     )
-    management_address: ipaddress.IPv4Address | None = Field(
+    management_address: IPv4 | None = Field(
         default=None, description="Address on the management network (used for liveness)."
     )
     pool_conf: FilePath = Field(
@@ -169,7 +189,7 @@ class Promotion(_Model):
             "addresses answer (the lone host still sees the outside world)."
         ),
     )
-    heuristics: tuple[ipaddress.IPv4Address, ...] = Field(
+    heuristics: tuple[IPv4, ...] = Field(
         default=(),
         description="Addresses only the healthy side can reach (switch, gateway).",
     )
@@ -190,7 +210,7 @@ class Resource(_Model):
 class Vip(_Model):
     """A floating address that sits on the primary."""
 
-    address: ipaddress.IPv4Interface = Field(description="Address with prefix, e.g. 10.0.0.3/24.")
+    address: IPv4WithPrefix = Field(description="Address with prefix, e.g. 10.0.0.3/24.")
     interface: InterfaceName
 
     @property
@@ -311,17 +331,23 @@ class ClusterSpec(_Model):
     def _cross_field_rules(self) -> ClusterSpec:
         a, b = self.nodes
         if a.name == b.name:
-            raise ValueError(f"the two nodes need distinct names (both are {a.name!r})")
-        _unique("resource name", [r.name for r in self.resources])
-        _unique("DRBD minor", [r.minor for r in self.resources])
-        _unique("LUN number", [lun.lun for lun in self.target.luns])
-        _unique("VIP address", [str(v.address.ip) for v in self.vips])
+            raise cross_field_error(
+                f"the two nodes need distinct names (both are {a.name!r})", "nodes", 1, "name"
+            )
+        _unique("resource name", [r.name for r in self.resources], "resources", "name")
+        _unique("DRBD minor", [r.minor for r in self.resources], "resources", "minor")
+        _unique("LUN number", [lun.lun for lun in self.target.luns], "target", "luns", "lun")
+        _unique("VIP address", [str(v.address.ip) for v in self.vips], "vips", "address")
         names = {r.name for r in self.resources}
-        for lun in self.target.luns:
+        for i, lun in enumerate(self.target.luns):
             if lun.resource not in names:
-                raise ValueError(
+                raise cross_field_error(
                     f"LUN {lun.lun} references resource {lun.resource!r}, "
-                    f"which is not declared (declared: {', '.join(sorted(names))})"
+                    f"which is not declared (declared: {', '.join(sorted(names))})",
+                    "target",
+                    "luns",
+                    i,
+                    "resource",
                 )
         node_addresses = {
             addr
@@ -329,25 +355,34 @@ class ClusterSpec(_Model):
             for addr in (n.replication_address, n.management_address)
             if addr
         }
-        for vip in self.vips:
+        for i, vip in enumerate(self.vips):
             if vip.address.ip in node_addresses:
-                raise ValueError(f"VIP {vip.address.ip} is also a node address; it must float")
+                raise cross_field_error(
+                    f"VIP {vip.address.ip} is also a node address; it must float",
+                    "vips",
+                    i,
+                    "address",
+                )
         if self.role_source.preferred is not None and self.role_source.preferred not in (
             a.name,
             b.name,
         ):
-            raise ValueError(
+            raise cross_field_error(
                 f"roleSource.preferred {self.role_source.preferred!r} is not one of the nodes "
-                f"({a.name}, {b.name})"
+                f"({a.name}, {b.name})",
+                "roleSource",
+                "preferred",
             )
         return self
 
 
-def _unique(what: str, values: list[object]) -> None:
+def _unique(what: str, values: list[object], *where: str) -> None:
+    """``where``: the list's path, then the key of the field within each item."""
+    *path, key = where
     seen: set[object] = set()
-    for v in values:
+    for i, v in enumerate(values):
         if v in seen:
-            raise ValueError(f"duplicate {what}: {v}")
+            raise cross_field_error(f"duplicate {what}: {v}", *path, i, key)
         seen.add(v)
 
 

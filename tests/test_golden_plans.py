@@ -1,0 +1,162 @@
+"""Golden plans for the stories users live through, each checked for idempotency: apply the
+plan to the simulated world, re-plan, and nothing may be left (pyinfra's "second run is a
+no-op" rule)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from adapters.sim.world import World
+from reconciler.agent import EXIT_BLOCKED, EXIT_OK
+from reconciler.core.observed import DiskState, Role
+from reconciler.core.safety import invariant_violations
+from tests.simcluster import SimCluster, demo_spec
+
+BRING_UP = [
+    "promote iscsi1",
+    "add-vip 198.51.100.3",
+    "announce-vip 198.51.100.3",
+    "start-target",
+    "export-lun LUN 1 (iscsi1)",
+]
+TEAR_DOWN = ["stop-target", "remove-vip 198.51.100.3", "demote iscsi1"]
+
+
+def steps(report) -> list[str]:  # type: ignore[no-untyped-def]
+    return [a.describe() for a in report.plan.actions]
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> SimCluster:
+    return SimCluster.create(demo_spec(), tmp_path)
+
+
+def serving(tmp_path: Path) -> SimCluster:
+    c = SimCluster.create(demo_spec(), tmp_path)
+    c.converge()
+    assert c.world.serving_node("iscsi1") == "node1"
+    return c
+
+
+def assert_idempotent(c: SimCluster) -> None:
+    for node in c.spec.node_names:
+        again = c.tick(node)
+        assert again.plan.actions == (), f"{node} still has work: {steps(again)}"
+    assert invariant_violations(c.world.facts()) == []
+
+
+def test_fresh_cluster_brings_node1_up_in_order(cluster: SimCluster) -> None:
+    r1 = cluster.tick("node1")
+    assert steps(r1) == BRING_UP
+    assert r1.exit_code == EXIT_OK and r1.result is not None and r1.result.failed is None
+    r2 = cluster.tick("node2")
+    assert steps(r2) == [] and r2.plan.desired_role == "Secondary"
+    assert cluster.world.serving_node("iscsi1") == "node1"
+    assert_idempotent(cluster)
+
+
+def test_cold_cluster_starts_drbd_then_waits_for_the_connection(tmp_path: Path) -> None:
+    spec = demo_spec()
+    c = SimCluster.create(spec, tmp_path, world=World.fresh(spec, drbd_up=False))
+    assert steps(c.tick("node1")) == ["start-drbd iscsi1"]
+    # Alone and not connected, node1 must not promote: the peer may hold newer data.
+    lonely = c.tick("node1")
+    assert steps(lonely) == [] and lonely.exit_code == EXIT_BLOCKED
+    assert "may still be Primary" in lonely.plan.blocked[0].reason
+    assert steps(c.tick("node2")) == ["start-drbd iscsi1"]
+    assert steps(c.tick("node1")) == BRING_UP
+    assert_idempotent(c)
+
+
+def test_role_swap_demotes_before_the_peer_promotes(tmp_path: Path) -> None:
+    c = serving(tmp_path)
+    c.world.pool_master = "node2"
+    early = c.tick("node2")
+    assert steps(early) == [] and early.exit_code == EXIT_BLOCKED
+    assert "peer is still Primary" in early.plan.blocked[0].reason
+    assert steps(c.tick("node1")) == TEAR_DOWN
+    assert steps(c.tick("node2")) == BRING_UP
+    assert c.world.serving_node("iscsi1") == "node2"
+    assert c.world.arp_owner["198.51.100.3"] == "node2"
+    assert_idempotent(c)
+
+
+def test_peer_crashed_survivor_takes_over_with_quorum(tmp_path: Path) -> None:
+    c = serving(tmp_path)
+    gen = c.world.client_write("iscsi1")
+    c.world.crash("node1")
+    c.world.pool_master = "node2"  # HA-Lizard makes the survivor pool master
+    r = c.tick("node2")
+    assert steps(r) == BRING_UP
+    assert "quorum" in r.plan.actions[0].reason
+    assert gen in c.world.nodes["node2"].resources["iscsi1"].history
+    assert steps(c.tick("node2")) == []
+    # The crashed node comes back: starts DRBD, resyncs, stays secondary.
+    c.world.boot("node1")
+    assert steps(c.tick("node1")) == ["start-drbd iscsi1"]
+    c.converge()
+    r1 = c.world.nodes["node1"].resources["iscsi1"]
+    assert r1.role is Role.SECONDARY and r1.disk is DiskState.UPTODATE and not r1.split_brain
+    assert_idempotent(c)
+
+
+def test_vip_held_by_a_stranger_is_never_taken_over(cluster: SimCluster) -> None:
+    cluster.world.strangers.append("198.51.100.3")
+    r = cluster.tick("node1")
+    assert steps(r) == ["promote iscsi1"]
+    assert [b.what for b in r.plan.blocked] == ["add-vip"]
+    assert "answered by another host" in r.plan.blocked[0].reason
+    again = cluster.tick("node1")
+    assert steps(again) == [] and again.exit_code == EXIT_BLOCKED
+    assert cluster.world.nodes["node1"].target_running is False
+    assert invariant_violations(cluster.world.facts()) == []
+
+
+def test_target_died_on_primary_is_restarted(tmp_path: Path) -> None:
+    c = serving(tmp_path)
+    c.world.target_stop("node1")
+    assert steps(c.tick("node1")) == ["start-target", "export-lun LUN 1 (iscsi1)"]
+    assert_idempotent(c)
+
+
+def test_vip_deleted_on_primary_and_added_on_secondary(tmp_path: Path) -> None:
+    c = serving(tmp_path)
+    c.world.vip_remove("node1", "198.51.100.3")
+    assert steps(c.tick("node1")) == ["add-vip 198.51.100.3", "announce-vip 198.51.100.3"]
+    c.world.nodes["node2"].vips.append("198.51.100.3")
+    assert steps(c.tick("node2")) == ["remove-vip 198.51.100.3"]
+    assert_idempotent(c)
+
+
+def test_split_brain_is_reported_and_nothing_is_discarded(tmp_path: Path) -> None:
+    c = serving(tmp_path)
+    # Both sides wrote while apart: node1 as Primary, node2 forced Primary by an operator.
+    c.world.set_links(replication=False, management=False)
+    c.world.client_write("iscsi1")
+    c.world.drbd_primary("node2", "iscsi1")
+    c.world.nodes["node2"].resources["iscsi1"].history.append(999)
+    c.world.drbd_secondary("node2", "iscsi1")
+    c.world.set_links(replication=True, management=True)
+    n1 = c.world.nodes["node1"].resources["iscsi1"]
+    assert n1.split_brain and n1.standalone
+    histories = {n: list(c.world.nodes[n].resources["iscsi1"].history) for n in ("node1", "node2")}
+    c.world.pool_master = "node2"
+    r1 = c.tick("node1")
+    assert steps(r1) == TEAR_DOWN
+    assert any("split brain" in w for w in r1.plan.warnings)
+    r2 = c.tick("node2")
+    assert steps(r2) == [] and r2.exit_code == EXIT_BLOCKED
+    assert "split brain" in r2.plan.blocked[0].reason
+    assert "connect" not in [a.kind.value for a in r2.plan.actions]
+    after = {n: list(c.world.nodes[n].resources["iscsi1"].history) for n in ("node1", "node2")}
+    assert after == histories, "split brain must never discard data automatically"
+    assert_idempotent(c)
+
+
+def test_standalone_without_split_brain_reconnects(tmp_path: Path) -> None:
+    c = serving(tmp_path)
+    c.world.drbd_disconnect("node2", "iscsi1")
+    assert steps(c.tick("node2")) == ["connect iscsi1"]
+    assert_idempotent(c)
