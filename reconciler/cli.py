@@ -170,14 +170,47 @@ def _watch(
     signal.signal(signal.SIGINT, _stop)
     signal.signal(signal.SIGTERM, _stop)
     adapters = _adapters(spec, node, state_dir)
+    notify = _alerting(spec)
     while not stop.is_set():
         report = tick(spec, adapters)
         if as_json or report.plan.actions or report.plan.blocked or report.result is None:
             print_report(report, as_json=as_json)
         sys.stdout.flush()
         write_status(state_dir, report)
+        notify(report)
         stop.wait(interval)
     return EXIT_OK
+
+
+def _alerting(spec: StorageCluster) -> Any:
+    """Log every alert (stderr, and syslog when enabled); mail the ones the gate admits."""
+    import logging
+    import time
+
+    from adapters.alerts import MailAlerter, syslog_handler
+    from reconciler.alerts import AlertGate, alerts_for
+
+    log = logging.getLogger("tandem")
+    if not log.handlers:
+        log.setLevel(logging.INFO)
+        stream = logging.StreamHandler(sys.stderr)
+        stream.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        log.addHandler(stream)
+        if spec.spec.alerts.syslog and (handler := syslog_handler()) is not None:
+            log.addHandler(handler)
+    gate = AlertGate(spec.spec.alerts, clock=time.monotonic)
+    mailer = MailAlerter(spec.spec.alerts.mail, timeout=spec.spec.timings.command_timeout)
+
+    def notify(report: TickReport) -> None:
+        raised = alerts_for(report)
+        for alert in raised:
+            log.warning(alert.message)
+        admitted = gate.admit(raised, manual_mode=report.observed.operator.manual_mode)
+        failure = mailer.send(admitted)
+        if failure:
+            log.error(failure)
+
+    return notify
 
 
 _SPEC_OPT = click.option(

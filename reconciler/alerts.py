@@ -1,0 +1,106 @@
+"""Which alerts a tick raises, and which of them are actually sent.
+
+Rules (from the reference design): every alert is logged; mail is not sent in the first
+``alerts.quietTicks`` ticks after the agent starts (a booting cluster is noisy), nor in manual
+mode (an operator is at work), and an identical alert is not re-sent within
+``alerts.screenTime`` seconds. The clock is a parameter.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from adapters.base import Alert
+from reconciler.agent import TickReport
+from reconciler.core.spec import Alerts
+
+
+def alerts_for(report: TickReport) -> list[Alert]:
+    """The alerts one tick raises (stable keys, so repeats can be screened)."""
+    node = report.plan.node
+    out: list[Alert] = []
+    for res in report.observed.resources:
+        if not res.known:
+            out.append(
+                Alert(
+                    f"{node}:unknown:{res.name}",
+                    "warning",
+                    f"{node}: DRBD state of {res.name} unknown: {res.error}",
+                )
+            )
+        elif res.split_brain:
+            out.append(
+                Alert(
+                    f"{node}:split-brain:{res.name}",
+                    "critical",
+                    f"{node}: split brain on {res.name}; nothing is discarded "
+                    "automatically, run `reconcile split-brain --help`",
+                )
+            )
+    for vip in report.observed.vips:
+        if vip.error:
+            out.append(
+                Alert(
+                    f"{node}:vip-unknown:{vip.address}",
+                    "warning",
+                    f"{node}: VIP {vip.address}: {vip.error}",
+                )
+            )
+    if report.observed.target.error:
+        out.append(
+            Alert(
+                f"{node}:target-unknown",
+                "warning",
+                f"{node}: target state unknown: {report.observed.target.error}",
+            )
+        )
+    for warning in report.plan.warnings:
+        if "degraded" in warning:
+            out.append(
+                Alert(f"{node}:degraded:{warning.split(':')[0]}", "warning", f"{node}: {warning}")
+            )
+    for blocked in report.plan.blocked:
+        if blocked.what == "observe":
+            continue  # already raised as an unknown observation
+        out.append(
+            Alert(
+                f"{node}:blocked:{blocked.what}:{blocked.resource or ''}",
+                "warning",
+                f"{node}: {blocked.what} refused: {blocked.reason}",
+            )
+        )
+    if report.result is not None:
+        for error in report.result.errors:
+            out.append(
+                Alert(
+                    f"{node}:failed:{error.split(':')[0]}",
+                    "error",
+                    f"{node}: action failed: {error}",
+                )
+            )
+    return out
+
+
+@dataclass
+class AlertGate:
+    """Decides which alerts are mailed; remembers when each key was last sent."""
+
+    settings: Alerts
+    clock: Callable[[], float]
+    ticks: int = 0
+    last_sent: dict[str, float] = field(default_factory=dict)
+
+    def admit(self, alerts: list[Alert], *, manual_mode: bool) -> list[Alert]:
+        self.ticks += 1
+        if self.ticks <= self.settings.quiet_ticks or manual_mode:
+            return []
+        now = self.clock()
+        admitted = []
+        for alert in alerts:
+            last = self.last_sent.get(alert.key)
+            if last is not None and now - last < self.settings.screen_time:
+                continue
+            self.last_sent[alert.key] = now
+            admitted.append(alert)
+        return admitted
