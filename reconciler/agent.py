@@ -120,9 +120,16 @@ def tick(
     return TickReport(observed, the_plan, result, started, time.monotonic() - t0)
 
 
-def write_status(state_dir: Path, report: TickReport) -> None:
-    """The status record `reconcile status` reads; written atomically."""
+def write_status(
+    state_dir: Path, report: TickReport, *, after: ObservedState | None = None
+) -> None:
+    """The status record `reconcile status` reads; written atomically. ``after`` is a fresh
+    observation taken once the tick's actions ran (so the record shows the state now, not the
+    state the tick started from)."""
     record = report.to_json()
+    if after is not None:
+        record["observed_before"] = record["observed"]
+        record["observed"] = observed_json(after)
     record["version"] = __version__
     record["time"] = report.started
     state_dir.mkdir(parents=True, exist_ok=True)

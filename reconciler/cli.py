@@ -147,6 +147,13 @@ def print_report(report: TickReport, *, as_json: bool) -> None:
         console.print("  converged: nothing to do")
 
 
+def _record(spec: StorageCluster, adapters: Any, state_dir: Path, report: TickReport) -> None:
+    from reconciler.observe import observe
+
+    after = observe(spec, adapters) if report.result and report.result.applied else None
+    write_status(state_dir, report, after=after)
+
+
 def _run_once(
     spec: StorageCluster, node: str, state_dir: Path, *, dry_run: bool, as_json: bool
 ) -> int:
@@ -154,7 +161,7 @@ def _run_once(
     report = tick(spec, adapters, dry_run=dry_run)
     print_report(report, as_json=as_json)
     if not dry_run:
-        write_status(state_dir, report)
+        _record(spec, adapters, state_dir, report)
     return report.exit_code
 
 
@@ -176,7 +183,7 @@ def _watch(
         if as_json or report.plan.actions or report.plan.blocked or report.result is None:
             print_report(report, as_json=as_json)
         sys.stdout.flush()
-        write_status(state_dir, report)
+        _record(spec, adapters, state_dir, report)
         notify(report)
         stop.wait(interval)
     return EXIT_OK
@@ -415,7 +422,7 @@ def become_primary(
     adapters.operator.save(OperatorState(manual_mode=True, chosen_role=Role.PRIMARY, force=force))
     report = tick(spec, adapters)
     print_report(report, as_json=False)
-    write_status(sdir, report)
+    _record(spec, adapters, sdir, report)
     sys.exit(report.exit_code)
 
 
@@ -435,8 +442,114 @@ def become_secondary(spec_path: str | None, node: str | None, state_dir: str | N
     adapters.operator.save(OperatorState(manual_mode=True, chosen_role=Role.SECONDARY))
     report = tick(spec, adapters)
     print_report(report, as_json=False)
-    write_status(sdir, report)
+    _record(spec, adapters, sdir, report)
     sys.exit(report.exit_code if report.exit_code != EXIT_BLOCKED else EXIT_OK)
+
+
+@main.command()
+@_SPEC_OPT
+@_NODE_OPT
+@_STATE_OPT
+@click.option("--json", "as_json", is_flag=True, help="Print the raw status record.")
+@click.option("--watch", "live", is_flag=True, help="Refresh every 2 s until Ctrl-C.")
+def status(
+    spec_path: str | None, node: str | None, state_dir: str | None, as_json: bool, live: bool
+) -> None:
+    """Show this node's storage role, DRBD state, target and VIP from the agent's last tick.
+
+    Exit 0 when the record is fresh, 1 when it is missing or stale (older than tickInterval +
+    statusStaleness: the agent is stopped, hangs, or a failover is in progress).
+    """
+    import time
+
+    from reconciler.status import load_status, render
+
+    spec, _ = read_spec(spec_path)
+    the_node = pick_node(spec, node)
+    sdir = Path(state_dir) if state_dir else default_state_dir()
+    while True:
+        record = load_status(sdir, the_node)
+        if as_json:
+            click.echo(json.dumps(record, sort_keys=True))
+            fresh = record is not None
+        else:
+            if live:
+                console.clear()
+            fresh = render(console, spec, the_node, record, time.time())
+        if not live:
+            sys.exit(0 if fresh else 1)
+        try:
+            time.sleep(2)
+        except KeyboardInterrupt:
+            sys.exit(0)
+
+
+@main.command("split-brain")
+@click.argument("resource")
+@click.option("--survivor", required=True, help="The node whose data is kept.")
+@click.option("--yes", is_flag=True, help="Confirm: the other node's divergent writes are lost.")
+@_SPEC_OPT
+@_NODE_OPT
+@_STATE_OPT
+def split_brain(
+    resource: str,
+    survivor: str,
+    yes: bool,
+    spec_path: str | None,
+    node: str | None,
+    state_dir: str | None,
+) -> None:
+    """Guided split-brain recovery for RESOURCE: run it on both nodes, victim first.
+
+    \b
+    On the victim (the node that is not --survivor): the target stops, the VIP goes, DRBD is
+    demoted and reconnects discarding its own divergent data (it then resyncs from the
+    survivor). On the survivor: DRBD reconnects. Nothing happens without --yes, and only when
+    the agent really sees a split brain on RESOURCE.
+    """
+    from reconciler.observe import observe
+
+    spec, the_node, _sdir, adapters = _operator_context(spec_path, node, state_dir)
+    if survivor not in spec.node_names:
+        _fail(f"--survivor {survivor!r} is not a node of the spec ({', '.join(spec.node_names)})")
+    res = next((r for r in spec.spec.resources if r.name == resource), None)
+    if res is None:
+        _fail(f"no resource {resource!r} in the spec")
+    obs = observe(spec, adapters).resource(resource)
+    if not obs.split_brain and obs.conn.value != "StandAlone":
+        _fail(
+            f"refused: {resource} on {the_node} is {obs.conn.value}, not in split brain; "
+            "nothing to recover",
+            EXIT_BLOCKED,
+        )
+    victim = the_node != survivor
+    what = (
+        f"{the_node} is the VICTIM: its writes to {resource} since the split are discarded"
+        if victim
+        else f"{the_node} is the survivor: its data of {resource} is kept"
+    )
+    if not yes:
+        _fail(f"{what}. Re-run with --yes to proceed (run it on the victim first).")
+    try:
+        if victim:
+            adapters.target.stop(spec.spec.target)
+            for vip in spec.spec.vips:
+                adapters.vip.remove(vip)
+            adapters.drbd.secondary(res)
+            adapters.operator.save(OperatorState(manual_mode=True, chosen_role=Role.SECONDARY))
+            adapters.drbd.connect(res, discard_my_data=True)
+        else:
+            adapters.drbd.connect(res)
+    except AdapterError as exc:
+        _fail(f"recovery step failed on {the_node}: {exc}", 1)
+    click.echo(
+        f"{what}. Done on {the_node}. "
+        + (
+            "Now run it on the survivor."
+            if victim
+            else "Resync follows; check `reconcile status`, then leave manual mode on the victim."
+        )
+    )
 
 
 def run() -> None:  # pragma: no cover - console entry point wrapper
