@@ -14,7 +14,8 @@ from tests.simcluster import ROOT
 def test_diagram_in_docs_matches_the_planner(which: str) -> None:
     text = (ROOT / "docs" / "architecture.md").read_text()
     found = re.search(
-        rf"<!-- BEGIN GENERATED: {which} -->\n```mermaid\n(.*?)\n```\n<!-- END GENERATED: {which} -->",
+        rf"<!-- BEGIN GENERATED: {which} -->\n```mermaid\n(.*?)\n```\n"
+        rf"<!-- END GENERATED: {which} -->",
         text,
         re.S,
     )
