@@ -321,6 +321,19 @@ def validate(spec_path: str | None) -> None:
     )
 
 
+@main.command("get")
+@_SPEC_OPT
+def get_settings(spec_path: str | None) -> None:
+    """Print every effective setting: the spec with all defaults filled in (YAML)."""
+    from ruamel.yaml import YAML
+
+    spec, name = read_spec(spec_path)
+    yaml = YAML()
+    yaml.default_flow_style = False
+    click.echo(f"# effective settings of {name}")
+    yaml.dump(spec.model_dump(mode="json", by_alias=True), sys.stdout)
+
+
 # --- operator commands -----------------------------------------------------------------------
 
 

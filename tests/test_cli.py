@@ -172,3 +172,11 @@ def test_help_explains_commands_and_exit_codes(tmp_path: Path) -> None:
     assert r.returncode == 0
     for word in ("--once", "--watch", "--dry-run", "validate", "Exit codes", "become-primary"):
         assert word in r.stdout
+
+
+def test_get_prints_every_effective_setting(tmp_path: Path) -> None:
+    r = run(tmp_path, "get")
+    assert r.returncode == 0, r.stderr
+    # Defaults that the demo spec does not write are filled in.
+    for key in ("commandTimeout: 10.0", "screenTime: 1800.0", "quietTicks: 5", "tid: 1"):
+        assert key in r.stdout
