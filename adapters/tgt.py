@@ -1,0 +1,845 @@
+"""The tgt (scsi-target-utils, ``tgtd``/``tgtadm``) iSCSI target adapter.
+
+Invariants:
+
+- Every command goes through the injected ``Runner`` (the product's only command seam); this
+  module never spawns a process itself. Signals (``os.kill``) and ``/proc`` reads are the only
+  direct OS calls, and they concern the tgtd PID this adapter started or recorded.
+- Each adapter owns one tgtd with its own control socket ``<control_dir>/socket`` (tgtd and every
+  tgtadm get ``TGT_IPC_SOCKET``; tgtd appends ``.0``). Network namespaces do not isolate path-based
+  unix sockets, so two adapters on one machine must use two control directories; a second tgtd
+  on a busy socket exits with "another tgtd is using ...lock".
+- tgtd runs in the foreground (``tgtd -f``) as a child of this process: the PID is known
+  exactly, recorded in ``<control_dir>/tgtd.pid``, and reaped. ``control_dir`` and ``/proc``
+  therefore live on the machine that runs the adapter (``Local`` / ``Netns`` transports).
+- ``observe`` never raises: daemon not answering -> ``running=False``; unreadable or truncated
+  output -> ``running=None`` with ``error``. A LUN counts as exported only when its SCSI ID and SN
+  are the spec's (a LUN with default IDs would show initiators a different disk).
+- Actions are idempotent by observation (show first, then change only what differs) and raise
+  only ``TransientError``/``TerminalError``. ``stop`` is bounded: offline, force-delete every
+  target (drops sessions), ask tgtd to exit, wait for the PID, SIGKILL as the last resort.
+- ``parse_tgtadm_show`` and friends are pure and total: any text gives a result, never an
+  exception; anything they do not understand is listed in ``problems``.
+
+tgtadm facts this relies on (tgt 1.0.85, Debian 12; see tests/fixtures/tgt/SOURCES.md):
+
+- Errors exit 22 with ``tgtadm: <reason>`` on stderr ("this target already exists", "can't find
+  the target", "this access control rule already exists", "this target is still active").
+- No daemon on the socket: exit 107 ("Transport endpoint is not connected").
+- SCSI ID/SN cannot be given to ``logicalunit --op new`` (``-P`` is rejected there); they are set
+  with ``--op update --params scsi_id=..,scsi_sn=..`` right after creation.
+- ``--op delete --mode system`` makes tgtd exit within ~1 ms, but tgtadm itself then polls the
+  socket with a 100 ms sleep before returning: ``stop`` therefore starts it without waiting and
+  watches the PID instead.
+- When the portal address cannot be bound (VIP absent, ``ip_nonlocal_bind=0``) tgtd silently
+  falls back to listening on ``0.0.0.0:3260`` and ``[::]:3260``; ``start`` checks the portal list.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import os
+import re
+import signal
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from adapters.runner import CommandResult, Runner
+from reconciler.core.errors import AdapterError, TerminalError, TransientError
+from reconciler.core.observed import TargetObs
+from reconciler.core.spec import Lun, Resource, Target
+
+NOT_RUNNING_RC = 107  # ENOTCONN: nothing listens on the control socket
+ISCSI_PORT = 3260
+
+# ---------------------------------------------------------------------------------- parsing
+
+
+@dataclass(frozen=True, slots=True)
+class TgtLun:
+    """One logical unit as ``tgtadm --mode target --op show`` prints it (LUN 0 is the
+    controller tgt creates by itself)."""
+
+    lun: int
+    type: str = ""
+    scsi_id: str = ""
+    scsi_sn: str = ""
+    size: str = ""
+    online: bool | None = None
+    readonly: bool | None = None
+    backing_store_type: str = ""
+    backing_store_path: str | None = None
+    backing_store_flags: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class TgtConnection:
+    cid: int
+    address: str
+
+
+@dataclass(frozen=True, slots=True)
+class TgtSession:
+    """An I_T nexus: one logged-in initiator session (``alias`` None when tgt prints
+    ``alias: none``)."""
+
+    nexus: int
+    initiator: str
+    alias: str | None = None
+    connections: tuple[TgtConnection, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class TgtAccount:
+    user: str
+    outgoing: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class TgtTarget:
+    tid: int
+    iqn: str
+    driver: str = ""
+    state: str = ""
+    sessions: tuple[TgtSession, ...] = ()
+    luns: tuple[TgtLun, ...] = ()
+    accounts: tuple[TgtAccount, ...] = ()
+    acls: tuple[str, ...] = ()
+
+    def lun(self, number: int) -> TgtLun | None:
+        for item in self.luns:
+            if item.lun == number:
+                return item
+        return None
+
+    @property
+    def data_luns(self) -> tuple[TgtLun, ...]:
+        """The LUNs other than tgt's own controller LUN 0."""
+        return tuple(x for x in self.luns if x.lun != 0 and x.type != "controller")
+
+
+@dataclass(frozen=True, slots=True)
+class TgtShow:
+    """Parsed ``tgtadm --lld iscsi --mode target --op show``. ``problems`` lists every line or
+    structure the parser did not understand; a non-empty list means "do not trust this"."""
+
+    targets: tuple[TgtTarget, ...] = ()
+    problems: tuple[str, ...] = ()
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def target(self, tid: int) -> TgtTarget | None:
+        for t in self.targets:
+            if t.tid == tid:
+                return t
+        return None
+
+    def by_iqn(self, iqn: str) -> TgtTarget | None:
+        for t in self.targets:
+            if t.iqn == iqn:
+                return t
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class TgtSystem:
+    """Parsed ``tgtadm --mode sys --op show`` (only what the adapter needs)."""
+
+    state: str | None = None
+    llds: tuple[tuple[str, str], ...] = ()
+    problems: tuple[str, ...] = ()
+
+
+_SECTIONS = {
+    "System information": "system",
+    "I_T nexus information": "nexus",
+    "LUN information": "lun",
+    "Account information": "account",
+    "ACL information": "acl",
+}
+_TARGET_RE = re.compile(r"^Target ([0-9]{1,9}): (\S+)$", re.ASCII)
+_KV_RE = re.compile(r"^([A-Za-z][A-Za-z0-9 _/-]{0,40}):(?: (.*))?$", re.ASCII)
+_INT_RE = re.compile(r"^[0-9]{1,9}$", re.ASCII)
+_BOOLS = {"Yes": True, "No": False}
+_LUN_FIELDS = {
+    "Type": "type",
+    "SCSI ID": "scsi_id",
+    "SCSI SN": "scsi_sn",
+    "Size": "size",
+    "Backing store type": "backing_store_type",
+    "Backing store path": "backing_store_path",
+    "Backing store": "backing_store_path",  # tgt < 1.0: "Backing store: /dev/x"
+    "Backing store flags": "backing_store_flags",
+}
+_LUN_REQUIRED = ("Type", "SCSI ID", "SCSI SN")
+
+
+@dataclass
+class _LunBuild:
+    lun: int
+    seen: set[str] = field(default_factory=set)
+    fields: dict[str, str] = field(default_factory=dict)
+    flags: dict[str, bool | None] = field(default_factory=dict)
+
+    def freeze(self) -> TgtLun:
+        path = self.fields.get("backing_store_path")
+        if path in ("None", "No backing store", ""):
+            path = None
+        return TgtLun(
+            lun=self.lun,
+            type=self.fields.get("type", ""),
+            scsi_id=self.fields.get("scsi_id", ""),
+            scsi_sn=self.fields.get("scsi_sn", ""),
+            size=self.fields.get("size", ""),
+            online=self.flags.get("Online"),
+            readonly=self.flags.get("Readonly"),
+            backing_store_type=self.fields.get("backing_store_type", ""),
+            backing_store_path=path,
+            backing_store_flags=self.fields.get("backing_store_flags", ""),
+        )
+
+
+@dataclass
+class _SessionBuild:
+    nexus: int
+    initiator: str = ""
+    alias: str | None = None
+    connections: list[TgtConnection] = field(default_factory=list)
+    pending_cid: int | None = None
+
+    def freeze(self) -> TgtSession:
+        return TgtSession(self.nexus, self.initiator, self.alias, tuple(self.connections))
+
+
+@dataclass
+class _TargetBuild:
+    tid: int
+    iqn: str
+    driver: str = ""
+    state: str = ""
+    sections: set[str] = field(default_factory=set)
+    sessions: list[_SessionBuild] = field(default_factory=list)
+    luns: list[_LunBuild] = field(default_factory=list)
+    accounts: list[TgtAccount] = field(default_factory=list)
+    acls: list[str] = field(default_factory=list)
+
+    def freeze(self) -> TgtTarget:
+        return TgtTarget(
+            tid=self.tid,
+            iqn=self.iqn,
+            driver=self.driver,
+            state=self.state,
+            sessions=tuple(s.freeze() for s in self.sessions),
+            luns=tuple(x.freeze() for x in self.luns),
+            accounts=tuple(self.accounts),
+            acls=tuple(self.acls),
+        )
+
+
+def _indent(line: str) -> int:
+    return len(line) - len(line.lstrip(" "))
+
+
+_NAME_RE = re.compile(r"^(iqn|eui|naa)\.\S+$", re.ASCII)
+
+
+def _acl_entry_ok(entry: str) -> bool:
+    """tgt ACL entries are ALL, an IPv4/IPv6 address or network, or an initiator name."""
+    if entry == "ALL" or _NAME_RE.match(entry):
+        return True
+    try:
+        ipaddress.ip_network(entry, strict=False)
+    except ValueError:
+        return False
+    return True
+
+
+def parse_tgtadm_show(text: str) -> TgtShow:
+    """Parse ``tgtadm --lld iscsi --mode target --op show``.
+
+    Total function: never raises. The structure is fixed by tgt's ``tgtadm.c``: ``Target N:
+    IQN`` at column 0, the five section headers at 4, items at 8, item fields at 12 (16 for a
+    connection's address). Lines that fit nowhere, targets missing a section and LUNs missing
+    Type/SCSI ID/SCSI SN are reported in ``problems`` (this is how truncated output shows up).
+    Empty text is a valid "no targets".
+    """
+    problems: list[str] = []
+    targets: list[_TargetBuild] = []
+    cur: _TargetBuild | None = None
+    section: str | None = None
+    lun: _LunBuild | None = None
+    sess: _SessionBuild | None = None
+
+    def bad(lineno: int, why: str, line: str) -> None:
+        if len(problems) < 20:
+            problems.append(f"line {lineno}: {why}: {line[:80]!r}")
+
+    for lineno, raw in enumerate(text.splitlines(), start=1):
+        line = raw.rstrip()
+        if not line:
+            continue
+        depth = _indent(line)
+        body = line.strip()
+        if depth == 0:
+            m = _TARGET_RE.match(line)
+            if not m:
+                bad(lineno, "expected 'Target N: IQN'", line)
+                cur = None
+                continue
+            cur = _TargetBuild(tid=int(m.group(1)), iqn=m.group(2))
+            targets.append(cur)
+            section, lun, sess = None, None, None
+            continue
+        if cur is None:
+            bad(lineno, "text outside a target", line)
+            continue
+        if depth == 4:
+            if body.endswith(":") and body[:-1] in _SECTIONS:
+                section = _SECTIONS[body[:-1]]
+                cur.sections.add(section)
+                lun, sess = None, None
+            else:
+                bad(lineno, "unknown section", line)
+                section = None
+            continue
+        if section is None:
+            bad(lineno, "field outside a section", line)
+            continue
+        if section in ("account", "acl"):
+            if depth != 8:
+                bad(lineno, f"unexpected indentation in {section} list", line)
+            elif section == "acl":
+                if not _acl_entry_ok(body):
+                    bad(lineno, "not an ACL entry (ALL, address, network or name)", line)
+                cur.acls.append(body)
+            elif body.endswith(" (outgoing)"):
+                cur.accounts.append(TgtAccount(body[: -len(" (outgoing)")], outgoing=True))
+            else:
+                cur.accounts.append(TgtAccount(body))
+            continue
+        m = _KV_RE.match(body)
+        if not m:
+            bad(lineno, "expected 'Key: value'", line)
+            continue
+        key, value = m.group(1), (m.group(2) or "").strip()
+        if section == "system":
+            if depth != 8:
+                bad(lineno, "unexpected indentation", line)
+            elif key == "Driver":
+                cur.driver = value
+            elif key in ("State", "Status"):
+                cur.state = value
+            continue
+        if section == "lun":
+            if depth == 8 and key == "LUN" and _INT_RE.match(value):
+                lun = _LunBuild(int(value))
+                cur.luns.append(lun)
+            elif depth == 12 and lun is not None:
+                lun.seen.add(key)
+                if key in _LUN_FIELDS:
+                    lun.fields[_LUN_FIELDS[key]] = value
+                elif value in _BOOLS:
+                    lun.flags[key] = _BOOLS[value]
+            else:
+                bad(lineno, "unexpected line in LUN information", line)
+            continue
+        # section == "nexus"
+        if depth == 8 and key == "I_T nexus" and _INT_RE.match(value):
+            sess = _SessionBuild(int(value))
+            cur.sessions.append(sess)
+        elif depth == 12 and sess is not None and key == "Initiator":
+            name, _, alias = value.partition(" alias: ")
+            sess.initiator = name.strip()
+            sess.alias = None if alias.strip() in ("", "none") else alias.strip()
+        elif depth == 12 and sess is not None and key == "Connection" and _INT_RE.match(value):
+            sess.pending_cid = int(value)
+        elif depth == 16 and sess is not None and key == "IP Address":
+            sess.connections.append(TgtConnection(sess.pending_cid or 0, value))
+        elif depth not in (12, 16) or sess is None:
+            bad(lineno, "unexpected line in I_T nexus information", line)
+        # other fields of a session (newer tgt versions) are ignored
+
+    for t in targets:
+        missing = [name for name, key in _SECTIONS.items() if key not in t.sections]
+        if missing:
+            problems.append(f"target {t.tid}: missing section(s) {', '.join(missing)}")
+        for item in t.luns:
+            absent = [k for k in _LUN_REQUIRED if k not in item.seen]
+            if absent:
+                problems.append(f"target {t.tid} LUN {item.lun}: missing {', '.join(absent)}")
+        for s in t.sessions:
+            if not s.initiator:
+                problems.append(f"target {t.tid} I_T nexus {s.nexus}: no initiator")
+    tids = [t.tid for t in targets]
+    if len(set(tids)) != len(tids):
+        problems.append("duplicate target ids")
+    return TgtShow(targets=tuple(t.freeze() for t in targets), problems=tuple(problems))
+
+
+def parse_tgtadm_sys(text: str) -> TgtSystem:
+    """Parse ``tgtadm --mode sys --op show``: the system State and the LLD states. Total."""
+    state: str | None = None
+    llds: list[tuple[str, str]] = []
+    block = ""
+    for raw in text.splitlines():
+        line = raw.rstrip()
+        if not line:
+            continue
+        if _indent(line) == 0:
+            block = line.strip()
+            continue
+        m = _KV_RE.match(line.strip())
+        if not m:
+            continue
+        if block == "System:" and m.group(1) == "State":
+            state = (m.group(2) or "").strip() or None
+        elif block == "LLDs:":
+            llds.append((m.group(1), (m.group(2) or "").strip()))
+    problems = () if state else ("no 'System: State:' line",)
+    return TgtSystem(state=state, llds=tuple(llds), problems=problems)
+
+
+def parse_tgtadm_portals(text: str) -> tuple[str, ...]:
+    """Parse ``tgtadm --lld iscsi --mode portal --op show`` into ``ADDR:PORT`` strings (the
+    ``,TPGT`` suffix dropped). Total; lines that are not portals are ignored."""
+    out: list[str] = []
+    for raw in text.splitlines():
+        m = re.match(r"^Portal: (\S+?)(?:,[0-9]+)?$", raw.strip(), re.ASCII)
+        if m:
+            out.append(m.group(1))
+    return tuple(out)
+
+
+# ---------------------------------------------------------------------------------- adapter
+
+
+class _Process(Protocol):
+    """What the adapter needs of a spawned process (``subprocess.Popen`` satisfies it)."""
+
+    @property
+    def pid(self) -> int: ...
+
+    def poll(self) -> int | None: ...
+
+    def wait(self, timeout: float | None = None) -> int: ...
+
+    def kill(self) -> None: ...
+
+
+_SOCKET_PATH_MAX = 100  # sun_path is 108 bytes; tgtd appends ".<port>"
+
+
+class TgtAdapter:
+    """``TargetAdapter`` backed by one tgtd this adapter starts and stops.
+
+    ``backing_for`` maps a resource to the path tgt exports (default: the DRBD device
+    ``/dev/drbdN``); the namespace lab passes a file instead, since DRBD is simulated there.
+    ``timings`` keeps the duration of the last start/export/stop (seconds) for measurements.
+    """
+
+    def __init__(
+        self,
+        runner: Runner,
+        *,
+        control_dir: str,
+        portal: str | None = None,
+        log_path: str | None = None,
+        backing_for: Callable[[Resource], str] | None = None,
+        start_timeout: float = 5.0,
+        stop_timeout: float = 1.0,
+        poll_interval: float = 0.005,
+        observe_timeout: float = 5.0,
+    ) -> None:
+        self.runner = runner
+        self.control_dir = os.path.abspath(control_dir)
+        self.socket = os.path.join(self.control_dir, "socket")
+        if len(self.socket) + 6 > _SOCKET_PATH_MAX:
+            raise ValueError(f"control_dir {control_dir!r} is too long for a unix socket path")
+        self.pid_file = os.path.join(self.control_dir, "tgtd.pid")
+        self.log_path = log_path or os.path.join(self.control_dir, "tgtd.log")
+        self.portal = _normalise_portal(portal) if portal else None
+        self.backing_for = backing_for or (lambda resource: resource.device)
+        self.start_timeout = start_timeout
+        self.stop_timeout = stop_timeout
+        self.poll_interval = poll_interval
+        self.observe_timeout = observe_timeout
+        self.env = {"TGT_IPC_SOCKET": self.socket}
+        self.timings: dict[str, float] = {}
+        self._proc: _Process | None = None
+
+    # ------------------------------------------------------------------ commands
+    def _adm(
+        self, args: Sequence[str], *, check: bool = True, timeout: float | None = None
+    ) -> CommandResult:
+        """``tgtadm`` on this adapter's socket; exit 107 (no daemon) is transient."""
+        return self.runner.run(
+            ["tgtadm", *args],
+            env=self.env,
+            check=check,
+            timeout=timeout,
+            transient_codes=(NOT_RUNNING_RC,),
+        )
+
+    def _iscsi(
+        self, mode: str, op: str, *args: str, check: bool = True, timeout: float | None = None
+    ) -> CommandResult:
+        """``tgtadm --lld iscsi --mode MODE --op OP ARGS...``."""
+        argv = ["--lld", "iscsi", "--mode", mode, "--op", op, *args]
+        return self._adm(argv, check=check, timeout=timeout)
+
+    def _sys(
+        self, op: str, *args: str, check: bool = True, timeout: float | None = None
+    ) -> CommandResult:
+        """``tgtadm --mode sys --op OP ARGS...`` (system-wide, no LLD)."""
+        return self._adm(["--mode", "sys", "--op", op, *args], check=check, timeout=timeout)
+
+    def _show(self) -> TgtShow:
+        """Current targets; raises when tgtd does not answer or prints something unreadable."""
+        res = self._iscsi("target", "show")
+        show = parse_tgtadm_show(res.stdout)
+        if not show.ok:
+            raise TransientError(
+                "unreadable tgtadm target show output: " + "; ".join(show.problems[:3]),
+                command=res.argv,
+                output=res.stdout[:2000],
+            )
+        return show
+
+    # ------------------------------------------------------------------ observe
+    def observe(self, target: Target) -> TargetObs:
+        """Never raises. ``running``: tgtd answers on our socket and its system State is
+        ``ready``. ``exported_luns``: data LUNs of ``target`` (same tid and IQN, target State
+        ready) whose SCSI ID/SN match the spec (LUNs the spec does not list are reported too)."""
+        self._reap()
+        quick = self.observe_timeout
+        try:
+            sys_res = self._sys("show", check=False, timeout=quick)
+            if sys_res.rc == NOT_RUNNING_RC:
+                return TargetObs(running=False)
+            if not sys_res.ok:
+                return TargetObs(running=None, error=_err("tgtadm sys show", sys_res))
+            state = parse_tgtadm_sys(sys_res.stdout).state
+            if state is None:
+                return TargetObs(running=None, error="unreadable tgtadm sys show output")
+            if state != "ready":
+                why = f"tgtd answers but its State is {state!r} (an interrupted stop?)"
+                return TargetObs(running=False, error=why)
+            res = self._iscsi("target", "show", check=False, timeout=quick)
+        except AdapterError as exc:
+            return TargetObs(running=None, error=str(exc))
+        if res.rc == NOT_RUNNING_RC:
+            return TargetObs(running=False)
+        if not res.ok:
+            return TargetObs(running=None, error=_err("tgtadm target show", res))
+        show = parse_tgtadm_show(res.stdout)
+        if not show.ok:
+            why = "unreadable tgtadm target show output: " + "; ".join(show.problems[:3])
+            return TargetObs(running=None, error=why)
+        return _target_obs(show, target)
+
+    # ------------------------------------------------------------------ start
+    def start(self, target: Target) -> None:
+        """tgtd running (started if needed), system State ready, target ``tid``/``iqn``
+        defined and State ready, ACLs exactly ``target.initiators``. Idempotent."""
+        began = time.monotonic()
+        fresh = self._ensure_daemon()
+        show = TgtShow() if fresh else self._show()  # a new tgtd has no targets
+        tid = str(target.tid)
+        current = show.target(target.tid)
+        if current is None:
+            other = show.by_iqn(target.iqn)
+            if other is not None:
+                raise TerminalError(
+                    f"{target.iqn} is already defined as tid {other.tid}, not {target.tid}"
+                )
+            self._iscsi("target", "new", "--tid", tid, "-T", target.iqn)
+            acls: tuple[str, ...] = ()
+        elif current.iqn != target.iqn:
+            raise TerminalError(f"tid {target.tid} carries {current.iqn}, expected {target.iqn}")
+        else:
+            acls = current.acls
+            if current.state and current.state != "ready":
+                self._iscsi("target", "update", "--tid", tid, "--name", "state", "--value", "ready")
+        self._sync_acls(target, acls)
+        self.timings["start"] = time.monotonic() - began
+
+    def _sync_acls(self, target: Target, current: Sequence[str]) -> None:
+        """Bind what is missing first, then unbind what the spec does not list."""
+        wanted = list(dict.fromkeys(target.initiators))
+        tid = str(target.tid)
+        for item in wanted:
+            if item not in current:
+                self._iscsi("target", "bind", "--tid", tid, *_acl_option(item))
+        for item in current:
+            if item not in wanted:
+                self._iscsi("target", "unbind", "--tid", tid, *_acl_option(item))
+
+    def _ensure_daemon(self) -> bool:
+        """Make our tgtd answer with State ready; True when it had to be started."""
+        res = self._sys("show", check=False)
+        if res.ok:
+            if parse_tgtadm_sys(res.stdout).state == "offline":
+                self._sys("update", "--name", "State", "-v", "ready")
+            return False
+        if res.rc != NOT_RUNNING_RC:
+            raise TransientError(_err("tgtadm sys show", res), command=res.argv)
+        # Nothing answers on our socket: a recorded tgtd that is still alive is wedged.
+        stale = self._recorded_pid()
+        if stale is not None:
+            self._kill_and_wait(stale)
+        self._spawn_daemon()
+        return True
+
+    def _spawn_daemon(self) -> None:
+        """Start ``tgtd -f``, record its PID, wait (bounded) until it answers, and check that
+        it listens on the configured portal."""
+        Path(self.control_dir).mkdir(mode=0o700, parents=True, exist_ok=True)
+        argv = ["tgtd", "-f"]
+        if self.portal:
+            argv += ["--iscsi", f"portal={self.portal}"]
+        proc = self.runner.spawn(argv, env=self.env, log_path=self.log_path)
+        self._proc = proc
+        _write_atomic(self.pid_file, f"{proc.pid}\n")
+        deadline = time.monotonic() + self.start_timeout
+        while True:
+            code = proc.poll()
+            if code is not None:
+                self._forget_pid(proc.pid)
+                raise TerminalError(
+                    f"tgtd exited with code {code} while starting: {self._log_tail()}",
+                    command=tuple(argv),
+                )
+            if self._sys("show", check=False, timeout=1.0).ok:
+                break
+            if time.monotonic() > deadline:
+                self._kill_and_wait(proc.pid)
+                raise TransientError(
+                    f"tgtd did not answer on {self.socket} within {self.start_timeout:g}s",
+                    command=tuple(argv),
+                )
+            time.sleep(self.poll_interval)
+        if self.portal:
+            portals = parse_tgtadm_portals(self._iscsi("portal", "show").stdout)
+            if self.portal not in portals:
+                self._kill_and_wait(proc.pid)
+                raise TerminalError(
+                    f"tgtd could not bind portal {self.portal} (it listens on "
+                    f"{', '.join(portals) or 'nothing'}); add the address first or set "
+                    "net.ipv4.ip_nonlocal_bind=1"
+                )
+
+    # ------------------------------------------------------------------ LUNs
+    def export_lun(self, target: Target, lun: Lun, resource: Resource) -> None:
+        """LUN ``lun.lun`` of the target backed by ``backing_for(resource)`` with the spec's
+        SCSI ID/SN. A LUN with another backing store is replaced. Idempotent.
+
+        tgt cannot take the IDs at creation, so a new LUN shows tgt's default IDs for the few
+        milliseconds until the update; export before the VIP comes up."""
+        began = time.monotonic()
+        path = self.backing_for(resource)
+        current = self._show().target(target.tid)
+        if current is None or current.iqn != target.iqn:
+            raise TerminalError(f"target {target.tid} ({target.iqn}) is not defined; start() first")
+        have = current.lun(lun.lun)
+        where = ("--tid", str(target.tid), "--lun", str(lun.lun))
+        if have is not None and have.backing_store_path != path:
+            self._iscsi("logicalunit", "delete", *where)
+            have = None
+        if have is None:
+            self._iscsi("logicalunit", "new", *where, "-b", path)
+        if have is None or (have.scsi_id, have.scsi_sn) != (lun.scsi_id, lun.scsi_sn):
+            params = f"scsi_id={lun.scsi_id},scsi_sn={lun.scsi_sn}"
+            self._iscsi("logicalunit", "update", *where, "--params", params)
+        self.timings["export"] = time.monotonic() - began
+
+    def unexport_lun(self, target: Target, lun: Lun) -> None:
+        """Remove the LUN (sessions stay; initiators get LOGICAL UNIT NOT SUPPORTED).
+        Idempotent: nothing to do when tgtd, the target or the LUN is absent."""
+        res = self._iscsi("target", "show", check=False)
+        if res.rc == NOT_RUNNING_RC:
+            return
+        if not res.ok:
+            raise TransientError(_err("tgtadm target show", res), command=res.argv)
+        show = parse_tgtadm_show(res.stdout)
+        current = show.target(target.tid)
+        if current is None or current.iqn != target.iqn or current.lun(lun.lun) is None:
+            if not show.ok:
+                raise TransientError(
+                    "unreadable tgtadm target show output", output=res.stdout[:2000]
+                )
+            return
+        self._iscsi("logicalunit", "delete", "--tid", str(target.tid), "--lun", str(lun.lun))
+
+    # ------------------------------------------------------------------ stop
+    def stop(self, target: Target) -> None:
+        """Stop fast and surely; afterwards no tgtd of ours runs (else ``TerminalError``).
+
+        Order: system State offline (no new logins), ``delete --force`` every target (drops
+        sessions, closes backing stores), ``delete --mode system`` started without waiting,
+        watch the PID for ``stop_timeout``, SIGKILL as the last resort. Idempotent."""
+        began = time.monotonic()
+        pid = self._known_pid()
+        killer: _Process | None = None
+        # A hung or vanished daemon raises here: the PID wait and SIGKILL below still apply.
+        with contextlib.suppress(AdapterError):
+            killer = self._orderly_shutdown(target)
+        try:
+            if pid is not None and not self._wait_gone(pid, self.stop_timeout):
+                self._kill_and_wait(pid)
+            elif pid is None and killer is not None:
+                # tgtd of unknown PID: tgtadm returns once the socket stops answering.
+                with contextlib.suppress(Exception):
+                    killer.wait(timeout=self.stop_timeout + 1.0)
+        finally:
+            if killer is not None:
+                if killer.poll() is None:
+                    killer.kill()  # it only sleeps in its 100 ms "is tgtd gone?" poll
+                killer.wait()
+        if pid is not None and _alive(pid):
+            raise TerminalError(f"tgtd pid {pid} survived SIGKILL")
+        if pid is not None:
+            self._forget_pid(pid)
+        self.timings["stop"] = time.monotonic() - began
+
+    def _orderly_shutdown(self, target: Target) -> _Process | None:
+        """Offline, force-delete every target, then start ``delete --mode system`` without
+        waiting for it. Returns that tgtadm process (None when no daemon answered)."""
+        quick = 2.0
+        res = self._sys("update", "--name", "State", "-v", "offline", check=False, timeout=quick)
+        if not res.ok:
+            return None  # 107: no daemon answers; anything else: the PID path decides
+        shown = self._iscsi("target", "show", check=False, timeout=quick)
+        tids = {t.tid for t in parse_tgtadm_show(shown.stdout).targets} | {target.tid}
+        for tid in sorted(tids):
+            self._iscsi(
+                "target", "delete", "--force", "--tid", str(tid), check=False, timeout=quick
+            )
+        return self.runner.spawn(["tgtadm", "--op", "delete", "--mode", "system"], env=self.env)
+
+    # ------------------------------------------------------------------ PIDs
+    def _reap(self) -> None:
+        if self._proc is not None and self._proc.poll() is not None:
+            self._proc = None
+
+    def _known_pid(self) -> int | None:
+        if self._proc is not None and self._proc.poll() is None:
+            return self._proc.pid
+        self._reap()
+        return self._recorded_pid()
+
+    def _recorded_pid(self) -> int | None:
+        """The PID in the pid file if it is alive and is a tgtd on our socket."""
+        try:
+            pid = int(Path(self.pid_file).read_text().strip())
+        except (OSError, ValueError):
+            return None
+        return pid if self._is_our_tgtd(pid) else None
+
+    def _is_our_tgtd(self, pid: int) -> bool:
+        try:
+            if Path(f"/proc/{pid}/comm").read_text().strip() != "tgtd":
+                return False
+            environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        except OSError:
+            return False
+        return f"TGT_IPC_SOCKET={self.socket}".encode() in environ and _alive(pid)
+
+    def _wait_gone(self, pid: int, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while True:
+            if self._proc is not None and self._proc.pid == pid:
+                if self._proc.poll() is not None:
+                    self._proc = None
+                    return True
+            elif not _alive(pid):
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.001)
+
+    def _kill_and_wait(self, pid: int) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        self._wait_gone(pid, 2.0)
+        self._forget_pid(pid)
+
+    def _forget_pid(self, pid: int) -> None:
+        with contextlib.suppress(OSError):
+            if Path(self.pid_file).read_text().strip() == str(pid):
+                Path(self.pid_file).unlink()
+
+    def _log_tail(self) -> str:
+        try:
+            with open(self.log_path, "rb") as fh:
+                fh.seek(0, os.SEEK_END)
+                fh.seek(max(0, fh.tell() - 600))
+                return fh.read().decode("utf-8", "replace").strip()
+        except OSError:
+            return "(no log)"
+
+
+# ---------------------------------------------------------------------------------- helpers
+
+
+def _target_obs(show: TgtShow, target: Target) -> TargetObs:
+    """Map a parsed show to the observation of ``target`` (see ``TgtAdapter.observe``)."""
+    current = show.target(target.tid)
+    if current is None:
+        return TargetObs(running=True)
+    if current.iqn != target.iqn:
+        why = f"tid {target.tid} carries {current.iqn}, expected {target.iqn}"
+        return TargetObs(running=True, error=why)
+    if current.state and current.state != "ready":
+        return TargetObs(running=True, error=f"target {target.tid} State is {current.state!r}")
+    spec = {x.lun: x for x in target.luns}
+    exported: set[int] = set()
+    wrong: list[str] = []
+    for item in current.data_luns:
+        want = spec.get(item.lun)
+        if want is None or (item.scsi_id, item.scsi_sn) == (want.scsi_id, want.scsi_sn):
+            exported.add(item.lun)
+        else:
+            wrong.append(f"LUN {item.lun} has SCSI ID/SN {item.scsi_id}/{item.scsi_sn}")
+    return TargetObs(
+        running=True, exported_luns=frozenset(exported), error="; ".join(wrong) or None
+    )
+
+
+def _acl_option(item: str) -> list[str]:
+    """tgtadm wants initiator names with -Q (--initiator-name), addresses and ALL with -I."""
+    if re.match(r"^(iqn|eui|naa)\.", item):
+        return ["-Q", item]
+    return ["-I", item]
+
+
+def _normalise_portal(portal: str) -> str:
+    """``IP`` or ``IP:PORT`` -> ``IP:PORT`` (the spelling ``portal show`` prints)."""
+    host, sep, port = portal.rpartition(":")
+    if sep and port.isdigit() and host and not host.endswith(":"):
+        return portal
+    return f"{portal}:{ISCSI_PORT}"
+
+
+def _alive(pid: int) -> bool:
+    """True while ``pid`` exists and is not a zombie."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rpartition(")")[2].split()[:1] != ["Z"]
+
+
+def _write_atomic(path: str, text: str) -> None:
+    tmp = f"{path}.tmp"
+    Path(tmp).write_text(text)
+    os.replace(tmp, path)
+
+
+def _err(what: str, res: CommandResult) -> str:
+    return f"{what} exited {res.rc}: {(res.stderr or res.stdout).strip()[:300]}"

@@ -1,0 +1,401 @@
+"""Pure tests of the tgtadm output parsers (captured real outputs, see
+tests/fixtures/tgt/SOURCES.md) and of TgtAdapter.observe() over a scripted runner."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from adapters.runner import CommandResult
+from adapters.tgt import (
+    TgtAccount,
+    TgtAdapter,
+    TgtConnection,
+    parse_tgtadm_portals,
+    parse_tgtadm_show,
+    parse_tgtadm_sys,
+)
+from reconciler.core.errors import TerminalError, TransientError
+from reconciler.core.spec import Lun, Resource, Target
+
+FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "tgt"
+IQN = "iqn.2024-01.test.lab:vol0"
+CLIENT = "iqn.2024-01.test.lab:client"
+KVM = "iqn.2008-11.org.linux-kvm"
+LUN1 = ("tandem-r0", "SN0001", "/tmp/zx1/lun1.img")
+LUN2 = ("tandem-r1", "SN0002", "/tmp/zx1/lun2.img")
+ADDRS_AND_NAME = ("198.51.100.10", "198.51.100.0/24", CLIENT)
+
+
+def fixture(name: str) -> str:
+    return (FIXTURES / name).read_text()
+
+
+def show_fixtures() -> list[str]:
+    return sorted(p.name for p in FIXTURES.glob("show-*.txt"))
+
+
+def summary(text: str) -> list[dict[str, Any]]:
+    show = parse_tgtadm_show(text)
+    assert show.problems == ()
+    return [
+        {
+            "tid": t.tid,
+            "iqn": t.iqn,
+            "state": t.state,
+            "luns": {x.lun: (x.scsi_id, x.scsi_sn, x.backing_store_path) for x in t.data_luns},
+            "acls": t.acls,
+            "sessions": [(s.initiator, [c.address for c in s.connections]) for s in t.sessions],
+        }
+        for t in show.targets
+    ]
+
+
+def one(
+    iqn: str = IQN,
+    *,
+    luns: Mapping[int, tuple[str, str, str]] | None = None,
+    acls: tuple[str, ...] = (),
+    sessions: Sequence[tuple[str, list[str]]] = (),
+    tid: int = 1,
+    state: str = "ready",
+) -> dict[str, Any]:
+    return {
+        "tid": tid,
+        "iqn": iqn,
+        "state": state,
+        "luns": dict(luns or {}),
+        "acls": acls,
+        "sessions": list(sessions),
+    }
+
+
+EXPECTED: dict[str, list[dict[str, Any]]] = {
+    "show-01-no-targets.txt": [],
+    "show-02-target-no-lun.txt": [one()],
+    "show-03-one-lun-acl-all.txt": [one(luns={1: LUN1}, acls=("ALL",))],
+    "show-04-two-luns.txt": [one(luns={1: LUN1, 2: LUN2}, acls=("ALL",))],
+    "show-05-acl-addresses-iqn.txt": [one(luns={1: LUN1, 2: LUN2}, acls=ADDRS_AND_NAME)],
+    "show-06-one-session.txt": [
+        one(luns={1: LUN1, 2: LUN2}, acls=ADDRS_AND_NAME, sessions=[(KVM, ["198.51.100.10"])])
+    ],
+    "show-07-two-sessions.txt": [
+        one(
+            luns={1: LUN1, 2: LUN2},
+            acls=("198.51.100.10", "ALL", CLIENT),
+            sessions=[(CLIENT, ["198.51.100.10"]), (KVM, ["198.51.100.10"])],
+        )
+    ],
+    "show-08-two-targets-accounts.txt": [
+        one(luns={1: LUN1, 2: LUN2}, acls=("198.51.100.10", "ALL", CLIENT)),
+        one(
+            "iqn.2024-01.test.lab:vol1",
+            tid=2,
+            state="offline",
+            luns={1: ("IET     00020001", "beaf21", "/tmp/zx1/lun2.img")},
+            acls=("198.51.100.0/24",),
+        ),
+    ],
+    "show-10-session-luns-deleted.txt": [
+        one(acls=("ALL", "10.0.0.5/32"), sessions=[(KVM, ["198.51.100.10"])])
+    ],
+}
+
+
+def test_every_fixture_has_expectations() -> None:
+    assert set(show_fixtures()) == set(EXPECTED)
+    assert len(EXPECTED) >= 5
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_fixture_table(name: str) -> None:
+    assert summary(fixture(name)) == EXPECTED[name]
+
+
+def test_details_of_a_full_output() -> None:
+    show = parse_tgtadm_show(fixture("show-08-two-targets-accounts.txt"))
+    first, second = show.targets
+    controller = first.lun(0)
+    assert controller is not None and controller.type == "controller"
+    assert controller.scsi_id == "IET     00010000"  # inner spaces kept
+    assert controller.backing_store_path is None  # tgt prints "None"
+    lun1 = first.lun(1)
+    assert lun1 is not None
+    assert (lun1.type, lun1.size, lun1.online, lun1.readonly) == (
+        "disk",
+        "67 MB, Block size: 512",
+        True,
+        False,
+    )
+    assert (lun1.backing_store_type, lun1.backing_store_flags) == ("rdwr", "")
+    assert second.lun(1) is not None and second.lun(1).backing_store_flags == "direct"  # type: ignore[union-attr]
+    assert second.accounts == (TgtAccount("alice"), TgtAccount("bob", outgoing=True))
+    assert first.driver == second.driver == "iscsi"
+    assert show.by_iqn("iqn.2024-01.test.lab:vol1") is second and show.target(3) is None
+
+
+def test_session_details() -> None:
+    (t,) = parse_tgtadm_show(fixture("show-07-two-sessions.txt")).targets
+    assert [s.nexus for s in t.sessions] == [5, 6]
+    assert t.sessions[0].alias is None  # "alias: none"
+    assert t.sessions[0].connections == (TgtConnection(0, "198.51.100.10"),)
+
+
+def test_older_tgt_spelling() -> None:
+    """tgt before 1.0 printed ``Status:`` and ``Backing store: PATH`` (upstream README.iscsi)."""
+    text = "\n".join(
+        [
+            "Target 1: iqn.2001-04.com.example:disk",
+            "    System information:",
+            "        Driver: iscsi",
+            "        Status: running",
+            "    I_T nexus information:",
+            "    LUN information:",
+            "        LUN: 0",
+            "            Type: controller",
+            "            SCSI ID: deadbeaf1:0",
+            "            SCSI SN: beaf10",
+            "            Size: 0",
+            "            Backing store: No backing store",
+            "        LUN: 1",
+            "            Type: disk",
+            "            SCSI ID: deadbeaf1:1",
+            "            SCSI SN: beaf11",
+            "            Size: 55G",
+            "            Backing store: /dev/vdb1",
+            "    Account information:",
+            "    ACL information:",
+            "        192.0.2.0/24",
+        ]
+    )
+    show = parse_tgtadm_show(text)
+    assert show.ok
+    (t,) = show.targets
+    assert t.state == "running"
+    assert t.lun(0) is not None and t.lun(0).backing_store_path is None  # type: ignore[union-attr]
+    assert [(x.lun, x.backing_store_path) for x in t.data_luns] == [(1, "/dev/vdb1")]
+
+
+@pytest.mark.parametrize("name", [n for n in sorted(EXPECTED) if EXPECTED[n]])
+def test_truncation_is_detected_unless_indistinguishable(name: str) -> None:
+    """A cut at a line boundary is noticed, except where the prefix is itself a complete
+    output: right before a ``Target`` line, or inside a target's final ACL list."""
+    lines = fixture(name).splitlines(keepends=True)
+    in_acl = False
+    for cut in range(1, len(lines)):
+        last = lines[cut - 1].strip()
+        if lines[cut - 1].startswith("    ") and not lines[cut - 1].startswith("        "):
+            in_acl = last == "ACL information:"
+        if lines[cut].startswith("Target ") or in_acl:
+            continue
+        show = parse_tgtadm_show("".join(lines[:cut]))
+        assert not show.ok, f"cut after line {cut} went unnoticed"
+
+
+@pytest.mark.parametrize("name", show_fixtures())
+def test_every_prefix_parses_without_exception(name: str) -> None:
+    text = fixture(name)
+    for cut in range(len(text) + 1):
+        show = parse_tgtadm_show(text[:cut])
+        complete = parse_tgtadm_show(text)
+        # whatever a prefix yields is never more than the full output has
+        assert len(show.targets) <= len(complete.targets)
+
+
+def test_garbage_is_reported() -> None:
+    for text in [
+        "hello",
+        "tgtadm: invalid request",
+        "Target x: y",
+        "    LUN information:",
+        "Target 1: iqn.a\n    Bogus section:\n",
+        "\x00\x01\x02",
+    ]:
+        assert not parse_tgtadm_show(text).ok, text
+
+
+def test_acl_entries_are_validated() -> None:
+    text = fixture("show-03-one-lun-acl-all.txt").replace("        ALL", "        198.51.1")
+    assert not parse_tgtadm_show(text).ok
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.text())
+def test_fuzz_arbitrary_text(text: str) -> None:
+    show = parse_tgtadm_show(text)
+    assert isinstance(show.problems, tuple)
+    parse_tgtadm_sys(text)
+    parse_tgtadm_portals(text)
+
+
+_LINES = st.sampled_from(
+    sorted({line for n in EXPECTED for line in fixture(n).splitlines()} | {"", "   ", "\t"})
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(_LINES, max_size=60))
+def test_fuzz_recombined_real_lines(lines: list[str]) -> None:
+    """Plausible-looking output built from real lines in random order: never an exception,
+    and every LUN the parser reports carries a number."""
+    show = parse_tgtadm_show("\n".join(lines))
+    for t in show.targets:
+        assert all(isinstance(x.lun, int) for x in t.luns)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.sampled_from(sorted(EXPECTED)), st.data())
+def test_fuzz_mutated_fixture(name: str, data: st.DataObject) -> None:
+    lines = fixture(name).splitlines()
+    if lines:
+        i = data.draw(st.integers(0, len(lines) - 1))
+        lines[i] = data.draw(st.text(max_size=40))
+    parse_tgtadm_show("\n".join(lines))
+
+
+def test_sys_and_portal_parsers() -> None:
+    ready = parse_tgtadm_sys(fixture("sys-show-ready.txt"))
+    assert ready.state == "ready" and ("iscsi", "ready") in ready.llds and not ready.problems
+    assert parse_tgtadm_sys(fixture("sys-show-offline.txt")).state == "offline"
+    assert parse_tgtadm_sys("garbage").state is None
+    assert parse_tgtadm_portals(fixture("portal-show-vip.txt")) == ("198.51.100.3:3260",)
+    assert parse_tgtadm_portals(fixture("portal-show-fallback.txt")) == (
+        "[::]:3260",
+        "0.0.0.0:3260",
+    )
+
+
+# ------------------------------------------------------------------ observe over a fake runner
+
+
+class ScriptedRunner:
+    """Answers tgtadm calls from a table keyed by (mode, op); records every argv."""
+
+    def __init__(self, answers: Mapping[tuple[str, str], tuple[int, str]]) -> None:
+        self.answers = dict(answers)
+        self.calls: list[list[str]] = []
+
+    def run(self, argv: Sequence[str], **kw: Any) -> CommandResult:
+        self.calls.append(list(argv))
+        mode = argv[argv.index("--mode") + 1]
+        op = argv[argv.index("--op") + 1]
+        rc, out = self.answers.get((mode, op), (0, ""))
+        if kw.get("check", True) and rc:
+            error = TransientError if rc in kw.get("transient_codes", ()) else TerminalError
+            raise error(f"rc {rc}")
+        return CommandResult(tuple(argv), rc, out, "" if rc == 0 else "tgtadm: boom", 0.0)
+
+    def spawn(self, argv: Sequence[str], **kw: Any) -> Any:
+        raise AssertionError("no process may be spawned here")
+
+
+SPEC = Target(
+    iqn=IQN,
+    luns=(
+        Lun(lun=1, resource="r0", scsi_id="tandem-r0", scsi_sn="SN0001"),
+        Lun(lun=2, resource="r1", scsi_id="tandem-r1", scsi_sn="SN0002"),
+    ),
+)
+
+
+def adapter(
+    answers: Mapping[tuple[str, str], tuple[int, str]], tmp_path: Path
+) -> tuple[TgtAdapter, ScriptedRunner]:
+    runner = ScriptedRunner(answers)
+    return TgtAdapter(runner, control_dir=str(tmp_path / "ctl")), runner  # type: ignore[arg-type]
+
+
+READY = (0, fixture("sys-show-ready.txt"))
+
+
+def test_observe_not_running(tmp_path: Path) -> None:
+    tgt, _ = adapter({("sys", "show"): (107, "")}, tmp_path)
+    obs = tgt.observe(SPEC)
+    assert obs.running is False and obs.error is None
+
+
+def test_observe_exported(tmp_path: Path) -> None:
+    tgt, runner = adapter(
+        {("sys", "show"): READY, ("target", "show"): (0, fixture("show-04-two-luns.txt"))}, tmp_path
+    )
+    obs = tgt.observe(SPEC)
+    assert (obs.running, obs.exported_luns, obs.error) == (True, frozenset({1, 2}), None)
+    assert all(c[0] == "tgtadm" for c in runner.calls)
+
+
+def test_observe_wrong_identity_is_not_exported(tmp_path: Path) -> None:
+    text = fixture("show-04-two-luns.txt").replace("SN0002", "beaf12")
+    tgt, _ = adapter({("sys", "show"): READY, ("target", "show"): (0, text)}, tmp_path)
+    obs = tgt.observe(SPEC)
+    assert obs.running is True and obs.exported_luns == frozenset({1})
+    assert obs.error is not None and "LUN 2" in obs.error
+
+
+def test_observe_garbage_is_unknown(tmp_path: Path) -> None:
+    tgt, _ = adapter(
+        {("sys", "show"): READY, ("target", "show"): (0, "<html>oops</html>")}, tmp_path
+    )
+    obs = tgt.observe(SPEC)
+    assert obs.running is None and obs.error and "unreadable" in obs.error
+
+
+def test_observe_offline_daemon(tmp_path: Path) -> None:
+    tgt, _ = adapter({("sys", "show"): (0, fixture("sys-show-offline.txt"))}, tmp_path)
+    obs = tgt.observe(SPEC)
+    assert obs.running is False and obs.error and "offline" in obs.error
+
+
+def test_observe_other_iqn_on_the_tid(tmp_path: Path) -> None:
+    text = fixture("show-03-one-lun-acl-all.txt").replace(IQN, "iqn.2024-01.other.lab:x")
+    tgt, _ = adapter({("sys", "show"): READY, ("target", "show"): (0, text)}, tmp_path)
+    obs = tgt.observe(SPEC)
+    assert obs.running is True and obs.exported_luns == frozenset() and obs.error
+
+
+def test_observe_never_raises_on_runner_errors(tmp_path: Path) -> None:
+    class Broken(ScriptedRunner):
+        def run(self, argv: Sequence[str], **kw: Any) -> CommandResult:
+            raise TransientError("tgtadm timed out after 5s")
+
+    tgt = TgtAdapter(Broken({}), control_dir=str(tmp_path))  # type: ignore[arg-type]
+    obs = tgt.observe(SPEC)
+    assert obs.running is None and obs.error == "tgtadm timed out after 5s"
+
+
+def test_export_lun_commands(tmp_path: Path) -> None:
+    tgt, runner = adapter({("target", "show"): (0, fixture("show-02-target-no-lun.txt"))}, tmp_path)
+    tgt.backing_for = lambda resource: f"/dev/drbd{resource.minor}"
+    tgt.export_lun(SPEC, SPEC.luns[0], Resource(name="r0", minor=0, disk="/dev/sdb"))
+    issued = [" ".join(c[1:]) for c in runner.calls]
+    assert issued[1:] == [
+        "--lld iscsi --mode logicalunit --op new --tid 1 --lun 1 -b /dev/drbd0",
+        "--lld iscsi --mode logicalunit --op update --tid 1 --lun 1"
+        " --params scsi_id=tandem-r0,scsi_sn=SN0001",
+    ]
+
+
+def test_export_lun_is_a_no_op_when_exported(tmp_path: Path) -> None:
+    tgt, runner = adapter({("target", "show"): (0, fixture("show-04-two-luns.txt"))}, tmp_path)
+    tgt.backing_for = lambda resource: "/tmp/zx1/lun1.img"
+    tgt.export_lun(SPEC, SPEC.luns[0], Resource(name="r0", minor=0, disk="/dev/sdb"))
+    assert len(runner.calls) == 1  # just the show
+
+
+def test_acl_options(tmp_path: Path) -> None:
+    tgt, runner = adapter(
+        {("sys", "show"): READY, ("target", "show"): (0, fixture("show-03-one-lun-acl-all.txt"))},
+        tmp_path,
+    )
+    spec = Target(iqn=IQN, luns=SPEC.luns, initiators=(CLIENT, "198.51.100.0/24"))
+    tgt.start(spec)
+    tail = [c[6:] for c in runner.calls if "bind" in c or "unbind" in c]
+    assert tail == [
+        ["bind", "--tid", "1", "-Q", CLIENT],
+        ["bind", "--tid", "1", "-I", "198.51.100.0/24"],
+        ["unbind", "--tid", "1", "-I", "ALL"],
+    ]
