@@ -27,6 +27,7 @@ from typing import Any, NoReturn
 
 import click
 from rich.console import Console
+from rich.markup import escape
 
 from reconciler import __version__
 from reconciler.agent import EXIT_BLOCKED, EXIT_OK, EXIT_USAGE, TickReport, tick, write_status
@@ -36,12 +37,14 @@ from reconciler.core.spec import StorageCluster
 from reconciler.core.specload import SpecError, load_spec
 
 DEMO = "embedded:demo.yaml"
-console = Console(highlight=False, soft_wrap=True)
-errors = Console(stderr=True, highlight=False, soft_wrap=True)
+# emoji=False: a spec value like ':smile:' must print verbatim, not as a smiley.
+console = Console(highlight=False, soft_wrap=True, emoji=False)
+errors = Console(stderr=True, highlight=False, soft_wrap=True, emoji=False)
 
 
 def _fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
-    errors.print(f"[bold red]error:[/] {message}", markup=True, soft_wrap=True)
+    # The message may hold user text (file names, values): never interpret it as markup.
+    errors.print(f"[bold red]error:[/] {escape(message)}", markup=True, soft_wrap=True)
     sys.exit(code)
 
 
@@ -128,21 +131,24 @@ def print_report(report: TickReport, *, as_json: bool) -> None:
         click.echo(json.dumps(report.to_json(), sort_keys=True))
         return
     p = report.plan
+    e = escape  # reasons quote observed text (pool.conf, tool output): never markup
     mode = " (dry run: nothing applied)" if report.result is None else ""
-    console.print(f"[bold]{p.node}[/]: should be [bold]{p.desired_role}[/] ({p.role_reason}){mode}")
+    console.print(
+        f"[bold]{e(p.node)}[/]: should be [bold]{p.desired_role}[/] ({e(p.role_reason)}){mode}"
+    )
     steps = {id(s.action): s for s in (report.result.steps if report.result else ())}
     for i, action in enumerate(p.actions, 1):
         step = steps.get(id(action))
         mark = ""
         if step is not None:
-            mark = " [green]ok[/]" if step.ok else f" [red]FAILED[/]: {step.error}"
+            mark = " [green]ok[/]" if step.ok else f" [red]FAILED[/]: {e(step.error or '')}"
         elif report.result is not None:
             mark = " [yellow]not run[/]"
-        console.print(f"  {i}. [cyan]{action.describe()}[/] - {action.reason}{mark}")
+        console.print(f"  {i}. [cyan]{e(action.describe())}[/] - {e(action.reason)}{mark}")
     for b in p.blocked:
-        console.print(f"  [yellow]blocked[/] {b.what}: {b.reason}")
+        console.print(f"  [yellow]blocked[/] {b.what}: {e(b.reason)}")
     for w in p.warnings:
-        console.print(f"  [magenta]warning[/]: {w}")
+        console.print(f"  [magenta]warning[/]: {e(w)}")
     if p.converged:
         console.print("  converged: nothing to do")
 
