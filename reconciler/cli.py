@@ -535,10 +535,13 @@ def split_brain(
     if res is None:
         _fail(f"no resource {resource!r} in the spec")
     obs = observe(spec, adapters).resource(resource)
-    if not obs.split_brain and obs.conn.value != "StandAlone":
+    # After a split brain DRBD leaves both sides disconnected: StandAlone, or (per the DRBD
+    # guide) the survivor may sit in Connecting/WFConnection. Only a live connection proves
+    # there is nothing to recover.
+    if not obs.known or obs.conn.is_connected:
+        state = obs.conn.value if obs.known else f"unknown ({obs.error})"
         _fail(
-            f"refused: {resource} on {the_node} is {obs.conn.value}, not in split brain; "
-            "nothing to recover",
+            f"refused: {resource} on {the_node} is {state}, not in split brain; nothing to recover",
             EXIT_BLOCKED,
         )
     victim = the_node != survivor
@@ -556,6 +559,7 @@ def split_brain(
                 adapters.vip.remove(vip)
             adapters.drbd.secondary(res)
             adapters.operator.save(OperatorState(manual_mode=True, chosen_role=Role.SECONDARY))
+            adapters.drbd.disconnect(res)  # a discard-connect needs a StandAlone resource
             adapters.drbd.connect(res, discard_my_data=True)
         else:
             adapters.drbd.connect(res)
