@@ -83,7 +83,9 @@ def _help(alias: object) -> tuple[str, str]:
     meta = getattr(alias, "__metadata__", ())
     pattern = next(m.pattern for m in meta if isinstance(m, StringConstraints))
     text = next(m.description for m in meta if hasattr(m, "description") and m.description)
-    return str(pattern), f"expected {text[0].lower()}{text[1:]}"
+    if not text[1:2].isupper():  # "Letters" -> "letters", but "SCSI" stays "SCSI"
+        text = text[0].lower() + text[1:]
+    return str(pattern), f"expected {text}"
 
 
 PATTERN_HELP: dict[str, str] = dict(
@@ -114,9 +116,7 @@ class Node(_Model):
     """One of the two hosts."""
 
     name: SafeName = Field(description="Host name; matched against the machine's hostname.")
-    replication_address: IPv4 = Field(
-        description="Address on the DRBD replication link."
-    )
+    replication_address: IPv4 = Field(description="Address on the DRBD replication link.")
     management_address: IPv4 | None = Field(
         default=None, description="Address on the management network (used for liveness)."
     )
@@ -201,10 +201,17 @@ class Resource(_Model):
     name: SafeName
     minor: int = Field(ge=0, le=1048575, description="DRBD minor: the device is /dev/drbd<minor>.")
     disk: DevicePath = Field(description="Backing block device on each node.")
+    device_path: FilePath | None = Field(
+        default=None,
+        description=(
+            "What the target exports for this resource; default /dev/drbd<minor>. "
+            "Labs with simulated DRBD point it at a file standing in for the device."
+        ),
+    )
 
     @property
     def device(self) -> str:
-        return f"/dev/drbd{self.minor}"
+        return self.device_path or f"/dev/drbd{self.minor}"
 
 
 class Vip(_Model):
