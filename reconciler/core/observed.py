@@ -76,24 +76,6 @@ class ConnState(StrEnum):
         return self in _SYNCING
 
 
-_CONNECTED = frozenset(
-    {
-        ConnState.CONNECTED,
-        ConnState.STARTING_SYNC_S,
-        ConnState.STARTING_SYNC_T,
-        ConnState.WF_BITMAP_S,
-        ConnState.WF_BITMAP_T,
-        ConnState.WF_SYNC_UUID,
-        ConnState.SYNC_SOURCE,
-        ConnState.SYNC_TARGET,
-        ConnState.PAUSED_SYNC_S,
-        ConnState.PAUSED_SYNC_T,
-        ConnState.VERIFY_S,
-        ConnState.VERIFY_T,
-        ConnState.AHEAD,
-        ConnState.BEHIND,
-    }
-)
 _SYNCING = frozenset(
     {
         ConnState.STARTING_SYNC_S,
@@ -107,6 +89,13 @@ _SYNCING = frozenset(
         ConnState.PAUSED_SYNC_T,
     }
 )
+_CONNECTED = _SYNCING | {
+    ConnState.CONNECTED,
+    ConnState.VERIFY_S,
+    ConnState.VERIFY_T,
+    ConnState.AHEAD,
+    ConnState.BEHIND,
+}
 
 
 class DiskState(StrEnum):
