@@ -1,15 +1,37 @@
 """Build one node's adapters from the spec's ``adapters`` section.
 
 Each concern is 'sim' (the simulated cluster shared through the state directory) or a real
-implementation; mixing is allowed (a lab runs real VIP and tgt over simulated DRBD).
+implementation; mixing is allowed (the namespace lab runs real VIP, tgt and pool.conf adapters
+over simulated DRBD).
+
+Invariants:
+
+- Every real adapter gets the same ``Runner`` (the one command seam), built from the node's
+  transport and the spec's ``timings.commandTimeout``.
+- Per-node state lives in the state directory under per-node names (``tgt-<node>/``,
+  ``operator-<node>.json``); only the simulated world (``sim-world.json``) is shared, so two
+  agents of one lab can use one state directory.
+- Building adapters starts nothing and changes nothing on the node: daemons start in actions.
+- Problems found while building (a control socket path too long for the OS, a netns transport
+  without a namespace) raise ``TerminalError``: the CLI reports them and exits 2.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import cast
 
-from adapters.base import NodeAdapters
+from adapters.base import (
+    DrbdAdapter,
+    LivenessAdapter,
+    NodeAdapters,
+    RoleSourceAdapter,
+    TargetAdapter,
+    VipAdapter,
+)
 from adapters.poolconf import NoRoleSource, PoolConfRoleSource
+from adapters.runner import Local, Netns, Runner
+from adapters.runner import Transport as CommandTransport
 from adapters.sim.adapters import SimDrbd, SimPoolMaster, SimTarget, SimVip, sim_liveness
 from adapters.sim.world import FileWorldStore, WorldStore
 from adapters.state import FileOperatorStore
@@ -29,6 +51,11 @@ def operator_store(state_dir: Path, node: str) -> FileOperatorStore:
     return FileOperatorStore(state_dir / f"operator-{node}.json")
 
 
+def tgt_control_dir(state_dir: Path, node: str) -> Path:
+    """Where the tgt adapter of ``node`` keeps its tgtd control socket, PID file and log."""
+    return state_dir / f"tgt-{node}"
+
+
 def build_adapters(
     spec: StorageCluster,
     node: str,
@@ -41,51 +68,51 @@ def build_adapters(
     world = store
     if world is None and "sim" in (chosen.drbd, chosen.vip, chosen.target, chosen.role_source):
         world = world_store(spec, state_dir, read_only=dry_run)
-    runner = _runner(spec, node)
+    runner = node_runner(spec, node)
 
+    drbd: DrbdAdapter
     if chosen.drbd == "sim":
         assert world is not None
         drbd = SimDrbd(world, node)
     else:
         from adapters.drbd import RealDrbd
 
-        drbd = RealDrbd(runner)  # type: ignore[assignment]
+        drbd = RealDrbd(runner)
 
+    vip: VipAdapter
     if chosen.vip == "sim":
         assert world is not None
         vip = SimVip(world, node)
     else:
-        from adapters.vip import InProcessArp, IpVip
+        vip = _real_vip(spec, node, runner)
 
-        vip = IpVip(runner, arp=InProcessArp())  # type: ignore[assignment]
-
+    target: TargetAdapter
     if chosen.target == "sim":
         assert world is not None
         target = SimTarget(world, node)
     else:
-        from adapters.tgt import TgtAdapter
+        target = _real_target(spec, node, runner, state_dir)
 
-        portal = spec.spec.vips[0].ip if spec.spec.vips else None
-        target = TgtAdapter(  # type: ignore[assignment]
-            runner, control_dir=str(state_dir / f"tgt-{node}"), portal=portal
-        )
-
+    role: RoleSourceAdapter
     if chosen.role_source == "sim":
         assert world is not None
         role = SimPoolMaster(world, node)
     elif chosen.role_source == "pool-conf":
-        role = PoolConfRoleSource(Path(spec.node(node).pool_conf))  # type: ignore[assignment]
+        role = PoolConfRoleSource(Path(spec.node(node).pool_conf))
     else:
-        role = NoRoleSource()  # type: ignore[assignment]
+        role = NoRoleSource()
 
+    liveness: LivenessAdapter
     if world is not None and chosen.drbd == "sim":
+        # Liveness feeds the promotion policy of a *disconnected* DRBD: with simulated DRBD
+        # the simulated links are what disconnect it, so the simulator answers.
         liveness = sim_liveness(world, node, spec)
     else:
         from adapters.liveness import PingLiveness
 
         peer = spec.peer_of(node)
         addresses = [str(a) for a in (peer.management_address, peer.replication_address) if a]
-        liveness = PingLiveness(  # type: ignore[assignment]
+        liveness = PingLiveness(
             runner,
             peer_addresses=addresses,
             heuristics=[str(h) for h in spec.spec.promotion.heuristics],
@@ -101,13 +128,43 @@ def build_adapters(
     )
 
 
-def _runner(spec: StorageCluster, node: str):  # type: ignore[no-untyped-def]
-    from adapters.runner import Local, Netns, Runner
+def _real_vip(spec: StorageCluster, node: str, runner: Runner) -> VipAdapter:
+    """iproute2 for addresses; ARP in-process when the agent runs on the node (transport
+    'local', which includes an agent started inside the node's namespace), else through
+    ``arping`` run by the runner (transport 'netns': the agent is outside the namespace, and an
+    in-process packet socket would probe and announce on the wrong network)."""
+    from adapters.vip import ArpTool, CommandArp, InProcessArp, IpVip
 
+    netns = spec.node(node).transport is Transport.NETNS
+    arp: ArpTool = CommandArp(runner) if netns else InProcessArp()
+    return IpVip(runner, arp=arp, command_timeout=spec.spec.timings.command_timeout)
+
+
+def _real_target(spec: StorageCluster, node: str, runner: Runner, state_dir: Path) -> TargetAdapter:
+    """One tgtd per node with its control socket in the state directory; its portal is the
+    first VIP (tgtd binds it even before the VIP exists where ``ip_nonlocal_bind=1``; the
+    planner adds the VIP before it starts the target anyway)."""
+    from adapters.tgt import TgtAdapter
+
+    portal = spec.spec.vips[0].ip if spec.spec.vips else None
+    control_dir = tgt_control_dir(state_dir.absolute(), node)
+    try:
+        return TgtAdapter(runner, control_dir=str(control_dir), portal=portal)
+    except ValueError as exc:
+        raise TerminalError(
+            f"node {node}: cannot use {control_dir} for tgtd's control socket ({exc}); "
+            "choose a shorter --state-dir"
+        ) from exc
+
+
+def node_runner(spec: StorageCluster, node: str) -> Runner:
+    """The command runner of ``node``: local, or inside the node's network namespace."""
     n = spec.node(node)
     timeout = spec.spec.timings.command_timeout
+    # cast: runner.Transport declares ``name`` as a settable attribute, the frozen dataclasses
+    # provide a read-only one (structurally fine at run time).
     if n.transport is Transport.NETNS:
         if not n.namespace:
             raise TerminalError(f"node {node}: transport netns needs a namespace")
-        return Runner(Netns(n.namespace), timeout=timeout)
-    return Runner(Local(), timeout=timeout)
+        return Runner(cast(CommandTransport, Netns(n.namespace)), timeout=timeout)
+    return Runner(cast(CommandTransport, Local()), timeout=timeout)

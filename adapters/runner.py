@@ -3,7 +3,11 @@
 Invariants:
 - argv is always an explicit list (never a shell string), and every call has a timeout.
 - A transport turns the argv into what is really spawned: ``Local`` runs it as is, ``Netns``
-  prefixes ``ip netns exec NS`` (lab), a VM transport (later) sends it over a console.
+  prefixes ``ip netns exec NS`` (lab). A transport that also has ``execute``/``spawn``
+  (``ExecutingTransport``, e.g. ``adapters.vmconsole.VmConsole``: a VM's command agent) carries
+  the argv to where it runs itself; the runner then spawns nothing locally, sends only the
+  environment variables the caller names, and maps the transport's exceptions to the same
+  errors (``TimeoutError``/``ConnectionError`` -> transient, ``FileNotFoundError`` -> terminal).
 - Failures map to ``TransientError`` (timeouts, codes the caller marks transient) or
   ``TerminalError`` (missing binary, other non-zero exits). ``check=False`` returns the result
   instead, for commands whose exit code is an answer (``ping``, ``tgtadm --op show``).
@@ -19,7 +23,7 @@ import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import sh
 
@@ -27,9 +31,68 @@ from reconciler.core.errors import TerminalError, TransientError
 
 
 class Transport(Protocol):
-    name: str
+    @property
+    def name(self) -> str: ...
 
     def wrap(self, argv: Sequence[str]) -> list[str]: ...
+
+
+class Process(Protocol):
+    """A started long-running command (``subprocess.Popen`` satisfies it)."""
+
+    @property
+    def pid(self) -> int: ...
+
+    def poll(self) -> int | None: ...
+
+    def wait(self, timeout: float | None = None) -> int: ...
+
+    def kill(self) -> None: ...
+
+
+class Executed(Protocol):
+    """What ``ExecutingTransport.execute`` returns: ``rc`` < 0 means killed by signal -rc."""
+
+    @property
+    def rc(self) -> int: ...
+
+    @property
+    def stdout(self) -> str: ...
+
+    @property
+    def stderr(self) -> str: ...
+
+
+@runtime_checkable
+class ExecutingTransport(Protocol):
+    """A transport that runs commands where they belong itself (no local process).
+
+    ``execute`` raises ``TimeoutError`` when ``timeout`` expired (the command was killed),
+    ``FileNotFoundError`` for a missing command, ``ConnectionError``/``OSError`` when the place
+    cannot be reached. ``env`` holds only the caller's variables. ``wrap`` still gives the
+    equivalent command line, for messages."""
+
+    @property
+    def name(self) -> str: ...
+
+    def wrap(self, argv: Sequence[str]) -> list[str]: ...
+
+    def execute(
+        self,
+        argv: Sequence[str],
+        *,
+        timeout: float,
+        env: Mapping[str, str] | None = None,
+        stdin: str | None = None,
+    ) -> Executed: ...
+
+    def spawn(
+        self,
+        argv: Sequence[str],
+        *,
+        env: Mapping[str, str] | None = None,
+        log_path: str | None = None,
+    ) -> Process: ...
 
 
 @dataclass(frozen=True)
@@ -83,6 +146,10 @@ class Runner:
         """Run ``argv`` to completion. See the module docstring for the error mapping."""
         full = self.transport.wrap(argv)
         limit = self.timeout if timeout is None else timeout
+        if isinstance(self.transport, ExecutingTransport):
+            return self._execute(
+                self.transport, argv, full, limit, check, transient_codes, env, stdin
+            )
         merged = _merge_env(self.env, env)
         started = time.monotonic()
         try:
@@ -130,14 +197,46 @@ class Runner:
             stderr=_text(proc.stderr),
             seconds=time.monotonic() - started,
         )
-        if check and result.rc != 0:
-            message = (
-                f"{_short(argv)} failed with exit code {result.rc}: "
-                f"{(result.stderr or result.stdout).strip()[:400]}"
+        return _checked(result, argv, check, transient_codes)
+
+    def _execute(
+        self,
+        transport: ExecutingTransport,
+        argv: Sequence[str],
+        full: list[str],
+        limit: float,
+        check: bool,
+        transient_codes: Sequence[int],
+        env: Mapping[str, str] | None,
+        stdin: str | None,
+    ) -> CommandResult:
+        """``run`` through an executing transport (same results, same error mapping)."""
+        started = time.monotonic()
+        command = tuple(full)
+        try:
+            done = transport.execute(
+                argv, timeout=limit, env=_overrides(self.env, env), stdin=stdin
             )
-            error = TransientError if result.rc in transient_codes else TerminalError
-            raise error(message, command=tuple(full), output=result.stderr or result.stdout)
-        return result
+        except TimeoutError as exc:
+            raise TransientError(
+                f"{_short(argv)} timed out after {limit:g}s", command=command
+            ) from exc
+        except FileNotFoundError as exc:
+            raise TerminalError(f"command not found: {argv[0]}", command=command) from exc
+        except OSError as exc:
+            raise TransientError(
+                f"{_short(argv)}: {transport.name} transport failed: {exc}", command=command
+            ) from exc
+        if done.rc < 0:
+            raise TransientError(f"{_short(argv)} was killed by a signal", command=command)
+        result = CommandResult(
+            argv=command,
+            rc=done.rc,
+            stdout=done.stdout,
+            stderr=done.stderr,
+            seconds=time.monotonic() - started,
+        )
+        return _checked(result, argv, check, transient_codes)
 
     def spawn(
         self,
@@ -146,9 +245,21 @@ class Runner:
         env: Mapping[str, str] | None = None,
         log_path: str | None = None,
         new_session: bool = True,
-    ) -> subprocess.Popen[bytes]:
+    ) -> Process:
         """Start a long-running command (a daemon in foreground mode, a detached arping) and
-        return its handle without waiting. The caller owns it (wait/kill by PID)."""
+        return its handle without waiting. The caller owns it (wait/kill by PID). Through an
+        executing transport the process runs there (always in a new session) and ``log_path``
+        is a path there."""
+        if isinstance(self.transport, ExecutingTransport):
+            try:
+                return self.transport.spawn(argv, env=_overrides(self.env, env), log_path=log_path)
+            except FileNotFoundError as exc:
+                raise TerminalError(f"command not found: {argv[0]}", command=tuple(argv)) from exc
+            except OSError as exc:
+                raise TransientError(
+                    f"{_short(argv)}: {self.transport.name} transport failed: {exc}",
+                    command=tuple(argv),
+                ) from exc
         full = self.transport.wrap(argv)
         out = open(log_path, "ab") if log_path else subprocess.DEVNULL  # noqa: SIM115
         try:
@@ -165,6 +276,28 @@ class Runner:
         finally:
             if log_path and not isinstance(out, int):
                 out.close()
+
+
+def _checked(
+    result: CommandResult, argv: Sequence[str], check: bool, transient_codes: Sequence[int]
+) -> CommandResult:
+    if check and result.rc != 0:
+        message = (
+            f"{_short(argv)} failed with exit code {result.rc}: "
+            f"{(result.stderr or result.stdout).strip()[:400]}"
+        )
+        error = TransientError if result.rc in transient_codes else TerminalError
+        raise error(message, command=result.argv, output=result.stderr or result.stdout)
+    return result
+
+
+def _overrides(
+    base: Mapping[str, str] | None, extra: Mapping[str, str] | None
+) -> dict[str, str] | None:
+    """Only the variables the runner and the caller set (for transports that run elsewhere)."""
+    if base is None and extra is None:
+        return None
+    return {**(base or {}), **(extra or {})}
 
 
 def _merge_env(

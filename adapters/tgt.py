@@ -3,15 +3,19 @@
 Invariants:
 
 - Every command goes through the injected ``Runner`` (the product's only command seam); this
-  module never spawns a process itself. Signals (``os.kill``) and ``/proc`` reads are the only
-  direct OS calls, and they concern the tgtd PID this adapter started or recorded.
+  module never spawns a process itself. The node's files and process table (control directory,
+  PID file, log, ``/proc``, SIGKILL) are reached through a ``ProcessHost``: ``LocalProcessHost``
+  (the default: direct OS calls, for ``Local``/``Netns`` transports, where the agent shares the
+  node's file system and PID namespace) or ``CommandProcessHost`` (the same through the runner,
+  for a node the agent reaches remotely, e.g. a VM over ``adapters.vmconsole``). Either way they
+  concern only the tgtd PID this adapter started or recorded.
 - Each adapter owns one tgtd with its own control socket ``<control_dir>/socket`` (tgtd and every
   tgtadm get ``TGT_IPC_SOCKET``; tgtd appends ``.0``). Network namespaces do not isolate path-based
   unix sockets, so two adapters on one machine must use two control directories; a second tgtd
   on a busy socket exits with "another tgtd is using ...lock".
-- tgtd runs in the foreground (``tgtd -f``) as a child of this process: the PID is known
-  exactly, recorded in ``<control_dir>/tgtd.pid``, and reaped. ``control_dir`` and ``/proc``
-  therefore live on the machine that runs the adapter (``Local`` / ``Netns`` transports).
+- tgtd runs in the foreground (``tgtd -f``) started by ``Runner.spawn``: the PID is known
+  exactly, recorded in ``<control_dir>/tgtd.pid`` (on the node), and reaped through the handle.
+  ``control_dir`` is a path on the node.
 - ``observe`` never raises: daemon not answering -> ``running=False``; unreadable or truncated
   output -> ``running=None`` with ``error``. A LUN counts as exported only when its SCSI ID and SN
   are the spec's (a LUN with default IDs would show initiators a different disk).
@@ -31,6 +35,9 @@ tgtadm facts this relies on (tgt 1.0.85, Debian 12; see tests/fixtures/tgt/SOURC
 - ``--op delete --mode system`` makes tgtd exit within ~1 ms, but tgtadm itself then polls the
   socket with a 100 ms sleep before returning: ``stop`` therefore starts it without waiting and
   watches the PID instead.
+- ``logicalunit --op new ... --bsoflags direct`` is accepted for the rdwr backing store, on
+  block devices and on regular files (verified on ext4 in the lab); ``show`` then prints
+  ``Backing store flags: direct``.
 - When the portal address cannot be bound (VIP absent, ``ip_nonlocal_bind=0``) tgtd silently
   falls back to listening on ``0.0.0.0:3260`` and ``[::]:3260``; ``start`` checks the portal list.
 """
@@ -438,8 +445,12 @@ _SOCKET_PATH_MAX = 100  # sun_path is 108 bytes; tgtd appends ".<port>"
 class TgtAdapter:
     """``TargetAdapter`` backed by one tgtd this adapter starts and stops.
 
-    ``backing_for`` maps a resource to the path tgt exports (default: the DRBD device
-    ``/dev/drbdN``); the namespace lab passes a file instead, since DRBD is simulated there.
+    ``backing_for`` maps a resource to the path tgt exports (default: ``Resource.device``, the
+    DRBD device ``/dev/drbdN`` unless the spec's ``devicePath`` names a stand-in file).
+    ``direct_io`` (default on) creates LUNs with ``--bsoflags direct``: tgt's rdwr backing store
+    then opens the device with O_DIRECT, so a write the initiator saw acknowledged has reached
+    DRBD (and, with protocol C, the peer) and is never only in this node's page cache when it
+    fails over. It is applied when a LUN is created; an existing LUN is not re-created for it.
     ``timings`` keeps the duration of the last start/export/stop (seconds) for measurements.
     """
 
@@ -451,6 +462,8 @@ class TgtAdapter:
         portal: str | None = None,
         log_path: str | None = None,
         backing_for: Callable[[Resource], str] | None = None,
+        direct_io: bool = True,
+        host: ProcessHost | None = None,
         start_timeout: float = 5.0,
         stop_timeout: float = 1.0,
         poll_interval: float = 0.005,
@@ -465,6 +478,8 @@ class TgtAdapter:
         self.log_path = log_path or os.path.join(self.control_dir, "tgtd.log")
         self.portal = _normalise_portal(portal) if portal else None
         self.backing_for = backing_for or (lambda resource: resource.device)
+        self.direct_io = direct_io
+        self.host: ProcessHost = host or LocalProcessHost()
         self.start_timeout = start_timeout
         self.stop_timeout = stop_timeout
         self.poll_interval = poll_interval
@@ -599,13 +614,13 @@ class TgtAdapter:
     def _spawn_daemon(self) -> None:
         """Start ``tgtd -f``, record its PID, wait (bounded) until it answers, and check that
         it listens on the configured portal."""
-        Path(self.control_dir).mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.host.make_dir(self.control_dir)
         argv = ["tgtd", "-f"]
         if self.portal:
             argv += ["--iscsi", f"portal={self.portal}"]
         proc = self.runner.spawn(argv, env=self.env, log_path=self.log_path)
         self._proc = proc
-        _write_atomic(self.pid_file, f"{proc.pid}\n")
+        self.host.write_file(self.pid_file, f"{proc.pid}\n")
         deadline = time.monotonic() + self.start_timeout
         while True:
             code = proc.poll()
@@ -652,7 +667,8 @@ class TgtAdapter:
             self._iscsi("logicalunit", "delete", *where)
             have = None
         if have is None:
-            self._iscsi("logicalunit", "new", *where, "-b", path)
+            flags = ("--bsoflags", "direct") if self.direct_io else ()
+            self._iscsi("logicalunit", "new", *where, "-b", path, *flags)
         if have is None or (have.scsi_id, have.scsi_sn) != (lun.scsi_id, lun.scsi_sn):
             params = f"scsi_id={lun.scsi_id},scsi_sn={lun.scsi_sn}"
             self._iscsi("logicalunit", "update", *where, "--params", params)
@@ -682,15 +698,17 @@ class TgtAdapter:
 
         Order: system State offline (no new logins), ``delete --force`` every target (drops
         sessions, closes backing stores), ``delete --mode system`` started without waiting,
-        watch the PID for ``stop_timeout``, SIGKILL as the last resort. Idempotent."""
+        watch the PID for ``stop_timeout``, SIGKILL as the last resort, or at once when tgt
+        refused to delete a target (see ``_orderly_shutdown``). Idempotent."""
         began = time.monotonic()
         pid = self._known_pid()
         killer: _Process | None = None
+        kill_now = False
         # A hung or vanished daemon raises here: the PID wait and SIGKILL below still apply.
         with contextlib.suppress(AdapterError):
-            killer = self._orderly_shutdown(target)
+            killer, kill_now = self._orderly_shutdown(target)
         try:
-            if pid is not None and not self._wait_gone(pid, self.stop_timeout):
+            if pid is not None and (kill_now or not self._wait_exit(pid, killer)):
                 self._kill_and_wait(pid)
             elif pid is None and killer is not None:
                 # tgtd of unknown PID: tgtadm returns once the socket stops answering.
@@ -701,26 +719,49 @@ class TgtAdapter:
                 if killer.poll() is None:
                     killer.kill()  # it only sleeps in its 100 ms "is tgtd gone?" poll
                 killer.wait()
-        if pid is not None and _alive(pid):
+        if pid is not None and self.host.alive(pid):
             raise TerminalError(f"tgtd pid {pid} survived SIGKILL")
         if pid is not None:
             self._forget_pid(pid)
         self.timings["stop"] = time.monotonic() - began
 
-    def _orderly_shutdown(self, target: Target) -> _Process | None:
+    def _wait_exit(self, pid: int, killer: _Process | None) -> bool:
+        """Wait up to ``stop_timeout`` for tgtd to exit after ``delete --mode system``; give
+        up at once when that tgtadm failed (tgtd refused to shut down: a target came back or
+        is still being torn down), instead of waiting out the timeout with sessions alive."""
+        deadline = time.monotonic() + self.stop_timeout
+        while not self._wait_gone(pid, 0.0):
+            code = killer.poll() if killer is not None else None
+            if (code is not None and code != 0) or time.monotonic() >= deadline:
+                return False
+            time.sleep(0.001)
+        return True
+
+    def _orderly_shutdown(self, target: Target) -> tuple[_Process | None, bool]:
         """Offline, force-delete every target, then start ``delete --mode system`` without
-        waiting for it. Returns that tgtadm process (None when no daemon answered)."""
+        waiting for it. Returns that tgtadm process (None when no daemon answered) and whether
+        to SIGKILL at once instead of waiting for the daemon to exit.
+
+        tgt refuses ``delete --force`` while a LUN has commands in flight ("this logical unit
+        is still active", exit 22; seen in the lab under continuous client reads), and then
+        refuses ``delete --mode system`` too: waiting ``stop_timeout`` would only keep the
+        sessions serving for that long (measured: every such stop took 1.0 s). Killing is
+        safe there: a command in flight has not been acknowledged to the initiator, which
+        retries it on the new primary; acknowledged writes are on the device (direct I/O)."""
         quick = 2.0
         res = self._sys("update", "--name", "State", "-v", "offline", check=False, timeout=quick)
         if not res.ok:
-            return None  # 107: no daemon answers; anything else: the PID path decides
+            return None, False  # 107: no daemon answers; anything else: the PID path decides
         shown = self._iscsi("target", "show", check=False, timeout=quick)
         tids = {t.tid for t in parse_tgtadm_show(shown.stdout).targets} | {target.tid}
         for tid in sorted(tids):
-            self._iscsi(
+            deleted = self._iscsi(
                 "target", "delete", "--force", "--tid", str(tid), check=False, timeout=quick
             )
-        return self.runner.spawn(["tgtadm", "--op", "delete", "--mode", "system"], env=self.env)
+            if not deleted.ok and "can't find the target" not in deleted.stderr:
+                return None, True
+        killer = self.runner.spawn(["tgtadm", "--op", "delete", "--mode", "system"], env=self.env)
+        return killer, False
 
     # ------------------------------------------------------------------ PIDs
     def _reap(self) -> None:
@@ -735,20 +776,15 @@ class TgtAdapter:
 
     def _recorded_pid(self) -> int | None:
         """The PID in the pid file if it is alive and is a tgtd on our socket."""
+        text = self.host.read_file(self.pid_file)
         try:
-            pid = int(Path(self.pid_file).read_text().strip())
-        except (OSError, ValueError):
+            pid = int((text or "").strip())
+        except ValueError:
             return None
         return pid if self._is_our_tgtd(pid) else None
 
     def _is_our_tgtd(self, pid: int) -> bool:
-        try:
-            if Path(f"/proc/{pid}/comm").read_text().strip() != "tgtd":
-                return False
-            environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-        except OSError:
-            return False
-        return f"TGT_IPC_SOCKET={self.socket}".encode() in environ and _alive(pid)
+        return self.host.is_process(pid, "tgtd", f"TGT_IPC_SOCKET={self.socket}")
 
     def _wait_gone(self, pid: int, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
@@ -757,31 +793,162 @@ class TgtAdapter:
                 if self._proc.poll() is not None:
                     self._proc = None
                     return True
-            elif not _alive(pid):
+            elif not self.host.alive(pid):
                 return True
             if time.monotonic() >= deadline:
                 return False
             time.sleep(0.001)
 
     def _kill_and_wait(self, pid: int) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
+        self.host.kill(pid)
         self._wait_gone(pid, 2.0)
         self._forget_pid(pid)
 
     def _forget_pid(self, pid: int) -> None:
-        with contextlib.suppress(OSError):
-            if Path(self.pid_file).read_text().strip() == str(pid):
-                Path(self.pid_file).unlink()
+        if (self.host.read_file(self.pid_file) or "").strip() == str(pid):
+            self.host.remove_file(self.pid_file)
 
     def _log_tail(self) -> str:
+        return self.host.tail(self.log_path, 600) or "(no log)"
+
+
+# ---------------------------------------------------------------------------------- hosts
+
+
+class ProcessHost(Protocol):
+    """The node's files and processes as the adapter needs them (see the module docstring).
+
+    Queries never raise for a missing file or process (``read_file`` -> None, ``alive`` ->
+    False); ``make_dir``/``write_file`` raise ``TerminalError``/``TransientError`` when they
+    fail; ``kill`` of a process that is gone is not an error."""
+
+    def make_dir(self, path: str) -> None:
+        """Create ``path`` (mode 0700, parents too) unless it exists."""
+        ...
+
+    def read_file(self, path: str) -> str | None: ...
+
+    def write_file(self, path: str, text: str) -> None:
+        """Atomically: readers see the old or the new content, never a part."""
+        ...
+
+    def remove_file(self, path: str) -> None: ...
+
+    def alive(self, pid: int) -> bool:
+        """``pid`` exists and is not a zombie."""
+        ...
+
+    def is_process(self, pid: int, comm: str, env_entry: str) -> bool:
+        """``pid`` is alive, named ``comm``, and has ``env_entry`` (``K=V``) in its environment."""
+        ...
+
+    def kill(self, pid: int) -> None:
+        """SIGKILL ``pid``."""
+        ...
+
+    def tail(self, path: str, size: int) -> str:
+        """The last ``size`` bytes of ``path`` as text ("" when unreadable)."""
+        ...
+
+
+class LocalProcessHost:
+    """Direct OS calls: the agent shares the node's file system and PID namespace."""
+
+    def make_dir(self, path: str) -> None:
         try:
-            with open(self.log_path, "rb") as fh:
+            Path(path).mkdir(mode=0o700, parents=True, exist_ok=True)
+        except OSError as exc:
+            raise TerminalError(f"cannot create {path}: {exc.strerror or exc}") from exc
+
+    def read_file(self, path: str) -> str | None:
+        try:
+            return Path(path).read_text()
+        except (OSError, UnicodeDecodeError):
+            return None
+
+    def write_file(self, path: str, text: str) -> None:
+        try:
+            _write_atomic(path, text)
+        except OSError as exc:
+            raise TerminalError(f"cannot write {path}: {exc.strerror or exc}") from exc
+
+    def remove_file(self, path: str) -> None:
+        with contextlib.suppress(OSError):
+            Path(path).unlink()
+
+    def alive(self, pid: int) -> bool:
+        return _alive(pid)
+
+    def is_process(self, pid: int, comm: str, env_entry: str) -> bool:
+        try:
+            if Path(f"/proc/{pid}/comm").read_text().strip() != comm:
+                return False
+            environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        except OSError:
+            return False
+        return env_entry.encode() in environ and _alive(pid)
+
+    def kill(self, pid: int) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+    def tail(self, path: str, size: int) -> str:
+        try:
+            with open(path, "rb") as fh:
                 fh.seek(0, os.SEEK_END)
-                fh.seek(max(0, fh.tell() - 600))
+                fh.seek(max(0, fh.tell() - size))
                 return fh.read().decode("utf-8", "replace").strip()
         except OSError:
-            return "(no log)"
+            return ""
+
+
+class CommandProcessHost:
+    """The same operations as commands on the node through the runner (``mkdir``, ``cat``,
+    ``mv``, ``rm``, ``kill``, ``tail`` and ``/proc`` reads), for a node reached remotely.
+    Transport failures propagate as the runner's ``TransientError``."""
+
+    def __init__(self, runner: Runner, *, timeout: float = 5.0) -> None:
+        self.runner = runner
+        self.timeout = timeout
+
+    def _run(self, argv: Sequence[str], *, stdin: str | None = None) -> CommandResult:
+        return self.runner.run(argv, check=False, timeout=self.timeout, stdin=stdin)
+
+    def make_dir(self, path: str) -> None:
+        res = self._run(["mkdir", "-p", "-m", "0700", path])
+        if not res.ok:
+            raise TerminalError(_err(f"mkdir {path}", res), command=res.argv)
+
+    def read_file(self, path: str) -> str | None:
+        res = self._run(["cat", path])
+        return res.stdout if res.ok else None
+
+    def write_file(self, path: str, text: str) -> None:
+        script = 'cat > "$1.tmp" && mv -f "$1.tmp" "$1"'
+        res = self._run(["sh", "-c", script, "sh", path], stdin=text)
+        if not res.ok:
+            raise TerminalError(_err(f"writing {path}", res), command=res.argv)
+
+    def remove_file(self, path: str) -> None:
+        self._run(["rm", "-f", path])
+
+    def alive(self, pid: int) -> bool:
+        res = self._run(["cat", f"/proc/{int(pid)}/stat"])
+        return res.ok and _stat_alive(res.stdout)
+
+    def is_process(self, pid: int, comm: str, env_entry: str) -> bool:
+        comm_res = self._run(["cat", f"/proc/{int(pid)}/comm"])
+        if not comm_res.ok or comm_res.stdout.strip() != comm:
+            return False
+        env_res = self._run(["cat", f"/proc/{int(pid)}/environ"])
+        return env_res.ok and env_entry in env_res.stdout.split("\0") and self.alive(pid)
+
+    def kill(self, pid: int) -> None:
+        self._run(["kill", "-9", str(int(pid))])
+
+    def tail(self, path: str, size: int) -> str:
+        res = self._run(["tail", "-c", str(int(size)), path])
+        return res.stdout.strip() if res.ok else ""
 
 
 # ---------------------------------------------------------------------------------- helpers
@@ -832,7 +999,12 @@ def _alive(pid: int) -> bool:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return False
-    return stat.rpartition(")")[2].split()[:1] != ["Z"]
+    return _stat_alive(stat)
+
+
+def _stat_alive(stat: str) -> bool:
+    """``/proc/PID/stat`` text of a process that is not a zombie."""
+    return stat.rpartition(")")[2].split()[:1] not in (["Z"], [])
 
 
 def _write_atomic(path: str, text: str) -> None:

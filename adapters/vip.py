@@ -173,8 +173,10 @@ def announce_packets(mac: bytes, ip: str) -> tuple[ArpPacket, ArpPacket]:
 def conflict_in(packet: ArpPacket, *, own_mac: bytes, ip: str) -> str | None:
     """Why ``packet`` shows that another host has (or claims) ``ip``; None if it does not.
 
-    RFC 5227 2.1.1: any ARP packet whose sender IP is the address, or a probe for the same
-    address by another host (both nodes probing at once), is a conflict."""
+    RFC 5227 2.1.1: any ARP packet whose sender IP is the address is a conflict. Unlike RFC
+    5227 we do not count another host's *probe* for the address: the secondary probes the VIP
+    every tick, and counting that made the new primary's takeover probe collide with it and
+    lose a tick in about 1 swap in 5. A probe only asks; it never claims the address."""
     if packet.sender_mac == own_mac:
         return None
     ipb = socket.inet_aton(ip)
@@ -182,8 +184,6 @@ def conflict_in(packet: ArpPacket, *, own_mac: bytes, ip: str) -> str | None:
     if packet.sender_ip == ipb:
         kind = "reply" if packet.op == ARP_REPLY else "request"
         return f"answered by {who} (ARP {kind})"
-    if packet.op == ARP_REQUEST and packet.sender_ip == ZERO_IP and packet.target_ip == ipb:
-        return f"{who} is probing for it at the same time"
     return None
 
 
@@ -628,7 +628,10 @@ class IpVip:
                 address=vip.ip,
                 local=False,
                 answered_elsewhere=result.answered,
-                error=(result.detail or None) if result.answered is not False else None,
+                # "answered by <MAC>" is information, not an observation failure: an error here
+                # would raise a vip-unknown alert on every tick of a healthy secondary.
+                error=(result.detail or None) if result.answered is None else None,
+                holder=(result.detail or None) if result.answered else None,
             )
         return tuple(out[i] for i in range(len(vips)))
 
@@ -740,6 +743,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "local": o.local,
                 "answered_elsewhere": o.answered_elsewhere,
                 "error": o.error,
+                "holder": o.holder,
             }
             for o in observed
         ],

@@ -13,10 +13,12 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import TypeVar
 
+from adapters.base import NodeAdapters
 from reconciler.core.observed import (
     ConnState,
     DiskState,
     Liveness,
+    OperatorState,
     ResourceObs,
     Role,
     RoleVerdict,
@@ -161,13 +163,15 @@ class SimTarget(_SimBase):
 
 
 class SimPoolMaster(_SimBase):
-    """The XenServer pool as the simulator knows it: one pool master (or none)."""
+    """The XenServer pool as this node sees it: one pool master (or none). After a pool split
+    (HA-Lizard promoted the slave while the old master still runs) the two nodes' views differ:
+    ``World.pool_views``."""
 
     def observe(self) -> RoleVerdict:
         with self.store.transaction() as world:
             if world.check_fault(self.node, "role-observe") == "garbage":
                 return RoleVerdict(Role.UNKNOWN, "pool.conf is unreadable")
-            master = world.pool_master
+            master = world.pool_view(self.node)
             if master == self.node:
                 return RoleVerdict(Role.PRIMARY, "this node is the pool master")
             if master is None:
@@ -181,15 +185,31 @@ class SimLiveness(_SimBase):
 
     def observe(self) -> Liveness:
         with self.store.transaction() as world:
-            peer = world.nodes[world.peer(self.node)]
-            me = world.nodes[self.node]
-            reachable = peer.alive and (world.management_link or world.replication_link)
-            ok = self.heuristics_total if me.heuristics_reachable else 0
+            ok = self.heuristics_total if world.heuristics_ok(self.node) else 0
             return Liveness(
-                peer_reachable=reachable,
+                peer_reachable=world.peer_reachable(self.node),
                 heuristics_ok=ok,
                 heuristics_total=self.heuristics_total,
             )
+
+
+class SimOperatorStore(_SimBase):
+    """The operator's manual mode and chosen role, kept in the world (survives a crash, like
+    the real agent's state file), for in-memory simulations without a state directory."""
+
+    def load(self) -> OperatorState:
+        with self.store.transaction() as world:
+            nd = world.nodes[self.node]
+            return OperatorState(
+                manual_mode=nd.manual_mode, chosen_role=nd.chosen_role, force=nd.force
+            )
+
+    def save(self, state: OperatorState) -> None:
+        with self.store.transaction() as world:
+            nd = world.nodes[self.node]
+            nd.manual_mode = state.manual_mode
+            nd.chosen_role = state.chosen_role
+            nd.force = state.force
 
 
 def _as(cls: type[_E], value: object) -> _E:
@@ -202,3 +222,16 @@ def _float_or_none(value: object) -> float | None:
 
 def sim_liveness(store: WorldStore, node: str, spec: StorageCluster) -> SimLiveness:
     return SimLiveness(store=store, node=node, heuristics_total=len(spec.spec.promotion.heuristics))
+
+
+def sim_node_adapters(store: WorldStore, node: str, spec: StorageCluster) -> NodeAdapters:
+    """Every concern simulated, operator state included: no file is touched."""
+    return NodeAdapters(
+        node=node,
+        drbd=SimDrbd(store, node),
+        vip=SimVip(store, node),
+        target=SimTarget(store, node),
+        role_source=SimPoolMaster(store, node),
+        liveness=sim_liveness(store, node, spec),
+        operator=SimOperatorStore(store, node),
+    )

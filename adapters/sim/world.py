@@ -2,29 +2,63 @@
 
 It is the ground truth behind every simulated adapter, the embedded default of the CLI (the
 world persists as a JSON file in the state directory so successive ``reconcile --once --node X``
-runs act on one cluster), and the model of the property-based failover tests.
+runs act on one cluster), and the model of the property-based failover tests and of
+``reconcile simulate``.
+
+Networks. Each node has a direct replication link to its peer (``replication_link``), a
+management path to its peer (``management_link``: used to ping it and to outdate it), and a port
+on the switch where everything else lives: the iSCSI clients, the heuristic addresses
+(``promotion.heuristics``) and the nodes' BMCs (for STONITH). ``SimNode.isolated`` cuts one
+node's switch port, which also cuts its management path. So "the peer is unreachable while the
+heuristics answer" happens either to the node that stayed on the switch while its peer is
+isolated (the case the quorum policy is built for) or when only the management path between the
+nodes is cut (both still see the heuristics: the quorum policy's assumption is broken, and only
+fencing keeps the data safe). docs/simulation.md walks through both.
 
 DRBD rules kept (8.4 semantics, protocol C, single-primary):
 - promote is refused while the connected peer is Primary ("Multiple primaries not allowed"), and
   refused when the local disk is not UpToDate unless forced;
 - demote is refused while the target holds the device open (a LUN is exported from it);
 - connection needs both nodes alive, the replication link up, both resources up and neither side
-  StandAlone; on (re)connect the data generations decide: equal -> UpToDate on both; one history a
-  prefix of the other -> the older side becomes SyncTarget (Inconsistent) for ``resync_steps``
-  steps, then UpToDate; diverged (both wrote while apart) -> split brain: both StandAlone, never
+  StandAlone; on (re)connect the data decides: an Inconsistent side resyncs from a side with
+  data; equal generation histories -> both UpToDate; one history a prefix of the other -> the
+  older side becomes SyncTarget (Inconsistent) for ``resync_steps`` steps, then UpToDate; if the
+  older side is Primary DRBD refuses ("I shall become SyncTarget, but I am primary!") and both
+  go StandAlone without a split brain; diverged histories -> split brain: both StandAlone, never
   resolved automatically;
-- resource-level fencing: when a Primary loses the replication link but still reaches its peer
-  over the management network, the peer's disk is marked Outdated (crm-fence-peer style);
-- a crashed node loses its runtime state (DRBD down, VIP gone, target stopped) but keeps its disk.
+- a node promoted while disconnected starts a new data generation (DRBD's new current UUID), so
+  two sides promoted apart always count as diverged;
+- a node that crashes comes back with its disk ``Consistent`` (DRBD cannot know it is still up
+  to date) unless it had itself outdated its peer (DRBD's "peer outdated" metadata flag), so a
+  rebooted node never promotes on its own without the peer;
+- disks: ``detach`` leaves a resource Diskless with the data intact on the disk; ``fail``
+  destroys the disk (Failed): acknowledged writes that no other disk holds are recorded in
+  ``destroyed`` (lost to hardware, not by the agents); ``replace`` attaches a blank disk
+  (Inconsistent) that resyncs from the peer.
 
-Data is modelled as a history of write generations per node and resource. A client write goes
-through the VIP to the node that holds it and exports the LUN; with protocol C it is
-acknowledged once every connected replica has it. ``acked`` remembers acknowledged writes so
-tests can check that none is ever lost.
+Fencing (``fencing``, DRBD's ``fencing`` option plus its fence-peer handler), run when a Primary
+loses its peer and when a disconnected node promotes:
+- ``none`` (``dont-care``): nothing is fenced; a lone Primary keeps writing.
+- ``resource-only``: the handler outdates the peer over the management network when it can;
+  when it cannot reach the peer it reports "peer unreachable, assumed dead" and DRBD carries on
+  (the peer is then *believed* Outdated). This is the common setup and it is unsafe under a
+  full partition followed by a crash: the simulator shows the sequence (docs/simulation.md).
+- ``resource-and-stonith``: I/O is frozen (``SimResource.frozen``: writes are not acknowledged)
+  until the handler succeeds: outdate the peer over the management network (refused if the peer
+  is Primary), or else power the peer off through its BMC, which needs this node on the switch.
+  A handler that cannot succeed leaves I/O frozen until the connection returns or the handler
+  succeeds later (re-run on every change). A promotion while disconnected needs the handler to
+  succeed, or ``--force`` ("Forced into split brain situation!", recorded as an event).
+
+Data is modelled as a history of write generations per node and resource. A client on the
+switch writes through the VIP to the node its ARP cache points at (the last gratuitous ARP that
+reached the switch); the node must really serve (VIP, target, LUN, Primary, I/O not frozen).
+With protocol C a write is acknowledged once every connected replica with a disk has it.
+``acked`` remembers acknowledged writes so the invariants can check that none is ever lost.
 
 Invariants: every mutation goes through a method here and ends with ``settle()``, which
-re-derives connections; the world never raises on observation, only on refused actions
-(``TransientError``/``TerminalError`` as the real tools would fail).
+re-derives connections and retries fencing; the world never raises on observation, only on
+refused actions (``TransientError``/``TerminalError`` as the real tools would fail).
 """
 
 from __future__ import annotations
@@ -38,14 +72,20 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
 from reconciler.core.errors import TerminalError, TransientError
 from reconciler.core.observed import ConnState, DiskState, Role
-from reconciler.core.safety import NodeFacts
+from reconciler.core.safety import DataFacts, NodeFacts
 from reconciler.core.spec import StorageCluster
 
 FaultKind = Literal["transient", "terminal", "timeout", "garbage"]
+Fencing = Literal["none", "resource-only", "resource-and-stonith"]
+
+NO_DATA = (DiskState.DISKLESS, DiskState.FAILED)
+# Disk states whose generation history is real, readable data (Inconsistent is half-synced).
+HOLDS_DATA = (DiskState.UPTODATE, DiskState.CONSISTENT, DiskState.OUTDATED)
+MAX_EVENTS = 200
 
 
 class SimResource(BaseModel):
@@ -58,6 +98,11 @@ class SimResource(BaseModel):
     discard_my_data: bool = False
     sync_left: int = 0
     connected: bool = False
+    frozen: bool = False  # I/O suspended by fencing: writes are not acknowledged
+    peer_outdated: bool = False  # this side fenced/outdated its peer (DRBD metadata flag)
+    conflict: str | None = None  # why the last connection attempt was dropped
+    detached_from: DiskState | None = None  # the disk state when it was detached (data kept)
+    exposed: list[int] = Field(default_factory=list)  # while Primary: the data it serves
 
 
 class SimNode(BaseModel):
@@ -67,6 +112,11 @@ class SimNode(BaseModel):
     target_running: bool = False
     exported: dict[int, str] = Field(default_factory=dict)
     heuristics_reachable: bool = True
+    isolated: bool = False  # this node's port on the management/client switch is cut
+    disk_broken: bool = False  # the backing disk failed and was not replaced
+    manual_mode: bool = False  # the operator's state (kept in the world by SimOperatorStore)
+    chosen_role: Role | None = None
+    force: bool = False
 
 
 class Fault(BaseModel):
@@ -83,25 +133,43 @@ class World(BaseModel):
     replication_link: bool = True
     management_link: bool = True
     pool_master: str | None = None
+    # A node's own idea of the pool master when the pool is split (HA-Lizard promoted the slave
+    # while the old master still believes it is master). Absent: the agreed ``pool_master``.
+    pool_views: dict[str, str | None] = Field(default_factory=dict)
     strangers: list[str] = Field(default_factory=list)
     arp_owner: dict[str, str] = Field(default_factory=dict)
-    fencing: bool = True
+    fencing: Fencing = "resource-only"
     resync_steps: int = 2
     next_gen: int = 1
     acked: dict[str, list[int]] = Field(default_factory=dict)
+    destroyed: dict[str, list[int]] = Field(default_factory=dict)
     faults: list[Fault] = Field(default_factory=list)
     step_count: int = 0
+    events: list[str] = Field(default_factory=list)
+
+    @field_validator("fencing", mode="before")
+    @classmethod
+    def _legacy_fencing(cls, value: object) -> object:
+        # World files written before fencing modes existed hold a boolean.
+        if isinstance(value, bool):
+            return "resource-only" if value else "none"
+        return value
 
     # --- construction -----------------------------------------------------------------
 
     @classmethod
     def fresh(
-        cls, spec: StorageCluster, *, pool_master: str | None = None, drbd_up: bool = True
+        cls,
+        spec: StorageCluster,
+        *,
+        pool_master: str | None = None,
+        drbd_up: bool = True,
+        fencing: Fencing = "resource-only",
     ) -> World:
         """Two freshly installed nodes: DRBD metadata created and the initial sync skipped
         (blank disks). With ``drbd_up`` (the demo's default) DRBD is already running and
         connected on both, both Secondary, nothing served; without it, nothing is started (a
-        cold cluster after a full power loss). The pool master defaults to the first node."""
+        cold cluster after a first install). The pool master defaults to the first node."""
         names = spec.node_names
         nodes = {
             n: SimNode(resources={r.name: SimResource(up=drbd_up) for r in spec.spec.resources})
@@ -111,6 +179,7 @@ class World(BaseModel):
             nodes=nodes,
             pool_master=pool_master if pool_master is not None else names[0],
             acked={r.name: [] for r in spec.spec.resources},
+            fencing=fencing,
         )
         world.settle()
         return world
@@ -127,10 +196,18 @@ class World(BaseModel):
         except KeyError:
             raise TerminalError(f"{resource}: no such resource configured on {node}") from None
 
+    def event(self, text: str) -> None:
+        """Something a person must hear about (split brain, STONITH, forced promotion)."""
+        self.events.append(f"[{self.step_count}] {text}")
+        if len(self.events) > MAX_EVENTS:
+            del self.events[: len(self.events) - MAX_EVENTS]
+
     # --- faults -------------------------------------------------------------------------
 
     def check_fault(self, node: str, op: str) -> FaultKind | None:
         """Consume a matching injected fault; raise for action faults, return observe faults."""
+        if not self.faults:
+            return None
         for fault in self.faults:
             if fault.node == node and fault.op == op and fault.count != 0:
                 if fault.count > 0:
@@ -148,14 +225,47 @@ class World(BaseModel):
         if not self.nodes[node].alive:
             raise TransientError(f"{op}: node {node} is down (no answer)")
 
-    # --- derived connection state -------------------------------------------------------
+    # --- networks -----------------------------------------------------------------------
 
     def link_up(self) -> bool:
         a, b = self.nodes.values()
         return a.alive and b.alive and self.replication_link
 
+    def on_switch(self, node: str) -> bool:
+        """The node is up and plugged into the switch (clients, heuristics, BMCs)."""
+        nd = self.nodes[node]
+        return nd.alive and not nd.isolated
+
+    def management_path(self, a: str, b: str) -> bool:
+        return self.management_link and self.on_switch(a) and self.on_switch(b)
+
+    def peer_reachable(self, node: str) -> bool:
+        """What a ping of the peer's addresses (management and replication) would say."""
+        peer = self.peer(node)
+        if not self.nodes[peer].alive:
+            return False
+        return self.link_up() or self.management_path(node, peer)
+
+    def heuristics_ok(self, node: str) -> bool:
+        return self.on_switch(node) and self.nodes[node].heuristics_reachable
+
+    def pool_view(self, node: str) -> str | None:
+        """Who ``node`` believes the pool master is."""
+        return self.pool_views.get(node, self.pool_master)
+
+    # --- derived connection state -------------------------------------------------------
+
     def settle(self) -> None:
-        """Re-derive every resource's connection after a change (connect/disconnect events)."""
+        """Re-derive every resource's connection after a change (connect/disconnect events),
+        then retry the fence-peer handler of every Primary whose I/O is frozen. A STONITH
+        powers a node off, which changes connections again: repeat until nothing moves."""
+        for _ in range(4):
+            alive = [nd.alive for nd in self.nodes.values()]
+            self._settle_once()
+            if alive == [nd.alive for nd in self.nodes.values()]:
+                return
+
+    def _settle_once(self) -> None:
         names = list(self.nodes)
         resources = list(self.nodes[names[0]].resources)
         for r in resources:
@@ -165,67 +275,145 @@ class World(BaseModel):
                 self._on_connect(names, r)
             elif not can and (a.connected or b.connected):
                 self._on_disconnect(names, r)
+            for n in names:
+                me = self.nodes[n].resources[r]
+                if not me.frozen:
+                    continue
+                if me.connected or me.role is not Role.PRIMARY or not me.up:
+                    me.frozen = False
+                elif self.nodes[n].alive and self._fence_peer(n, r):
+                    me.frozen = False
+                    self.event(f"{n}/{r}: fence-peer succeeded; I/O resumes")
 
     def _on_connect(self, names: list[str], r: str) -> None:
         a, b = (self.nodes[n].resources[r] for n in names)
         for x in (a, b):
-            if x.disk in (DiskState.DISKLESS, DiskState.FAILED):
-                # A diskless side connects but neither syncs nor votes on data.
-                a.connected = b.connected = True
-                return
-        ha, hb = a.history, b.history
+            x.conflict = None
+        if a.disk in NO_DATA or b.disk in NO_DATA:
+            # A diskless side connects but neither syncs nor votes on data; a diskless Primary
+            # only to the very data it exposes ("Can only connect to data with current UUID").
+            for x, y in ((a, b), (b, a)):
+                if x.role is Role.PRIMARY and x.disk in NO_DATA and y.history != x.exposed:
+                    for z in (a, b):
+                        z.standalone = True
+                        z.connected = False
+                        z.conflict = "Can only connect to data with current UUID"
+                    self.event(f"{r}: connection refused: the diskless Primary's data differs")
+                    return
+            self._connected(a, b)
+            return
         if a.discard_my_data or b.discard_my_data:
             victim, survivor = (a, b) if a.discard_my_data else (b, a)
             if victim.role is Role.PRIMARY:
                 # DRBD refuses to discard the data of a Primary.
                 victim.standalone = True
+                victim.conflict = "refused to discard the data of a Primary"
                 return
             for x in (a, b):
                 x.split_brain = False
                 x.discard_my_data = False
             self._start_resync(source=survivor, target=victim)
-        elif ha == hb:
-            for x in (a, b):
-                if x.disk is DiskState.OUTDATED:
-                    x.disk = DiskState.UPTODATE
-        elif _is_prefix(ha, hb) and a.role is not Role.PRIMARY:
-            self._start_resync(source=b, target=a)
-        elif _is_prefix(hb, ha) and b.role is not Role.PRIMARY:
-            self._start_resync(source=a, target=b)
-        else:
-            # Divergent data (or the older side is Primary): DRBD drops the connection and
-            # both sides stay StandAlone until an operator decides who survives.
+            self._connected(a, b)
+            return
+        if a.disk is DiskState.INCONSISTENT or b.disk is DiskState.INCONSISTENT:
+            if a.disk is DiskState.INCONSISTENT and b.disk is DiskState.INCONSISTENT:
+                self._connected(a, b)  # nobody has data: connected, nothing to sync
+                return
+            target, source = (a, b) if a.disk is DiskState.INCONSISTENT else (b, a)
+            self._start_resync(source=source, target=target)
+            self._connected(a, b)
+            return
+        ha, hb = a.history, b.history
+        if ha == hb:
+            self._connected(a, b)  # the same data on both sides: nothing to sync
+            return
+        older = a if _is_prefix(ha, hb) else b if _is_prefix(hb, ha) else None
+        if older is None:
+            # Divergent data: DRBD drops the connection and both sides stay StandAlone until an
+            # operator decides who survives.
             for x in (a, b):
                 x.standalone = True
                 x.split_brain = True
                 x.connected = False
+            self.event(f"{r}: split brain detected on connect (both sides wrote while apart)")
             return
-        a.connected = b.connected = True
+        newer = b if older is a else a
+        if older.role is Role.PRIMARY:
+            for x in (a, b):
+                x.standalone = True
+                x.connected = False
+                x.conflict = "I shall become SyncTarget, but I am primary!"
+            self.event(f"{r}: connection dropped: the older side is Primary (rr-conflict)")
+            return
+        self._start_resync(source=newer, target=older)
+        self._connected(a, b)
+
+    @staticmethod
+    def _connected(a: SimResource, b: SimResource) -> None:
+        for x in (a, b):
+            x.connected = True
+            x.frozen = False
+            x.peer_outdated = False
+            if x.disk in (DiskState.CONSISTENT, DiskState.OUTDATED):
+                # "D_CONSISTENT and D_OUTDATED vanish when we get connected": the handshake
+                # has decided the sync direction, so a side that is not SyncTarget is UpToDate.
+                x.disk = DiskState.UPTODATE
 
     def _start_resync(self, *, source: SimResource, target: SimResource) -> None:
         target.disk = DiskState.INCONSISTENT
         target.sync_left = max(1, self.resync_steps)
         target.history = list(source.history)  # what it will hold once the resync completes
+        if target.role is Role.PRIMARY:
+            target.exposed = list(source.history)
         target.split_brain = source.split_brain = False
 
     def _on_disconnect(self, names: list[str], r: str) -> None:
         a, b = (self.nodes[n].resources[r] for n in names)
-        for me, other, other_name in ((a, b, names[1]), (b, a, names[0])):
-            if (
-                self.fencing
-                and me.role is Role.PRIMARY
-                and self.nodes[other_name].alive
-                and self.management_link
-                and other.up
-                and other.disk is DiskState.UPTODATE
-            ):
-                other.disk = DiskState.OUTDATED
         for x in (a, b):
             x.connected = False
             if x.sync_left:
                 # An interrupted resync leaves the target Inconsistent (the bitmap survives).
                 x.sync_left = 0
                 x.disk = DiskState.INCONSISTENT
+        for n in names:
+            me = self.nodes[n].resources[r]
+            if not (self.nodes[n].alive and me.up and me.role is Role.PRIMARY):
+                continue
+            if self.fencing == "resource-and-stonith":
+                me.frozen = True
+                if self._fence_peer(n, r):
+                    me.frozen = False
+                else:
+                    self.event(f"{n}/{r}: lost the peer and cannot fence it; I/O frozen")
+            elif self.fencing == "resource-only":
+                self._fence_peer(n, r)
+
+    def _fence_peer(self, node: str, r: str) -> bool:
+        """DRBD's fence-peer handler for ``node``'s resource ``r``. True when the peer is known
+        not to promote with newer-looking data: outdated, or (stonith) powered off."""
+        me = self.nodes[node].resources[r]
+        if me.peer_outdated:
+            return True
+        peer = self.peer(node)
+        pr = self.nodes[peer].resources[r]
+        if self.nodes[peer].alive and self.management_path(node, peer):
+            if pr.up and pr.role is Role.PRIMARY:
+                return False  # a Primary cannot be outdated (handler exit 6)
+            if pr.disk in (DiskState.UPTODATE, DiskState.CONSISTENT):
+                pr.disk = DiskState.OUTDATED
+            me.peer_outdated = True
+            return True
+        if self.fencing == "resource-only":
+            # Exit 5: "peer is unreachable, assumed to be dead": DRBD believes it Outdated.
+            me.peer_outdated = True
+            return True
+        if self.fencing == "resource-and-stonith" and self.on_switch(node):
+            if self.nodes[peer].alive:
+                self.event(f"{node}/{r}: STONITH: powered {peer} off through its BMC")
+                self._power_off(peer)
+            me.peer_outdated = True
+            return True
+        return False
 
     def step(self) -> None:
         """Time passes by one observation: resyncs progress."""
@@ -254,13 +442,8 @@ class World(BaseModel):
             peer_role, peer_disk = other.role, other.disk
         else:
             conn = ConnState.STANDALONE if me.standalone else ConnState.WF_CONNECTION
-            peer_role, peer_disk = Role.UNKNOWN, DiskState.DUNKNOWN
-            if (
-                other.disk is DiskState.OUTDATED
-                and self.nodes[self.peer(node)].alive
-                and me.role is Role.PRIMARY
-            ):
-                peer_disk = DiskState.OUTDATED  # we fenced it ourselves
+            peer_role = Role.UNKNOWN
+            peer_disk = DiskState.OUTDATED if me.peer_outdated else DiskState.DUNKNOWN
         syncing = me.sync_left or other.sync_left
         percent = None
         if me.connected and syncing:
@@ -275,6 +458,7 @@ class World(BaseModel):
             "peer_disk": peer_disk,
             "split_brain": me.split_brain,
             "sync_percent": percent,
+            "suspended": me.frozen,
         }
 
     # --- DRBD actions -------------------------------------------------------------------
@@ -286,6 +470,9 @@ class World(BaseModel):
             me.up = True
             me.role = Role.SECONDARY
             me.standalone = False
+            me.frozen = False
+            if self.nodes[node].disk_broken:
+                me.disk = DiskState.DISKLESS
         self.settle()
 
     def drbd_primary(self, node: str, resource: str, *, force: bool = False) -> None:
@@ -306,9 +493,22 @@ class World(BaseModel):
             raise TerminalError(
                 f"{resource}: State change failed: (-2) Need access to UpToDate data"
             )
+        if not me.connected and self.fencing != "none" and not self._fence_peer(node, resource):
+            if not force:
+                raise TerminalError(
+                    f"{resource}: State change failed: (-7) Refusing to be Primary while peer "
+                    "is not outdated"
+                )
+            self.event(f"{node}/{resource}: Forced into split brain situation! (--force)")
         if force and me.disk is not DiskState.UPTODATE:
             me.disk = DiskState.UPTODATE
+        if not me.connected:
+            # DRBD starts a new data generation (new current UUID) when promoted alone.
+            me.history.append(-self.next_gen)
+            self.next_gen += 1
         me.role = Role.PRIMARY
+        me.exposed = list(me.history)
+        self.settle()  # a STONITH by the fence-peer handler changes the cluster
 
     def drbd_secondary(self, node: str, resource: str) -> None:
         self._require_alive(node, "drbdadm secondary")
@@ -321,6 +521,9 @@ class World(BaseModel):
                 f"{resource}: State change failed: (-12) Device is held open by someone"
             )
         me.role = Role.SECONDARY
+        me.frozen = False
+        me.exposed = []
+        self.settle()
 
     def drbd_connect(self, node: str, resource: str, *, discard_my_data: bool = False) -> None:
         self._require_alive(node, "drbdadm connect")
@@ -341,10 +544,13 @@ class World(BaseModel):
     # --- VIP, ARP ------------------------------------------------------------------------
 
     def vip_answered_elsewhere(self, node: str, ip: str) -> bool:
+        """An ARP probe on the client network: answered by a stranger or by the peer."""
+        if not self.on_switch(node):
+            return False
         if ip in self.strangers:
             return True
-        peer = self.nodes[self.peer(node)]
-        return peer.alive and self.management_link and ip in peer.vips
+        peer = self.peer(node)
+        return self.on_switch(peer) and ip in self.nodes[peer].vips
 
     def vip_add(self, node: str, ip: str) -> None:
         self._require_alive(node, "ip addr add")
@@ -360,8 +566,8 @@ class World(BaseModel):
 
     def vip_announce(self, node: str, ip: str) -> None:
         self._require_alive(node, "arping")
-        if ip in self.nodes[node].vips:
-            self.arp_owner[ip] = node
+        if ip in self.nodes[node].vips and self.on_switch(node):
+            self.arp_owner[ip] = node  # a gratuitous ARP only moves clients it reaches
 
     # --- target --------------------------------------------------------------------------
 
@@ -391,7 +597,7 @@ class World(BaseModel):
 
     # --- faults of the environment ------------------------------------------------------
 
-    def crash(self, node: str) -> None:
+    def _power_off(self, node: str) -> None:
         nd = self.nodes[node]
         nd.alive = False
         for res in nd.resources.values():
@@ -400,9 +606,18 @@ class World(BaseModel):
             res.connected = False
             res.standalone = False
             res.sync_left = 0
+            res.frozen = False
+            res.conflict = None
+            res.exposed = []
+            if res.disk is DiskState.UPTODATE and not res.peer_outdated:
+                # After an unclean restart DRBD cannot know the disk is still the newest.
+                res.disk = DiskState.CONSISTENT
         nd.vips = []
         nd.target_running = False
         nd.exported = {}
+
+    def crash(self, node: str) -> None:
+        self._power_off(node)
         self.settle()
 
     def boot(self, node: str) -> None:
@@ -416,9 +631,81 @@ class World(BaseModel):
             self.management_link = management
         self.settle()
 
-    def fail_disk(self, node: str, resource: str) -> None:
+    def isolate(self, node: str, isolated: bool = True) -> None:
+        """Cut (or restore) ``node``'s port on the management/client switch."""
+        self.nodes[node].isolated = isolated
+        self.settle()
+
+    def detach_disk(self, node: str, resource: str) -> None:
+        """The backing disk is detached (I/O error policy 'detach'); its data stays on it."""
         me = self.res(node, resource)
+        if me.disk not in NO_DATA:
+            me.detached_from = DiskState.INCONSISTENT if me.sync_left else me.disk
+            me.disk = DiskState.DISKLESS
+            me.sync_left = 0
+        self.settle()
+
+    def fail_disk(self, node: str, resource: str) -> None:
+        """The backing disk dies: its data is gone (Failed while up, Diskless after)."""
+        me = self.res(node, resource)
+        lost = set(me.history)
         me.disk = DiskState.FAILED if me.up else DiskState.DISKLESS
+        me.history = []
+        me.sync_left = 0
+        me.detached_from = None
+        self.nodes[node].disk_broken = True
+        gone = [
+            g for g in self.acked.get(resource, []) if g in lost and not self._held(resource, g)
+        ]
+        if gone:
+            self.destroyed.setdefault(resource, []).extend(gone)
+            self.event(f"{node}/{resource}: disk failed with {len(gone)} write(s) on no other disk")
+        self.settle()
+
+    def _held(self, resource: str, gen: int) -> bool:
+        return any(
+            gen in nd.resources[resource].history
+            for nd in self.nodes.values()
+            if _holds_data(nd.resources[resource])
+        )
+
+    def replace_disk(self, node: str, resource: str) -> None:
+        """The operator attaches a new blank disk, or the detached one again."""
+        nd = self.nodes[node]
+        me = self.res(node, resource)
+        other = self.nodes[self.peer(node)].resources[resource]
+        if nd.disk_broken or me.disk is DiskState.FAILED:
+            nd.disk_broken = False
+            me.history = []
+            me.disk = DiskState.INCONSISTENT
+        elif me.disk is DiskState.DISKLESS:
+            kept = me.detached_from in HOLDS_DATA
+            if me.role is Role.PRIMARY and not me.connected:
+                # Under a running Primary DRBD attaches only the very data it exposes.
+                if kept and me.history == me.exposed and me.up:
+                    me.disk = DiskState.UPTODATE
+                    me.detached_from = None
+                    self.settle()
+                return
+            # The detached disk's data is back, but DRBD cannot tell whether it is the newest.
+            was = me.detached_from
+            me.disk = (
+                DiskState.INCONSISTENT
+                if not kept
+                else DiskState.OUTDATED
+                if was is DiskState.OUTDATED
+                else DiskState.CONSISTENT
+            )
+        else:
+            return
+        me.detached_from = None
+        if me.connected and me.up:
+            # Attaching while connected starts a new handshake on the data.
+            if me.role is Role.PRIMARY and other.disk is DiskState.UPTODATE:
+                self._start_resync(source=other, target=me)  # allowed under a Primary
+            else:
+                me.connected = other.connected = False
+                self._on_connect(list(self.nodes), resource)
         self.settle()
 
     # --- the client ----------------------------------------------------------------------
@@ -428,7 +715,7 @@ class World(BaseModel):
         for ip, owner in sorted(self.arp_owner.items()):
             nd = self.nodes[owner]
             if (
-                nd.alive
+                self.on_switch(owner)
                 and ip in nd.vips
                 and nd.target_running
                 and resource in nd.exported.values()
@@ -437,18 +724,40 @@ class World(BaseModel):
                 return owner
         return None
 
+    def _client_rearp(self) -> None:
+        """A write timed out: the client's ARP entry for a VIP nobody answers at goes stale
+        and it asks again (8-45 s in the lab without a gratuitous ARP; one write here)."""
+        ips = set(self.arp_owner) | {ip for nd in self.nodes.values() for ip in nd.vips}
+        for ip in sorted(ips):
+            owner = self.arp_owner.get(ip)
+            if owner is not None and self.on_switch(owner) and ip in self.nodes[owner].vips:
+                continue
+            holders = [n for n in self.nodes if self.on_switch(n) and ip in self.nodes[n].vips]
+            if len(holders) == 1:
+                self.arp_owner[ip] = holders[0]
+
     def client_write(self, resource: str) -> int | None:
-        """One write through the VIP; returns its generation when acknowledged."""
+        """One write through the VIP; returns its generation when acknowledged (None: not
+        served, I/O frozen by fencing, or no disk to write to)."""
         node = self.serving_node(resource)
         if node is None:
+            self._client_rearp()
             return None
+        me = self.nodes[node].resources[resource]
+        if me.frozen:
+            return None
+        other = self.nodes[self.peer(node)].resources[resource]
+        local_ok = me.disk is DiskState.UPTODATE or (me.sync_left > 0 and me.connected)
+        if not (local_ok or (me.connected and other.disk is DiskState.UPTODATE)):
+            return None  # no UpToDate data reachable (diskless or blank disk, no peer): I/O error
+        replicas = [me] if me.disk not in NO_DATA else []
+        if me.connected and other.disk not in NO_DATA:
+            replicas.append(other)  # protocol C: acked once the peer has it
         gen = self.next_gen
         self.next_gen += 1
-        me = self.nodes[node].resources[resource]
-        me.history.append(gen)
-        other = self.nodes[self.peer(node)].resources[resource]
-        if me.connected and other.disk not in (DiskState.DISKLESS, DiskState.FAILED):
-            other.history.append(gen)  # protocol C: acked once the peer has it
+        for x in replicas:
+            x.history.append(gen)
+        me.exposed.append(gen)
         self.acked.setdefault(resource, []).append(gen)
         return gen
 
@@ -465,9 +774,45 @@ class World(BaseModel):
                 vips=frozenset(nd.vips) if nd.alive else frozenset(),
                 target_running=nd.target_running and nd.alive,
                 exported=dict(nd.exported) if nd.alive else {},
+                frozen=frozenset(r for r, res in nd.resources.items() if res.frozen),
+                on_network=self.on_switch(name),
             )
             for name, nd in self.nodes.items()
         ]
+
+    def data_facts(self, resource: str) -> DataFacts:
+        """What each node could serve of ``resource`` right now, and on-disk copies."""
+        serves: dict[str, frozenset[int] | None] = {}
+        disks: dict[str, frozenset[int]] = {}
+        for name, nd in self.nodes.items():
+            me = nd.resources[resource]
+            if _holds_data(me):
+                disks[name] = frozenset(me.history)
+            if not (nd.alive and me.up and me.role is Role.PRIMARY) or me.frozen:
+                continue
+            other = self.nodes[self.peer(name)].resources[resource]
+            if me.disk is DiskState.UPTODATE or (
+                me.disk is DiskState.INCONSISTENT and me.sync_left
+            ):
+                serves[name] = frozenset(me.history)
+            elif me.connected and other.disk is DiskState.UPTODATE:
+                serves[name] = frozenset(other.history)  # a diskless Primary reads the peer
+            else:
+                serves[name] = None  # Primary, but I/O errors: serves nothing
+        return DataFacts(
+            resource=resource,
+            acked=tuple(self.acked.get(resource, ())),
+            destroyed=frozenset(self.destroyed.get(resource, ())),
+            serves=serves,
+            disks=disks,
+        )
+
+
+def _holds_data(res: SimResource) -> bool:
+    """The resource's disk really holds its history (a detached disk keeps its data)."""
+    if res.disk in HOLDS_DATA or res.sync_left:
+        return True
+    return res.disk is DiskState.DISKLESS and res.detached_from in HOLDS_DATA
 
 
 def _is_prefix(short: list[int], long: list[int]) -> bool:
@@ -477,15 +822,30 @@ def _is_prefix(short: list[int], long: list[int]) -> bool:
 # --- where the world lives -------------------------------------------------------------------
 
 
+class _Held:
+    """A context manager that hands out one in-memory world (no generator frame per call:
+    every adapter call is a transaction, so this is on the hot path of every tick)."""
+
+    __slots__ = ("world",)
+
+    def __init__(self, world: World) -> None:
+        self.world = world
+
+    def __enter__(self) -> World:
+        return self.world
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
 class WorldStore:
     """Holds a world in memory (property tests, ``reconcile simulate``)."""
 
     def __init__(self, world: World) -> None:
         self.world = world
 
-    @contextlib.contextmanager
-    def transaction(self) -> Iterator[World]:
-        yield self.world
+    def transaction(self) -> contextlib.AbstractContextManager[World]:
+        return _Held(self.world)
 
 
 class FileWorldStore(WorldStore):
@@ -498,8 +858,11 @@ class FileWorldStore(WorldStore):
         self.read_only = read_only  # --dry-run: observe (time may pass in memory), never save
         self.lock_path = path.with_suffix(path.suffix + ".lock")
 
+    def transaction(self) -> contextlib.AbstractContextManager[World]:
+        return self._transaction()
+
     @contextlib.contextmanager
-    def transaction(self) -> Iterator[World]:
+    def _transaction(self) -> Iterator[World]:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.lock_path, "a+") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)

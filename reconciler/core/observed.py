@@ -181,6 +181,7 @@ class VipObs:
     local: bool | None = None
     answered_elsewhere: bool | None = None
     error: str | None = None
+    holder: str | None = None  # who answers when answered_elsewhere (e.g. "answered by MAC")
 
 
 @dataclass(frozen=True, slots=True)

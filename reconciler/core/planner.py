@@ -132,7 +132,14 @@ class _ResourceModel:
         )
 
     def record_promote(self) -> None:
-        self.rec.act(ActionKind.PROMOTE, self.verdict.reason, resource=self.obs.name)
+        # A promotion the operator's override allowed must also pass DRBD's own fencing
+        # ("Refusing to be Primary while peer is not outdated"): force it, knowingly.
+        self.rec.act(
+            ActionKind.PROMOTE,
+            self.verdict.reason,
+            resource=self.obs.name,
+            force=self.verdict.override,
+        )
 
     def record_demote(self) -> None:
         self.rec.act(
@@ -221,7 +228,9 @@ class _ServingModel:
 
     def record_unserve(self) -> None:
         obs, rec = self.obs, self.rec
-        if obs.target.running or obs.target.running is None:
+        # A target left half-stopped (agent killed mid-stop: tgtd offline, reported not running
+        # with an error) must still be stopped, or its daemon leaks on the secondary.
+        if obs.target.running is not False or obs.target.error is not None:
             rec.act(
                 ActionKind.STOP_TARGET,
                 "this node must not serve: stop the target first so no initiator writes here",
@@ -286,6 +295,7 @@ def plan(
         role_reason = f"{role_reason} ({role.value.lower()})"
 
     policy: DisconnectedPolicy = spec.promotion.when_disconnected
+    vip_elsewhere = any(bool(v.answered_elsewhere) for v in observed.vips)
     models: list[_ResourceModel] = []
     for res in spec.resources:
         robs = observed.resource(res.name)
@@ -294,6 +304,7 @@ def plan(
             policy=policy,
             liveness=observed.liveness,
             override=observed.operator.force,
+            vip_answered_elsewhere=vip_elsewhere,
         )
         model = _ResourceModel(robs, verdict, rec)
         models.append(model)

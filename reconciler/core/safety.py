@@ -13,6 +13,15 @@ Invariants stated here:
 3. The VIP and the target only on the primary: a VIP is added only where at least one resource is
    (or is about to be, in this plan) Primary and nobody else answers on it; a LUN is exported
    only from a Primary device.
+4. No acknowledged write is lost: whichever node serves a resource holds every acknowledged
+   write (so no promotion ever exposed older data), and every acknowledged write stays on some
+   disk (nothing is overwritten or discarded behind the operator's back). Writes destroyed with
+   a failed disk that was their only copy are hardware loss, reported separately.
+
+Cluster-wide checks (``invariant_violations``, ``data_violations``) take ground-truth facts from
+the simulator; the property tests and ``reconcile simulate`` run them after every executed
+action. A promotion granted only by the operator's override is marked (``Verdict.override``) so
+the executor forces it past DRBD's fencing and the simulator knows a split brain may follow.
 
 Every function here is pure and total: it returns a ``Verdict``, it never raises.
 """
@@ -37,6 +46,7 @@ from reconciler.core.spec import DisconnectedPolicy
 class Verdict:
     ok: bool
     reason: str
+    override: bool = False  # allowed only because the operator overrode a safety rule
 
     def __bool__(self) -> bool:
         return self.ok
@@ -48,8 +58,14 @@ def may_promote(
     policy: DisconnectedPolicy,
     liveness: Liveness,
     override: bool = False,
+    vip_answered_elsewhere: bool = False,
 ) -> Verdict:
-    """May this node promote ``res`` now? (invariants 1 and 2)"""
+    """May this node promote ``res`` now? (invariants 1 and 2)
+
+    ``vip_answered_elsewhere``: another host answers on one of the spec's VIPs. While DRBD is
+    disconnected that is positive evidence that someone still serves (the old primary, cut
+    off only from us), so no disconnected promotion happens then, whatever the policy says.
+    """
     name = res.name
     if not res.known:
         return Verdict(False, f"DRBD state of {name} is unknown ({res.error}); not promoting blind")
@@ -83,11 +99,20 @@ def may_promote(
     # promote (8.4 without fencing), so this is where we must be stricter than the tool.
     if res.peer_disk is DiskState.OUTDATED:
         return Verdict(True, f"{name}: disconnected, but the peer's disk is known Outdated")
+    if vip_answered_elsewhere:
+        # The heuristics-quorum assumption ("only the healthy side sees the outside world")
+        # is visibly broken: the peer is cut off from us, not from the clients.
+        return Verdict(
+            False,
+            f"{name} is {res.conn.value}, and the VIP still answers from another host: the "
+            "peer (or someone) is serving; not promoting while disconnected",
+        )
     if override:
         return Verdict(
             True,
             f"{name}: disconnected; promoted on the operator's explicit override "
             "(may cause split brain if the peer is Primary)",
+            override=True,
         )
     where = f"{name} is {res.conn.value} (the peer's role and data are unknown)"
     if policy is DisconnectedPolicy.REFUSE:
@@ -161,10 +186,14 @@ class NodeFacts:
     vips: frozenset[str]
     target_running: bool
     exported: Mapping[int, str]  # LUN -> resource
+    frozen: frozenset[str] = frozenset()  # resources whose I/O fencing has suspended
+    on_network: bool = True  # plugged into the client network (where a VIP means something)
 
 
 def invariant_violations(nodes: Iterable[NodeFacts]) -> list[str]:
-    """Violations of invariants 1 and 3 across the cluster (empty when safe)."""
+    """Violations of invariants 1 and 3 across the cluster (empty when safe): two Primaries for
+    a resource; a VIP on two nodes of the client network; a VIP on a node that is not Primary;
+    a LUN exported from a device that is not Primary."""
     facts = list(nodes)
     problems: list[str] = []
     resources = sorted({r for n in facts for r in n.roles})
@@ -174,7 +203,9 @@ def invariant_violations(nodes: Iterable[NodeFacts]) -> list[str]:
             problems.append(f"two primaries for {res}: {', '.join(primaries)}")
     vips = sorted({v for n in facts for v in n.vips})
     for vip in vips:
-        holders = [n.name for n in facts if vip in n.vips]
+        # A VIP is an address on the client network: configured on a node cut off from that
+        # network it answers nobody (the conflict starts when the node rejoins).
+        holders = [n.name for n in facts if vip in n.vips and n.on_network]
         if len(holders) > 1:
             problems.append(f"VIP {vip} on two nodes: {', '.join(holders)}")
     for n in facts:
@@ -184,4 +215,47 @@ def invariant_violations(nodes: Iterable[NodeFacts]) -> list[str]:
         for lun, res in sorted(n.exported.items()):
             if n.roles.get(res) is not Role.PRIMARY:
                 problems.append(f"{n.name} exports LUN {lun} from {res}, which is not Primary")
+    return problems
+
+
+@dataclass(frozen=True, slots=True)
+class DataFacts:
+    """The data of one resource at one instant (from the simulator's ground truth).
+
+    ``serves``: for each node that is Primary with I/O not frozen, the write generations a
+    client reading through it sees (None: it is Primary but has no readable data: I/O errors).
+    ``disks``: for each node, the generations on its disk when the disk holds readable data.
+    """
+
+    resource: str
+    acked: tuple[int, ...]
+    destroyed: frozenset[int]
+    serves: Mapping[str, frozenset[int] | None]
+    disks: Mapping[str, frozenset[int]]
+
+
+def data_violations(facts: DataFacts) -> list[str]:
+    """Violations of invariant 4 for one resource (empty when safe)."""
+    live = set(facts.acked) - facts.destroyed
+    if not live:
+        return []
+    problems: list[str] = []
+    for node, data in sorted(facts.serves.items()):
+        if data is None:
+            continue
+        missing = live - data
+        if missing:
+            problems.append(
+                f"{node} serves {facts.resource} without {len(missing)} acknowledged write(s) "
+                f"(e.g. #{min(missing)}): stale data was promoted or acknowledged writes are lost"
+            )
+    on_disk: set[int] = set()
+    for data in facts.disks.values():
+        on_disk |= data
+    gone = live - on_disk
+    if gone:
+        problems.append(
+            f"{len(gone)} acknowledged write(s) of {facts.resource} (e.g. #{min(gone)}) are on "
+            "no disk any more: overwritten or discarded"
+        )
     return problems

@@ -373,10 +373,14 @@ def test_export_lun_commands(tmp_path: Path) -> None:
     tgt.export_lun(SPEC, SPEC.luns[0], Resource(name="r0", minor=0, disk="/dev/sdb"))
     issued = [" ".join(c[1:]) for c in runner.calls]
     assert issued[1:] == [
-        "--lld iscsi --mode logicalunit --op new --tid 1 --lun 1 -b /dev/drbd0",
+        "--lld iscsi --mode logicalunit --op new --tid 1 --lun 1 -b /dev/drbd0 --bsoflags direct",
         "--lld iscsi --mode logicalunit --op update --tid 1 --lun 1"
         " --params scsi_id=tandem-r0,scsi_sn=SN0001",
     ]
+    tgt.direct_io = False  # buffered I/O: the LUN is created without the flag
+    runner.calls.clear()
+    tgt.export_lun(SPEC, SPEC.luns[0], Resource(name="r0", minor=0, disk="/dev/sdb"))
+    assert " ".join(runner.calls[1][1:]).endswith("-b /dev/drbd0")
 
 
 def test_export_lun_is_a_no_op_when_exported(tmp_path: Path) -> None:

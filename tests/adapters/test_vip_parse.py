@@ -262,7 +262,8 @@ def test_conflict_rules() -> None:
     garp = ArpPacket(ARP_REQUEST, MAC1, vip, b"\x00" * 6, vip)
     assert "ARP request" in (conflict_in(garp, own_mac=MAC2, ip=VIP_IP) or "")
     rival_probe = ArpPacket(ARP_REQUEST, MAC1, zero, b"\x00" * 6, vip)
-    assert "probing" in (conflict_in(rival_probe, own_mac=MAC2, ip=VIP_IP) or "")
+    # Another host's probe only asks: it is not a claim (the secondary probes every tick).
+    assert conflict_in(rival_probe, own_mac=MAC2, ip=VIP_IP) is None
     assert (
         conflict_in(ArpPacket(ARP_REQUEST, MAC2, zero, MAC1, vip), own_mac=MAC2, ip=VIP_IP) is None
     )
@@ -361,7 +362,7 @@ def test_observe_free_and_answered_vips() -> None:
     took = time.monotonic() - started
     assert got == (
         VipObs(address="198.51.100.3", local=False, answered_elsewhere=False),
-        VipObs(address="198.51.100.4", local=False, answered_elsewhere=True, error="answered"),
+        VipObs(address="198.51.100.4", local=False, answered_elsewhere=True, holder="answered"),
         VipObs(address="198.51.100.5", local=False, answered_elsewhere=False),
     )
     assert runner.calls == [["ip", "-j", "addr", "show"]]  # once per tick

@@ -72,7 +72,13 @@ def test_add_and_remove_are_idempotent(lab: Lab) -> None:
     assert VIP_IP in addresses(lab, "node1")["eth0"]
     observed = vip_cli(lab, "node1", "observe", f"eth0={VIP}")["vips"]
     assert observed == [
-        {"address": VIP_IP, "local": True, "answered_elsewhere": None, "error": None}
+        {
+            "address": VIP_IP,
+            "local": True,
+            "answered_elsewhere": None,
+            "error": None,
+            "holder": None,
+        }
     ]
 
     node1.remove(the_vip())
@@ -81,7 +87,13 @@ def test_add_and_remove_are_idempotent(lab: Lab) -> None:
     assert addresses(lab, "node1")["eth0"] == {lab.addr("node1")}
     observed = vip_cli(lab, "node1", "observe", f"eth0={VIP}")["vips"]
     assert observed == [
-        {"address": VIP_IP, "local": False, "answered_elsewhere": False, "error": None}
+        {
+            "address": VIP_IP,
+            "local": False,
+            "answered_elsewhere": False,
+            "error": None,
+            "holder": None,
+        }
     ]
 
 
@@ -90,8 +102,15 @@ def test_observe_sees_the_vip_held_by_the_peer(lab: Lab) -> None:
     got = vip_cli(lab, "node2", "observe", f"eth0={VIP}", f"eth0={FREE_IP}/24")
     held, free = got["vips"]
     assert held["local"] is False and held["answered_elsewhere"] is True
-    assert lab.mac("node1") in held["error"]
-    assert free == {"address": FREE_IP, "local": False, "answered_elsewhere": False, "error": None}
+    assert held["error"] is None
+    assert lab.mac("node1") in held["holder"]
+    assert free == {
+        "address": FREE_IP,
+        "local": False,
+        "answered_elsewhere": False,
+        "error": None,
+        "holder": None,
+    }
     # One `ip` call plus two concurrent 30 ms probes.
     print(f"\nIpVip.observe from node2 (2 VIPs, one held by node1): {got['ms']:.1f} ms")
     assert got["ms"] < 200

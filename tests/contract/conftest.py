@@ -1,0 +1,92 @@
+"""Fixtures of the adapter contract suite: every environment is parametrised ``sim``/``real``
+(see ``envs.py`` for what an environment offers and why)."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from reconciler.core.spec import StorageCluster
+from tests.contract.envs import (
+    REAL,
+    REAL_DRBD,
+    REAL_LAB,
+    SIM,
+    DrbdEnv,
+    RealRoleEnv,
+    RealTargetEnv,
+    RealVipEnv,
+    RoleEnv,
+    SimDrbdEnv,
+    SimRoleEnv,
+    SimTargetEnv,
+    SimVipEnv,
+    TargetEnv,
+    VipEnv,
+)
+from tests.lab.conftest import (  # noqa: F401  (the lab fixtures and their failure hook)
+    lab,
+    lab_factory,
+    pytest_runtest_makereport,
+)
+from tests.lab.specs import LabCluster
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> StorageCluster:
+    """The lab cluster's spec (node1/node2, resource iscsi1): the simulated world's shape."""
+    return LabCluster.create(tmp_path / "cluster").spec()
+
+
+@pytest.fixture
+def short_tmp() -> Iterator[Path]:
+    """A short temporary directory (tgtd's control socket path must fit in sun_path)."""
+    path = Path(tempfile.mkdtemp(prefix="tdmct"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(params=[SIM, REAL_LAB])
+def vip_env(request: pytest.FixtureRequest, cluster: StorageCluster) -> Iterator[VipEnv]:
+    if request.param == SIM:
+        yield SimVipEnv(cluster)
+        return
+    env = RealVipEnv(request.getfixturevalue("lab"))
+    try:
+        yield env
+    finally:
+        env.close()
+
+
+@pytest.fixture(params=[SIM, REAL_LAB])
+def target_env(
+    request: pytest.FixtureRequest, cluster: StorageCluster, short_tmp: Path
+) -> Iterator[TargetEnv]:
+    if request.param == SIM:
+        yield SimTargetEnv(cluster)
+        return
+    env = RealTargetEnv(request.getfixturevalue("lab"), cluster, short_tmp)
+    try:
+        yield env
+    finally:
+        env.close()
+
+
+@pytest.fixture(params=[SIM, REAL])
+def role_env(request: pytest.FixtureRequest, cluster: StorageCluster, tmp_path: Path) -> RoleEnv:
+    if request.param == SIM:
+        return SimRoleEnv(cluster)
+    return RealRoleEnv(tmp_path / "pool")
+
+
+@pytest.fixture(params=[SIM, REAL_DRBD])
+def drbd_env(request: pytest.FixtureRequest, cluster: StorageCluster) -> DrbdEnv:
+    if request.param == SIM:
+        return SimDrbdEnv(cluster)
+    raise NotImplementedError("the VM tier provides real DRBD")  # pragma: no cover

@@ -1,0 +1,309 @@
+"""Environments of the adapter contract suite: each concern once simulated, once real.
+
+A test receives an *environment* fixture (``vip_env``, ``target_env``, ``role_env``,
+``drbd_env``) parametrised over ``sim`` and ``real``. Both variants build equivalent worlds and
+expose the same small vocabulary: ``adapter(node)`` gives the implementation under test; the
+other methods change the world *behind the adapter's back* (an operator adding an address by
+hand, HA-Lizard moving the pool master, tgtd dying) or look at it from outside (which MAC the
+client's ARP cache holds). The test functions are written once against that vocabulary, so a
+simulator that drifts from the real tools fails the same assertion the real tool passes.
+
+Real variants: VIP and target run in the namespace lab (marked ``lab``; skipped like the lab,
+with the reason, when not root or a package is missing); pool.conf needs only files. Real DRBD
+cannot run in this tier: its parameter is present and skipped, the VM tier will provide it.
+The fixtures that pick the variant are in ``conftest.py``.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Protocol
+
+import pytest
+
+from adapters.base import DrbdAdapter, RoleSourceAdapter, TargetAdapter, VipAdapter
+from adapters.poolconf import PoolConfRoleSource
+from adapters.sim.adapters import SimDrbd, SimPoolMaster, SimTarget, SimVip
+from adapters.sim.world import Fault, World, WorldStore
+from reconciler.core.spec import Lun, Resource, StorageCluster, Target, Vip
+from tests.lab.netns import MACS, Lab
+from tests.lab.specs import NODES, LabCluster
+
+SIM = "sim"
+REAL = "real"
+REAL_LAB = pytest.param(REAL, marks=pytest.mark.lab)
+REAL_DRBD = pytest.param(
+    REAL,
+    marks=pytest.mark.skip(
+        reason="real DRBD cannot run on this kernel (tier 1: DRBD is the simulator); "
+        "the VM tier (tier 2, qemu + drbd.ko 8.4) will run this contract against it"
+    ),
+)
+
+VIP = Vip.model_validate({"address": "198.51.100.3/24", "interface": "eth0"})
+OTHER_VIP = Vip.model_validate({"address": "198.51.100.4/24", "interface": "eth0"})
+
+
+def wait_for(what: str, check: Callable[[], Any], timeout: float = 5.0) -> Any:
+    """Poll ``check`` (short sleeps, bounded) until it returns something truthy."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
+        time.sleep(0.01)
+
+
+# ----------------------------------------------------------------------------------- VIP
+class VipEnv(Protocol):
+    kind: str
+    settle: float  # seconds a change on the wire may take to show (ARP frames in flight)
+
+    def adapter(self, node: str) -> VipAdapter: ...
+
+    def add_by_hand(self, node: str, vip: Vip) -> None: ...
+
+    def client_contacts(self, vip: Vip) -> None:
+        """The client talks to the VIP (so its ARP cache holds an entry for it)."""
+        ...
+
+    def client_sees(self, vip: Vip) -> str | None:
+        """Which node the client's ARP entry for the VIP points to."""
+        ...
+
+
+class SimVipEnv:
+    kind = SIM
+    settle = 0.1
+
+    def __init__(self, spec: StorageCluster) -> None:
+        self.store = WorldStore(World.fresh(spec))
+
+    def adapter(self, node: str) -> VipAdapter:
+        return SimVip(self.store, node)
+
+    def add_by_hand(self, node: str, vip: Vip) -> None:
+        with self.store.transaction() as world:
+            world.vip_add(node, vip.ip)
+
+    def client_contacts(self, vip: Vip) -> None:
+        # ARP resolution: the client learns the MAC of whoever holds the address now.
+        with self.store.transaction() as world:
+            holders = [n for n, nd in world.nodes.items() if vip.ip in nd.vips]
+            if holders:
+                world.arp_owner[vip.ip] = holders[0]
+
+    def client_sees(self, vip: Vip) -> str | None:
+        with self.store.transaction() as world:
+            return world.arp_owner.get(vip.ip)
+
+
+class RealVipEnv:
+    """``IpVip`` running inside each node's namespace (``tests.lab.remote``)."""
+
+    kind = REAL
+    settle = 3.0
+
+    def __init__(self, lab: Lab) -> None:
+        self.lab = lab
+        self._remotes: dict[str, Any] = {}
+
+    def adapter(self, node: str) -> VipAdapter:
+        from tests.lab.remote import RemoteVip
+
+        if node not in self._remotes:
+            self._remotes[node] = RemoteVip.start(self.lab, node)
+        remote: VipAdapter = self._remotes[node]
+        return remote
+
+    def add_by_hand(self, node: str, vip: Vip) -> None:
+        self.lab.run(node, ["ip", "addr", "add", str(vip.address), "dev", vip.interface])
+
+    def client_contacts(self, vip: Vip) -> None:
+        self.lab.run("client", ["ping", "-c", "1", "-W", "1", vip.ip])
+
+    def client_sees(self, vip: Vip) -> str | None:
+        mac = self.lab.neigh("client", vip.ip)
+        return next((node for node, m in MACS.items() if m == mac), None)
+
+    def close(self) -> None:
+        for remote in self._remotes.values():
+            remote.drain()
+            remote.close()
+
+
+# -------------------------------------------------------------------------------- target
+RESOURCE_NAME = "iscsi1"
+IQN = "iqn.2024-01.org.example.tandem:iscsi1"
+LUN = Lun(lun=1, resource=RESOURCE_NAME, scsi_id="tandem-iscsi1", scsi_sn="TANDEM0001")
+TARGET = Target(iqn=IQN, luns=(LUN,))
+
+
+class TargetEnv(Protocol):
+    kind: str
+    target: Target
+    lun: Lun
+    resource: Resource
+
+    def adapter(self, node: str) -> TargetAdapter: ...
+
+    def daemon_dies(self, node: str) -> None:
+        """The target daemon is killed (SIGKILL, OOM killer) behind the adapter's back."""
+        ...
+
+
+class SimTargetEnv:
+    kind = SIM
+    target = TARGET
+    lun = LUN
+
+    def __init__(self, spec: StorageCluster) -> None:
+        self.resource = spec.spec.resources[0]
+        self.store = WorldStore(World.fresh(spec))
+        # Equivalent of the real environment, where the backing device can be opened: the
+        # simulator only exports a Primary DRBD device.
+        with self.store.transaction() as world:
+            world.drbd_primary("node1", self.resource.name)
+
+    def adapter(self, node: str) -> TargetAdapter:
+        return SimTarget(self.store, node)
+
+    def daemon_dies(self, node: str) -> None:
+        with self.store.transaction() as world:
+            world.nodes[node].target_running = False
+            world.nodes[node].exported = {}
+
+
+class RealTargetEnv:
+    """``TgtAdapter`` with a real tgtd in node1's namespace, exporting a file."""
+
+    kind = REAL
+    target = TARGET
+    lun = LUN
+
+    def __init__(self, lab: Lab, spec: StorageCluster, control_root: Path) -> None:
+        self.lab = lab
+        self.resource = spec.spec.resources[0]  # devicePath: the cluster's backing file
+        self.control_root = control_root
+        self._adapters: dict[str, Any] = {}
+
+    def adapter(self, node: str) -> TargetAdapter:
+        from adapters.tgt import TgtAdapter
+
+        if node not in self._adapters:
+            self._adapters[node] = TgtAdapter(
+                self.lab.runner(node),
+                control_dir=str(self.control_root / f"tgt-{node}"),
+                portal=VIP.ip,
+            )
+        adapter: TargetAdapter = self._adapters[node]
+        return adapter
+
+    def daemon_dies(self, node: str) -> None:
+        tgt = self._adapters[node]
+        pid = int(Path(tgt.pid_file).read_text())
+        assert pid in {p.pid for p in self.lab.procs}, "only a tgtd this lab started is killed"
+        os.kill(pid, signal.SIGKILL)
+        wait_for("tgtd to die", lambda: not _alive(pid))
+
+    def close(self) -> None:
+        for tgt in self._adapters.values():
+            tgt.stop(self.target)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rpartition(")")[2].split()[:1] != ["Z"]
+
+
+# --------------------------------------------------------------------------- role source
+class RoleEnv(Protocol):
+    kind: str
+
+    def adapter(self, node: str) -> RoleSourceAdapter: ...
+
+    def make_master(self, node: str) -> None:
+        """The pool elects ``node`` master (HA-Lizard / xe pool-designate-new-master)."""
+        ...
+
+    def unreadable(self, node: str) -> None:
+        """``node``'s view of the pool cannot be read (garbage in pool.conf)."""
+        ...
+
+    def no_view(self, node: str) -> None:
+        """``node`` has no view of the pool at all (no master known / no pool.conf)."""
+        ...
+
+
+class SimRoleEnv:
+    kind = SIM
+
+    def __init__(self, spec: StorageCluster) -> None:
+        self.store = WorldStore(World.fresh(spec))
+
+    def adapter(self, node: str) -> RoleSourceAdapter:
+        return SimPoolMaster(self.store, node)
+
+    def make_master(self, node: str) -> None:
+        with self.store.transaction() as world:
+            world.pool_master = node
+
+    def unreadable(self, node: str) -> None:
+        with self.store.transaction() as world:
+            world.faults.append(Fault(node=node, op="role-observe", kind="garbage", count=-1))
+
+    def no_view(self, node: str) -> None:
+        with self.store.transaction() as world:
+            world.pool_master = None
+
+
+class RealRoleEnv:
+    """``PoolConfRoleSource`` over each node's pool.conf file, written as xapi writes it."""
+
+    kind = REAL
+
+    def __init__(self, root: Path) -> None:
+        self.cluster = LabCluster.create(root)
+
+    def adapter(self, node: str) -> RoleSourceAdapter:
+        return PoolConfRoleSource(self.cluster.pool_conf[node])
+
+    def make_master(self, node: str) -> None:
+        self.cluster.set_master(node)
+
+    def unreadable(self, node: str) -> None:
+        self.cluster.pool_conf[node].write_text("\x00\x01 not a pool.conf\n")
+
+    def no_view(self, node: str) -> None:
+        for n in NODES:
+            self.cluster.pool_conf[n].unlink()
+
+
+# ---------------------------------------------------------------------------------- DRBD
+class DrbdEnv(Protocol):
+    kind: str
+    resource: Resource
+
+    def adapter(self, node: str) -> DrbdAdapter: ...
+
+
+class SimDrbdEnv:
+    """Two freshly installed nodes, DRBD configured but not started (a cold cluster)."""
+
+    kind = SIM
+
+    def __init__(self, spec: StorageCluster) -> None:
+        self.resource = spec.spec.resources[0]
+        self.store = WorldStore(World.fresh(spec, drbd_up=False))
+
+    def adapter(self, node: str) -> DrbdAdapter:
+        return SimDrbd(self.store, node)
