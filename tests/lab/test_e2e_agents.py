@@ -172,16 +172,25 @@ class InvariantSampler(threading.Thread):
 
     def run(self) -> None:
         try:
+            # One sample reads node1 then node2, tens of ms apart under load, so two readings
+            # of one sample are not one instant. Overlap is proven only when one node's
+            # reading is bracketed by two readings of the other that both show the resource:
+            # node1 (t1), node2 (t2), node1 (t3), node2 (t4): overlap if node1 at t1 and t3
+            # with node2 at t2, or node2 at t2 and t4 with node1 at t3.
+            previous = self.agents.views()
             while not self.stopping.is_set():
                 views = self.agents.views()
                 self.samples += 1
-                for what, holders in (
-                    ("VIPs", [n for n, v in views.items() if v.vip]),
-                    ("running targets", [n for n, v in views.items() if v.target.running]),
-                    ("DRBD Primaries", [n for n, v in views.items() if v.primary]),
+                for what, has in (
+                    ("VIPs", lambda v: bool(v.vip)),
+                    ("running targets", lambda v: bool(v.target.running)),
+                    ("DRBD Primaries", lambda v: bool(v.primary)),
                 ):
-                    if len(holders) > 1:
-                        self.violations.append(f"two {what}: {views}")
+                    a1, b2 = has(previous["node1"]), has(previous["node2"])
+                    a3, b4 = has(views["node1"]), has(views["node2"])
+                    if (a1 and b2 and a3) or (b2 and a3 and b4):
+                        self.violations.append(f"two {what}: {previous} then {views}")
+                previous = views
         except BaseException as exc:  # reported by the test
             self.failure = exc
 
