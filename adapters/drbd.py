@@ -253,7 +253,12 @@ def _failed(res: CommandResult) -> str:
 def _already_done(action: str, options: Sequence[str], output: str) -> bool:
     """Failures that mean the desired state already holds (idempotent actions)."""
     text = output.lower()
-    if action == "disconnect" and "can not disconnect a standalone device" in text:
+    # DRBD 8.4 says "can not disconnect a standalone device"; drbd-utils 9.22 driving an 8.4
+    # kernel says "(162) Invalid configuration request ... unknown connection" (seen in the VM
+    # tier). Either way the resource is already StandAlone.
+    if action == "disconnect" and (
+        "can not disconnect a standalone device" in text or "unknown connection" in text
+    ):
         return True
     # DRBD 8.4: a connect while already connecting/connected ("use disconnect first"). Not
     # with --discard-my-data: that flag would silently not take effect.

@@ -718,7 +718,9 @@ class TgtAdapter:
             if killer is not None:
                 if killer.poll() is None:
                     killer.kill()  # it only sleeps in its 100 ms "is tgtd gone?" poll
-                killer.wait()
+                # Bounded: a handle that never reports its exit must not hang the stop.
+                with contextlib.suppress(Exception):
+                    killer.wait(timeout=2.0)
         if pid is not None and self.host.alive(pid):
             raise TerminalError(f"tgtd pid {pid} survived SIGKILL")
         if pid is not None:

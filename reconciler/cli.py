@@ -98,6 +98,17 @@ def pick_node(spec: StorageCluster, node: str | None) -> str:
 @contextlib.contextmanager
 def agent_lock(state_dir: Path, node: str) -> Iterator[None]:
     """Only one copy of the agent acts for a node at a time."""
+    with try_agent_lock(state_dir, node) as holder:
+        if holder is not None:
+            _fail(f"another reconcile agent is acting for {node} (pid {holder}); not starting")
+        yield
+
+
+@contextlib.contextmanager
+def try_agent_lock(state_dir: Path, node: str) -> Iterator[str | None]:
+    """Take the node's agent lock if free: yields None when taken, else the holder's pid.
+    Operator commands use it: with an agent running they only record the operator's choice
+    (the agent applies it on its next tick) instead of racing it."""
     state_dir.mkdir(parents=True, exist_ok=True)
     path = state_dir / f"agent-{node}.lock"
     with open(path, "a+") as fh:
@@ -105,14 +116,14 @@ def agent_lock(state_dir: Path, node: str) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             fh.seek(0)
-            holder = fh.read().strip() or "?"
-            _fail(f"another reconcile agent is acting for {node} (pid {holder}); not starting")
+            yield fh.read().strip() or "?"
+            return
         fh.seek(0)
         fh.truncate()
         fh.write(str(os.getpid()))
         fh.flush()
         try:
-            yield
+            yield None
         finally:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
@@ -439,10 +450,7 @@ def become_primary(
             EXIT_BLOCKED,
         )
     adapters.operator.save(OperatorState(manual_mode=True, chosen_role=Role.PRIMARY, force=force))
-    report = tick(spec, adapters)
-    print_report(report, as_json=False)
-    _record(spec, adapters, sdir, report)
-    sys.exit(report.exit_code)
+    sys.exit(_operator_tick(spec, the_node, sdir, adapters))
 
 
 @main.command("become-secondary")
@@ -459,10 +467,24 @@ def become_secondary(spec_path: str | None, node: str | None, state_dir: str | N
             EXIT_BLOCKED,
         )
     adapters.operator.save(OperatorState(manual_mode=True, chosen_role=Role.SECONDARY))
-    report = tick(spec, adapters)
-    print_report(report, as_json=False)
-    _record(spec, adapters, sdir, report)
-    sys.exit(report.exit_code if report.exit_code != EXIT_BLOCKED else EXIT_OK)
+    code = _operator_tick(spec, the_node, sdir, adapters)
+    sys.exit(code if code != EXIT_BLOCKED else EXIT_OK)
+
+
+def _operator_tick(spec: StorageCluster, node: str, sdir: Path, adapters: Any) -> int:
+    """Apply the operator's choice now, unless an agent runs for this node: then that agent
+    applies it on its next tick (two actors on one node would race each other)."""
+    with try_agent_lock(sdir, node) as holder:
+        if holder is not None:
+            click.echo(
+                f"{node}: recorded; the running agent (pid {holder}) applies it on its next "
+                "tick (watch it with `reconcile status --watch`)"
+            )
+            return EXIT_OK
+        report = tick(spec, adapters)
+        print_report(report, as_json=False)
+        _record(spec, adapters, sdir, report)
+        return report.exit_code
 
 
 @main.command()
@@ -528,7 +550,7 @@ def split_brain(
     """
     from reconciler.observe import observe
 
-    spec, the_node, _sdir, adapters = _operator_context(spec_path, node, state_dir)
+    spec, the_node, sdir, adapters = _operator_context(spec_path, node, state_dir)
     if survivor not in spec.node_names:
         _fail(f"--survivor {survivor!r} is not a node of the spec ({', '.join(spec.node_names)})")
     res = next((r for r in spec.spec.resources if r.name == resource), None)
@@ -552,6 +574,25 @@ def split_brain(
     )
     if not yes:
         _fail(f"{what}. Re-run with --yes to proceed (run it on the victim first).")
+    with try_agent_lock(sdir, the_node) as holder:
+        if holder is not None:
+            _fail(
+                f"refused: a reconcile agent (pid {holder}) is acting for {the_node}; stop it "
+                "first (systemctl stop tandem) so the recovery steps are not raced",
+                EXIT_BLOCKED,
+            )
+        _recover(spec, adapters, res, victim=victim, node=the_node)
+    click.echo(
+        f"{what}. Done on {the_node}. "
+        + (
+            "Now run it on the survivor."
+            if victim
+            else "Resync follows; check `reconcile status`, then leave manual mode on the victim."
+        )
+    )
+
+
+def _recover(spec: StorageCluster, adapters: Any, res: Any, *, victim: bool, node: str) -> None:
     try:
         if victim:
             adapters.target.stop(spec.spec.target)
@@ -564,15 +605,7 @@ def split_brain(
         else:
             adapters.drbd.connect(res)
     except AdapterError as exc:
-        _fail(f"recovery step failed on {the_node}: {exc}", 1)
-    click.echo(
-        f"{what}. Done on {the_node}. "
-        + (
-            "Now run it on the survivor."
-            if victim
-            else "Resync follows; check `reconcile status`, then leave manual mode on the victim."
-        )
-    )
+        _fail(f"recovery step failed on {node}: {exc}", 1)
 
 
 def run() -> None:  # pragma: no cover - console entry point wrapper

@@ -180,3 +180,32 @@ def test_get_prints_every_effective_setting(tmp_path: Path) -> None:
     # Defaults that the demo spec does not write are filled in.
     for key in ("commandTimeout: 10.0", "screenTime: 1800.0", "quietTicks: 5", "tid: 1"):
         assert key in r.stdout
+
+
+def test_operator_command_defers_to_a_running_agent(tmp_path: Path) -> None:
+    env = dict(os.environ, TANDEM_STATE_DIR=str(tmp_path))
+    assert run(tmp_path, "--once", "--node", "node1").returncode == 0
+    for node in ("node1", "node2"):
+        assert run(tmp_path, "manual-mode", "enable", "--node", node).returncode == 0
+    agent = subprocess.Popen(
+        [RECONCILE, "--watch", "--node", "node1", "--interval", "0.05"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=env,
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while not (tmp_path / "status-node1.json").exists():
+            assert time.monotonic() < deadline, "the agent never ticked"
+            time.sleep(0.05)
+        r = run(tmp_path, "become-secondary", "--node", "node1")
+        assert r.returncode == 0 and "running agent" in r.stdout, r.stdout
+        # The running agent, not the command, demotes node1.
+        while json.loads((tmp_path / "status-node1.json").read_text())["desired_role"] != (
+            "Secondary"
+        ):
+            assert time.monotonic() < deadline, "the agent never applied the choice"
+            time.sleep(0.05)
+    finally:
+        agent.terminate()
+        agent.wait(timeout=20)

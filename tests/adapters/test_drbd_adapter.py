@@ -458,3 +458,20 @@ def test_observed_disk_states_are_passed_through_untouched() -> None:
     runner.on(JSON, stdout=fixture("json_two_volumes_sync_target.json"))
     obs = RealDrbd(runner).observe([R1])[0]
     assert obs.disk is DiskState.INCONSISTENT and obs.peer_role is Role.PRIMARY
+
+
+def test_disconnect_of_a_standalone_resource_is_already_done() -> None:
+    from adapters.drbd import _already_done
+
+    # drbd-utils 9.22 on an 8.4 kernel (captured in the VM tier), and DRBD 8.4's own text.
+    utils9_on_84 = (
+        "r0: Failure: (162) Invalid configuration request\n"
+        "additional info from kernel:\nunknown connection\n"
+        "Command 'drbdsetup-84 disconnect ipv4:10.0.0.1:7789 ipv4:10.0.0.2:7789' "
+        "terminated with exit code 10"
+    )
+    assert _already_done("disconnect", [], utils9_on_84)
+    assert _already_done(
+        "disconnect", [], "State change failed: can not disconnect a StandAlone device"
+    )
+    assert not _already_done("disconnect", [], "Failure: (127) Device minor not allocated")
