@@ -1,0 +1,233 @@
+#!/usr/bin/env python3
+"""VM failover benchmark: planned swap and primary crash with real DRBD 8.4 in qemu (TCG),
+agents vs. the hand-scripted floor, over several rounds.
+
+    python tests/bench/vm_failover.py [--swaps 5] [--crashes 2] [--what-if probe,observe]
+                                      [--json results.json]
+
+It uses the VM tier's lab and cluster (tests/vm/): three VMs, the real adapters on the
+``VmConsole`` transport, one agent thread per node (``tickInterval`` 0.1 s). Each swap round
+moves the primary with the agents (pool.conf flipped) and back by hand (agents paused); each
+crash round kills the primary with the agents, restarts it, then kills the other one and fails
+over by hand. A time ends when the client VM reads a block written before the event through
+the VIP, served by the new primary (its ARP entry for the VIP is that node's MAC).
+
+``--what-if`` patches the product *in this process only*, to measure a proposed change before
+anyone makes it (the printout says which patches were active):
+
+- ``probe``: ``CommandArp.probe`` bounded by 0.25 s (arping is killed when nobody answered;
+  a reply still ends it at once) instead of arping's whole second.
+- ``observe``: the agent observes DRBD, VIP, target, role source and liveness concurrently
+  instead of one after the other.
+
+Not a test: pytest does not collect it (no ``test_`` names), nothing here asserts a target.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from tests.vm.cluster import NODES, RESOURCE, VmCluster
+from tests.vm.image import build_image
+from tests.vm.machine import VmLab
+
+now = time.monotonic
+
+
+def patch_probe(bound: float = 0.25) -> None:
+    import adapters.vip as vip
+    from reconciler.core.errors import AdapterError
+
+    def probe(
+        self: vip.CommandArp, interface: str, ip: str, *, timeout: float = 0.03
+    ) -> vip.ProbeResult:
+        argv = ["arping", "-D", "-c", "1", "-w", "1", "-I", interface, ip]
+        started = now()
+        try:
+            res = self.runner.run(argv, check=False, timeout=max(timeout, bound))
+        except AdapterError as exc:
+            if "timed out" in str(exc):
+                return vip.ProbeResult(False, seconds=now() - started)
+            return vip.ProbeResult(None, detail=f"arping failed: {exc}")
+        if res.rc == 0:
+            return vip.ProbeResult(False, seconds=now() - started)
+        match = vip._REPLY_RE.search(res.stdout)
+        if res.rc == 1 and match:
+            mac = match.group(1).lower()
+            return vip.ProbeResult(True, mac=mac, detail=f"{ip} answered by {mac}")
+        return vip.ProbeResult(None, detail=f"arping exited {res.rc}")
+
+    vip.CommandArp.probe = probe  # type: ignore[method-assign]
+
+
+def patch_observe() -> None:
+    import reconciler.agent as agent
+    from reconciler.core.observed import (
+        Liveness,
+        ObservedState,
+        OperatorState,
+        ResourceObs,
+        Role,
+        RoleVerdict,
+        TargetObs,
+        VipObs,
+    )
+
+    pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="observe")
+
+    def observe(spec, adapters):  # type: ignore[no-untyped-def]
+        s = spec.spec
+
+        def guard(fn: Callable[[], object], fallback: Callable[[Exception], object]) -> object:
+            try:
+                return fn()
+            except Exception as exc:
+                return fallback(exc)
+
+        jobs = {
+            "resources": pool.submit(guard, lambda: adapters.drbd.observe(s.resources),
+                lambda e: tuple(ResourceObs.unknown(r.name, str(e)) for r in s.resources)),
+            "vips": pool.submit(guard, lambda: adapters.vip.observe(s.vips),
+                lambda e: tuple(VipObs(address=v.ip, error=str(e)) for v in s.vips)),
+            "target": pool.submit(guard, lambda: adapters.target.observe(s.target),
+                lambda e: TargetObs(running=None, error=str(e))),
+            "role_source": pool.submit(guard, adapters.role_source.observe,
+                lambda e: RoleVerdict(Role.UNKNOWN, str(e))),
+            "operator": pool.submit(guard, adapters.operator.load,
+                lambda e: OperatorState(manual_mode=True)),
+            "liveness": pool.submit(guard, adapters.liveness.observe, lambda e: Liveness()),
+        }  # fmt: skip
+        got = {k: f.result() for k, f in jobs.items()}
+        return ObservedState(node=adapters.node, **got)
+
+    agent.observe = observe
+
+
+def bring_up(c: VmCluster) -> None:
+    for n in NODES:
+        c.provision(n, create_md=True)
+    c.set_master("node1")
+    c.start_agents()
+    c.wait_drbd("node1", lambda r: r.conn.value == "Connected", 90, "connected")
+    c.skip_initial_sync("node1")
+    c.wait_roles("node1", timeout=90)
+
+
+def swap_round(c: VmCluster) -> tuple[float, float]:
+    """Agents node1 -> node2, then by hand node2 -> node1."""
+    w = c.client_write()
+    assert w is not None
+    started = now()
+    c.set_master("node2")
+    agent = (now() - started) + c.wait_client_read(w, via="node2")
+    c.wait_roles("node2")
+    with c.agents_paused():
+        started = now()
+        c.demote_by_hand("node2")
+        c.promote_by_hand("node1")
+        floor = (now() - started) + c.wait_client_read(w, via="node1")
+        c.set_master("node1")
+    c.wait_roles("node1")
+    c.reap_floor_processes()
+    return agent, floor
+
+
+def restart(c: VmCluster, node: str, by_hand: bool) -> None:
+    c.lab.restart(node)
+    c.provision(node)
+    if by_hand:
+        c.runners[node].run(["modprobe", "drbd"])
+        c.runners[node].run(["drbdadm", "adjust", RESOURCE])
+    else:
+        c.fresh_agent(node).start()
+
+
+def crash_round(c: VmCluster) -> tuple[float, float]:
+    """Agents: kill node1, node2 takes over; node1 rejoins. Floor: kill node2, node1 by hand."""
+    writer = c.writer()
+    writer.wait_acked(2)
+    started = now()
+    c.lab["node1"].kill()
+    c.agents["node1"].request_stop()
+    c.set_master("node2")
+    writer.stop()
+    agent = (now() - started) + c.wait_client_read(writer.acked[-1], via="node2")
+    writer.join()
+    c.agents["node1"].stop()
+    restart(c, "node1", by_hand=False)
+    c.wait_roles("node2", timeout=180)
+
+    writer = c.writer()
+    writer.wait_acked(2)
+    with c.agents_paused():
+        started = now()
+        c.lab["node2"].kill()
+        writer.stop()
+        c.wait_drbd("node1", lambda r: not r.conn.is_connected, 30, "peer loss")
+        c.promote_by_hand("node1")
+        floor = (now() - started) + c.wait_client_read(writer.acked[-1], via="node1")
+        writer.join()
+        restart(c, "node2", by_hand=True)
+        c.wait_drbd("node2", lambda r: r.disk.value == "UpToDate", 180, "resynced")
+        c.set_master("node1")
+        c.fresh_agent("node2")
+    c.wait_roles("node1", timeout=180)
+    c.reap_floor_processes()
+    return agent, floor
+
+
+def summary(name: str, rounds: list[tuple[float, float]]) -> dict[str, object]:
+    agents = [a for a, _ in rounds]
+    floors = [f for _, f in rounds]
+    ma, mf = statistics.median(agents), statistics.median(floors)
+    print(f"{name:6s} agent " + " ".join(f"{a:5.2f}" for a in agents) + f"  median {ma:5.2f}s")
+    print(f"{'':6s} floor " + " ".join(f"{f:5.2f}" for f in floors) + f"  median {mf:5.2f}s")
+    print(f"{'':6s} ratio of medians {ma / mf:4.2f}x")
+    return {"agent": agents, "floor": floors, "ratio": ma / mf}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--swaps", type=int, default=5)
+    parser.add_argument("--crashes", type=int, default=2)
+    parser.add_argument("--what-if", default="", help="comma list: probe, observe")
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args()
+    what_if = [w for w in args.what_if.split(",") if w]
+    for w in what_if:
+        {"probe": patch_probe, "observe": patch_observe}[w]()
+    print(f"what-if patches active: {', '.join(what_if) or 'none (the product as it is)'}")
+    lab = VmLab(build_image(log=True))
+    results: dict[str, object] = {"what_if": what_if}
+    try:
+        lab.up()
+        assert lab.directory is not None
+        print("boot: " + ", ".join(f"{k} {v:.1f}s" for k, v in lab.boot_seconds.items()))
+        c = VmCluster(lab, lab.directory)
+        try:
+            bring_up(c)
+            swaps = [swap_round(c) for _ in range(args.swaps)]
+            results["swap"] = summary("swap", swaps)
+            crashes = [crash_round(c) for _ in range(args.crashes)]
+            if crashes:
+                results["crash"] = summary("crash", crashes)
+        finally:
+            c.stop_agents()
+    finally:
+        lab.down()
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

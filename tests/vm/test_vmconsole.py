@@ -1,0 +1,212 @@
+"""The VM transport without a VM: the real guest agent (tests/vm/guest/agent.c, compiled on the
+host) serves ``adapters.vmconsole.VmConsole`` over a unix socket, and the product's ``Runner``
+drives it. Runs in the default suite (not marked ``vm``): about a second, needs only gcc.
+
+What a VM adds on top (the virtio-serial port, the guest's tools) is covered by the VM tier.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from adapters.runner import Runner
+from adapters.vmconsole import VmConsole
+from reconciler.core.errors import TerminalError, TransientError
+
+AGENT_SOURCE = Path(__file__).resolve().parent / "guest" / "agent.c"
+
+
+@pytest.fixture(scope="module")
+def agent_binary(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    if shutil.which("gcc") is None:
+        pytest.skip("gcc is missing (apt-get install gcc): cannot build the guest agent")
+    out = tmp_path_factory.mktemp("agent") / "tandem-agent"
+    subprocess.run(["gcc", "-O2", "-Wall", "-o", str(out), str(AGENT_SOURCE)], check=True)
+    return out
+
+
+class AgentServer:
+    """Plays qemu's part: a listening socket; each connection gets a fresh agent process (so
+    killing the agent is a VM crash, and reconnecting is the VM after its restart)."""
+
+    def __init__(self, binary: Path) -> None:
+        self.directory = tempfile.mkdtemp(prefix="tvc-", dir="/tmp")  # short socket path
+        self.path = os.path.join(self.directory, "agent.sock")
+        self.binary = binary
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self._srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._srv.bind(self.path)
+        self._srv.listen(4)
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self._srv.accept()
+            except OSError:
+                return
+            with conn:
+                proc = subprocess.Popen(
+                    [str(self.binary), f"fd:{conn.fileno()}"],
+                    pass_fds=[conn.fileno()],
+                    env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")},  # no host leak
+                    stdin=subprocess.DEVNULL,
+                )
+            self.procs.append(proc)
+
+    def crash(self) -> None:
+        """SIGKILL the serving agent (the VM dies)."""
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self._srv.shutdown(socket.SHUT_RDWR)  # wakes the accept() (close alone does not)
+        with contextlib.suppress(OSError):
+            self._srv.close()
+        self.crash()
+        self._thread.join(timeout=2)
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
+@pytest.fixture
+def server(agent_binary: Path) -> Iterator[AgentServer]:
+    srv = AgentServer(agent_binary)
+    try:
+        yield srv
+    finally:
+        srv.close()
+
+
+@pytest.fixture
+def console(server: AgentServer) -> Iterator[VmConsole]:
+    con = VmConsole(server.path, label="host-agent")
+    try:
+        yield con
+    finally:
+        con.close()
+
+
+@pytest.fixture
+def runner(console: VmConsole) -> Runner:
+    return Runner(transport=console, timeout=10.0)
+
+
+def test_stdout_stderr_and_exit_code_come_back_apart(runner: Runner) -> None:
+    res = runner.run(["sh", "-c", "echo out; echo err >&2; exit 3"], check=False)
+    assert (res.rc, res.stdout, res.stderr) == (3, "out\n", "err\n")
+    assert res.argv[-4:] == ("--", "sh", "-c", "echo out; echo err >&2; exit 3")
+
+
+def test_a_failed_command_is_terminal_and_a_missing_one_says_so(runner: Runner) -> None:
+    with pytest.raises(TerminalError, match="exit code 1"):
+        runner.run(["false"])
+    with pytest.raises(TerminalError, match="command not found: no-such-command-xyz"):
+        runner.run(["no-such-command-xyz"], check=False)
+
+
+def test_arguments_stdin_and_bytes_pass_unchanged(runner: Runner) -> None:
+    res = runner.run(["printf", "%s|", "", "a b", "x\ny", "é;$(x)"])
+    assert res.stdout == "|a b|x\ny|é;$(x)|"
+    data = "".join(chr(c) for c in range(1, 256)) * 50
+    assert runner.run(["cat"], stdin=data).stdout == data
+
+
+def test_only_the_named_environment_reaches_the_node(
+    runner: Runner, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TANDEM_HOST_ONLY", "leak")
+    res = runner.run(["sh", "-c", 'echo "$FOO/${TANDEM_HOST_ONLY:-absent}"'], env={"FOO": "bar"})
+    assert res.stdout == "bar/absent\n"
+
+
+def test_timeout_kills_the_whole_process_group(runner: Runner, tmp_path: Path) -> None:
+    pid_file = tmp_path / "child.pid"
+    started = time.monotonic()
+    with pytest.raises(TransientError, match=r"timed out after 0\.3s"):
+        runner.run(["sh", "-c", f"sleep 30 & echo $! > {pid_file}; wait"], timeout=0.3)
+    assert time.monotonic() - started < 2.0
+    child = int(pid_file.read_text())
+    deadline = time.monotonic() + 2
+    while Path(f"/proc/{child}").exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not Path(f"/proc/{child}").exists(), "the grandchild survived the timeout"
+
+
+def test_commands_run_concurrently_on_one_connection(runner: Runner) -> None:
+    results: list[int] = []
+    threads = [
+        threading.Thread(target=lambda: results.append(runner.run(["sleep", "0.5"]).rc))
+        for _ in range(4)
+    ]
+    started = time.monotonic()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results == [0, 0, 0, 0]
+    assert time.monotonic() - started < 1.5
+
+
+def test_spawned_processes_report_their_exit(runner: Runner, tmp_path: Path) -> None:
+    log = tmp_path / "out.log"
+    done = runner.spawn(["sh", "-c", "echo hello; exit 7"], log_path=str(log))
+    assert done.wait(5) == 7
+    assert log.read_text() == "hello\n"
+    sleeper = runner.spawn(["sleep", "30"])
+    assert sleeper.poll() is None and Path(f"/proc/{sleeper.pid}").exists()
+    sleeper.kill()
+    assert sleeper.wait(5) == -9
+    with pytest.raises(TerminalError, match="command not found"):
+        runner.spawn(["no-such-daemon-xyz"])
+    with pytest.raises(TransientError, match="could not run sleep"):
+        runner.spawn(["sleep", "1"], log_path=str(tmp_path / "missing-dir" / "x.log"))
+
+
+def test_a_crash_fails_waiting_calls_at_once_and_the_next_call_reconnects(
+    runner: Runner, server: AgentServer, tmp_path: Path
+) -> None:
+    daemon = runner.spawn(["sleep", "30"])
+    errors: list[Exception] = []
+    pid_file = tmp_path / "long.pid"
+
+    def long_call() -> None:
+        try:
+            runner.run(["sh", "-c", f"echo $$ > {pid_file}; exec sleep 30"], timeout=20)
+        except Exception as exc:
+            errors.append(exc)
+
+    waiting = threading.Thread(target=long_call)
+    waiting.start()
+    time.sleep(0.3)
+    started = time.monotonic()
+    server.crash()
+    waiting.join(timeout=5)
+    assert time.monotonic() - started < 2.0
+    assert len(errors) == 1 and isinstance(errors[0], TransientError), errors
+    assert daemon.wait(2) == -9  # its VM is gone: the process is reported ended
+    for orphan in (daemon.pid, int(pid_file.read_text())):  # on the host they live on
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(orphan, 9)
+    assert runner.run(["echo", "back"]).stdout == "back\n"  # a new agent, a new connection
+
+
+def test_an_unreachable_vm_is_transient_and_ping_says_no(tmp_path: Path) -> None:
+    console = VmConsole(str(tmp_path / "nothing.sock"), label="ghost", connect_timeout=0.2)
+    with pytest.raises(TransientError, match="not reachable"):
+        Runner(transport=console).run(["true"])
+    assert console.ping(0.2) is False
