@@ -96,16 +96,29 @@ def _run_step(
     sleep: Callable[[float], None],
     clock: Callable[[], float],
 ) -> StepReport:
-    attempts = 0
+    started = clock()
+    # Fast path: most steps succeed at once, and building tenacity's machinery per step was
+    # ~40% of a simulated tick. Only a TransientError enters tenacity, for the retries.
+    try:
+        _dispatch(action, spec, adapters)
+        return StepReport(action, True, 1, clock() - started)
+    except TransientError as exc:
+        if policy.attempts <= 1:
+            return StepReport(action, False, 1, clock() - started, _describe(exc))
+    except Exception as exc:
+        return StepReport(action, False, 1, clock() - started, _describe(exc))
+
+    attempts = 1
 
     def count(_: RetryCallState) -> None:
         nonlocal attempts
         attempts += 1
 
-    started = clock()
+    first_wait = min(policy.backoff, policy.backoff_max)
+    sleep(first_wait)  # the wait tenacity would have put between attempts 1 and 2
     retrying = Retrying(
-        stop=stop_after_attempt(policy.attempts),
-        wait=wait_exponential(multiplier=policy.backoff, max=policy.backoff_max),
+        stop=stop_after_attempt(policy.attempts - 1),
+        wait=wait_exponential(multiplier=policy.backoff * 2, max=policy.backoff_max),
         retry=retry_if_exception_type(TransientError),
         sleep=sleep,
         before=count,
