@@ -608,5 +608,11 @@ def _recover(spec: StorageCluster, adapters: Any, res: Any, *, victim: bool, nod
         _fail(f"recovery step failed on {node}: {exc}", 1)
 
 
+# `reconcile simulate` lives in reconciler/simulate.py (the engine the property tests share).
+from reconciler.simulate import simulate_command  # noqa: E402
+
+main.add_command(simulate_command)
+
+
 def run() -> None:  # pragma: no cover - console entry point wrapper
     main()

@@ -213,7 +213,7 @@ class SimOperatorStore(_SimBase):
 
 
 def _as(cls: type[_E], value: object) -> _E:
-    return value if isinstance(value, cls) else cls(value)  # type: ignore[call-arg]
+    return value if isinstance(value, cls) else cls(str(value))
 
 
 def _float_or_none(value: object) -> float | None:

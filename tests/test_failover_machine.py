@@ -1,0 +1,550 @@
+"""Property-based failover simulations: a hypothesis state machine over the simulated cluster.
+
+Both agents act exactly as the CLI does (observe -> plan -> apply), through
+``reconciler.simulate.Simulation``, while faults of every class land between their ticks and
+between the actions of one tick. The invariants of reconciler.core.safety are checked after
+every executed action (inside ``Simulation``); the liveness property is checked at the end of
+every run: once faults stop and the role source agrees, one Primary serves the VIP and the
+target where the role source says within K_MAX rounds of both agents.
+
+Depth is a hypothesis profile chosen by ``TANDEM_SIM_PROFILE``: ``ci`` (the default: >= 100,000
+state-machine steps, a few minutes on 2 cores) or ``deep`` (long runs). The step count, how often
+each rule and each fault class fired, and the measured K are printed in pytest's terminal
+summary (section "tandem failover simulation"), so a plain ``pytest`` run shows them.
+
+The two-node problem is modelled, not defined away (docs/simulation.md):
+- the main machine runs DRBD with ``fencing resource-and-stonith``: every invariant is strict;
+- operator overrides (``become-primary --force``) may force a split brain: the simulator must
+  report it, and "every acknowledged write is still on some disk" stays strict;
+- without STONITH (``fencing resource-only``) the quorum policy cannot keep "at most one Primary"
+  under a full partition: a test proves hypothesis finds that violation.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import Counter
+from dataclasses import replace
+from typing import Any, ClassVar
+
+import pytest
+from hypothesis import HealthCheck, Phase, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    precondition,
+    rule,
+    run_state_machine_as_test,
+)
+
+from adapters.sim.world import Fencing
+from reconciler.core import safety
+from reconciler.core.observed import ConnState, ResourceObs, Role
+from reconciler.core.planner import DEFAULT_GUARDS, Guards
+from reconciler.core.spec import StorageCluster
+from reconciler.simulate import (
+    ACTION_OPS,
+    OBSERVE_OPS,
+    InvariantViolation,
+    Simulation,
+    new_simulation,
+)
+from tests.simcluster import demo_spec
+
+SPEC = demo_spec()
+NODES = SPEC.node_names
+K_MAX = 3  # the liveness goal: converged within 3 rounds of both agents
+K_SYNC_MAX = 6  # ... and replication healthy (resync done) within 6
+HEAL_EVERY = 12  # state-machine steps between mid-run "faults stop" liveness checks
+
+settings.register_profile(
+    "tandem-sim-ci",
+    max_examples=2200,
+    stateful_step_count=80,
+    deadline=None,
+    print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+)
+settings.register_profile(
+    "tandem-sim-deep",
+    max_examples=30000,
+    stateful_step_count=200,
+    deadline=None,
+    print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+)
+PROFILE = os.environ.get("TANDEM_SIM_PROFILE", "ci")
+if PROFILE not in ("ci", "deep"):
+    raise RuntimeError(f"TANDEM_SIM_PROFILE={PROFILE!r}: expected 'ci' or 'deep'")
+MIN_STEPS = 100_000 if PROFILE == "ci" else 1_000_000
+
+# Every class of the issue's fault model, as Simulation labels its steps.
+FAULT_CLASSES = (
+    "crash",
+    "boot",
+    "replication down",
+    "replication up",
+    "management down",
+    "management up",
+    "isolate",
+    "rejoin",
+    "killTarget",
+    "removeVip",
+    "addVip",
+    "stranger up",
+    "disconnect",
+    "detachDisk",
+    "failDisk",
+    "replaceDisk",
+    "inject transient",
+    "inject transient persistent",
+    "inject timeout",
+    "inject timeout persistent",
+    "inject terminal",
+    "inject garbage",
+    "clearFaults",
+    "agent-crash-mid-apply",
+    "operator manual-mode enable",
+    "operator manual-mode disable",
+    "operator become-primary",
+    "operator become-primary --force",
+    "operator become-secondary",
+    "pool-master-change",
+    "pool-split",
+    "spec-edit",
+    "client-write",
+    "heal",
+)
+
+
+class Stats:
+    """Totals over every run of the main machine (printed in the terminal summary)."""
+
+    steps = 0
+    runs = 0
+    seconds = 0.0
+    rules: ClassVar[Counter[str]] = Counter()
+    classes: ClassVar[Counter[str]] = Counter()
+    k: ClassVar[Counter[int]] = Counter()
+    k_sync: ClassVar[Counter[int]] = Counter()
+    split_brain_runs = 0
+    override_runs = 0
+    destroyed_writes = 0
+    lines: ClassVar[list[str]] = []
+
+
+class FailoverMachine(RuleBasedStateMachine):
+    """Two agents, one simulated cluster, every fault class; invariants after every action."""
+
+    spec: ClassVar[StorageCluster] = SPEC
+    fencing: ClassVar[Fencing] = "resource-and-stonith"
+    guards: ClassVar[Guards] = DEFAULT_GUARDS
+    spec_edits: ClassVar[bool] = True
+    overrides: ClassVar[bool] = True
+    record: ClassVar[bool] = True  # add to Stats (the main machine only)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sim: Simulation = new_simulation(
+            self.spec, fencing=self.fencing, guards=self.guards, raise_on_violation=True
+        )
+        self.sim.keep_timeline = False
+        self.since_heal = 0
+        self.rules: Counter[str] = Counter()
+
+    def _count(self, name: str) -> None:
+        self.rules[name] += 1
+        self.since_heal += 1
+
+    # --- agents ------------------------------------------------------------------------------
+
+    @rule(node=st.sampled_from(NODES))
+    def tick(self, node: str) -> None:
+        self._count("tick")
+        self.sim.tick(node)
+
+    @rule(first=st.sampled_from(NODES))
+    def tick_both(self, first: str) -> None:
+        self._count("tick both")
+        self.sim.tick(first)
+        self.sim.tick(self.sim.w.peer(first))
+
+    @rule(node=st.sampled_from(NODES))
+    def plan_only(self, node: str) -> None:
+        """Observe and plan now, act later: faults may land in between (a stale plan)."""
+        self._count("plan (apply later)")
+        self.sim.plan_only(node)
+
+    @precondition(lambda self: any(self.sim.pending.values()))
+    @rule(pick=st.integers(0, 1))
+    def apply_next(self, pick: int) -> None:
+        self._count("apply next action")
+        busy = [n for n in NODES if self.sim.pending[n]]
+        self.sim.apply_next(busy[pick % len(busy)])
+
+    @precondition(lambda self: any(self.sim.pending.values()))
+    @rule(pick=st.integers(0, 1))
+    def agent_crash_mid_apply(self, pick: int) -> None:
+        self._count("agent crash mid-apply")
+        busy = [n for n in NODES if self.sim.pending[n]]
+        self.sim.agent_crash(busy[pick % len(busy)])
+
+    @rule(count=st.integers(1, 3))
+    def client_write(self, count: int) -> None:
+        self._count("client write")
+        self.sim.write(count)
+
+    # --- faults ------------------------------------------------------------------------------
+
+    @rule(node=st.sampled_from(NODES))
+    def crash_or_boot(self, node: str) -> None:
+        self._count("node crash/boot")
+        self.sim.fault("crash" if self.sim.w.nodes[node].alive else "boot", node)
+
+    @rule(
+        kind=st.sampled_from(["replication", "management", "isolate", "stranger"]),
+        node=st.sampled_from(NODES),
+    )
+    def network(self, kind: str, node: str) -> None:
+        """Toggle: replication link, management path, one node's switch port, a VIP stranger."""
+        self._count("network fault")
+        w = self.sim.w
+        if kind == "isolate":
+            self.sim.fault("rejoin" if w.nodes[node].isolated else "isolate", node)
+        elif kind == "stranger":
+            self.sim.fault("stranger", value=not w.strangers)
+        else:
+            up = w.replication_link if kind == "replication" else w.management_link
+            self.sim.fault(kind, value=not up)
+
+    @rule(
+        kind=st.sampled_from(["killTarget", "removeVip", "addVip", "disconnect"]),
+        node=st.sampled_from(NODES),
+    )
+    def service(self, kind: str, node: str) -> None:
+        """tgtd crash, VIP removed/added by hand, DRBD disconnected by hand (StandAlone)."""
+        self._count("service fault")
+        self.sim.fault(kind, node)
+
+    @rule(
+        kind=st.sampled_from(["detachDisk", "failDisk", "replaceDisk"]),
+        node=st.sampled_from(NODES),
+    )
+    def disk(self, kind: str, node: str) -> None:
+        self._count("disk fault")
+        if kind != "replaceDisk" and not self.sim.peer_has_data(node):
+            kind = "replaceDisk"  # one disk at a time: losing the only current copy is out of scope
+        self.sim.fault(kind, node)
+
+    @rule(
+        node=st.sampled_from(NODES),
+        op=st.sampled_from(ACTION_OPS + OBSERVE_OPS),
+        kind=st.sampled_from(["transient", "timeout", "terminal"]),
+        count=st.sampled_from([1, 2, 3, -1]),
+        clear=st.booleans(),
+    )
+    def command_fault(self, node: str, op: str, kind: str, count: int, clear: bool) -> None:
+        """Commands fail (transient, timeout, terminal; a few times or forever) or observations
+        come back as garbage."""
+        self._count("command fault")
+        if clear and self.sim.w.faults:
+            self.sim.fault("clearFaults")
+            return
+        if op in OBSERVE_OPS:
+            kind = "garbage"
+        self.sim.fault("inject", node, op=op, kind=kind, count=count)
+
+    # --- operator, role source, spec -----------------------------------------------------------
+
+    @rule(
+        node=st.sampled_from(NODES),
+        command=st.sampled_from(
+            ["manual-mode enable", "manual-mode disable", "become-primary", "become-secondary"]
+        ),
+        force=st.booleans(),
+    )
+    def operator(self, node: str, command: str, force: bool) -> None:
+        self._count("operator command")
+        force = force and self.overrides and command == "become-primary"
+        self.sim.operator(node, command, force=force)
+
+    @rule(
+        master=st.sampled_from([*NODES, None]),
+        split=st.booleans(),
+        other=st.sampled_from([*NODES, None]),
+    )
+    def role_source(self, master: str | None, split: bool, other: str | None) -> None:
+        """HA-Lizard moves the pool master; or the pool splits and the views differ."""
+        self._count("role source change")
+        if split:
+            self.sim.split_pool({NODES[0]: master, NODES[1]: other})
+        else:
+            self.sim.set_pool_master(master)
+
+    @precondition(lambda self: self.spec_edits)
+    @rule(
+        policy=st.sampled_from(["refuse", "outdated-peer", "quorum"]),
+        heuristics=st.integers(0, 2),
+        role=st.sampled_from(["pool-master", "static-node1", "static-node2"]),
+        failback=st.booleans(),
+    )
+    def spec_edit(self, policy: str, heuristics: int, role: str, failback: bool) -> None:
+        self._count("spec edit")
+        source: dict[str, Any] = {"type": "pool-master", "preferred": None, "failback": False}
+        if role != "pool-master":
+            source = {"type": "static", "preferred": role.split("-")[1], "failback": failback}
+        self.sim.edit_spec(
+            {
+                "promotion": {
+                    "whenDisconnected": policy,
+                    "heuristics": [f"198.51.100.{250 + i}" for i in range(heuristics)],
+                },
+                "roleSource": source,
+            }
+        )
+
+    # --- liveness ----------------------------------------------------------------------------
+
+    @precondition(lambda self: self.since_heal >= HEAL_EVERY)
+    @rule(first=st.sampled_from(NODES))
+    def faults_stop(self, first: str) -> None:
+        """Mid-run liveness: heal everything, converge, then the run goes on with new faults."""
+        self._count("faults stop + converge")
+        self.check_liveness(first)
+
+    def check_liveness(self, first: str) -> None:
+        sim = self.sim
+        self.since_heal = 0
+        sim.heal()
+        order = [first, sim.w.peer(first)]
+        k, k_sync = sim.converge(max_rounds=K_SYNC_MAX + 2, order=order)
+        if sim.override_promotions and sim.diverged():
+            # A split brain the operator forced: nothing may be resolved automatically, and the
+            # agents must say so (the data itself is checked strictly after every action).
+            said = [
+                text
+                for p in sim.last_plans.values()
+                for text in (*p.warnings, *(b.reason for b in p.blocked))
+            ]
+            assert any("split brain" in t for t in said), f"split brain not reported: {said}"
+            return
+        assert not sim.diverged(), "split brain without an operator override"
+        where = sim.expected_primary()
+        assert k is not None, (
+            f"not converged within {K_SYNC_MAX + 2} rounds after faults stopped: "
+            f"{sim.serving_ok(where or NODES[0])}\n{sim.world_line()}\n{sim.to_scenario_yaml()}"
+        )
+        replay = sim.to_scenario_yaml()
+        assert k <= K_MAX, f"converged only after {k} rounds (goal {K_MAX})\n{replay}"
+        assert k_sync is not None and k_sync <= K_SYNC_MAX, (
+            f"replication not healthy within {K_SYNC_MAX} rounds\n{sim.to_scenario_yaml()}"
+        )
+        if self.record:
+            Stats.k[k] += 1
+            Stats.k_sync[k_sync] += 1
+
+    def teardown(self) -> None:
+        # Hypothesis tears down failed runs too: keep their own failure, check nothing more.
+        if self.sim.violations:
+            return
+        self.check_liveness(NODES[self.since_heal % 2])
+        if self.record:
+            Stats.runs += 1
+            Stats.steps += sum(self.rules.values())
+            Stats.rules.update(self.rules)
+            Stats.classes.update(self.sim.counts)
+            Stats.split_brain_runs += bool(self.sim.split_brain)
+            Stats.override_runs += bool(self.sim.override_promotions)
+            Stats.destroyed_writes += sum(len(v) for v in self.sim.w.destroyed.values())
+
+
+# --- the terminal summary (shown by a plain `pytest` run, no -s needed) --------------------------
+
+
+class _SummaryPlugin:
+    def pytest_terminal_summary(self, terminalreporter: Any) -> None:
+        if not Stats.lines:
+            return
+        terminalreporter.section("tandem failover simulation")
+        for line in Stats.lines:
+            terminalreporter.write_line(line)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _summary(request: pytest.FixtureRequest) -> Any:
+    plugin = _SummaryPlugin()
+    manager = request.config.pluginmanager
+    if not manager.has_plugin("tandem-failover-summary"):
+        manager.register(plugin, "tandem-failover-summary")
+    yield
+
+
+def _summarise() -> list[str]:
+    rate = Stats.steps / Stats.seconds if Stats.seconds else 0.0
+    lines = [
+        f"profile {PROFILE}: {Stats.steps} state-machine steps in {Stats.runs} runs, "
+        f"{Stats.seconds:.0f} s ({rate:.0f} steps/s); 0 invariant violations",
+        "K (rounds until one Primary serves where the role source says): "
+        + ", ".join(f"K={k}: {n}" for k, n in sorted(Stats.k.items()))
+        + f"; max K = {max(Stats.k)} (goal <= {K_MAX})",
+        "K_sync (until replication is healthy too): "
+        + ", ".join(f"{k}: {n}" for k, n in sorted(Stats.k_sync.items())),
+        f"runs with a split brain (all forced by an operator override, all reported): "
+        f"{Stats.split_brain_runs}; runs with an override promotion: {Stats.override_runs}; "
+        f"writes lost to a failed disk holding their only copy: {Stats.destroyed_writes}",
+        "rules fired: " + ", ".join(f"{k} {v}" for k, v in sorted(Stats.rules.items())),
+        "fault classes fired: " + ", ".join(f"{k} {v}" for k, v in sorted(Stats.classes.items())),
+    ]
+    return lines
+
+
+def test_failover_state_machine_keeps_every_invariant() -> None:
+    """The CI-depth run: >= 100,000 steps, every fault class fires, 0 violations, K <= 3."""
+    started = time.monotonic()
+    profile = settings.get_profile(f"tandem-sim-{PROFILE}")
+    rounds = 0
+    while Stats.steps < MIN_STEPS and rounds < 10:
+        # Hypothesis ends runs at random lengths; repeat until the step budget is spent.
+        rounds += 1
+        run_state_machine_as_test(FailoverMachine, settings=profile)
+    Stats.seconds = time.monotonic() - started
+    Stats.lines[:0] = _summarise()
+    missing = [c for c in FAULT_CLASSES if not Stats.classes[c]]
+    assert not missing, f"fault classes that never fired: {missing}"
+    assert Stats.steps >= MIN_STEPS, f"only {Stats.steps} steps"
+    assert max(Stats.k) <= K_MAX
+
+
+# --- the invariants bite ----------------------------------------------------------------------
+
+
+def _quiet(**over: Any) -> settings:
+    base: dict[str, Any] = {
+        "max_examples": 400,
+        "stateful_step_count": 40,
+        "deadline": None,
+        "derandomize": True,
+        "database": None,
+        "report_multiple_bugs": False,
+        "print_blob": False,
+        "phases": [Phase.generate, Phase.shrink],  # no "explain": it replays for minutes
+        "suppress_health_check": [HealthCheck.too_slow, HealthCheck.filter_too_much],
+    }
+    base.update(over)
+    return settings(**base)
+
+
+def _promote_ignoring_disconnection(res: ResourceObs, **kw: Any) -> safety.Verdict:
+    """The guard "while DRBD is disconnected the peer's role is unknown" switched off: a
+    disconnected resource is judged as if its peer were a connected Secondary."""
+    if not res.conn.is_connected and res.peer_role is not Role.PRIMARY:
+        res = replace(res, conn=ConnState.CONNECTED, peer_role=Role.SECONDARY)
+    return safety.may_promote(res, **kw)
+
+
+REFUSE_SPEC = StorageCluster.model_validate(
+    {
+        **SPEC.model_dump(mode="json", by_alias=True),
+        "spec": {
+            **SPEC.model_dump(mode="json", by_alias=True)["spec"],
+            "promotion": {"whenDisconnected": "refuse", "heuristics": []},
+        },
+    }
+)
+
+
+class _NoFencingMachine(FailoverMachine):
+    """DRBD without fencing and the 'refuse' policy: the planner's guard is the only defence."""
+
+    spec = REFUSE_SPEC
+    fencing = "none"
+    spec_edits = False
+    overrides = False
+    record = False
+
+
+class _GuardOffMachine(_NoFencingMachine):
+    guards = Guards(may_promote=_promote_ignoring_disconnection)
+
+
+def test_the_disconnected_promotion_guard_is_what_keeps_one_primary() -> None:
+    """Control: with the guard on, the weak world (no fencing) keeps every invariant."""
+    run_state_machine_as_test(_NoFencingMachine, settings=_quiet(max_examples=150))
+
+
+def test_switching_off_a_guard_is_caught_and_shrunk() -> None:
+    """Switch off one safety guard through the planner's test-only seam: hypothesis must find
+    a violation and shrink it to a short sequence of steps."""
+    with pytest.raises(InvariantViolation) as caught:
+        run_state_machine_as_test(_GuardOffMachine, settings=_quiet())
+    exc = caught.value
+    steps = exc.replay.count("\n- ")
+    assert "two primaries" in " ".join(exc.problems) or "serves" in " ".join(exc.problems)
+    assert steps <= 8, f"not shrunk to a short sequence ({steps} steps):\n{exc.replay}"
+    Stats.lines.append(
+        f"guard switched off: violation found and shrunk to {steps} steps: {exc.problems[0]}"
+    )
+
+
+class _PartitionMachine(RuleBasedStateMachine):
+    """The fault model cut down to what the two-node problem needs (agents, links, a node cut
+    off from the switch, crashes, the pool master moving), over DRBD with ``fencing
+    resource-only``: the common setup without STONITH, whose fence-peer handler can only
+    outdate the peer over the network and otherwise assumes it dead."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sim = new_simulation(SPEC, fencing="resource-only", raise_on_violation=True)
+        self.sim.keep_timeline = False
+        self.sim.converge(max_rounds=3)  # start from a serving cluster
+
+    @rule(node=st.sampled_from(NODES))
+    def tick(self, node: str) -> None:
+        self.sim.tick(node)
+
+    @rule(node=st.sampled_from(NODES))
+    def full_partition(self, node: str) -> None:
+        """``node`` loses the switch and the replication link at once."""
+        self.sim.fault("isolate", node)
+        if self.sim.w.replication_link:
+            self.sim.fault("replication", value=False)
+
+    @rule()
+    def partition_heals(self) -> None:
+        for n in NODES:
+            if self.sim.w.nodes[n].isolated:
+                self.sim.fault("rejoin", n)
+        if not self.sim.w.replication_link:
+            self.sim.fault("replication", value=True)
+
+    @rule(node=st.sampled_from(NODES))
+    def crash_or_boot(self, node: str) -> None:
+        self.sim.fault("crash" if self.sim.w.nodes[node].alive else "boot", node)
+
+    @rule(master=st.sampled_from(NODES))
+    def pool_master(self, master: str) -> None:
+        self.sim.set_pool_master(master)
+
+    @rule()
+    def client_write(self) -> None:
+        self.sim.write(1)
+
+
+def test_without_stonith_the_quorum_policy_cannot_keep_one_primary() -> None:
+    """The two-node problem, honestly: under a full partition (the primary cut off from the
+    switch and from the replication link) the survivor takes over by quorum while the isolated
+    node is still Primary; only fencing (STONITH, or frozen I/O until the peer is outdated) can
+    stop that. Hypothesis finds it, and the main machine (fencing resource-and-stonith) never
+    does."""
+    with pytest.raises(InvariantViolation) as caught:
+        run_state_machine_as_test(
+            _PartitionMachine, settings=_quiet(max_examples=3000, stateful_step_count=12)
+        )
+    exc = caught.value
+    text = " ".join(exc.problems)
+    assert "two primaries" in text or "acknowledged write" in text
+    Stats.lines.append(
+        "fencing resource-only (no STONITH): hypothesis finds "
+        f"{exc.problems[0]!r} in {exc.replay.count(chr(10) + '- ')} steps"
+    )
