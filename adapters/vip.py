@@ -469,7 +469,8 @@ def _background() -> _Background:
 class _Process(Protocol):
     """What ``CommandArp`` needs of a handle returned by ``Runner.spawn``."""
 
-    pid: int
+    @property
+    def pid(self) -> int: ...
 
     def poll(self) -> int | None: ...
 

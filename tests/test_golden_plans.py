@@ -160,3 +160,15 @@ def test_standalone_without_split_brain_reconnects(tmp_path: Path) -> None:
     c.world.drbd_disconnect("node2", "iscsi1")
     assert steps(c.tick("node2")) == ["connect iscsi1"]
     assert_idempotent(c)
+
+
+def test_one_unreadable_drbd_status_does_not_tear_down_the_primary(tmp_path: Path) -> None:
+    from adapters.sim.world import Fault
+
+    c = serving(tmp_path)
+    c.world.faults.append(Fault(node="node1", op="drbd-observe", kind="garbage", count=1))
+    r = c.tick("node1")
+    assert steps(r) == [] and [b.what for b in r.plan.blocked] == ["observe"]
+    assert any("holding the VIP and the target" in w for w in r.plan.warnings)
+    assert c.world.serving_node("iscsi1") == "node1"
+    assert_idempotent(c)

@@ -332,7 +332,13 @@ def plan(
 
     primary = {m.obs.name: m.state == "primary" for m in models}
     serving = _ServingModel(spec=desired, obs=observed, primary=primary, guards=guards, rec=rec)
-    if role is Role.PRIMARY and serving.has_primary():
+    unreadable = any(m.state == "unknown" for m in models)
+    if unreadable and serving.state == "serving":
+        # One unreadable DRBD status must not tear down a serving primary: hold the VIP and
+        # the target until DRBD can be read again. Safe: only this agent demotes, and never
+        # while its target runs, so a running target still sits on a Primary device.
+        warnings.append("DRBD state unreadable: holding the VIP and the target as they are")
+    elif role is Role.PRIMARY and serving.has_primary():
         _fire(SERVING_MACHINE, "serve", serving)
     else:
         _fire(SERVING_MACHINE, "unserve", serving)
