@@ -187,6 +187,9 @@ def test_operator_command_defers_to_a_running_agent(tmp_path: Path) -> None:
     assert run(tmp_path, "--once", "--node", "node1").returncode == 0
     for node in ("node1", "node2"):
         assert run(tmp_path, "manual-mode", "enable", "--node", node).returncode == 0
+    # The --once run left a status record: remove it so its reappearance proves the watching
+    # agent ticked (and so holds the node's lock).
+    (tmp_path / "status-node1.json").unlink()
     agent = subprocess.Popen(
         [RECONCILE, "--watch", "--node", "node1", "--interval", "0.05"],
         stdout=subprocess.DEVNULL,
