@@ -650,27 +650,21 @@ class IpVip:
 
     def add(self, vip: Vip) -> None:
         """``ip addr add ADDR/PREFIX dev IF``; an address already there is success."""
-        argv = ["ip", "addr", "add", str(vip.address), "dev", vip.interface]
-        res = self.runner.run(argv, check=False, timeout=self.command_timeout)
-        if res.ok or _EXISTS_RE.search(res.stderr):
-            return
-        raise TerminalError(
-            f"cannot add VIP {vip.address} on {vip.interface}: {res.stderr.strip()}",
-            command=res.argv,
-            output=res.stderr,
-        )
+        self._ip_addr("add", vip, already=_EXISTS_RE, what="add VIP {addr} on {dev}")
 
     def remove(self, vip: Vip) -> None:
         """``ip addr del ADDR/PREFIX dev IF``; an address (or interface) that is not there is
         success: the VIP is not configured on that interface either way."""
-        argv = ["ip", "addr", "del", str(vip.address), "dev", vip.interface]
+        self._ip_addr("del", vip, already=_ABSENT_RE, what="remove VIP {addr} from {dev}")
+
+    def _ip_addr(self, verb: str, vip: Vip, *, already: re.Pattern[str], what: str) -> None:
+        argv = ["ip", "addr", verb, str(vip.address), "dev", vip.interface]
         res = self.runner.run(argv, check=False, timeout=self.command_timeout)
-        if res.ok or _ABSENT_RE.search(res.stderr):
+        if res.ok or already.search(res.stderr):
             return
+        action = what.format(addr=vip.address, dev=vip.interface)
         raise TerminalError(
-            f"cannot remove VIP {vip.address} from {vip.interface}: {res.stderr.strip()}",
-            command=res.argv,
-            output=res.stderr,
+            f"cannot {action}: {res.stderr.strip()}", command=res.argv, output=res.stderr
         )
 
     def announce(self, vip: Vip) -> None:
