@@ -101,6 +101,18 @@ class Alerter(Protocol):
     def send(self, alert: Alert) -> None: ...
 
 
+class WakeSource(Protocol):
+    """Something the watch loop polls between ticks to start the next tick at once when it
+    changes (pool.conf, the operator's choices, DRBD state). ``fingerprint`` must be cheap (no
+    process, a stat or a small read), must not raise for an unreadable source (return a value
+    that says so), and must not change unless what the agent observes may have changed."""
+
+    @property
+    def name(self) -> str: ...
+
+    def fingerprint(self) -> object: ...
+
+
 @dataclass(slots=True)
 class NodeAdapters:
     """Everything one agent needs to observe and act on its node."""
@@ -112,3 +124,4 @@ class NodeAdapters:
     role_source: RoleSourceAdapter
     liveness: LivenessAdapter
     operator: OperatorStore
+    wake: tuple[WakeSource, ...] = ()

@@ -28,6 +28,7 @@ from adapters.base import (
     RoleSourceAdapter,
     TargetAdapter,
     VipAdapter,
+    WakeSource,
 )
 from adapters.poolconf import NoRoleSource, PoolConfRoleSource
 from adapters.runner import Local, Netns, Runner
@@ -35,6 +36,7 @@ from adapters.runner import Transport as CommandTransport
 from adapters.sim.adapters import SimDrbd, SimPoolMaster, SimTarget, SimVip, sim_liveness
 from adapters.sim.world import FileWorldStore, WorldStore
 from adapters.state import FileOperatorStore
+from adapters.wake import FileWake
 from reconciler.core.errors import TerminalError
 from reconciler.core.spec import StorageCluster, Transport
 
@@ -117,6 +119,7 @@ def build_adapters(
             peer_addresses=addresses,
             heuristics=[str(h) for h in spec.spec.promotion.heuristics],
         )
+    operator = operator_store(state_dir, node)
     return NodeAdapters(
         node=node,
         drbd=drbd,
@@ -124,8 +127,24 @@ def build_adapters(
         target=target,
         role_source=role,
         liveness=liveness,
-        operator=operator_store(state_dir, node),
+        operator=operator,
+        wake=wake_sources(role, operator, world),
     )
+
+
+def wake_sources(
+    role: RoleSourceAdapter, operator: FileOperatorStore, world: WorldStore | None
+) -> tuple[WakeSource, ...]:
+    """What the watch loop polls between ticks: pool.conf (a pool-master change starts the
+    swap at once), the operator's choices (``become-primary`` acts at once), and the simulated
+    world (the peer's promote/demote). Real DRBD, VIP and tgt changes are seen at the next
+    tick (or the short retry after a blocked tick)."""
+    sources: list[WakeSource] = [FileWake(operator.path, name="operator choices")]
+    if isinstance(role, PoolConfRoleSource):
+        sources.append(FileWake(role.path, name="pool.conf"))
+    if isinstance(world, FileWorldStore):
+        sources.append(world.wake_source())
+    return tuple(sources)
 
 
 def _real_vip(spec: StorageCluster, node: str, runner: Runner) -> VipAdapter:

@@ -49,11 +49,12 @@ import ipaddress
 import os
 import re
 import signal
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from adapters.runner import CommandResult, Runner
 from reconciler.core.errors import AdapterError, TerminalError, TransientError
@@ -466,7 +467,7 @@ class TgtAdapter:
         host: ProcessHost | None = None,
         start_timeout: float = 5.0,
         stop_timeout: float = 1.0,
-        poll_interval: float = 0.005,
+        poll_interval: float = 0.002,
         observe_timeout: float = 5.0,
     ) -> None:
         self.runner = runner
@@ -487,6 +488,14 @@ class TgtAdapter:
         self.env = {"TGT_IPC_SOCKET": self.socket}
         self.timings: dict[str, float] = {}
         self._proc: _Process | None = None
+        # (tid, iqn) of a target start() has just defined on a tgtd it had just started: it
+        # has no LUN, so the export that follows needs no `target show`. Any other call
+        # forgets it.
+        self._just_defined: tuple[int, str] | None = None
+        # The last observe() found nothing answering on our socket: the start() that follows
+        # in the same tick skips asking again (if something else started meanwhile, our spawn
+        # fails and the next tick sees it). Any other call forgets it.
+        self._seen_down = False
 
     # ------------------------------------------------------------------ commands
     def _adm(
@@ -532,10 +541,13 @@ class TgtAdapter:
         ``ready``. ``exported_luns``: data LUNs of ``target`` (same tid and IQN, target State
         ready) whose SCSI ID/SN match the spec (LUNs the spec does not list are reported too)."""
         self._reap()
+        self._just_defined = None
+        self._seen_down = False
         quick = self.observe_timeout
         try:
             sys_res = self._sys("show", check=False, timeout=quick)
             if sys_res.rc == NOT_RUNNING_RC:
+                self._seen_down = True
                 return TargetObs(running=False)
             if not sys_res.ok:
                 return TargetObs(running=None, error=_err("tgtadm sys show", sys_res))
@@ -563,9 +575,36 @@ class TgtAdapter:
         """tgtd running (started if needed), system State ready, target ``tid``/``iqn``
         defined and State ready, ACLs exactly ``target.initiators``. Idempotent."""
         began = time.monotonic()
-        fresh = self._ensure_daemon()
-        show = TgtShow() if fresh else self._show()  # a new tgtd has no targets
+        self._just_defined = None
         tid = str(target.tid)
+        verify = self._ensure_daemon(
+            first=("--mode", "target", "--op", "new", "--tid", tid, "-T", target.iqn)
+        )
+        fresh = verify is not None
+        try:
+            self._define(target, fresh)
+        except BaseException:
+            if verify is not None:
+                with contextlib.suppress(Exception):
+                    verify()
+            raise
+        if verify is not None:
+            try:
+                verify()
+            except BaseException:
+                self._just_defined = None
+                raise
+        self.timings["start"] = time.monotonic() - began
+
+    def _define(self, target: Target, fresh: bool) -> None:
+        """Target defined with State ready and the spec's ACLs; ``fresh``: on a tgtd just
+        started whose first request defined it."""
+        tid = str(target.tid)
+        if fresh:
+            self._just_defined = (target.tid, target.iqn)
+            self._sync_acls(target, ())
+            return
+        show = self._show()
         current = show.target(target.tid)
         if current is None:
             other = show.by_iqn(target.iqn)
@@ -582,7 +621,6 @@ class TgtAdapter:
             if current.state and current.state != "ready":
                 self._iscsi("target", "update", "--tid", tid, "--name", "state", "--value", "ready")
         self._sync_acls(target, acls)
-        self.timings["start"] = time.monotonic() - began
 
     def _sync_acls(self, target: Target, current: Sequence[str]) -> None:
         """Bind what is missing first, then unbind what the spec does not list."""
@@ -595,25 +633,31 @@ class TgtAdapter:
             if item not in wanted:
                 self._iscsi("target", "unbind", "--tid", tid, *_acl_option(item))
 
-    def _ensure_daemon(self) -> bool:
-        """Make our tgtd answer with State ready; True when it had to be started."""
-        res = self._sys("show", check=False)
-        if res.ok:
-            if parse_tgtadm_sys(res.stdout).state == "offline":
-                self._sys("update", "--name", "State", "-v", "ready")
-            return False
-        if res.rc != NOT_RUNNING_RC:
-            raise TransientError(_err("tgtadm sys show", res), command=res.argv)
-        # Nothing answers on our socket: a recorded tgtd that is still alive is wedged.
+    def _ensure_daemon(self, first: Sequence[str] = ()) -> Callable[[], None] | None:
+        """Make our tgtd answer with State ready. None when it already ran, else the portal
+        check of the one just started, whose first request was ``first`` (see
+        ``_spawn_daemon``)."""
+        seen_down, self._seen_down = self._seen_down, False
         stale = self._recorded_pid()
+        if not (seen_down and stale is None):
+            res = self._sys("show", check=False)
+            if res.ok:
+                if parse_tgtadm_sys(res.stdout).state == "offline":
+                    self._sys("update", "--name", "State", "-v", "ready")
+                return None
+            if res.rc != NOT_RUNNING_RC:
+                raise TransientError(_err("tgtadm sys show", res), command=res.argv)
+        # Nothing answers on our socket: a recorded tgtd that is still alive is wedged.
         if stale is not None:
             self._kill_and_wait(stale)
-        self._spawn_daemon()
-        return True
+        return self._spawn_daemon(first)
 
-    def _spawn_daemon(self) -> None:
-        """Start ``tgtd -f``, record its PID, wait (bounded) until it answers, and check that
-        it listens on the configured portal."""
+    def _spawn_daemon(self, first: Sequence[str] = ()) -> Callable[[], None]:
+        """Start ``tgtd -f``, record its PID and wait (bounded) until it answers. ``first``
+        (``tgtadm --lld iscsi`` arguments) is the first request and doubles as the readiness
+        probe (a new tgtd answers within milliseconds: no separate `sys show` round). Returns the
+        check that it listens on the configured portal: the question runs while the caller
+        goes on, and the check raises (after killing that tgtd) when it does not."""
         self.host.make_dir(self.control_dir)
         argv = ["tgtd", "-f"]
         if self.portal:
@@ -630,8 +674,15 @@ class TgtAdapter:
                     f"tgtd exited with code {code} while starting: {self._log_tail()}",
                     command=tuple(argv),
                 )
-            if self._sys("show", check=False, timeout=1.0).ok:
+            if first:
+                res = self._adm(["--lld", "iscsi", *first], check=False, timeout=1.0)
+            else:
+                res = self._sys("show", check=False, timeout=1.0)
+            if res.ok:
                 break
+            if res.rc != NOT_RUNNING_RC:
+                self._kill_and_wait(proc.pid)
+                raise TerminalError(_err("tgtadm " + " ".join(first[:4]), res), command=res.argv)
             if time.monotonic() > deadline:
                 self._kill_and_wait(proc.pid)
                 raise TransientError(
@@ -639,15 +690,35 @@ class TgtAdapter:
                     command=tuple(argv),
                 )
             time.sleep(self.poll_interval)
-        if self.portal:
-            portals = parse_tgtadm_portals(self._iscsi("portal", "show").stdout)
-            if self.portal not in portals:
-                self._kill_and_wait(proc.pid)
+        if not self.portal:
+            return _no_check
+        portal, pid = self.portal, proc.pid
+        box: dict[str, Any] = {}
+
+        def ask() -> None:
+            try:
+                box["portals"] = parse_tgtadm_portals(self._iscsi("portal", "show").stdout)
+            except BaseException as exc:  # handed to verify(), in the caller's thread
+                box["error"] = exc
+
+        asking = threading.Thread(target=ask, name="tgt-portal-check", daemon=True)
+        asking.start()
+
+        def verify() -> None:
+            asking.join()
+            if "error" in box:
+                self._kill_and_wait(pid)
+                raise box["error"]
+            portals = box["portals"]
+            if portal not in portals:
+                self._kill_and_wait(pid)
                 raise TerminalError(
-                    f"tgtd could not bind portal {self.portal} (it listens on "
+                    f"tgtd could not bind portal {portal} (it listens on "
                     f"{', '.join(portals) or 'nothing'}); add the address first or set "
                     "net.ipv4.ip_nonlocal_bind=1"
                 )
+
+        return verify
 
     # ------------------------------------------------------------------ LUNs
     def export_lun(self, target: Target, lun: Lun, resource: Resource) -> None:
@@ -658,10 +729,15 @@ class TgtAdapter:
         milliseconds until the update; export before the VIP comes up."""
         began = time.monotonic()
         path = self.backing_for(resource)
-        current = self._show().target(target.tid)
-        if current is None or current.iqn != target.iqn:
-            raise TerminalError(f"target {target.tid} ({target.iqn}) is not defined; start() first")
-        have = current.lun(lun.lun)
+        just_defined, self._just_defined = self._just_defined, None
+        have: TgtLun | None = None
+        if just_defined != (target.tid, target.iqn):
+            current = self._show().target(target.tid)
+            if current is None or current.iqn != target.iqn:
+                raise TerminalError(
+                    f"target {target.tid} ({target.iqn}) is not defined; start() first"
+                )
+            have = current.lun(lun.lun)
         where = ("--tid", str(target.tid), "--lun", str(lun.lun))
         if have is not None and have.backing_store_path != path:
             self._iscsi("logicalunit", "delete", *where)
@@ -677,6 +753,8 @@ class TgtAdapter:
     def unexport_lun(self, target: Target, lun: Lun) -> None:
         """Remove the LUN (sessions stay; initiators get LOGICAL UNIT NOT SUPPORTED).
         Idempotent: nothing to do when tgtd, the target or the LUN is absent."""
+        self._just_defined = None
+        self._seen_down = False
         res = self._iscsi("target", "show", check=False)
         if res.rc == NOT_RUNNING_RC:
             return
@@ -700,6 +778,8 @@ class TgtAdapter:
         sessions, closes backing stores), ``delete --mode system`` started without waiting,
         watch the PID for ``stop_timeout``, SIGKILL as the last resort, or at once when tgt
         refused to delete a target (see ``_orderly_shutdown``). Idempotent."""
+        self._just_defined = None
+        self._seen_down = False
         began = time.monotonic()
         pid = self._known_pid()
         killer: _Process | None = None
@@ -1017,3 +1097,7 @@ def _write_atomic(path: str, text: str) -> None:
 
 def _err(what: str, res: CommandResult) -> str:
     return f"{what} exited {res.rc}: {(res.stderr or res.stdout).strip()[:300]}"
+
+
+def _no_check() -> None:
+    return None

@@ -44,7 +44,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -591,10 +591,22 @@ class IpVip:
         self.arp = arp
         self.probe_timeout = probe_timeout
         self.command_timeout = command_timeout
+        # VIPs the last observation did not find here: their probes start together with the
+        # `ip` call (a probe costs probe_timeout, the call a process start); a VIP found here
+        # after all just has its probe result dropped.
+        self._remote: set[str] = set()
 
     def observe(self, vips: Sequence[Vip]) -> tuple[VipObs, ...]:
         if not vips:
             return ()
+        early = [vip for vip in vips if vip.ip in self._remote]
+        with ThreadPoolExecutor(max_workers=1 + len(early), thread_name_prefix="vip") as pool:
+            probes = {vip.ip: pool.submit(self._probe_one, vip) for vip in early}
+            return self._observe(vips, probes)
+
+    def _observe(
+        self, vips: Sequence[Vip], probes: dict[str, Future[ProbeResult]]
+    ) -> tuple[VipObs, ...]:
         try:
             res = self.runner.run(["ip", "-j", "addr", "show"], timeout=self.command_timeout)
             links = parse_ip_addr_json(res.stdout)
@@ -624,7 +636,11 @@ class IpVip:
                 )
             else:
                 to_probe.append((i, vip))
-        for (i, vip), result in zip(to_probe, self._probe_all(to_probe), strict=True):
+        late = [(i, vip) for i, vip in to_probe if vip.ip not in probes]
+        results = dict(zip([vip.ip for _, vip in late], self._probe_all(late), strict=True))
+        self._remote = {vip.ip for _, vip in to_probe}
+        for i, vip in to_probe:
+            result = results[vip.ip] if vip.ip in results else probes[vip.ip].result()
             out[i] = VipObs(
                 address=vip.ip,
                 local=False,
@@ -636,17 +652,17 @@ class IpVip:
             )
         return tuple(out[i] for i in range(len(vips)))
 
-    def _probe_all(self, items: list[tuple[int, Vip]]) -> list[ProbeResult]:
-        def one(vip: Vip) -> ProbeResult:
-            try:
-                return self.arp.probe(vip.interface, vip.ip, timeout=self.probe_timeout)
-            except Exception as exc:  # a probe failure is data, never an exception
-                return ProbeResult(None, detail=f"ARP probe failed: {exc!r}")
+    def _probe_one(self, vip: Vip) -> ProbeResult:
+        try:
+            return self.arp.probe(vip.interface, vip.ip, timeout=self.probe_timeout)
+        except Exception as exc:  # a probe failure is data, never an exception
+            return ProbeResult(None, detail=f"ARP probe failed: {exc!r}")
 
+    def _probe_all(self, items: list[tuple[int, Vip]]) -> list[ProbeResult]:
         if len(items) <= 1:
-            return [one(vip) for _, vip in items]
+            return [self._probe_one(vip) for _, vip in items]
         with ThreadPoolExecutor(max_workers=len(items), thread_name_prefix="arp-probe") as pool:
-            return list(pool.map(one, [vip for _, vip in items]))
+            return list(pool.map(self._probe_one, [vip for _, vip in items]))
 
     def add(self, vip: Vip) -> None:
         """``ip addr add ADDR/PREFIX dev IF``; an address already there is success."""

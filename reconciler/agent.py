@@ -12,6 +12,7 @@ import os
 import tempfile
 import time
 from collections.abc import Callable
+from concurrent.futures import Executor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,7 @@ class TickReport:
     result: ApplyReport | None  # None on --dry-run
     started: float
     seconds: float
+    observe_seconds: float = 0.0
 
     @property
     def exit_code(self) -> int:
@@ -57,6 +59,16 @@ class TickReport:
             "actions": [a.to_json() for a in self.plan.actions],
             "blocked": [b.to_json() for b in self.plan.blocked],
             "applied": [a.to_json() for a in result.applied] if result else [],
+            "steps": [
+                {
+                    "kind": step.action.kind.value,
+                    "ok": step.ok,
+                    "attempts": step.attempts,
+                    "ms": round(step.seconds * 1000, 2),
+                }
+                for step in (result.steps if result else ())
+            ],
+            "observe_ms": round(self.observe_seconds * 1000, 2),
             "errors": list(result.errors) if result else [],
             "warnings": list(self.plan.warnings),
             "converged": self.plan.converged,
@@ -111,13 +123,16 @@ def tick(
     dry_run: bool = False,
     retry: RetryPolicy | None = None,
     sleep: Callable[[float], None] = time.sleep,
+    executor: Executor | None = None,
 ) -> TickReport:
+    """``executor``: observe the concerns concurrently on it (see ``reconciler.observe``)."""
     started = time.time()
     t0 = time.monotonic()
-    observed = observe(spec, adapters)
+    observed = observe(spec, adapters, executor=executor)
+    looked = time.monotonic() - t0
     the_plan = make_plan(spec, observed)
     result = None if dry_run else apply(the_plan, spec, adapters, retry=retry, sleep=sleep)
-    return TickReport(observed, the_plan, result, started, time.monotonic() - t0)
+    return TickReport(observed, the_plan, result, started, time.monotonic() - t0, looked)
 
 
 def write_status(

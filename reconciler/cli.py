@@ -29,7 +29,7 @@ import click
 from rich.console import Console
 from rich.markup import escape
 
-from reconciler import __version__
+from reconciler import __version__, loop
 from reconciler.agent import EXIT_BLOCKED, EXIT_OK, EXIT_USAGE, TickReport, tick, write_status
 from reconciler.core.errors import AdapterError
 from reconciler.core.observed import OperatorState, Role
@@ -195,14 +195,16 @@ def _watch(
     signal.signal(signal.SIGTERM, _stop)
     adapters = _adapters(spec, node, state_dir)
     notify = _alerting(spec)
-    while not stop.is_set():
-        report = tick(spec, adapters)
+
+    def report_tick(report: TickReport) -> None:
         if as_json or report.plan.actions or report.plan.blocked or report.result is None:
             print_report(report, as_json=as_json)
         sys.stdout.flush()
         _record(spec, adapters, state_dir, report)
         notify(report)
-        stop.wait(interval)
+
+    pace = loop.Pace.from_spec(spec, interval)
+    loop.run(spec, adapters, stop=stop, on_report=report_tick, pace=pace)
     return EXIT_OK
 
 

@@ -74,6 +74,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field, field_validator
 
+from adapters.wake import DerivedFileWake
 from reconciler.core.errors import TerminalError, TransientError
 from reconciler.core.observed import ConnState, DiskState, Role
 from reconciler.core.safety import DataFacts, NodeFacts
@@ -875,6 +876,11 @@ class FileWorldStore(WorldStore):
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)
 
+    def wake_source(self) -> DerivedFileWake:
+        """Changes when anything in the world changes but the step counter, which every
+        observation advances (a wake on it would keep two agents waking each other)."""
+        return DerivedFileWake(self.path, _world_digest, name="simulated world")
+
     def _load(self) -> World:
         try:
             text = self.path.read_text()
@@ -900,3 +906,10 @@ class FileWorldStore(WorldStore):
         with os.fdopen(fd, "w") as fh:
             json.dump(world.model_dump(mode="json"), fh, indent=1, sort_keys=True)
         os.replace(tmp, self.path)
+
+
+def _world_digest(content: bytes) -> object:
+    data = json.loads(content)
+    if isinstance(data, dict):
+        data.pop("step_count", None)
+    return json.dumps(data, sort_keys=True)

@@ -280,6 +280,17 @@ class Timings(_Model):
     retry_attempts: int = Field(default=3, ge=1, le=20, description="Tries per transient action.")
     retry_backoff: Seconds = Field(default=0.2, description="First retry delay (doubles).")
     retry_backoff_max: Seconds = Field(default=2.0, description="Longest retry delay.")
+    wake_poll: Seconds = Field(
+        default=0.005,
+        description="How often --watch checks its wake sources (pool.conf, operator choices, "
+        "simulated world) between ticks; a change starts a tick at once.",
+    )
+    blocked_retry: Seconds = Field(
+        default=0.1,
+        description="After a tick a safety rule blocked (e.g. the peer is still Primary during "
+        "a swap), the next tick comes this soon, doubling while the block persists, up to "
+        "tickInterval.",
+    )
 
 
 class Mail(_Model):

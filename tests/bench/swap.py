@@ -18,8 +18,8 @@ What it does, in one namespace lab (tests/lab/netns.py; 198.51.100.0/24 only):
    (``swap.py node``; the agents run there too) through the product's ``Runner``: on the old
    primary tgtd offline, force-delete the target, SIGKILL tgtd, ``ip addr del``, demote
    (simulated DRBD); on the new one promote, ``ip addr add``, gratuitous ARP (the VIP
-   adapter's in-process sender), start tgtd, define the target, export the LUN (``--bsoflags
-   direct``), set its SCSI ID/SN, bind ALL.
+   adapter's in-process sender), start tgtd whose first request defines the target (repeated
+   until tgtd answers), bind ALL, export the LUN (``--bsoflags direct``), set its SCSI ID/SN.
 3. Agents: two ``reconcile --watch --interval I`` processes (one per node namespace); the
    script only rewrites the two pool.conf files, as HA-Lizard does when it moves the master.
 
@@ -342,8 +342,8 @@ FLOOR_STEPS = {
     "stop": ("tgtd offline", "target delete --force", "SIGKILL tgtd + wait", "ip addr del VIP",
              "demote (sim)"),
     "start": ("promote (sim)", "ip addr add VIP", "gratuitous ARP (in-process)",
-              "start tgtd + wait ready", "target new", "logicalunit new",
-              "logicalunit update ids", "bind ALL"),
+              "start tgtd + target new", "bind ALL", "logicalunit new",
+              "logicalunit update ids"),
 }  # fmt: skip
 
 
@@ -394,16 +394,19 @@ class NodeScript:
             else:
                 world.drbd_secondary(self.node, resource)
 
-    def start_tgtd(self) -> None:
+    def start_tgtd_and_define(self) -> None:
+        """Start tgtd; its first request (target new) is repeated until it answers, as the
+        adapter does."""
         portal = f"portal={self.vip.ip}:3260"
         self.tgtd = self.runner.spawn(["tgtd", "-f", "--iscsi", portal], env=self.env,
                                       log_path=self.log)  # fmt: skip
+        new = ["tgtadm", "--lld", "iscsi", "--mode", "target", "--op", "new",
+               "--tid", str(self.target.tid), "-T", self.target.iqn]  # fmt: skip
         deadline = time.monotonic() + 5
-        while not self.runner.run(["tgtadm", "--mode", "sys", "--op", "show"], env=self.env,
-                                  check=False).ok:  # fmt: skip
+        while not self.runner.run(new, env=self.env, check=False).ok:
             if self.tgtd.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError("tgtd did not start")
-            time.sleep(0.005)
+            time.sleep(0.002)
 
     def kill_tgtd(self) -> None:
         if self.tgtd is not None:
@@ -430,12 +433,11 @@ class NodeScript:
             lambda: self.drbd(primary=True),
             lambda: self.runner.run(["ip", "addr", "add", vip, "dev", dev]),
             lambda: self.arp.announce(dev, self.vip.ip),
-            self.start_tgtd,
-            lambda: self.iscsi("target", "new", "--tid", tid, "-T", self.target.iqn),
+            self.start_tgtd_and_define,
+            lambda: self.iscsi("target", "bind", "--tid", tid, "-I", "ALL"),
             lambda: self.iscsi("logicalunit", "new", *lun, "-b", self.device,
                                "--bsoflags", "direct"),
             lambda: self.iscsi("logicalunit", "update", *lun, "--params", ids),
-            lambda: self.iscsi("target", "bind", "--tid", tid, "-I", "ALL"),
         ]  # fmt: skip
 
     def run(self, op: str) -> list[tuple[str, float]]:
@@ -681,6 +683,14 @@ def breakdown(
     old_end = down["started"] + down["seconds"]
     out["new_wait_after_demote_ms"] = (up["started"] - old_end) * 1e3
     out["new_tick_ms"] = up["seconds"] * 1e3
+    out["new_tick_steps"] = {
+        "observe": up.get("observe_ms", 0.0),
+        **{st["kind"]: st["ms"] for st in up.get("steps", [])},
+    }
+    out["old_tick_steps"] = {
+        "observe": down.get("observe_ms", 0.0),
+        **{st["kind"]: st["ms"] for st in down.get("steps", [])},
+    }
     out["new_tick_end_ms"] = (up["started"] + up["seconds"] - wall0) * 1e3
     between = ticks_between(new, wall0, up["started"] - 1e-6)
     out["new_ticks_before"] = [
@@ -794,6 +804,9 @@ def print_report(report: dict[str, Any]) -> None:
                     for t in b["new_ticks_before"]
                 )
             )
+            for side in ("old", "new"):
+                steps = ", ".join(f"{k} {v:.0f}" for k, v in b[f"{side}_tick_steps"].items())
+                print(f"        {side} tick ms: {steps}")
         elif "idle_tick_ms" in r:
             print(f"    converged tick (observe + plan), median ms: {r['idle_tick_ms']}")
     print(

@@ -2,7 +2,7 @@
 """VM failover benchmark: planned swap and primary crash with real DRBD 8.4 in qemu (TCG),
 agents vs. the hand-scripted floor, over several rounds.
 
-    python tests/bench/vm_failover.py [--swaps 5] [--crashes 2] [--what-if probe,observe]
+    python tests/bench/vm_failover.py [--swaps 5] [--crashes 2] [--what-if probe]
                                       [--json results.json]
 
 It uses the VM tier's lab and cluster (tests/vm/): three VMs, the real adapters on the
@@ -17,8 +17,9 @@ anyone makes it (the printout says which patches were active):
 
 - ``probe``: ``CommandArp.probe`` bounded by 0.25 s (arping is killed when nobody answered;
   a reply still ends it at once) instead of arping's whole second.
-- ``observe``: the agent observes DRBD, VIP, target, role source and liveness concurrently
-  instead of one after the other.
+
+(Concurrent observation, the other change this script once measured, is now in the product:
+``reconciler/observe.py``.)
 
 Not a test: pytest does not collect it (no ``test_`` names), nothing here asserts a target.
 """
@@ -30,8 +31,6 @@ import json
 import statistics
 import sys
 import time
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
@@ -67,49 +66,6 @@ def patch_probe(bound: float = 0.25) -> None:
         return vip.ProbeResult(None, detail=f"arping exited {res.rc}")
 
     vip.CommandArp.probe = probe  # type: ignore[method-assign]
-
-
-def patch_observe() -> None:
-    import reconciler.agent as agent
-    from reconciler.core.observed import (
-        Liveness,
-        ObservedState,
-        OperatorState,
-        ResourceObs,
-        Role,
-        RoleVerdict,
-        TargetObs,
-        VipObs,
-    )
-
-    pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="observe")
-
-    def observe(spec, adapters):  # type: ignore[no-untyped-def]
-        s = spec.spec
-
-        def guard(fn: Callable[[], object], fallback: Callable[[Exception], object]) -> object:
-            try:
-                return fn()
-            except Exception as exc:
-                return fallback(exc)
-
-        jobs = {
-            "resources": pool.submit(guard, lambda: adapters.drbd.observe(s.resources),
-                lambda e: tuple(ResourceObs.unknown(r.name, str(e)) for r in s.resources)),
-            "vips": pool.submit(guard, lambda: adapters.vip.observe(s.vips),
-                lambda e: tuple(VipObs(address=v.ip, error=str(e)) for v in s.vips)),
-            "target": pool.submit(guard, lambda: adapters.target.observe(s.target),
-                lambda e: TargetObs(running=None, error=str(e))),
-            "role_source": pool.submit(guard, adapters.role_source.observe,
-                lambda e: RoleVerdict(Role.UNKNOWN, str(e))),
-            "operator": pool.submit(guard, adapters.operator.load,
-                lambda e: OperatorState(manual_mode=True)),
-            "liveness": pool.submit(guard, adapters.liveness.observe, lambda e: Liveness()),
-        }  # fmt: skip
-        got = {k: f.result() for k, f in jobs.items()}
-        return ObservedState(node=adapters.node, **got)
-
-    agent.observe = observe
 
 
 def bring_up(c: VmCluster) -> None:
@@ -199,12 +155,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--swaps", type=int, default=5)
     parser.add_argument("--crashes", type=int, default=2)
-    parser.add_argument("--what-if", default="", help="comma list: probe, observe")
+    parser.add_argument("--what-if", default="", help="comma list: probe")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     what_if = [w for w in args.what_if.split(",") if w]
     for w in what_if:
-        {"probe": patch_probe, "observe": patch_observe}[w]()
+        {"probe": patch_probe}[w]()
     print(f"what-if patches active: {', '.join(what_if) or 'none (the product as it is)'}")
     lab = VmLab(build_image(log=True))
     results: dict[str, object] = {"what_if": what_if}

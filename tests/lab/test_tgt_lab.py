@@ -225,3 +225,23 @@ def test_portal_that_cannot_be_bound_is_refused(lab: Lab, tmp_path: Path) -> Non
         tgt.start(target(LUN1))
     assert tgt.observe(target(LUN1)).running is False
     assert not Path(tgt.pid_file).exists()
+
+
+def test_a_tgtd_started_after_the_observation_is_used_not_killed(
+    lab: Lab, tmp_path: Path
+) -> None:
+    """start() skips re-asking a tgtd its own observation just found absent, but not when a
+    tgtd was recorded meanwhile (another agent run on the same state directory)."""
+    tgt = make_adapter(lab, "node1", tmp_path)
+    other = make_adapter(lab, "node1", tmp_path)  # same control socket and PID file
+    spec = target(LUN1)
+    try:
+        assert tgt.observe(spec).running is False
+        other.start(spec)
+        serving = pid_of(other)
+        tgt.start(spec)
+        tgt.export_lun(spec, LUN1, R0)
+        assert pid_of(tgt) == serving and os.path.exists(f"/proc/{serving}")
+        assert tgt.observe(spec).exported_luns == frozenset({1})
+    finally:
+        tgt.stop(spec)

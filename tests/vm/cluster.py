@@ -29,13 +29,15 @@ from pathlib import Path
 from adapters.base import Alert, NodeAdapters
 from adapters.drbd import RealDrbd
 from adapters.drbd_parse import parse_status_text
+from adapters.factory import wake_sources
 from adapters.liveness import PingLiveness
 from adapters.poolconf import PoolConfRoleSource
 from adapters.runner import Process, Runner
 from adapters.state import FileOperatorStore
 from adapters.tgt import CommandProcessHost, TgtAdapter
 from adapters.vip import CommandArp, IpVip
-from reconciler.agent import TickReport, tick
+from reconciler import loop
+from reconciler.agent import TickReport
 from reconciler.alerts import alerts_for
 from reconciler.core.observed import ConnState, DiskState, ResourceObs, Role
 from reconciler.core.spec import StorageCluster
@@ -145,6 +147,8 @@ def vm_adapters(spec: StorageCluster, node: str, runner: Runner, state_dir: Path
     timeout = spec.spec.timings.command_timeout
     peer = spec.peer_of(node)
     peer_addresses = [str(a) for a in (peer.management_address, peer.replication_address) if a]
+    role_source = PoolConfRoleSource(Path(spec.node(node).pool_conf))
+    operator = FileOperatorStore(state_dir / f"operator-{node}.json")
     return NodeAdapters(
         node=node,
         drbd=RealDrbd(runner),
@@ -155,13 +159,14 @@ def vm_adapters(spec: StorageCluster, node: str, runner: Runner, state_dir: Path
             portal=spec.spec.vips[0].ip,
             host=CommandProcessHost(runner),
         ),
-        role_source=PoolConfRoleSource(Path(spec.node(node).pool_conf)),
+        role_source=role_source,
         liveness=PingLiveness(
             runner,
             peer_addresses=peer_addresses,
             heuristics=[str(h) for h in spec.spec.promotion.heuristics],
         ),
-        operator=FileOperatorStore(state_dir / f"operator-{node}.json"),
+        operator=operator,
+        wake=wake_sources(role_source, operator, None),
     )
 
 
@@ -175,7 +180,6 @@ class AgentLoop:
         self.spec = spec
         self.adapters = adapters
         self.node = adapters.node
-        self.interval = spec.spec.timings.tick_interval
         self.reports: list[TickReport] = []
         self.alerts: list[Alert] = []
         self.crashes: list[str] = []
@@ -208,19 +212,22 @@ class AgentLoop:
         self._thread = None
 
     def _run(self) -> None:
-        retry = RetryPolicy.from_spec(self.spec)
-        while not self._stop.is_set():
-            try:
-                report = tick(self.spec, self.adapters, retry=retry)
-            except Exception as exc:  # tick() must not raise; record it for the test to fail
-                self.crashes.append(f"{type(exc).__name__}: {exc}")
-                self._stop.wait(1.0)
-                continue
-            with self._cond:
-                self.reports.append(report)
-                self.alerts.extend(alerts_for(report))
-                self._cond.notify_all()
-            self._stop.wait(self.interval)
+        try:
+            loop.run(
+                self.spec,
+                self.adapters,
+                stop=self._stop,
+                on_report=self._on_report,
+                retry=RetryPolicy.from_spec(self.spec),
+            )
+        except Exception as exc:  # the loop must not raise; record it for the test to fail
+            self.crashes.append(f"{type(exc).__name__}: {exc}")
+
+    def _on_report(self, report: TickReport) -> None:
+        with self._cond:
+            self.reports.append(report)
+            self.alerts.extend(alerts_for(report))
+            self._cond.notify_all()
 
     @property
     def last(self) -> TickReport | None:
@@ -548,7 +555,8 @@ class VmCluster:
         return {"TGT_IPC_SOCKET": f"{TGT_DIR}/tgt-{node}/socket"}
 
     def promote_by_hand(self, node: str) -> None:
-        """The adapters' promote -> add VIP -> announce -> start target -> export commands."""
+        """The adapters' promote -> add VIP -> announce -> start target (tgtd, target, ACL)
+        -> export (LUN, IDs) commands."""
         lun = self.spec.spec.target.luns[0]
         env = self._tgt_env(node)
         adm = ("tgtadm", "--lld", "iscsi")
@@ -564,13 +572,10 @@ class VmCluster:
                 log_path=f"{TGT_DIR}/tgt-{node}/tgtd.log",
             )
         )
-        wait_for(
-            lambda: r.run(["tgtadm", "--mode", "sys", "--op", "show"], env=env, check=False).ok,
-            5,
-            "tgtd answering",
-            interval=0.005,
-        )
-        self._cmd(node, *adm, "--mode", "target", "--op", "new", "--tid", "1", "-T", IQN, env=env)
+        # The adapter's first request to a fresh tgtd defines the target (repeated until
+        # tgtd answers): no separate readiness round.
+        new = [*adm, "--mode", "target", "--op", "new", "--tid", "1", "-T", IQN]
+        wait_for(lambda: r.run(new, env=env, check=False).ok, 5, "tgtd answering", interval=0.002)
         self._cmd(
             node, *adm, "--mode", "target", "--op", "bind", "--tid", "1", "-I", "ALL", env=env
         )

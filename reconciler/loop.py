@@ -1,0 +1,134 @@
+"""The watch loop (``reconcile --watch``): tick, then wait for the next reason to tick.
+
+Like an operator's work queue, a tick comes
+- at once when a wake source changes (pool.conf, the operator's choices, the simulated world:
+  ``NodeAdapters.wake``), polled every ``timings.wakePoll`` seconds;
+- after ``timings.blockedRetry`` when a safety rule refused a change the node wants (typically
+  "the peer is still Primary" in the middle of a planned swap), doubling while the same refusal
+  persists, up to the tick interval;
+- else after the tick interval (the periodic resync that catches what no wake source shows).
+
+Waking early never changes a decision: every tick observes everything afresh.
+Invariants: the loop never raises out of a tick (``tick`` does not raise); it ends after the
+current tick once ``stop`` is set, never in the middle of one.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from adapters.base import NodeAdapters, WakeSource
+from reconciler.agent import TickReport, tick
+from reconciler.core.spec import StorageCluster
+from reconciler.executor import RetryPolicy
+
+
+@dataclass(frozen=True, slots=True)
+class Pace:
+    """How long the loop waits between ticks (seconds)."""
+
+    interval: float
+    wake_poll: float
+    blocked_retry: float
+
+    @classmethod
+    def from_spec(cls, spec: StorageCluster, interval: float | None = None) -> Pace:
+        t = spec.spec.timings
+        every = t.tick_interval if interval is None else interval
+        return cls(
+            interval=every,
+            wake_poll=t.wake_poll,
+            blocked_retry=min(t.blocked_retry, every),
+        )
+
+    def delay(self, blocked_streak: int) -> float:
+        """The wait after a tick; ``blocked_streak`` counts consecutive ticks refused the same
+        way (0: the last tick was not blocked)."""
+        if blocked_streak <= 0:
+            return self.interval
+        factor = float(2 ** min(blocked_streak - 1, 30))
+        return min(self.interval, self.blocked_retry * factor)
+
+
+class Watcher:
+    """Remembers the wake sources' fingerprints and says when one changed."""
+
+    def __init__(self, sources: Sequence[WakeSource]) -> None:
+        self.sources = tuple(sources)
+        self._seen: list[object] = []
+        self.woken_by: str | None = None
+
+    def remember(self) -> None:
+        self._seen = [_fingerprint(s) for s in self.sources]
+
+    def changed(self) -> bool:
+        for i, source in enumerate(self.sources):
+            now = _fingerprint(source)
+            if i < len(self._seen) and now != self._seen[i]:
+                self.woken_by = source.name
+                return True
+        return False
+
+
+def _fingerprint(source: WakeSource) -> object:
+    try:
+        return source.fingerprint()
+    except Exception as exc:  # a wake source must not stop the agent; the tick observes anyway
+        return ("failed", type(exc).__name__)
+
+
+def wait_for_next(
+    watcher: Watcher,
+    stop: threading.Event,
+    delay: float,
+    poll: float,
+    *,
+    clock: Callable[[], float] = time.monotonic,
+) -> str:
+    """Block until a wake source changes, ``delay`` passes or ``stop`` is set; say which."""
+    deadline = clock() + delay
+    watcher.woken_by = None
+    while not stop.is_set():
+        if watcher.sources and poll > 0 and watcher.changed():
+            return f"wake:{watcher.woken_by}"
+        left = deadline - clock()
+        if left <= 0:
+            return "timer"
+        stop.wait(min(poll, left) if watcher.sources and poll > 0 else left)
+    return "stop"
+
+
+def run(
+    spec: StorageCluster,
+    adapters: NodeAdapters,
+    *,
+    stop: threading.Event,
+    on_report: Callable[[TickReport], None],
+    pace: Pace | None = None,
+    retry: RetryPolicy | None = None,
+) -> None:
+    """Tick until ``stop`` is set. ``on_report`` gets every tick's report (print, status
+    record, alerts); an exception from it is the caller's bug and ends the loop."""
+    pace = pace or Pace.from_spec(spec)
+    watcher = Watcher(adapters.wake)
+    streak = 0
+    last_blocked: tuple[object, ...] = ()
+    with ThreadPoolExecutor(max_workers=6, thread_name_prefix="observe") as pool:
+        while not stop.is_set():
+            # Fingerprints are taken *before* the tick: a change during the tick (the peer
+            # demoting while this node observes) wakes the next one instead of being missed;
+            # the price is one extra tick after this node's own changes.
+            watcher.remember()
+            report = tick(spec, adapters, retry=retry, executor=pool)
+            on_report(report)
+            blocked = tuple((b.what, b.resource, b.reason) for b in report.plan.blocked)
+            if blocked and not report.plan.actions:
+                streak = streak + 1 if blocked == last_blocked else 1
+            else:
+                streak = 0
+            last_blocked = blocked
+            wait_for_next(watcher, stop, pace.delay(streak), pace.wake_poll)
