@@ -1040,7 +1040,20 @@ def _target_obs(show: TgtShow, target: Target) -> TargetObs:
     """Map a parsed show to the observation of ``target`` (see ``TgtAdapter.observe``)."""
     current = show.target(target.tid)
     if current is None:
-        return TargetObs(running=True)
+        # tgtd answers but our target is not there: a start interrupted before `target new`
+        # (agent killed), or a target deleted by hand. Not "running": the primary starts it
+        # again (start is idempotent), a secondary stops this tgtd.
+        return TargetObs(
+            running=False, error=f"tgtd runs without target {target.tid} (an interrupted start?)"
+        )
+    if set(current.acls) != set(target.initiators):
+        return TargetObs(
+            running=False,
+            error=(
+                f"target {target.tid} allows {', '.join(current.acls) or 'no initiator'}, the "
+                f"spec says {', '.join(target.initiators)} (an interrupted start?)"
+            ),
+        )
     if current.iqn != target.iqn:
         why = f"tid {target.tid} carries {current.iqn}, expected {target.iqn}"
         return TargetObs(running=True, error=why)

@@ -120,14 +120,17 @@ def test_start_and_export_are_idempotent(lab: Lab, tmp_path: Path) -> None:
         ]
         assert tgt.observe(spec).exported_luns == frozenset({1, 2})
         # narrowing the ACL removes the extra entries
-        tgt.start(target(LUN1, LUN2, initiators=(CLIENT_IQN,)))
+        narrowed = target(LUN1, LUN2, initiators=(CLIENT_IQN,))
+        tgt.start(narrowed)
         res = tgt.runner.run(
             ["tgtadm", "--lld", "iscsi", "--mode", "target", "--op", "show"], env=tgt.env
         )
         assert parse_tgtadm_show(res.stdout).targets[0].acls == (CLIENT_IQN,)
-        tgt.unexport_lun(spec, LUN2)
-        tgt.unexport_lun(spec, LUN2)
-        assert tgt.observe(spec).exported_luns == frozenset({1})
+        # against the wider spec the ACLs no longer match: not serving as that spec says
+        assert tgt.observe(spec).running is False
+        tgt.unexport_lun(narrowed, LUN2)
+        tgt.unexport_lun(narrowed, LUN2)
+        assert tgt.observe(narrowed).exported_luns == frozenset({1})
     finally:
         tgt.stop(spec)
 
@@ -243,5 +246,32 @@ def test_a_tgtd_started_after_the_observation_is_used_not_killed(
         tgt.export_lun(spec, LUN1, R0)
         assert pid_of(tgt) == serving and os.path.exists(f"/proc/{serving}")
         assert tgt.observe(spec).exported_luns == frozenset({1})
+    finally:
+        tgt.stop(spec)
+
+
+def test_a_half_defined_target_is_not_reported_running(lab: Lab, tmp_path: Path) -> None:
+    """An agent killed between spawning tgtd and binding the ACL leaves a tgtd whose target
+    is missing or refuses every initiator. Reporting that as running would leave the primary
+    serving nothing forever; reported not running (with why), start() repairs it."""
+    tgt = make_adapter(lab, "node1", tmp_path)
+    spec = target(LUN1)
+    adm = ["tgtadm", "--lld", "iscsi", "--mode", "target"]
+    try:
+        tgt.start(spec)
+        tgt.export_lun(spec, LUN1, R0)
+        assert tgt.observe(spec).running is True
+        tgt.runner.run([*adm, "--op", "unbind", "--tid", "1", "-I", "ALL"], env=tgt.env)
+        obs = tgt.observe(spec)
+        assert obs.running is False and "interrupted start" in (obs.error or "")
+        tgt.start(spec)
+        assert tgt.observe(spec).exported_luns == frozenset({1})
+        tgt.runner.run([*adm, "--op", "delete", "--force", "--tid", "1"], env=tgt.env)
+        obs = tgt.observe(spec)
+        assert obs.running is False and "without target 1" in (obs.error or "")
+        tgt.start(spec)
+        tgt.export_lun(spec, LUN1, R0)
+        obs = tgt.observe(spec)
+        assert obs.running is True and obs.exported_luns == frozenset({1}) and obs.error is None
     finally:
         tgt.stop(spec)
