@@ -599,13 +599,18 @@ class IpVip:
     def observe(self, vips: Sequence[Vip]) -> tuple[VipObs, ...]:
         if not vips:
             return ()
-        early = [vip for vip in vips if vip.ip in self._remote]
-        with ThreadPoolExecutor(max_workers=1 + len(early), thread_name_prefix="vip") as pool:
-            probes = {vip.ip: pool.submit(self._probe_one, vip) for vip in early}
-            return self._observe(vips, probes)
+        # Probes run on one pool: the early ones beside the `ip` call, the rest after it.
+        with ThreadPoolExecutor(max_workers=len(vips), thread_name_prefix="arp-probe") as pool:
+            probes = {
+                vip.ip: pool.submit(self._probe_one, vip) for vip in vips if vip.ip in self._remote
+            }
+            return self._observe(vips, pool, probes)
 
     def _observe(
-        self, vips: Sequence[Vip], probes: dict[str, Future[ProbeResult]]
+        self,
+        vips: Sequence[Vip],
+        pool: ThreadPoolExecutor,
+        probes: dict[str, Future[ProbeResult]],
     ) -> tuple[VipObs, ...]:
         try:
             res = self.runner.run(["ip", "-j", "addr", "show"], timeout=self.command_timeout)
@@ -636,11 +641,12 @@ class IpVip:
                 )
             else:
                 to_probe.append((i, vip))
-        late = [(i, vip) for i, vip in to_probe if vip.ip not in probes]
-        results = dict(zip([vip.ip for _, vip in late], self._probe_all(late), strict=True))
+        for _, vip in to_probe:
+            if vip.ip not in probes:
+                probes[vip.ip] = pool.submit(self._probe_one, vip)
         self._remote = {vip.ip for _, vip in to_probe}
         for i, vip in to_probe:
-            result = results[vip.ip] if vip.ip in results else probes[vip.ip].result()
+            result = probes[vip.ip].result()
             out[i] = VipObs(
                 address=vip.ip,
                 local=False,
@@ -657,12 +663,6 @@ class IpVip:
             return self.arp.probe(vip.interface, vip.ip, timeout=self.probe_timeout)
         except Exception as exc:  # a probe failure is data, never an exception
             return ProbeResult(None, detail=f"ARP probe failed: {exc!r}")
-
-    def _probe_all(self, items: list[tuple[int, Vip]]) -> list[ProbeResult]:
-        if len(items) <= 1:
-            return [self._probe_one(vip) for _, vip in items]
-        with ThreadPoolExecutor(max_workers=len(items), thread_name_prefix="arp-probe") as pool:
-            return list(pool.map(self._probe_one, [vip for _, vip in items]))
 
     def add(self, vip: Vip) -> None:
         """``ip addr add ADDR/PREFIX dev IF``; an address already there is success."""
