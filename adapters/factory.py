@@ -86,7 +86,7 @@ def build_adapters(
         assert world is not None
         vip = SimVip(world, node)
     else:
-        vip = _real_vip(spec, node, runner)
+        vip = _real_vip(spec, node, runner, state_dir)
 
     target: TargetAdapter
     if chosen.target == "sim":
@@ -147,16 +147,26 @@ def wake_sources(
     return tuple(sources)
 
 
-def _real_vip(spec: StorageCluster, node: str, runner: Runner) -> VipAdapter:
+def announce_record_path(state_dir: Path, node: str) -> Path:
+    """Where the VIP adapter of ``node`` records which VIPs it announced (``AnnounceRecord``)."""
+    return state_dir / f"vip-announced-{node}.json"
+
+
+def _real_vip(spec: StorageCluster, node: str, runner: Runner, state_dir: Path) -> VipAdapter:
     """iproute2 for addresses; ARP in-process when the agent runs on the node (transport
     'local', which includes an agent started inside the node's namespace), else through
     ``arping`` run by the runner (transport 'netns': the agent is outside the namespace, and an
     in-process packet socket would probe and announce on the wrong network)."""
-    from adapters.vip import ArpTool, CommandArp, InProcessArp, IpVip
+    from adapters.vip import AnnounceRecord, ArpTool, CommandArp, InProcessArp, IpVip
 
     netns = spec.node(node).transport is Transport.NETNS
     arp: ArpTool = CommandArp(runner) if netns else InProcessArp()
-    return IpVip(runner, arp=arp, command_timeout=spec.spec.timings.command_timeout)
+    return IpVip(
+        runner,
+        arp=arp,
+        command_timeout=spec.spec.timings.command_timeout,
+        record=AnnounceRecord(announce_record_path(state_dir.absolute(), node)),
+    )
 
 
 def _real_target(spec: StorageCluster, node: str, runner: Runner, state_dir: Path) -> TargetAdapter:

@@ -15,6 +15,8 @@ Invariants:
   only ``TransientError``/``TerminalError`` (the runner's timeouts are transient).
 - ``announce`` returns after the first frame(s): later frames go out from a background thread
   (``InProcessArp``) or a detached ``arping`` (``CommandArp``); it never sleeps in the tick.
+- A local VIP is ``announced`` only when ``announce`` ran after the last ``add`` (see
+  ``AnnounceRecord``): a VIP added but never announced is reported ``announced=False``.
 - Commands go through ``adapters.runner.Runner`` only; the in-process ARP tool uses an
   ``AF_PACKET`` socket in the namespace of the process that calls it, so it is only correct when
   the agent runs on the node (or inside the node's network namespace, as in the lab).
@@ -36,8 +38,10 @@ import ipaddress
 import itertools
 import json
 import logging
+import math
 import os
 import re
+import signal
 import socket
 import struct
 import sys
@@ -478,46 +482,163 @@ class _Process(Protocol):
 
 
 _REPLY_RE = re.compile(r"reply from \S+ \[([0-9A-Fa-f:]{17})\]", re.IGNORECASE)
+_SENT_RE = re.compile(r"^Sent (\d+) probes?\b", re.MULTILINE)
+_RECEIVED_RE = re.compile(r"^Received (\d+) responses?\b", re.MULTILINE)
+STARTUP_MIN = 0.02
+"""Seconds: the least start-up allowance ``CommandArp`` adds to a probe's wait."""
+STARTUP_MAX = 1.0
+"""Seconds: the most; beyond it the node is too slow to start arping and a probe is unknown."""
+
+
+@dataclass(frozen=True, slots=True)
+class ArpingReport:
+    """What iputils ``arping -D`` printed: its closing counts (None when it printed none, e.g.
+    killed before its SIGINT handler was installed) and the MAC of the first reply."""
+
+    sent: int | None
+    received: int | None
+    mac: str | None
+
+
+def parse_arping(stdout: str) -> ArpingReport:
+    """Pure: the counts and first replier of an ``arping`` run. arping prints its counts at
+    exit, also when stopped by SIGINT (``Sent 1 probes (1 broadcast(s))`` / ``Received 0
+    response(s)``)."""
+    sent = _SENT_RE.search(stdout)
+    received = _RECEIVED_RE.search(stdout)
+    reply = _REPLY_RE.search(stdout)
+    return ArpingReport(
+        sent=int(sent.group(1)) if sent else None,
+        received=int(received.group(1)) if received else None,
+        mac=reply.group(1).lower() if reply else None,
+    )
 
 
 class CommandArp:
     """ARP through iputils ``arping`` run by the runner (when the agent is not in the node's
     namespace, e.g. VMs reached over a console).
 
-    Slower than ``InProcessArp``: ``arping -w`` takes whole seconds, so a probe of a free
-    address takes ``ceil(timeout)`` (at least 1) seconds; a taken one returns at the reply.
-    ``arping -D`` exits 0 when nobody answered and 1 on a reply. Announcements spawn a
-    detached ``arping -U -c COUNT`` (one round a second) and return at once; the handles are
-    kept and reaped on later calls (``drain`` waits for them, killing what outlives it).
+    Probe: ``timeout --preserve-status -s INT WAIT arping -D -c 1 -w N -I IF IP``. arping's own
+    ``-w`` takes whole seconds, but it handles SIGINT: stopped by ``timeout`` it still prints
+    its counts and exits 0 (nobody answered) or 1 (a reply). So a probe of a free address
+    costs WAIT, and a taken one returns at the reply. WAIT is the probe timeout plus a
+    start-up allowance for the two process starts on the node (``timeout``, then arping, which
+    must be listening before the wait is over): measured once, as twice the time the runner
+    takes for ``timeout ... true``, at least ``STARTUP_MIN``, and doubled (up to
+    ``STARTUP_MAX``) whenever arping was stopped before it sent its probe (the probe is then
+    repeated at once). "Nobody answered" needs arping's word that it sent a probe and got no
+    response; anything else is unknown. On a node without coreutils' ``timeout`` (busybox's
+    has whole-second steps and no ``--preserve-status``) the probe falls back to arping's
+    ``-w`` in whole seconds (at least 1).
+
+    Announcements spawn a detached ``arping -U -c COUNT`` (one round a second) and return at
+    once; the handles are kept and reaped on later calls (``drain`` waits for them, killing
+    what outlives it).
     """
 
-    def __init__(self, runner: Runner, *, count: int = ANNOUNCE_COUNT) -> None:
+    def __init__(
+        self, runner: Runner, *, count: int = ANNOUNCE_COUNT, startup: float | None = None
+    ) -> None:
         if count < 1:
             raise ValueError("count must be >= 1")
+        if startup is not None and not STARTUP_MIN <= startup <= STARTUP_MAX:
+            raise ValueError(f"startup must be within {STARTUP_MIN}..{STARTUP_MAX} s")
         self.runner = runner
         self.count = count
         self._lock = threading.Lock()
         self._procs: list[_Process] = []
+        self._startup = startup  # None: measured at the first probe
+        self._interruptible: bool | None = None if startup is None else True
+
+    @property
+    def startup(self) -> float | None:
+        """The current start-up allowance (seconds); None before the first probe measured it
+        or when the node has no usable ``timeout``."""
+        return self._startup if self._interruptible else None
 
     def probe(
         self, interface: str, ip: str, *, timeout: float = DEFAULT_PROBE_TIMEOUT
     ) -> ProbeResult:
-        wait = max(1, int(-(-timeout // 1)))
-        argv = ["arping", "-D", "-c", "1", "-w", str(wait), "-I", interface, ip]
         started = time.monotonic()
+        if self._interruptible is None:
+            self._calibrate()
+        for _ in range(3):
+            if not self._interruptible:
+                return self._probe_whole_seconds(interface, ip, timeout, started)
+            assert self._startup is not None
+            wait = timeout + self._startup
+            deadline = max(1, math.ceil(wait) + 1)  # arping's own bound, never reached first
+            argv = [
+                "timeout", "--preserve-status", "-s", "INT", f"{wait:.3f}",
+                "arping", "-D", "-c", "1", "-w", str(deadline), "-I", interface, ip,
+            ]  # fmt: skip
+            try:
+                res = self.runner.run(argv, check=False, timeout=deadline + 2.0)
+            except AdapterError as exc:
+                return ProbeResult(None, detail=f"arping failed: {exc}")
+            report = parse_arping(res.stdout)
+            outcome = _probe_outcome(res.rc, report, ip, time.monotonic() - started)
+            if outcome is not None:
+                return outcome
+            text = _clip((res.stdout + res.stderr).strip(), 200)
+            if report.sent is None and "timeout" in res.stderr and res.rc in (1, 125, 126, 127):
+                log.warning(
+                    "no usable `timeout` on the node (%s): arping waits whole seconds", text
+                )
+                self._interruptible = False
+                continue
+            if report.sent == 0 or (report.sent is None and res.rc == 128 + signal.SIGINT):
+                # Stopped before its probe went out: the node starts processes more slowly
+                # than measured. A longer allowance, and the probe again.
+                if self._startup >= STARTUP_MAX:
+                    break
+                self._startup = min(STARTUP_MAX, self._startup * 2)
+                log.info("arping stopped before it sent a probe; start-up allowance now %.3f s",
+                         self._startup)  # fmt: skip
+                continue
+            return ProbeResult(None, detail=f"arping exited {res.rc}: {text}")
+        return ProbeResult(
+            None,
+            detail=f"arping did not send its probe within {STARTUP_MAX:g} s of starting",
+            seconds=time.monotonic() - started,
+        )
+
+    def _calibrate(self) -> None:
+        """Measure how long the node takes to run ``timeout ... true`` (two process starts and
+        the runner's round trip); decide whether ``timeout`` is usable at all."""
+        argv = ["timeout", "--preserve-status", "-s", "INT", "5", "true"]
+        began = time.monotonic()
+        try:
+            res = self.runner.run(argv, check=False, timeout=10.0)
+        except AdapterError as exc:
+            log.warning("cannot run `timeout` on the node (%s): arping waits whole seconds", exc)
+            self._interruptible = False
+            return
+        took = time.monotonic() - began
+        if res.rc != 0:
+            log.warning(
+                "`timeout --preserve-status` does not work on the node (exit %s: %s): arping "
+                "waits whole seconds", res.rc, _clip(res.stderr.strip(), 200)
+            )  # fmt: skip
+            self._interruptible = False
+            return
+        self._startup = min(STARTUP_MAX, max(STARTUP_MIN, 2 * took))
+        self._interruptible = True
+
+    def _probe_whole_seconds(
+        self, interface: str, ip: str, timeout: float, started: float
+    ) -> ProbeResult:
+        wait = max(1, math.ceil(timeout))
+        argv = ["arping", "-D", "-c", "1", "-w", str(wait), "-I", interface, ip]
         try:
             res = self.runner.run(argv, check=False, timeout=wait + 2.0)
         except AdapterError as exc:
             return ProbeResult(None, detail=f"arping failed: {exc}")
-        took = time.monotonic() - started
-        text = (res.stdout + res.stderr).strip()
-        if res.rc == 0:
-            return ProbeResult(False, seconds=took)
-        match = _REPLY_RE.search(res.stdout)
-        if res.rc == 1 and match:
-            mac = match.group(1).lower()
-            return ProbeResult(True, mac=mac, detail=f"{ip} answered by {mac}", seconds=took)
-        return ProbeResult(None, detail=f"arping exited {res.rc}: {_clip(text, 200)}", seconds=took)
+        outcome = _probe_outcome(res.rc, parse_arping(res.stdout), ip, time.monotonic() - started)
+        if outcome is not None:
+            return outcome
+        text = _clip((res.stdout + res.stderr).strip(), 200)
+        return ProbeResult(None, detail=f"arping exited {res.rc}: {text}")
 
     def announce(self, interface: str, ip: str) -> None:
         self._reap()
@@ -552,6 +673,18 @@ class CommandArp:
         return clean
 
 
+def _probe_outcome(rc: int, report: ArpingReport, ip: str, seconds: float) -> ProbeResult | None:
+    """An ``arping -D`` run's answer, or None when it says nothing certain. A reply is a
+    reply whatever the exit code; "free" needs exit 0 with at least one probe sent and no
+    response."""
+    if report.mac is not None and rc in (0, 1):
+        detail = f"{ip} answered by {report.mac}"
+        return ProbeResult(True, mac=report.mac, detail=detail, seconds=seconds)
+    if rc == 0 and report.sent and report.received == 0:
+        return ProbeResult(False, seconds=seconds)
+    return None
+
+
 def _os_text(exc: OSError) -> str:
     return exc.strerror or str(exc)
 
@@ -564,6 +697,74 @@ def _announce_error(interface: str, ip: str, exc: OSError) -> AdapterError:
 
 
 # --------------------------------------------------------------------------------- adapter
+class AnnounceRecord:
+    """Which VIPs this node's agent announced (gratuitous ARP) after it last added them.
+
+    ``IpVip`` clears a VIP's entry *before* it adds the address and sets it once the first
+    frames of an announcement went out, so a VIP that is local but not in the record was added
+    and never announced: the agent was killed in between, or every attempt failed. The planner
+    then announces it again; without that, initiators keep the old holder's MAC until their
+    ARP entry expires (8-45 s on Linux).
+
+    Kept in a small JSON file (``path``) so that it outlives the agent process: a restarted
+    agent, or the next ``reconcile --once``, knows what was already announced. Without a path
+    it lives in memory only. Persisting is best effort: a file that cannot be written is logged
+    and the in-memory record still holds (the worst case is one extra announcement by the next
+    process). Only this node's agent writes it, so the file is read once.
+    """
+
+    def __init__(self, path: str | os.PathLike[str] | None = None) -> None:
+        self.path = None if path is None else os.fspath(path)
+        self._lock = threading.Lock()
+        self._ips: set[str] | None = None if self.path else set()
+
+    def __contains__(self, ip: object) -> bool:
+        with self._lock:
+            return ip in self._load()
+
+    def remember(self, ip: str) -> None:
+        self._change(ip, add=True)
+
+    def forget(self, ip: str) -> None:
+        self._change(ip, add=False)
+
+    def _load(self) -> set[str]:
+        if self._ips is None:
+            assert self.path is not None
+            self._ips = set()
+            try:
+                with open(self.path, encoding="utf-8") as fh:
+                    data = json.load(fh)
+                if isinstance(data, dict) and isinstance(data.get("announced"), list):
+                    self._ips = {ip for ip in data["announced"] if isinstance(ip, str)}
+            except FileNotFoundError:
+                pass
+            except (OSError, ValueError) as exc:
+                log.warning("ignoring unreadable announcement record %s: %s", self.path, exc)
+        return self._ips
+
+    def _change(self, ip: str, *, add: bool) -> None:
+        with self._lock:
+            ips = self._load()
+            if (ip in ips) == add:
+                return
+            if add:
+                ips.add(ip)
+            else:
+                ips.discard(ip)
+            if self.path is None:
+                return
+            tmp = f"{self.path}.tmp{os.getpid()}"
+            try:
+                with open(tmp, "w", encoding="utf-8") as fh:
+                    json.dump({"announced": sorted(ips)}, fh)
+                os.replace(tmp, self.path)
+            except OSError as exc:
+                log.warning("cannot write the announcement record %s: %s", self.path, exc)
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+
+
 _EXISTS_RE = re.compile(r"File exists|already assigned", re.IGNORECASE)
 _ABSENT_RE = re.compile(
     r"Cannot assign requested address|Address not found|Cannot find device", re.IGNORECASE
@@ -584,6 +785,7 @@ class IpVip:
         arp: ArpTool,
         probe_timeout: float = DEFAULT_PROBE_TIMEOUT,
         command_timeout: float | None = None,
+        record: AnnounceRecord | None = None,
     ) -> None:
         if probe_timeout <= 0:
             raise ValueError("probe_timeout must be positive")
@@ -591,6 +793,7 @@ class IpVip:
         self.arp = arp
         self.probe_timeout = probe_timeout
         self.command_timeout = command_timeout
+        self.record = AnnounceRecord() if record is None else record
         # VIPs the last observation did not find here: their probes start together with the
         # `ip` call (a probe costs probe_timeout, the call a process start); a VIP found here
         # after all just has its probe result dropped.
@@ -623,7 +826,7 @@ class IpVip:
         for i, vip in enumerate(vips):
             holders = sorted(name for name, ips in links.items() if vip.ip in ips)
             if vip.interface in holders:
-                out[i] = VipObs(address=vip.ip, local=True)
+                out[i] = VipObs(address=vip.ip, local=True, announced=vip.ip in self.record)
             elif holders:
                 out[i] = VipObs(
                     address=vip.ip,
@@ -665,13 +868,17 @@ class IpVip:
             return ProbeResult(None, detail=f"ARP probe failed: {exc!r}")
 
     def add(self, vip: Vip) -> None:
-        """``ip addr add ADDR/PREFIX dev IF``; an address already there is success."""
+        """``ip addr add ADDR/PREFIX dev IF``; an address already there is success. The VIP
+        leaves the announcement record first: it counts as announced only once ``announce``
+        ran after this."""
+        self.record.forget(vip.ip)
         self._ip_addr("add", vip, already=_EXISTS_RE, what="add VIP {addr} on {dev}")
 
     def remove(self, vip: Vip) -> None:
         """``ip addr del ADDR/PREFIX dev IF``; an address (or interface) that is not there is
         success: the VIP is not configured on that interface either way."""
         self._ip_addr("del", vip, already=_ABSENT_RE, what="remove VIP {addr} from {dev}")
+        self.record.forget(vip.ip)
 
     def _ip_addr(self, verb: str, vip: Vip, *, already: re.Pattern[str], what: str) -> None:
         argv = ["ip", "addr", verb, str(vip.address), "dev", vip.interface]
@@ -685,6 +892,7 @@ class IpVip:
 
     def announce(self, vip: Vip) -> None:
         self.arp.announce(vip.interface, vip.ip)
+        self.record.remember(vip.ip)
 
 
 # ------------------------------------------------------------------------------------- CLI

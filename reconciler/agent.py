@@ -100,6 +100,7 @@ def observed_json(obs: ObservedState) -> dict[str, Any]:
                 "address": v.address,
                 "local": v.local,
                 "answered_elsewhere": v.answered_elsewhere,
+                "announced": v.announced,
                 "error": v.error,
             }
             for v in obs.vips

@@ -71,6 +71,8 @@ def render(
     )
     for vip in obs.get("vips", []):
         where = {True: "local", False: "not local", None: "unknown"}[vip.get("local")]
+        if vip.get("local") and vip.get("announced") is False:
+            where += ", not announced since it was added"
         console.print(f"VIP {vip['address']}: {where}")
     for b in record.get("blocked", []):
         console.print(f"[yellow]blocked[/] {b['what']}: {b['reason']}")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from adapters.sim.world import World
+from adapters.sim.world import Fault, World
 from reconciler.agent import EXIT_BLOCKED, EXIT_OK
 from reconciler.core.observed import DiskState, Role
 from reconciler.core.safety import invariant_violations
@@ -126,6 +126,38 @@ def test_vip_deleted_on_primary_and_added_on_secondary(tmp_path: Path) -> None:
     c.world.vip_remove("node1", "198.51.100.3")
     assert steps(c.tick("node1")) == ["add-vip 198.51.100.3", "announce-vip 198.51.100.3"]
     c.world.nodes["node2"].vips.append("198.51.100.3")
+    assert steps(c.tick("node2")) == ["remove-vip 198.51.100.3"]
+    assert_idempotent(c)
+
+
+def test_vip_added_but_never_announced_is_announced(tmp_path: Path) -> None:
+    """The agent was stopped between add-vip and announce-vip (its record says the VIP was
+    added and not announced since): the client's ARP cache still points at the old holder,
+    so the restarted agent announces it, and only that."""
+    c = serving(tmp_path)
+    c.world.arp_owner["198.51.100.3"] = "node2"  # the client's cache before the last swap
+    c.world.nodes["node1"].announced.clear()
+    r = c.tick("node1")
+    assert steps(r) == ["announce-vip 198.51.100.3"]
+    assert "not announced" in r.plan.actions[0].reason
+    assert c.world.arp_owner["198.51.100.3"] == "node1"
+    assert_idempotent(c)
+
+
+def test_failed_announcement_is_retried_next_tick(tmp_path: Path) -> None:
+    cluster = SimCluster.create(demo_spec(), tmp_path)
+    cluster.world.faults.append(Fault(node="node1", op="vip-announce", kind="terminal", count=1))
+    first = cluster.tick("node1")
+    assert first.result is not None and first.result.failed is not None
+    assert first.result.failed.action.kind.value == "announce-vip"
+    assert steps(cluster.tick("node1")) == BRING_UP[2:]
+    assert cluster.world.serving_node("iscsi1") == "node1"
+    assert_idempotent(cluster)
+
+
+def test_vip_local_on_the_secondary_is_removed_not_announced(tmp_path: Path) -> None:
+    c = serving(tmp_path)
+    c.world.nodes["node2"].vips.append("198.51.100.3")  # unannounced, on the wrong node
     assert steps(c.tick("node2")) == ["remove-vip 198.51.100.3"]
     assert_idempotent(c)
 

@@ -110,13 +110,23 @@ class SimVip(_SimBase):
                 )
             out = []
             for v in vips:
-                local = v.ip in world.nodes[self.node].vips
+                nd = world.nodes[self.node]
+                local = v.ip in nd.vips
                 answered = None if local else world.vip_answered_elsewhere(self.node, v.ip)
-                out.append(VipObs(address=v.ip, local=local, answered_elsewhere=answered))
+                announced = (v.ip in nd.announced) if local else None
+                out.append(
+                    VipObs(
+                        address=v.ip,
+                        local=local,
+                        answered_elsewhere=answered,
+                        announced=announced,
+                    )
+                )
             return tuple(out)
 
     def add(self, vip: Vip) -> None:
         with self.store.transaction() as world:
+            _discard(world.nodes[self.node].announced, vip.ip)  # as IpVip: before the add
             world.check_fault(self.node, "vip-add")
             world.vip_add(self.node, vip.ip)
 
@@ -124,11 +134,20 @@ class SimVip(_SimBase):
         with self.store.transaction() as world:
             world.check_fault(self.node, "vip-remove")
             world.vip_remove(self.node, vip.ip)
+            _discard(world.nodes[self.node].announced, vip.ip)
 
     def announce(self, vip: Vip) -> None:
         with self.store.transaction() as world:
             world.check_fault(self.node, "vip-announce")
             world.vip_announce(self.node, vip.ip)
+            announced = world.nodes[self.node].announced
+            if vip.ip not in announced:
+                announced.append(vip.ip)
+
+
+def _discard(items: list[str], item: str) -> None:
+    if item in items:
+        items.remove(item)
 
 
 class SimTarget(_SimBase):

@@ -110,6 +110,10 @@ class SimNode(BaseModel):
     alive: bool = True
     resources: dict[str, SimResource] = Field(default_factory=dict)
     vips: list[str] = Field(default_factory=list)
+    # The agent's record of the VIPs it announced since it last added them (a file in the real
+    # state directory, see adapters.vip.AnnounceRecord): kept by SimVip, not by the world's
+    # own operations, so an address added by hand is not "announced".
+    announced: list[str] = Field(default_factory=list)
     target_running: bool = False
     exported: dict[int, str] = Field(default_factory=dict)
     heuristics_reachable: bool = True

@@ -175,13 +175,18 @@ class ResourceObs:
 @dataclass(frozen=True, slots=True)
 class VipObs:
     """A floating address. ``local``: configured on this node; ``answered_elsewhere``: another
-    host answers ARP for it (None when not probed, e.g. because it is local)."""
+    host answers ARP for it (None when not probed, e.g. because it is local). ``announced``,
+    for a local VIP: this node's agent sent gratuitous ARP for it after it last added it (its
+    record in the state directory says so); False when it did not (an agent killed between
+    adding and announcing, or an announcement that failed: initiators' ARP caches may still
+    point at the old holder for 8-45 s); None when not known or not local."""
 
     address: str
     local: bool | None = None
     answered_elsewhere: bool | None = None
     error: str | None = None
     holder: str | None = None  # who answers when answered_elsewhere (e.g. "answered by MAC")
+    announced: bool | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -189,6 +189,14 @@ class _ServingModel:
         for vip in spec.vips:
             vobs = obs.vip(vip.ip)
             if vobs.local:
+                if vobs.announced is False:
+                    rec.act(
+                        ActionKind.ANNOUNCE_VIP,
+                        "the VIP is here but was not announced after it was added (an agent "
+                        "stopped in between, or the announcement failed): gratuitous ARP so "
+                        "initiators' ARP caches do not keep the old holder",
+                        vip=vip.ip,
+                    )
                 continue
             verdict = self.guards.may_add_vip(vobs, serving_resources=serving)
             if not verdict.ok:

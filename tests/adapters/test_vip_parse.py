@@ -27,6 +27,7 @@ from adapters.runner import CommandResult
 from adapters.vip import (
     ARP_REPLY,
     ARP_REQUEST,
+    AnnounceRecord,
     ArpPacket,
     CommandArp,
     InProcessArp,
@@ -37,6 +38,7 @@ from adapters.vip import (
     arp_frame,
     conflict_in,
     parse_arp_frame,
+    parse_arping,
     parse_ip_addr_json,
     probe_packet,
 )
@@ -346,8 +348,84 @@ def ip_addr_runner(text: str) -> FakeRunner:
 def test_observe_local_vip_is_not_probed() -> None:
     arp = FakeArp()
     adapter = IpVip(ip_addr_runner(fixture("node-with-vip.json")), arp=arp)  # type: ignore[arg-type]
-    assert adapter.observe([vip()]) == (VipObs(address=VIP_IP, local=True),)
+    # Nothing was announced by this adapter: the VIP is local but not announced.
+    assert adapter.observe([vip()]) == (VipObs(address=VIP_IP, local=True, announced=False),)
     assert arp.probed == []
+
+
+# ------------------------------------------------------------------ the announcement record
+def test_announced_only_after_an_announcement_that_follows_the_add(tmp_path: Path) -> None:
+    """add (record cleared first) -> not announced; announce -> announced; a new adapter on the
+    same record file (a restarted agent, the next --once) still knows; add again -> cleared."""
+    path = tmp_path / "vip-announced-node1.json"
+    runner = FakeRunner(
+        lambda argv: (
+            result(stdout=fixture("node-with-vip.json"), argv=argv)
+            if argv[:3] == ["ip", "-j", "addr"]
+            else result(argv=argv)
+        )
+    )
+    arp = FakeArp()
+    first = IpVip(runner, arp=arp, record=AnnounceRecord(path))  # type: ignore[arg-type]
+    first.add(vip())
+    assert first.observe([vip()])[0].announced is False
+    first.announce(vip())
+    assert arp.announced == [("eth0", VIP_IP)]
+    assert first.observe([vip()])[0].announced is True
+    restarted = IpVip(runner, arp=FakeArp(), record=AnnounceRecord(path))  # type: ignore[arg-type]
+    assert restarted.observe([vip()])[0].announced is True
+    restarted.add(vip())  # "already assigned" or not: it must be announced again
+    assert VIP_IP not in AnnounceRecord(path)
+    restarted.announce(vip())
+    restarted.remove(vip())
+    assert VIP_IP not in AnnounceRecord(path)
+
+
+def test_the_record_is_cleared_before_the_address_is_added(tmp_path: Path) -> None:
+    """An agent stopped inside ``add`` (here: the ``ip`` call dies) must leave the VIP
+    unannounced in the record, whether or not the kernel added the address."""
+    record = AnnounceRecord(tmp_path / "rec.json")
+    record.remember(VIP_IP)
+
+    def answer(argv: list[str]) -> CommandResult:
+        if argv[:3] == ["ip", "addr", "add"]:
+            raise TransientError("ip addr add timed out after 10s")
+        return result(argv=argv)
+
+    adapter = IpVip(FakeRunner(answer), arp=FakeArp(), record=record)  # type: ignore[arg-type]
+    with pytest.raises(TransientError):
+        adapter.add(vip())
+    assert VIP_IP not in AnnounceRecord(tmp_path / "rec.json")
+
+
+def test_a_failed_announcement_is_not_recorded(tmp_path: Path) -> None:
+    class Failing(FakeArp):
+        def announce(self, interface: str, ip: str) -> None:
+            raise TransientError("gratuitous ARP for 198.51.100.3 on eth0: No buffer space")
+
+    record = AnnounceRecord(tmp_path / "rec.json")
+    adapter = IpVip(ip_addr_runner(fixture("node-with-vip.json")), arp=Failing(), record=record)  # type: ignore[arg-type]
+    with pytest.raises(TransientError):
+        adapter.announce(vip())
+    assert adapter.observe([vip()])[0].announced is False
+
+
+@pytest.mark.parametrize("content", ["{not json", '{"announced": "198.51.100.3"}', "[1, 2]"])
+def test_an_unreadable_record_counts_as_nothing_announced(tmp_path: Path, content: str) -> None:
+    path = tmp_path / "rec.json"
+    path.write_text(content)
+    record = AnnounceRecord(path)
+    assert VIP_IP not in record  # one extra announcement at worst, never a crash
+    record.remember(VIP_IP)
+    assert VIP_IP in AnnounceRecord(path)
+
+
+def test_a_record_that_cannot_be_written_still_holds_in_memory(tmp_path: Path) -> None:
+    record = AnnounceRecord(tmp_path / "missing-dir" / "rec.json")
+    record.remember(VIP_IP)
+    assert VIP_IP in record
+    record.forget(VIP_IP)
+    assert VIP_IP not in record
 
 
 def test_observe_free_and_answered_vips() -> None:
@@ -651,31 +729,121 @@ ARPING_FREE = (
 )
 
 
+def interrupted(wait: str) -> list[str]:
+    return ["timeout", "--preserve-status", "-s", "INT", wait, "arping", "-D", "-c", "1", "-w",
+            "2", "-I", "eth0", VIP_IP]  # fmt: skip
+
+
 @pytest.mark.parametrize(
     ("answer", "expected", "mac"),
     [
         (result(rc=1, stdout=ARPING_DUP), True, "02:00:00:00:00:01"),
         (result(rc=0, stdout=ARPING_FREE), False, None),
+        (result(rc=0, stdout="ARPING 198.51.100.3 from 0.0.0.0 eth0\n"), None, None),
         (result(rc=2, stderr="arping: Device nope0 not available.\n"), None, None),
         (result(rc=1, stderr="arping: invalid argument: '0.2'\n"), None, None),
         (TerminalError("command not found: arping"), None, None),
         (TransientError("timed out"), None, None),
     ],
-    ids=["duplicate", "free", "no-device", "usage-error", "missing", "timeout"],
+    ids=["duplicate", "free", "no-counts", "no-device", "usage-error", "missing", "timeout"],
 )
 def test_command_probe(answer: Any, expected: bool | None, mac: str | None) -> None:
     runner = FakeRunner(lambda argv: answer)
-    got = CommandArp(runner).probe("eth0", VIP_IP, timeout=0.03)  # type: ignore[arg-type]
+    got = CommandArp(runner, startup=0.05).probe("eth0", VIP_IP, timeout=0.03)  # type: ignore[arg-type]
     assert got.answered is expected and got.mac == mac
     if expected is None:
         assert got.detail
-    assert runner.calls == [["arping", "-D", "-c", "1", "-w", "1", "-I", "eth0", VIP_IP]]
+    # Stopped by SIGINT after the probe timeout plus the start-up allowance.
+    assert runner.calls == [interrupted("0.080")]
 
 
-def test_command_probe_rounds_the_wait_up_to_seconds() -> None:
-    runner = FakeRunner(lambda argv: result(rc=0))
-    CommandArp(runner).probe("eth0", VIP_IP, timeout=2.5)  # type: ignore[arg-type]
-    assert runner.calls[0][5] == "3"
+@pytest.mark.parametrize(
+    "early",
+    [
+        result(
+            rc=0,
+            stdout="ARPING 198.51.100.3 from 0.0.0.0 eth0\nSent 0 probes (0 "
+            "broadcast(s))\nReceived 0 response(s)\n",
+        ),
+        result(rc=130),  # SIGINT came before arping installed its handler
+    ],
+    ids=["sent-nothing", "killed-by-sigint"],
+)
+def test_command_probe_stopped_before_sending_waits_longer(early: CommandResult) -> None:
+    answers = iter([early, result(rc=0, stdout=ARPING_FREE)])
+    runner = FakeRunner(lambda argv: next(answers))
+    arp = CommandArp(runner, startup=0.05)  # type: ignore[arg-type]
+    assert arp.probe("eth0", VIP_IP, timeout=0.03).answered is False
+    assert runner.calls == [interrupted("0.080"), interrupted("0.130")]
+    assert arp.startup == 0.1  # kept for the next probes
+
+
+def test_command_probe_that_never_sends_is_unknown() -> None:
+    runner = FakeRunner(lambda argv: result(rc=130))
+    got = CommandArp(runner, startup=0.5).probe("eth0", VIP_IP, timeout=0.03)  # type: ignore[arg-type]
+    assert got.answered is None and "did not send its probe" in got.detail
+    assert [c[4] for c in runner.calls] == ["0.530", "1.030"]
+
+
+def test_command_probe_measures_the_start_up_allowance_once() -> None:
+    def answer(argv: list[str]) -> CommandResult:
+        if argv[-1] == "true":
+            time.sleep(0.05)
+            return result(argv=argv)
+        return result(rc=0, stdout=ARPING_FREE, argv=argv)
+
+    runner = FakeRunner(answer)
+    arp = CommandArp(runner)  # type: ignore[arg-type]
+    assert arp.startup is None
+    assert arp.probe("eth0", VIP_IP, timeout=0.03).answered is False
+    assert arp.probe("eth0", VIP_IP, timeout=0.03).answered is False
+    assert runner.calls[0] == ["timeout", "--preserve-status", "-s", "INT", "5", "true"]
+    assert len(runner.calls) == 3  # measured once
+    startup = arp.startup
+    assert startup is not None and 0.1 <= startup < 0.5  # twice the measured ~50 ms
+    assert runner.calls[1][4] == f"{0.03 + startup:.3f}"
+
+
+@pytest.mark.parametrize(
+    "calibration",
+    [
+        result(rc=127, stderr="sh: timeout: not found\n"),
+        result(rc=1, stderr="timeout: unrecognized option: preserve-status\n"),
+        TerminalError("command not found: timeout"),
+    ],
+    ids=["missing", "busybox", "missing-locally"],
+)
+def test_command_probe_without_a_usable_timeout_waits_whole_seconds(calibration: Any) -> None:
+    def answer(argv: list[str]) -> CommandResult | Exception:
+        return calibration if argv[0] == "timeout" else result(rc=0, stdout=ARPING_FREE)
+
+    runner = FakeRunner(answer)
+    arp = CommandArp(runner)  # type: ignore[arg-type]
+    assert arp.probe("eth0", VIP_IP, timeout=0.03).answered is False
+    assert runner.calls[1] == ["arping", "-D", "-c", "1", "-w", "1", "-I", "eth0", VIP_IP]
+    assert arp.startup is None
+    arp.probe("eth0", VIP_IP, timeout=2.5)
+    assert runner.calls[2][5] == "3"  # whole seconds, rounded up
+
+
+def test_command_probe_falls_back_when_timeout_stops_working() -> None:
+    answers = iter(
+        [
+            result(rc=1, stderr="timeout: unrecognized option: preserve-status\n"),
+            result(rc=0, stdout=ARPING_FREE),
+        ]
+    )
+    runner = FakeRunner(lambda argv: next(answers))
+    arp = CommandArp(runner, startup=0.05)  # type: ignore[arg-type]
+    assert arp.probe("eth0", VIP_IP, timeout=0.03).answered is False
+    assert runner.calls[1][0] == "arping" and arp.startup is None
+
+
+@given(st.text(max_size=400))
+@settings(max_examples=300, deadline=None)
+def test_parse_arping_never_raises(text: str) -> None:
+    report = parse_arping(text)
+    assert report.sent is None or report.sent >= 0
 
 
 def test_command_announce_spawns_and_reaps() -> None:

@@ -2,8 +2,7 @@
 """VM failover benchmark: planned swap and primary crash with real DRBD 8.4 in qemu (TCG),
 agents vs. the hand-scripted floor, over several rounds.
 
-    python tests/bench/vm_failover.py [--swaps 5] [--crashes 2] [--what-if probe]
-                                      [--json results.json]
+    python tests/bench/vm_failover.py [--swaps 5] [--crashes 2] [--json results.json]
 
 It uses the VM tier's lab and cluster (tests/vm/): three VMs, the real adapters on the
 ``VmConsole`` transport, one agent thread per node (``tickInterval`` 0.1 s). Each swap round
@@ -11,15 +10,6 @@ moves the primary with the agents (pool.conf flipped) and back by hand (agents p
 crash round kills the primary with the agents, restarts it, then kills the other one and fails
 over by hand. A time ends when the client VM reads a block written before the event through
 the VIP, served by the new primary (its ARP entry for the VIP is that node's MAC).
-
-``--what-if`` patches the product *in this process only*, to measure a proposed change before
-anyone makes it (the printout says which patches were active):
-
-- ``probe``: ``CommandArp.probe`` bounded by 0.25 s (arping is killed when nobody answered;
-  a reply still ends it at once) instead of arping's whole second.
-
-(Concurrent observation, the other change this script once measured, is now in the product:
-``reconciler/observe.py``.)
 
 Not a test: pytest does not collect it (no ``test_`` names), nothing here asserts a target.
 """
@@ -40,32 +30,6 @@ from tests.vm.image import build_image
 from tests.vm.machine import VmLab
 
 now = time.monotonic
-
-
-def patch_probe(bound: float = 0.25) -> None:
-    import adapters.vip as vip
-    from reconciler.core.errors import AdapterError
-
-    def probe(
-        self: vip.CommandArp, interface: str, ip: str, *, timeout: float = 0.03
-    ) -> vip.ProbeResult:
-        argv = ["arping", "-D", "-c", "1", "-w", "1", "-I", interface, ip]
-        started = now()
-        try:
-            res = self.runner.run(argv, check=False, timeout=max(timeout, bound))
-        except AdapterError as exc:
-            if "timed out" in str(exc):
-                return vip.ProbeResult(False, seconds=now() - started)
-            return vip.ProbeResult(None, detail=f"arping failed: {exc}")
-        if res.rc == 0:
-            return vip.ProbeResult(False, seconds=now() - started)
-        match = vip._REPLY_RE.search(res.stdout)
-        if res.rc == 1 and match:
-            mac = match.group(1).lower()
-            return vip.ProbeResult(True, mac=mac, detail=f"{ip} answered by {mac}")
-        return vip.ProbeResult(None, detail=f"arping exited {res.rc}")
-
-    vip.CommandArp.probe = probe  # type: ignore[method-assign]
 
 
 def bring_up(c: VmCluster) -> None:
@@ -155,15 +119,10 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--swaps", type=int, default=5)
     parser.add_argument("--crashes", type=int, default=2)
-    parser.add_argument("--what-if", default="", help="comma list: probe")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
-    what_if = [w for w in args.what_if.split(",") if w]
-    for w in what_if:
-        {"probe": patch_probe}[w]()
-    print(f"what-if patches active: {', '.join(what_if) or 'none (the product as it is)'}")
     lab = VmLab(build_image(log=True))
-    results: dict[str, object] = {"what_if": what_if}
+    results: dict[str, object] = {}
     try:
         lab.up()
         assert lab.directory is not None

@@ -11,7 +11,22 @@ from tests.contract.envs import OTHER_VIP, SIM, VIP, VipEnv, wait_for
 def test_add_then_observe_local(vip_env: VipEnv) -> None:
     node1 = vip_env.adapter("node1")
     node1.add(VIP)
-    assert node1.observe([VIP]) == (VipObs(address=VIP.ip, local=True),)
+    assert node1.observe([VIP]) == (VipObs(address=VIP.ip, local=True, announced=False),)
+
+
+def test_announced_only_after_an_announcement_that_follows_the_add(vip_env: VipEnv) -> None:
+    node1 = vip_env.adapter("node1")
+    node1.add(VIP)
+    assert node1.observe([VIP])[0].announced is False
+    node1.announce(VIP)
+    assert node1.observe([VIP])[0].announced is True
+    node1.add(VIP)  # added again (even if it was there): not announced until announced again
+    assert node1.observe([VIP])[0].announced is False
+    node1.announce(VIP)
+    node1.remove(VIP)
+    assert node1.observe([VIP])[0].announced is None
+    vip_env.add_by_hand("node1", VIP)  # an operator's address: never announced by the agent
+    assert node1.observe([VIP])[0] == VipObs(address=VIP.ip, local=True, announced=False)
 
 
 def test_add_twice_is_idempotent(vip_env: VipEnv) -> None:

@@ -218,10 +218,28 @@ class AgentCluster:
         argv = ["qemu-io", "-f", "raw", f"iscsi://{VIP_IP}:3260/{IQN}/{LUN}"]
         for command in commands:
             argv += ["-c", command]
-        res = self.lab.run("client", argv, check=False, timeout=timeout)
+        try:
+            res = self.lab.run("client", argv, check=False, timeout=timeout)
+        except Exception as exc:  # a hang (killed at the timeout): say what the world looked like
+            raise AssertionError(
+                f"client I/O did not finish: {exc!r}\n{self.diagnosis()}"
+            ) from None
         text = res.stdout + res.stderr
-        assert res.ok and "failed" not in text.lower() and "error" not in text.lower(), text
+        ok = res.ok and "failed" not in text.lower() and "error" not in text.lower()
+        assert ok, f"{text}\n{self.diagnosis()}"
         return res.stdout
+
+    def diagnosis(self) -> str:
+        """What a failed client I/O needs explained: who has the VIP and serves, which MAC the
+        client's ARP cache holds for the VIP, each node's MAC, and the agents' last log lines."""
+        lines = [f"views: {self.views()}"]
+        neigh = self.lab.run("client", ["ip", "neigh", "show", VIP_IP], check=False)
+        lines.append(f"client neighbour entry for {VIP_IP}: {neigh.stdout.strip()!r}")
+        for node in NODES:
+            link = self.lab.run(node, ["ip", "-br", "link", "show", "dev", "eth0"], check=False)
+            lines.append(f"{node} eth0: {link.stdout.strip()!r}")
+        lines.append(self.tails(25))
+        return "\n".join(lines)
 
     # ------------------------------------------------------------------ cleanup
     def close(self) -> None:

@@ -11,8 +11,9 @@ which one a VM is. What goes in, and where it comes from:
 - busybox (package ``busybox-static``) for the shell and the small tools;
 - tools copied from the host's Debian packages with the shared libraries ``ldd`` names:
   ``ip`` (iproute2: the VIP adapter reads ``ip -j``), ``ping`` (iputils-ping), ``arping``
-  (iputils-arping), ``tgtd``/``tgtadm`` (tgt), ``qemu-io`` with its iscsi block module
-  (qemu-utils, qemu-block-extra) and ``iscsi-inq`` (libiscsi-bin) for the client VM;
+  (iputils-arping), ``timeout`` (coreutils: sub-second ARP probes), ``tgtd``/``tgtadm``
+  (tgt), ``qemu-io`` with its iscsi block module (qemu-utils, qemu-block-extra) and
+  ``iscsi-inq`` (libiscsi-bin) for the client VM;
 - the guest side of the lab: ``guest/init`` (PID 1) and ``guest/agent.c`` (the command agent
   behind ``adapters.vmconsole``, compiled with the host's gcc).
 
@@ -85,6 +86,9 @@ GUEST_TOOLS: Mapping[str, str] = {
     "ip": "iproute2",
     "ping": "iputils-ping",
     "arping": "iputils-arping",
+    # coreutils' timeout (PATH puts /usr/sbin before busybox's applets): CommandArp stops
+    # arping with SIGINT after a fraction of a second; busybox's timeout counts whole seconds.
+    "timeout": "coreutils",
     "tgtd": "tgt",
     "tgtadm": "tgt",
     "qemu-io": "qemu-utils",
