@@ -524,12 +524,15 @@ class CommandArp:
     costs WAIT, and a taken one returns at the reply. WAIT is the probe timeout plus a
     start-up allowance for the two process starts on the node (``timeout``, then arping, which
     must be listening before the wait is over): measured once, as twice the time the runner
-    takes for ``timeout ... true``, at least ``STARTUP_MIN``, and doubled (up to
-    ``STARTUP_MAX``) whenever arping was stopped before it sent its probe (the probe is then
-    repeated at once). "Nobody answered" needs arping's word that it sent a probe and got no
-    response; anything else is unknown. On a node without coreutils' ``timeout`` (busybox's
-    has whole-second steps and no ``--preserve-status``) the probe falls back to arping's
-    ``-w`` in whole seconds (at least 1).
+    takes for ``timeout ... true``, at least ``STARTUP_MIN``; doubled (up to ``STARTUP_MAX``)
+    whenever arping was stopped before it sent its probe (the probe is then repeated at once),
+    and brought back towards the measured value by 20 % after each probe that went out (a
+    moment of load must not make every later probe slow). "Nobody answered" needs arping's
+    word that it sent a probe and got no response; anything else is unknown. The listening
+    window is WAIT minus arping's start-up: a node much slower than measured can shorten it
+    (the cost of not having a sub-second arping). On a node without coreutils' ``timeout``
+    (busybox's has whole-second steps and no ``--preserve-status``) the probe falls back to
+    arping's ``-w`` in whole seconds (at least 1).
 
     Announcements spawn a detached ``arping -U -c COUNT`` (one round a second) and return at
     once; the handles are kept and reaped on later calls (``drain`` waits for them, killing
@@ -548,6 +551,7 @@ class CommandArp:
         self._lock = threading.Lock()
         self._procs: list[_Process] = []
         self._startup = startup  # None: measured at the first probe
+        self._base = startup  # what the allowance decays back to
         self._interruptible: bool | None = None if startup is None else True
 
     @property
@@ -579,6 +583,8 @@ class CommandArp:
             report = parse_arping(res.stdout)
             outcome = _probe_outcome(res.rc, report, ip, time.monotonic() - started)
             if outcome is not None:
+                if report.sent and self._base is not None:
+                    self._startup = max(self._base, self._startup * 0.8)
                 return outcome
             text = _clip((res.stdout + res.stderr).strip(), 200)
             if report.sent is None and "timeout" in res.stderr and res.rc in (1, 125, 126, 127):
@@ -622,7 +628,7 @@ class CommandArp:
             )  # fmt: skip
             self._interruptible = False
             return
-        self._startup = min(STARTUP_MAX, max(STARTUP_MIN, 2 * took))
+        self._startup = self._base = min(STARTUP_MAX, max(STARTUP_MIN, 2 * took))
         self._interruptible = True
 
     def _probe_whole_seconds(

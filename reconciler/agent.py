@@ -11,9 +11,9 @@ import json
 import os
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import Executor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +40,7 @@ class TickReport:
     started: float
     seconds: float
     observe_seconds: float = 0.0
+    observe_parts: Mapping[str, float] = field(default_factory=dict)  # seconds per concern
 
     @property
     def exit_code(self) -> int:
@@ -69,6 +70,7 @@ class TickReport:
                 for step in (result.steps if result else ())
             ],
             "observe_ms": round(self.observe_seconds * 1000, 2),
+            "observe_parts_ms": {k: round(v * 1000, 2) for k, v in self.observe_parts.items()},
             "errors": list(result.errors) if result else [],
             "warnings": list(self.plan.warnings),
             "converged": self.plan.converged,
@@ -129,11 +131,12 @@ def tick(
     """``executor``: observe the concerns concurrently on it (see ``reconciler.observe``)."""
     started = time.time()
     t0 = time.monotonic()
-    observed = observe(spec, adapters, executor=executor)
+    parts: dict[str, float] = {}
+    observed = observe(spec, adapters, executor=executor, timings=parts)
     looked = time.monotonic() - t0
     the_plan = make_plan(spec, observed)
     result = None if dry_run else apply(the_plan, spec, adapters, retry=retry, sleep=sleep)
-    return TickReport(observed, the_plan, result, started, time.monotonic() - t0, looked)
+    return TickReport(observed, the_plan, result, started, time.monotonic() - t0, looked, parts)
 
 
 def write_status(

@@ -6,6 +6,7 @@ into UNKNOWN data for its concern, with the error text, like unparseable output 
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from concurrent.futures import Executor
 from typing import TypeVar
@@ -27,12 +28,18 @@ _T = TypeVar("_T")
 
 
 def observe(
-    spec: StorageCluster, adapters: NodeAdapters, *, executor: Executor | None = None
+    spec: StorageCluster,
+    adapters: NodeAdapters,
+    *,
+    executor: Executor | None = None,
+    timings: dict[str, float] | None = None,
 ) -> ObservedState:
     """One observation of every concern. With an ``executor`` the concerns are observed
     concurrently (the watch loop passes one: a tick then costs its slowest read, e.g. an ARP
     probe or a ping to a dead peer, not their sum); without one, in order (deterministic, for
-    simulations that share one in-memory world)."""
+    simulations that share one in-memory world); either way the role source and the operator's
+    choices are read last (see below). ``timings``, when given, receives the seconds
+    each concern's read took (keys: drbd, vip, target, role, operator, liveness)."""
     s = spec.spec
 
     def drbd_unknown(exc: Exception) -> tuple[ResourceObs, ...]:
@@ -41,40 +48,62 @@ def observe(
     def vip_unknown(exc: Exception) -> tuple[VipObs, ...]:
         return tuple(VipObs(address=v.ip, error=_err("VIP", exc)) for v in s.vips)
 
-    def start(read: Callable[[], _T], fallback: Callable[[Exception], _T]) -> Callable[[], _T]:
+    def start(
+        name: str, read: Callable[[], _T], fallback: Callable[[Exception], _T]
+    ) -> Callable[[], _T]:
         if executor is None:
-            value = _guarded(read, fallback)
+            value = _guarded(name, read, fallback, timings)
             return lambda: value
-        return executor.submit(_guarded, read, fallback).result
+        return executor.submit(_guarded, name, read, fallback, timings).result
 
-    resources = start(lambda: adapters.drbd.observe(s.resources), drbd_unknown)
-    vips = start(lambda: adapters.vip.observe(s.vips), vip_unknown)
+    resources = start("drbd", lambda: adapters.drbd.observe(s.resources), drbd_unknown)
+    vips = start("vip", lambda: adapters.vip.observe(s.vips), vip_unknown)
     target = start(
+        "target",
         lambda: adapters.target.observe(s.target),
         lambda exc: TargetObs(running=None, error=_err("target", exc)),
     )
-    verdict = start(
+    liveness = start("liveness", adapters.liveness.observe, lambda exc: Liveness())
+    slow = (tuple(resources()), tuple(vips()), target(), liveness())
+    # The role source and the operator's choices are read last, once the slower reads are in:
+    # they are what a wake source watches (pool.conf, the operator file), so a change that
+    # arrives while this node reads DRBD or probes ARP counts in this tick instead of the next
+    # one (in a planned swap, the old primary steps down one observation earlier). Both are
+    # file reads here; a slow role source would add its time to the tick.
+    verdict = _guarded(
+        "role",
         adapters.role_source.observe,
         lambda exc: RoleVerdict(Role.UNKNOWN, _err("role source", exc)),
+        timings,
     )
-    operator = start(adapters.operator.load, lambda exc: OperatorState(manual_mode=True))
-    liveness = start(adapters.liveness.observe, lambda exc: Liveness())
+    operator = _guarded(
+        "operator", adapters.operator.load, lambda exc: OperatorState(manual_mode=True), timings
+    )
     return ObservedState(
         node=adapters.node,
-        resources=tuple(resources()),
-        vips=tuple(vips()),
-        target=target(),
-        role_source=verdict(),
-        operator=operator(),
-        liveness=liveness(),
+        resources=slow[0],
+        vips=slow[1],
+        target=slow[2],
+        role_source=verdict,
+        operator=operator,
+        liveness=slow[3],
     )
 
 
-def _guarded(read: Callable[[], _T], fallback: Callable[[Exception], _T]) -> _T:
+def _guarded(
+    name: str,
+    read: Callable[[], _T],
+    fallback: Callable[[Exception], _T],
+    timings: dict[str, float] | None,
+) -> _T:
+    began = time.monotonic()
     try:
         return read()
     except Exception as exc:
         return fallback(exc)
+    finally:
+        if timings is not None:
+            timings[name] = time.monotonic() - began  # one key per thread: no lock needed
 
 
 def _err(what: str, exc: Exception) -> str:

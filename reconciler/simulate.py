@@ -216,12 +216,16 @@ class Simulation:
             raise InvariantViolation(self.step, what, problems, self.to_scenario_yaml())
 
     def _hand_made(self, problem: str) -> bool:
-        """A VIP conflict with an address an operator configured by hand: the agent acted on
-        an observation taken before that address appeared (check-then-act: the VIP adapter
-        does not probe again right before `ip addr add`). The fault's, not the agents'."""
+        """A VIP problem caused by an address an operator configured by hand, which the agent's
+        action only revealed: it acted on an observation taken before that address appeared
+        (check-then-act). Either a conflict (the VIP adapter does not probe again right before
+        `ip addr add`), or a demote planned while the address was not there, which leaves the
+        hand-made VIP on a Secondary until the next tick removes it. The fault's, not the
+        agents'; the agents must still converge afterwards."""
         self.hand_vips = {(n, ip) for n, ip in self.hand_vips if ip in self.w.nodes[n].vips}
         return any(
-            problem.startswith(f"VIP {ip} on two nodes") and n in problem
+            (problem.startswith(f"VIP {ip} on two nodes") and n in problem)
+            or problem == f"VIP on {n}, which is not Primary"
             for n, ip in self.hand_vips
         )
 

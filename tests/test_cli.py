@@ -65,6 +65,14 @@ def test_json_lists_actions_with_kind_resource_reason(tmp_path: Path) -> None:
     assert data["actions"][0]["resource"] == "iscsi1"
     assert all(a["reason"] for a in data["actions"])
     assert data["applied"] == data["actions"] and data["errors"] == []
+    # Timings for the operator: each step, and each concern's read.
+    assert [st["kind"] for st in data["steps"]] == [a["kind"] for a in data["actions"]]
+    assert set(data["observe_parts_ms"]) == {
+        "drbd", "vip", "target", "role", "operator", "liveness"
+    }  # fmt: skip
+    again = json.loads(run(tmp_path, "--once", "--node", "node1", "--json").stdout)
+    # The next process knows the VIP was announced (the record outlives the agent).
+    assert again["actions"] == [] and again["observed"]["vips"][0]["announced"] is True
 
 
 def test_exit_3_when_blocked_and_1_when_an_action_fails(tmp_path: Path) -> None:

@@ -168,10 +168,14 @@ def test_concurrent_observation_equals_the_sequential_one(tmp_path: Path, spec) 
     from concurrent.futures import ThreadPoolExecutor
 
     adapters = build_adapters(spec, "node1", tmp_path)
+    parts: dict[str, float] = {}
     with ThreadPoolExecutor(max_workers=6) as pool:
-        together = observe(spec, adapters, executor=pool)
+        together = observe(spec, adapters, executor=pool, timings=parts)
     alone = observe(spec, adapters)
     assert together == alone
+    # Each concern's read is timed (the tick report's observe_parts_ms).
+    assert set(parts) == {"drbd", "vip", "target", "role", "operator", "liveness"}
+    assert all(v >= 0 for v in parts.values())
     assert isinstance(World, type)  # the world module stays importable without a store
 
 

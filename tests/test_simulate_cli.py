@@ -34,6 +34,17 @@ def simulate(*args: str | Path, timeout: float = 120) -> subprocess.CompletedPro
     )
 
 
+REGRESSIONS = sorted((ROOT / "tests" / "fixtures" / "scenarios").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("scenario", REGRESSIONS, ids=lambda p: p.stem)
+def test_recorded_regressions_hold(scenario: Path) -> None:
+    """Replays the simulator recorded when it found a violation, kept once fixed."""
+    r = simulate("--scenario", scenario)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr
+    assert "every expectation and invariant held" in r.stdout
+
+
 def test_the_reference_stories_are_shipped() -> None:
     names = {p.stem for p in SCENARIOS}
     assert {"master-failure", "slave-failure", "rolling-maintenance", "split-brain"} <= names

@@ -29,13 +29,13 @@ from pathlib import Path
 from adapters.base import Alert, NodeAdapters
 from adapters.drbd import RealDrbd
 from adapters.drbd_parse import parse_status_text
-from adapters.factory import wake_sources
+from adapters.factory import announce_record_path, wake_sources
 from adapters.liveness import PingLiveness
 from adapters.poolconf import PoolConfRoleSource
 from adapters.runner import Process, Runner
 from adapters.state import FileOperatorStore
 from adapters.tgt import CommandProcessHost, TgtAdapter
-from adapters.vip import CommandArp, IpVip
+from adapters.vip import AnnounceRecord, CommandArp, IpVip
 from reconciler import loop
 from reconciler.agent import TickReport
 from reconciler.alerts import alerts_for
@@ -152,7 +152,12 @@ def vm_adapters(spec: StorageCluster, node: str, runner: Runner, state_dir: Path
     return NodeAdapters(
         node=node,
         drbd=RealDrbd(runner),
-        vip=IpVip(runner, arp=CommandArp(runner), command_timeout=timeout),
+        vip=IpVip(
+            runner,
+            arp=CommandArp(runner),
+            command_timeout=timeout,
+            record=AnnounceRecord(announce_record_path(state_dir, node)),
+        ),
         target=TgtAdapter(
             runner,
             control_dir=f"{TGT_DIR}/tgt-{node}",
@@ -397,8 +402,12 @@ def timeline(agents: dict[str, AgentLoop], since: float, until: float) -> str:
                 for st in (r.result.steps if r.result else ())
             )
             blocked = " ".join(f"[blocked {b.what}]" for b in r.plan.blocked)
+            parts = ",".join(
+                f"{k}={v:.2f}" for k, v in sorted(r.observe_parts.items()) if v >= 0.01
+            )
             head = f"  {r.started - since:+6.2f}s {node} {r.seconds:5.2f}s"
-            rows.append((r.started, f"{head} {steps or '-'} {blocked}".rstrip()))
+            look = f"observe={r.observe_seconds:.2f}s({parts})"
+            rows.append((r.started, f"{head} {look} {steps or '-'} {blocked}".rstrip()))
     return "\n".join(text for _, text in sorted(rows))
 
 
