@@ -477,7 +477,10 @@ def test_switching_off_a_guard_is_caught_and_shrunk() -> None:
     """Switch off one safety guard through the planner's test-only seam: hypothesis must find
     a violation and shrink it to a short sequence of steps."""
     with pytest.raises(InvariantViolation) as caught:
-        run_state_machine_as_test(_GuardOffMachine, settings=_quiet())
+        # A larger budget than the other runs: derandomized, 400 examples found the violation
+        # when this file ran alone but not after tests/adapters in the same process (an order
+        # dependence not understood yet, see the closing notes); it stops at the first find.
+        run_state_machine_as_test(_GuardOffMachine, settings=_quiet(max_examples=1500))
     exc = caught.value
     steps = exc.replay.count("\n- ")
     assert "two primaries" in " ".join(exc.problems) or "serves" in " ".join(exc.problems)
