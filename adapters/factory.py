@@ -128,22 +128,27 @@ def build_adapters(
         role_source=role,
         liveness=liveness,
         operator=operator,
-        wake=wake_sources(role, operator, world),
+        wake=wake_sources(role, operator, world, node=node),
     )
 
 
 def wake_sources(
-    role: RoleSourceAdapter, operator: FileOperatorStore, world: WorldStore | None
+    role: RoleSourceAdapter,
+    operator: FileOperatorStore,
+    world: WorldStore | None,
+    *,
+    node: str | None = None,
 ) -> tuple[WakeSource, ...]:
     """What the watch loop polls between ticks: pool.conf (a pool-master change starts the
     swap at once), the operator's choices (``become-primary`` acts at once), and the simulated
-    world (the peer's promote/demote). Real DRBD, VIP and tgt changes are seen at the next
-    tick (or the short retry after a blocked tick)."""
+    world (the peer's promote/demote; for ``node``, not what its own actions changed). Real
+    DRBD, VIP and tgt changes are seen at the next tick (or the short retry after a blocked
+    tick, or the verify tick after an acting one)."""
     sources: list[WakeSource] = [FileWake(operator.path, name="operator choices")]
     if isinstance(role, PoolConfRoleSource):
         sources.append(FileWake(role.path, name="pool.conf"))
     if isinstance(world, FileWorldStore):
-        sources.append(world.wake_source())
+        sources.append(world.wake_source(node))
     return tuple(sources)
 
 

@@ -165,6 +165,10 @@ def print_report(report: TickReport, *, as_json: bool) -> None:
 
 
 def _record(spec: StorageCluster, adapters: Any, state_dir: Path, report: TickReport) -> None:
+    """The status record of a ``--once`` tick: after actions, observed again so the record
+    shows the state they left (``--watch`` records each tick as it is: its verify tick, due
+    ``timings.verifyAfter`` later, observes and records that state, without a second
+    observation on the critical path of a swap)."""
     from reconciler.observe import observe
 
     after = observe(spec, adapters) if report.result and report.result.applied else None
@@ -200,7 +204,7 @@ def _watch(
         if as_json or report.plan.actions or report.plan.blocked or report.result is None:
             print_report(report, as_json=as_json)
         sys.stdout.flush()
-        _record(spec, adapters, state_dir, report)
+        write_status(state_dir, report)
         notify(report)
 
     pace = loop.Pace.from_spec(spec, interval)

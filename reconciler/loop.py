@@ -6,6 +6,9 @@ Like an operator's work queue, a tick comes
 - after ``timings.blockedRetry`` when a safety rule refused a change the node wants (typically
   "the peer is still Primary" in the middle of a planned swap), doubling while the same refusal
   persists, up to the tick interval;
+- after ``timings.verifyAfter`` when the tick applied actions: the next tick checks what they
+  did and refreshes the status record (doubling while ticks keep acting, so a plan that
+  never converges cannot spin the agent);
 - else after the tick interval (the periodic resync that catches what no wake source shows).
 
 Waking early never changes a decision: every tick observes everything afresh.
@@ -34,6 +37,7 @@ class Pace:
     interval: float
     wake_poll: float
     blocked_retry: float
+    verify_after: float | None = None  # None: no early tick after an acting one
 
     @classmethod
     def from_spec(cls, spec: StorageCluster, interval: float | None = None) -> Pace:
@@ -43,15 +47,22 @@ class Pace:
             interval=every,
             wake_poll=t.wake_poll,
             blocked_retry=min(t.blocked_retry, every),
+            verify_after=min(t.verify_after, every),
         )
 
-    def delay(self, blocked_streak: int) -> float:
+    def delay(self, blocked_streak: int, acting_streak: int = 0) -> float:
         """The wait after a tick; ``blocked_streak`` counts consecutive ticks refused the same
-        way (0: the last tick was not blocked)."""
+        way (0: the last tick was not blocked), ``acting_streak`` consecutive ticks that
+        applied actions (0: the last one applied none)."""
+        if acting_streak > 0 and self.verify_after is not None:
+            return _backoff(self.verify_after, acting_streak, self.interval)
         if blocked_streak <= 0:
             return self.interval
-        factor = float(2 ** min(blocked_streak - 1, 30))
-        return min(self.interval, self.blocked_retry * factor)
+        return _backoff(self.blocked_retry, blocked_streak, self.interval)
+
+
+def _backoff(first: float, streak: int, ceiling: float) -> float:
+    return min(ceiling, first * float(2 ** min(streak - 1, 30)))
 
 
 class Watcher:
@@ -116,6 +127,7 @@ def run(
     pace = pace or Pace.from_spec(spec)
     watcher = Watcher(adapters.wake)
     streak = 0
+    acting = 0
     last_blocked: tuple[object, ...] = ()
     with ThreadPoolExecutor(max_workers=6, thread_name_prefix="observe") as pool:
         while not stop.is_set():
@@ -131,4 +143,5 @@ def run(
             else:
                 streak = 0
             last_blocked = blocked
-            wait_for_next(watcher, stop, pace.delay(streak), pace.wake_poll)
+            acting = acting + 1 if report.result is not None and report.result.applied else 0
+            wait_for_next(watcher, stop, pace.delay(streak, acting), pace.wake_poll)

@@ -23,7 +23,7 @@ from reconciler.core.specload import load_spec
 from reconciler.observe import observe
 
 SPEC = (Path(__file__).parent.parent / "specs" / "demo.yaml").read_text().replace(
-    "tickInterval: 2", "{tickInterval: 60, wakePoll: 0.01, blockedRetry: 0.05}"
+    "tickInterval: 2", "{tickInterval: 60, wakePoll: 0.01, blockedRetry: 0.05, verifyAfter: 0.1}"
 ).replace("timings:\n    {", "timings: {")
 
 
@@ -40,6 +40,17 @@ def test_pace_waits_the_interval_unless_blocked_and_backs_off(spec) -> None:
     from_spec = loop.Pace.from_spec(spec, interval=0.03)
     assert from_spec.interval == 0.03
     assert from_spec.blocked_retry == 0.03  # never slower than the interval itself
+    assert from_spec.verify_after == 0.03
+
+
+def test_pace_verifies_soon_after_acting_and_backs_off_while_acting_persists(spec) -> None:
+    pace = loop.Pace(interval=10.0, wake_poll=0.02, blocked_retry=0.1, verify_after=0.2)
+    assert pace.delay(0, 0) == 10.0
+    assert [pace.delay(0, n) for n in (1, 2, 3)] == [0.2, 0.4, 0.8]
+    assert pace.delay(0, 40) == 10.0  # a plan that never converges cannot spin the agent
+    assert pace.delay(3, 1) == 0.2  # acted (maybe something else was blocked): verify first
+    assert loop.Pace(interval=10.0, wake_poll=0.02, blocked_retry=0.1).delay(0, 1) == 10.0
+    assert loop.Pace.from_spec(spec).verify_after == 0.1  # the test spec's verifyAfter
 
 
 def test_file_wake_sees_a_rewrite_and_a_missing_file(tmp_path: Path) -> None:
@@ -69,6 +80,36 @@ def test_world_wake_ignores_the_step_counter(tmp_path: Path, spec) -> None:
     with store.transaction() as world:
         world.pool_master = "node2"
     assert wake.fingerprint() != before
+
+
+def test_a_nodes_world_wake_ignores_its_own_changes_but_not_the_peers(tmp_path: Path, spec):
+    """node1's agent must not wake itself with its own promote/VIP/target changes (it would
+    observe again at once, in the middle of the peer's takeover), but the peer's demote, a
+    link cut and the operator state kept in its entry wake it."""
+    store = world_store(spec, tmp_path)
+    with store.transaction() as world:
+        world.step()
+    wake = store.wake_source("node1")
+    before = wake.fingerprint()
+    with store.transaction() as world:  # what node1's own actions change
+        world.res("node1", "iscsi1").role = Role.PRIMARY
+        world.nodes["node1"].vips.append("198.51.100.3")
+        world.nodes["node1"].target_running = True
+        world.next_gen += 1
+        world.events.append("node1 promoted")
+    assert wake.fingerprint() == before
+    assert store.wake_source().fingerprint() != before  # the whole-world digest sees it
+    with store.transaction() as world:
+        world.res("node2", "iscsi1").role = Role.PRIMARY
+    peer_changed = wake.fingerprint()
+    assert peer_changed != before
+    with store.transaction() as world:
+        world.replication_link = False
+    assert wake.fingerprint() != peer_changed
+    cut = wake.fingerprint()
+    with store.transaction() as world:
+        world.nodes["node1"].isolated = True  # done to node1 from outside
+    assert wake.fingerprint() != cut
 
 
 def test_a_broken_wake_source_is_a_change_not_a_crash(tmp_path: Path) -> None:
@@ -177,6 +218,29 @@ def test_concurrent_observation_equals_the_sequential_one(tmp_path: Path, spec) 
     assert set(parts) == {"drbd", "vip", "target", "role", "operator", "liveness"}
     assert all(v >= 0 for v in parts.values())
     assert isinstance(World, type)  # the world module stays importable without a store
+
+
+def test_an_acting_agent_verifies_soon_and_sees_the_state_it_left(tmp_path: Path, spec):
+    """60 s interval, no wake sources: only the verify tick can follow the bring-up within
+    the test; it finds nothing to do and observes the node serving."""
+    store = world_store(spec, tmp_path)
+    with store.transaction() as world:
+        world.pool_master = "node1"
+    agent = Agent(spec, "node1", tmp_path)
+    agent.adapters.wake = ()
+    agent.thread.start()
+    try:
+        _wait(lambda: len(agent.reports) >= 2, 10, "the verify tick after the bring-up")
+    finally:
+        agent.stop.set()
+        agent.thread.join(10)
+    first, second = agent.reports[0], agent.reports[1]
+    assert first.result is not None and first.result.applied
+    assert second.plan.converged and not second.plan.actions
+    gap = second.started - first.started - first.seconds
+    assert 0.05 <= gap < 5.0  # verifyAfter (0.1 s), not the 60 s interval
+    assert second.observed.vips[0].local and second.observed.target.running
+    assert not agent.errors
 
 
 def test_a_blocked_agent_retries_soon_without_any_wake(tmp_path: Path, spec) -> None:

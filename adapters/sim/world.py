@@ -65,6 +65,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import json
 import os
 import tempfile
@@ -880,10 +881,22 @@ class FileWorldStore(WorldStore):
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)
 
-    def wake_source(self) -> DerivedFileWake:
+    def wake_source(self, node: str | None = None) -> DerivedFileWake:
         """Changes when anything in the world changes but the step counter, which every
-        observation advances (a wake on it would keep two agents waking each other)."""
-        return DerivedFileWake(self.path, _world_digest, name="simulated world")
+        observation advances (a wake on it would keep two agents waking each other).
+
+        For ``node``'s agent it also ignores what that node's own actions change: its own
+        DRBD resources, VIPs and target (``_OWN``), the faults aimed at it (consumed by its
+        own commands) and the world's bookkeeping (event log, acknowledged writes, generation
+        counter, the client's ARP cache). The peer's promote/demote, the links, the pool
+        master and strangers still wake it. Without this an agent woke itself right after
+        every change it made and observed again at once, in the middle of the peer's
+        critical moment in a swap (the peer taking over while this node had just stepped
+        down); its own changes are checked by the verify tick instead
+        (``timings.verifyAfter``). DRBD's connection states are symmetric, so a change the
+        peer causes on this node's resources shows on the peer's entry too."""
+        digest = _world_digest if node is None else functools.partial(_peer_digest, node=node)
+        return DerivedFileWake(self.path, digest, name="simulated world")
 
     def _load(self) -> World:
         try:
@@ -916,4 +929,31 @@ def _world_digest(content: bytes) -> object:
     data = json.loads(content)
     if isinstance(data, dict):
         data.pop("step_count", None)
+    return json.dumps(data, sort_keys=True)
+
+
+_BOOKKEEPING = ("step_count", "events", "acked", "destroyed", "next_gen", "arp_owner")
+"""World fields a node's own actions change that never concern its agent's next decision."""
+_OWN = ("resources", "vips", "announced", "target_running", "exported")
+"""A node's own fields that only its own actions change (or the peer's together with the
+peer's fields); the rest of its entry (alive, isolated, disk_broken, operator state) is
+changed from outside and still wakes it."""
+
+
+def _peer_digest(content: bytes, *, node: str) -> object:
+    """What in the world ``node``'s agent did not change itself (see ``wake_source``)."""
+    data = json.loads(content)
+    if isinstance(data, dict):
+        for key in _BOOKKEEPING:
+            data.pop(key, None)
+        nodes = data.get("nodes")
+        mine = nodes.get(node) if isinstance(nodes, dict) else None
+        if isinstance(mine, dict):
+            for key in _OWN:
+                mine.pop(key, None)
+        faults = data.get("faults")
+        if isinstance(faults, list):
+            data["faults"] = [
+                f for f in faults if not (isinstance(f, dict) and f.get("node") == node)
+            ]
     return json.dumps(data, sort_keys=True)

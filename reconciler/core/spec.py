@@ -291,6 +291,12 @@ class Timings(_Model):
         "a swap), the next tick comes this soon, doubling while the block persists, up to "
         "tickInterval.",
     )
+    verify_after: Seconds = Field(
+        default=0.2,
+        description="After a tick that applied actions, the next tick (which checks their "
+        "effect and refreshes the status record) comes this soon, doubling while ticks keep "
+        "acting, up to tickInterval; a wake source can start it earlier.",
+    )
 
 
 class Mail(_Model):
