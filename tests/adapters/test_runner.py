@@ -1,0 +1,32 @@
+"""The command seam on this machine: real local processes (no network)."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from adapters.runner import Runner
+from reconciler.core.errors import TerminalError, TransientError
+
+
+def test_exit_codes_map_to_results_and_errors() -> None:
+    runner = Runner()
+    ok = runner.run(["sh", "-c", "printf out; printf err >&2"])
+    assert (ok.rc, ok.stdout, ok.stderr) == (0, "out", "err")
+    answer = runner.run(["sh", "-c", "exit 3"], check=False)
+    assert answer.rc == 3 and not answer.ok
+    with pytest.raises(TerminalError, match="exit code 4"):
+        runner.run(["sh", "-c", "echo broken >&2; exit 4"])
+    with pytest.raises(TransientError, match="exit code 107"):
+        runner.run(["sh", "-c", "exit 107"], transient_codes=(107,))
+    with pytest.raises(TerminalError, match="command not found"):
+        runner.run(["tandem-no-such-command"])
+    assert runner.run(["cat"], stdin="fed").stdout == "fed"
+
+
+def test_a_timeout_kills_the_command_promptly_and_is_transient() -> None:
+    began = time.monotonic()
+    with pytest.raises(TransientError, match=r"timed out after 0\.2s"):
+        Runner().run(["sleep", "30"], timeout=0.2)
+    assert time.monotonic() - began < 5  # killed at its deadline, not after 30 s
