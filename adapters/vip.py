@@ -220,6 +220,11 @@ class ArpTool(Protocol):
         errors when even that cannot be sent."""
         ...
 
+    def cancel(self, interface: str, ip: str) -> None:
+        """End this tool's announcements of ``ip`` on ``interface``: once it returns, no
+        later round of them goes out. Never raises."""
+        ...
+
 
 class InProcessArp:
     """ARP through an ``AF_PACKET`` socket of this process (needs CAP_NET_RAW).
@@ -258,6 +263,7 @@ class InProcessArp:
         self.netns = netns
         self._cond = threading.Condition()
         self._active = 0
+        self._announcing: dict[tuple[str, str], list[_Rounds]] = {}
         self._background = _background()  # started here, outside any tick
 
     def check_netns(self) -> None:
@@ -367,32 +373,44 @@ class InProcessArp:
         if self.count == 1:
             self._close(sock)
             return
+        rounds = _Rounds(sock, frames)
         with self._cond:
             self._active += 1
+            self._announcing.setdefault((interface, ip), []).append(rounds)
         first = time.monotonic()
         for n in range(1, self.count):
             last = n == self.count - 1
             self._background.submit(
                 first + n * self.interval,
-                functools.partial(self._round, sock, frames, interface, ip, last=last),
+                functools.partial(self._round, rounds, interface, ip, last=last),
             )
 
-    def _round(
-        self, sock: Any, frames: list[bytes], interface: str, ip: str, *, last: bool
-    ) -> None:
+    def cancel(self, interface: str, ip: str) -> None:
+        """Stop the later rounds of this tool's announcements of ``ip`` (the VIP is being
+        released): a round still due after the address moved to the peer would claim it back
+        for this node in the initiators' ARP caches, after the new holder's announcement."""
+        with self._cond:
+            running = list(self._announcing.get((interface, ip), ()))
+        for rounds in running:
+            rounds.cancel()
+
+    def _round(self, rounds: _Rounds, interface: str, ip: str, *, last: bool) -> None:
         """One later round of an announcement (a background job); the last one closes."""
         try:
-            if sock.fileno() >= 0:
-                for frame in frames:
-                    sock.send(frame)
+            rounds.send()
         except OSError as exc:
             log.warning("gratuitous ARP for %s on %s failed: %s", ip, interface, _os_text(exc))
-            sock.close()  # the remaining rounds see fileno() == -1 and skip
+            rounds.cancel()  # the remaining rounds skip
         finally:
             if last:
-                sock.close()
+                rounds.sock.close()
                 with self._cond:
                     self._active -= 1
+                    left = [r for r in self._announcing.get((interface, ip), ()) if r is not rounds]
+                    if left:
+                        self._announcing[(interface, ip)] = left
+                    else:
+                        self._announcing.pop((interface, ip), None)
                     self._cond.notify_all()
 
     def pending(self) -> int:
@@ -404,6 +422,28 @@ class InProcessArp:
         """Wait for this tool's announcements to finish; True when none is left."""
         with self._cond:
             return self._cond.wait_for(lambda: self._active == 0, timeout)
+
+
+class _Rounds:
+    """The later rounds of one announcement: its socket and frames, and whether it was
+    cancelled. The lock makes ``cancel`` final: no frame goes out after it returns."""
+
+    def __init__(self, sock: Any, frames: list[bytes]) -> None:
+        self.sock = sock
+        self.frames = frames
+        self._lock = threading.Lock()
+        self._cancelled = False
+
+    def send(self) -> None:
+        with self._lock:
+            if self._cancelled or self.sock.fileno() < 0:
+                return
+            for frame in self.frames:
+                self.sock.send(frame)
+
+    def cancel(self) -> None:
+        with self._lock:
+            self._cancelled = True
 
 
 class _Background:
@@ -550,6 +590,7 @@ class CommandArp:
         self.count = count
         self._lock = threading.Lock()
         self._procs: list[_Process] = []
+        self._announcing: list[tuple[_Process, tuple[str, str]]] = []  # (handle, (if, ip))
         self._startup = startup  # None: measured at the first probe
         self._base = startup  # what the allowance decays back to
         self._interruptible: bool | None = None if startup is None else True
@@ -651,10 +692,22 @@ class CommandArp:
         proc = self.runner.spawn(["arping", "-U", "-c", str(self.count), "-I", interface, ip])
         with self._lock:
             self._procs.append(proc)
+            self._announcing.append((proc, (interface, ip)))
+
+    def cancel(self, interface: str, ip: str) -> None:
+        """Kill this tool's detached ``arping -U`` runs for ``ip`` (see ``InProcessArp``)."""
+        with self._lock:
+            doomed = [p for p, where in self._announcing if where == (interface, ip)]
+        for proc in doomed:
+            with contextlib.suppress(Exception):
+                proc.kill()
+        self._reap()
 
     def _reap(self) -> None:
         with self._lock:
             self._procs = [p for p in self._procs if p.poll() is None]
+            live = {id(p) for p in self._procs}
+            self._announcing = [(p, w) for p, w in self._announcing if id(p) in live]
 
     def pending(self) -> int:
         """Detached ``arping`` processes still running."""
@@ -882,7 +935,10 @@ class IpVip:
 
     def remove(self, vip: Vip) -> None:
         """``ip addr del ADDR/PREFIX dev IF``; an address (or interface) that is not there is
-        success: the VIP is not configured on that interface either way."""
+        success: the VIP is not configured on that interface either way. This node's own
+        announcements of the VIP end first: a gratuitous ARP round still due after the peer
+        took the address over would drag the initiators' ARP caches back here."""
+        self.arp.cancel(vip.interface, vip.ip)
         self._ip_addr("del", vip, already=_ABSENT_RE, what="remove VIP {addr} from {dev}")
         self.record.forget(vip.ip)
 

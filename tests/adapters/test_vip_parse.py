@@ -326,6 +326,7 @@ class FakeArp:
     delay: float = 0.0
     probed: list[tuple[str, str, float]] = field(default_factory=list)
     announced: list[tuple[str, str]] = field(default_factory=list)
+    cancelled: list[tuple[str, str]] = field(default_factory=list)
 
     def probe(self, interface: str, ip: str, *, timeout: float) -> ProbeResult:
         self.probed.append((interface, ip, timeout))
@@ -334,6 +335,9 @@ class FakeArp:
 
     def announce(self, interface: str, ip: str) -> None:
         self.announced.append((interface, ip))
+
+    def cancel(self, interface: str, ip: str) -> None:
+        self.cancelled.append((interface, ip))
 
 
 def vip(address: str = "198.51.100.3/24", interface: str = "eth0") -> Vip:
@@ -931,3 +935,57 @@ def test_liveness_rejects_non_addresses() -> None:
         PingLiveness(ip_addr_runner(""), peer_addresses=["-f"])  # type: ignore[arg-type]
     with pytest.raises(ValueError):
         PingLiveness(ip_addr_runner(""), peer_addresses=[], heuristics=["gw.example"])  # type: ignore[arg-type]
+
+
+# ------------------------------------------------------- releasing a VIP ends its announcement
+class SocketPerCallArp(InProcessArp):
+    """``InProcessArp`` on a fresh ``FakeSocket`` per announcement (rounds, no packets)."""
+
+    def __init__(self, **kw: Any) -> None:
+        super().__init__(**kw)
+        self.sockets: list[FakeSocket] = []
+
+    def _open(self, interface: str) -> FakeSocket:
+        sock = FakeSocket([])
+        self.sockets.append(sock)
+        return sock
+
+
+def test_announcement_rounds_run_in_the_background_until_cancelled() -> None:
+    arp = SocketPerCallArp(count=3, interval=0.05)
+    arp.announce("eth0", "198.51.100.3")  # rounds at 0, 50, 100 ms
+    arp.announce("eth0", "198.51.100.4")  # another VIP: not cancelled below
+    first, other = arp.sockets
+    assert len(first.sent) == 2  # the first round (request + reply) before returning
+    arp.cancel("eth0", "198.51.100.3")
+    assert arp.drain(5)
+    assert len(first.sent) == 2  # no later round after the cancel
+    assert len(other.sent) == 6  # three rounds of two frames
+    assert first.closed and other.closed
+    arp.cancel("eth0", "198.51.100.3")  # nothing left to cancel: a no-op
+
+
+def test_removing_a_vip_cancels_its_announcement_before_the_address_goes() -> None:
+    calls: list[object] = []
+
+    class Recording(FakeArp):
+        def cancel(self, interface: str, ip: str) -> None:
+            calls.append(("cancel", interface, ip))
+
+    def answer(argv: list[str]) -> CommandResult:
+        calls.append(tuple(argv[:3]))
+        return result(argv=argv)
+
+    adapter = IpVip(FakeRunner(answer), arp=Recording())  # type: ignore[arg-type]
+    adapter.remove(vip())
+    assert calls == [("cancel", "eth0", VIP_IP), ("ip", "addr", "del")]
+
+
+def test_command_arp_cancel_kills_only_that_vips_arping() -> None:
+    runner = FakeRunner(lambda argv: result(argv=argv))
+    arp = CommandArp(runner)  # type: ignore[arg-type]
+    arp.announce("eth0", "198.51.100.3")
+    arp.announce("eth0", "198.51.100.4")
+    arp.cancel("eth0", "198.51.100.3")
+    assert [p.killed for p in runner.spawned] == [True, False]
+    assert arp.pending() == 1

@@ -29,6 +29,7 @@ from adapters.base import DrbdAdapter, RoleSourceAdapter, TargetAdapter, VipAdap
 from adapters.poolconf import PoolConfRoleSource
 from adapters.sim.adapters import SimDrbd, SimPoolMaster, SimTarget, SimVip
 from adapters.sim.world import Fault, World, WorldStore
+from adapters.vip import ANNOUNCE_COUNT, ANNOUNCE_INTERVAL
 from reconciler.core.spec import Lun, Resource, StorageCluster, Target, Vip
 from tests.lab.netns import MACS, Lab
 from tests.lab.specs import NODES, LabCluster
@@ -64,6 +65,7 @@ def wait_for(what: str, check: Callable[[], Any], timeout: float = 5.0) -> Any:
 class VipEnv(Protocol):
     kind: str
     settle: float  # seconds a change on the wire may take to show (ARP frames in flight)
+    announce_lasts: float  # seconds an announcement's later rounds go on after it returns
 
     def adapter(self, node: str) -> VipAdapter: ...
 
@@ -77,10 +79,16 @@ class VipEnv(Protocol):
         """Which node the client's ARP entry for the VIP points to."""
         ...
 
+    def client_learns(self, vip: Vip, node: str) -> None:
+        """The client's ARP entry for the VIP is set to ``node`` (as by that node's
+        announcement)."""
+        ...
+
 
 class SimVipEnv:
     kind = SIM
     settle = 0.1
+    announce_lasts = 0.0  # the simulated wire has no later rounds
 
     def __init__(self, spec: StorageCluster) -> None:
         self.store = WorldStore(World.fresh(spec))
@@ -103,12 +111,17 @@ class SimVipEnv:
         with self.store.transaction() as world:
             return world.arp_owner.get(vip.ip)
 
+    def client_learns(self, vip: Vip, node: str) -> None:
+        with self.store.transaction() as world:
+            world.arp_owner[vip.ip] = node
+
 
 class RealVipEnv:
     """``IpVip`` running inside each node's namespace (``tests.lab.remote``)."""
 
     kind = REAL
     settle = 3.0
+    announce_lasts = (ANNOUNCE_COUNT - 1) * ANNOUNCE_INTERVAL + 0.3
 
     def __init__(self, lab: Lab) -> None:
         self.lab = lab
@@ -131,6 +144,12 @@ class RealVipEnv:
     def client_sees(self, vip: Vip) -> str | None:
         mac = self.lab.neigh("client", vip.ip)
         return next((node for node, m in MACS.items() if m == mac), None)
+
+    def client_learns(self, vip: Vip, node: str) -> None:
+        self.lab.run(
+            "client",
+            ["ip", "neigh", "replace", vip.ip, "lladdr", MACS[node], "dev", "eth0", "nud", "stale"],
+        )
 
     def close(self) -> None:
         for remote in self._remotes.values():

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from reconciler.core.observed import VipObs
@@ -123,3 +125,19 @@ def test_announce_without_holding_the_vip(vip_env: VipEnv, request: pytest.Fixtu
         lambda: vip_env.client_sees(VIP) == "node2",
         timeout=vip_env.settle,
     )
+
+
+def test_a_released_vip_is_not_announced_any_more(vip_env: VipEnv) -> None:
+    """Releasing the VIP ends this node's announcement. Its later gratuitous ARP rounds would
+    otherwise drag the client back after the new holder announced it: seen in the lab when
+    the new primary's agent was SIGKILLed after its first frames (its own later rounds died
+    with it); the old primary's round 200-400 ms later won, the client's entry pointed at a
+    node without the VIP and went FAILED, and its I/O timed out."""
+    node1 = vip_env.adapter("node1")
+    node1.add(VIP)
+    node1.announce(VIP)  # on the wire: more rounds are due after this returns
+    node1.remove(VIP)
+    vip_env.add_by_hand("node2", VIP)
+    vip_env.client_learns(VIP, "node2")  # node2's announcement, its later rounds never sent
+    time.sleep(vip_env.announce_lasts)
+    assert vip_env.client_sees(VIP) == "node2"
