@@ -3,7 +3,10 @@
 Rules (from the reference design): every alert is logged; mail is not sent in the first
 ``alerts.quietTicks`` ticks after the agent starts (a booting cluster is noisy), nor in manual
 mode (an operator is at work), and an identical alert is not re-sent within
-``alerts.screenTime`` seconds. The clock is a parameter.
+``alerts.screenTime`` seconds. Beyond the reference: a refusal by a safety rule (key
+``NODE:blocked:...``) is mailed only after every tick for ``alerts.blockedGrace`` seconds
+raised it, so the "peer still Primary" of every planned swap (a fraction of a second) mails
+nothing. The clock is a parameter.
 """
 
 from __future__ import annotations
@@ -90,17 +93,28 @@ class AlertGate:
     clock: Callable[[], float]
     ticks: int = 0
     last_sent: dict[str, float] = field(default_factory=dict)
+    blocked_since: dict[str, float] = field(default_factory=dict)  # raised on every tick since
 
     def admit(self, alerts: list[Alert], *, manual_mode: bool) -> list[Alert]:
         self.ticks += 1
+        now = self.clock()
+        # Tracked also in quiet ticks and manual mode: a refusal counts from when it began.
+        blocked = {a.key for a in alerts if _is_refusal(a)}
+        self.blocked_since = {k: self.blocked_since.get(k, now) for k in blocked}
         if self.ticks <= self.settings.quiet_ticks or manual_mode:
             return []
-        now = self.clock()
         admitted = []
         for alert in alerts:
+            since = self.blocked_since.get(alert.key)
+            if since is not None and now - since < self.settings.blocked_grace:
+                continue
             last = self.last_sent.get(alert.key)
             if last is not None and now - last < self.settings.screen_time:
                 continue
             self.last_sent[alert.key] = now
             admitted.append(alert)
         return admitted
+
+
+def _is_refusal(alert: Alert) -> bool:
+    return ":blocked:" in alert.key

@@ -71,6 +71,39 @@ def test_gate_quiet_ticks_manual_mode_and_screen_time() -> None:
     assert gate.admit(a, manual_mode=False) == a  # screen time over
 
 
+def test_a_refusal_is_mailed_only_once_it_lasted_the_grace() -> None:
+    clock = Clock()
+    gate = AlertGate(Alerts(quiet_ticks=0, blocked_grace=10), clock=clock)
+    swap = [Alert("node2:blocked:promote:iscsi1", "warning", "promote refused: peer Primary")]
+    other = Alert("node2:vip-unknown:198.51.100.3", "warning", "VIP unreadable")
+    assert gate.admit(swap, manual_mode=False) == []  # a planned swap's wait...
+    clock.now += 0.3
+    assert gate.admit([*swap, other], manual_mode=False) == [other]  # (others at once)
+    clock.now += 0.1
+    assert gate.admit([], manual_mode=False) == []  # ...ends: nothing was mailed
+    clock.now += 20
+    assert gate.admit(swap, manual_mode=False) == []  # a new refusal starts its own grace
+    clock.now += 9.9
+    assert gate.admit(swap, manual_mode=False) == []
+    clock.now += 0.2
+    assert gate.admit(swap, manual_mode=False) == swap  # raised on every tick for 10 s
+    clock.now += 60
+    assert gate.admit(swap, manual_mode=False) == []  # then screened like any alert
+    immediate = AlertGate(Alerts(quiet_ticks=0, blocked_grace=0), clock=clock)
+    assert immediate.admit(swap, manual_mode=False) == swap
+
+
+def test_a_refusal_that_began_in_the_quiet_ticks_counts_from_its_start() -> None:
+    clock = Clock()
+    gate = AlertGate(Alerts(quiet_ticks=2, blocked_grace=10), clock=clock)
+    held = [Alert("node1:blocked:add-vip:", "warning", "add-vip refused: a stranger answers")]
+    assert gate.admit(held, manual_mode=False) == []  # quiet tick 1 (the refusal begins)
+    clock.now += 11
+    assert gate.admit(held, manual_mode=False) == []  # quiet tick 2
+    clock.now += 1
+    assert gate.admit(held, manual_mode=False) == held  # 12 s old: no second grace
+
+
 def test_alert_mail_reaches_a_real_smtp_server(tmp_path: Path, smtp: tuple[Inbox, int]) -> None:
     inbox, port = smtp
     c = SimCluster.create(demo_spec(), tmp_path)
@@ -109,7 +142,8 @@ def test_watching_agent_mails_after_quiet_ticks(tmp_path: Path, smtp: tuple[Inbo
     inbox, port = smtp
     spec = DEMO_TEXT.replace(
         "  alerts:\n    syslog: false\n",
-        "  alerts:\n    syslog: false\n    quietTicks: 2\n    mail:\n      enabled: true\n"
+        "  alerts:\n    syslog: false\n    quietTicks: 2\n    blockedGrace: 0.3\n"
+        "    mail:\n      enabled: true\n"
         f"      to: [ops@example.com]\n      server: 127.0.0.1\n      port: {port}\n",
     )
     assert "quietTicks: 2" in spec
@@ -137,10 +171,12 @@ def test_watching_agent_mails_after_quiet_ticks(tmp_path: Path, smtp: tuple[Inbo
         stderr=subprocess.PIPE,
         text=True,
     )
+    started = time.monotonic()
     try:
         deadline = time.monotonic() + 15
         while not inbox.messages and time.monotonic() < deadline:
             time.sleep(0.05)
+        mailed_after = time.monotonic() - started
         time.sleep(0.5)  # several more ticks: the identical alert must stay screened
     finally:
         proc.terminate()
@@ -148,4 +184,5 @@ def test_watching_agent_mails_after_quiet_ticks(tmp_path: Path, smtp: tuple[Inbo
     assert proc.returncode == 0, err
     subjects = [m["Subject"] for m in inbox.messages]  # type: ignore[index]
     assert len(subjects) == 1, subjects
+    assert mailed_after >= 0.3  # the refusal had to last blockedGrace first
     assert "refused" in err  # every alert is logged, mailed or not

@@ -323,6 +323,15 @@ class Alerts(_Model):
     screen_time: Seconds = Field(
         default=1800.0, description="An identical alert is not re-sent within this many seconds."
     )
+    blocked_grace: float = Field(
+        default=10.0,
+        ge=0,
+        le=3600,
+        description="A refusal by a safety rule (a 'blocked' alert) is mailed only once every "
+        "tick for this many seconds raised it: the new pool master waiting a fraction of a "
+        "second for the old one to demote in a planned swap mails nothing, a refusal that "
+        "lasts does. Logged at every tick either way; 0 mails at once.",
+    )
 
 
 class Adapters(_Model):
