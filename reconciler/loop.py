@@ -132,8 +132,9 @@ def run(
     with ThreadPoolExecutor(max_workers=6, thread_name_prefix="observe") as pool:
         while not stop.is_set():
             # Fingerprints are taken *before* the tick: a change during the tick (the peer
-            # demoting while this node observes) wakes the next one instead of being missed;
-            # the price is one extra tick after this node's own changes.
+            # demoting while this node observes) wakes the next one instead of being missed.
+            # A wake source must therefore not fire on this node's own changes (the simulated
+            # world leaves them out): those are checked by the verify tick, later.
             watcher.remember()
             report = tick(spec, adapters, retry=retry, executor=pool)
             on_report(report)
