@@ -895,7 +895,7 @@ class FileWorldStore(WorldStore):
         down); its own changes are checked by the verify tick instead
         (``timings.verifyAfter``). DRBD's connection states are symmetric, so a change the
         peer causes on this node's resources shows on the peer's entry too."""
-        digest = _world_digest if node is None else functools.partial(_peer_digest, node=node)
+        digest = functools.partial(_world_digest, node=node)
         return DerivedFileWake(self.path, digest, name="simulated world")
 
     def _load(self) -> World:
@@ -925,13 +925,6 @@ class FileWorldStore(WorldStore):
         os.replace(tmp, self.path)
 
 
-def _world_digest(content: bytes) -> object:
-    data = json.loads(content)
-    if isinstance(data, dict):
-        data.pop("step_count", None)
-    return json.dumps(data, sort_keys=True)
-
-
 _BOOKKEEPING = ("step_count", "events", "acked", "destroyed", "next_gen", "arp_owner")
 """World fields a node's own actions change that never concern its agent's next decision."""
 _OWN = ("resources", "vips", "announced", "target_running", "exported")
@@ -940,10 +933,13 @@ peer's fields); the rest of its entry (alive, isolated, disk_broken, operator st
 changed from outside and still wakes it."""
 
 
-def _peer_digest(content: bytes, *, node: str) -> object:
-    """What in the world ``node``'s agent did not change itself (see ``wake_source``)."""
+def _world_digest(content: bytes, *, node: str | None = None) -> object:
+    """The world without its step counter; for ``node``, also without what that node's agent
+    changed itself (see ``wake_source``)."""
     data = json.loads(content)
-    if isinstance(data, dict):
+    if isinstance(data, dict) and node is None:
+        data.pop("step_count", None)
+    elif isinstance(data, dict):
         for key in _BOOKKEEPING:
             data.pop(key, None)
         nodes = data.get("nodes")
