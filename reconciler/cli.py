@@ -29,10 +29,18 @@ import click
 from rich.console import Console
 from rich.markup import escape
 
-from reconciler import __version__, loop
-from reconciler.agent import EXIT_BLOCKED, EXIT_OK, EXIT_USAGE, TickReport, tick, write_status
+from reconciler import __version__, loop, operations
+from reconciler.agent import (
+    EXIT_BLOCKED,
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_USAGE,
+    TickReport,
+    tick,
+    write_status,
+)
 from reconciler.core.errors import AdapterError
-from reconciler.core.observed import OperatorState, Role
+from reconciler.core.operator import describe_state as describe_operator_state
 from reconciler.core.spec import StorageCluster
 from reconciler.core.specload import SpecError, load_spec
 
@@ -361,12 +369,18 @@ def get_settings(spec_path: str | None) -> None:
 
 
 def _operator_context(
-    spec_path: str | None, node: str | None, state_dir: str | None
+    spec_path: str | None, node: str | None, state_dir: str | None, *, dry_run: bool = False
 ) -> tuple[StorageCluster, str, Path, Any]:
     spec, _ = read_spec(spec_path)
     the_node = pick_node(spec, node)
     sdir = Path(state_dir) if state_dir else default_state_dir()
-    return spec, the_node, sdir, _adapters(spec, the_node, sdir)
+    return spec, the_node, sdir, _adapters(spec, the_node, sdir, dry_run=dry_run)
+
+
+def _refused(outcome: operations.Outcome) -> NoReturn:
+    """Exit for a refused operator command: 2 when the command line was wrong, else 3."""
+    refusal = outcome.refusal
+    _fail(outcome.message, EXIT_USAGE if refusal is not None and refusal.is_usage else EXIT_BLOCKED)
 
 
 @main.command("manual-mode")
@@ -382,39 +396,14 @@ def manual_mode(state: str, spec_path: str | None, node: str | None, state_dir: 
     is refused unless this node is back in its native role (the role source agrees), so leaving
     manual mode never moves storage.
     """
-    from reconciler.observe import observe
-
     spec, the_node, _sdir, adapters = _operator_context(spec_path, node, state_dir)
-    current = adapters.operator.load()
     if state == "show":
-        chosen = current.chosen_role.value if current.chosen_role else "none"
-        click.echo(
-            f"{the_node}: manual mode {'on' if current.manual_mode else 'off'}; "
-            f"chosen role: {chosen}"
-        )
+        click.echo(describe_operator_state(the_node, adapters.operator.load()))
         return
-    if state == "enable":
-        adapters.operator.save(OperatorState(manual_mode=True, chosen_role=current.chosen_role))
-        click.echo(f"{the_node}: manual mode enabled; roles are held until you choose one")
-        return
-    obs = observe(spec, adapters)
-    native = obs.role_source.role
-    holding = Role.PRIMARY if any(r.role is Role.PRIMARY for r in obs.resources) else Role.SECONDARY
-    if native is Role.UNKNOWN:
-        _fail(
-            f"refused: the role source has no verdict ({obs.role_source.detail}); "
-            "leaving manual mode now could move storage unpredictably",
-            EXIT_BLOCKED,
-        )
-    if native is not holding:
-        _fail(
-            f"refused: {the_node} is {holding.value} but its native role is {native.value} "
-            f"({obs.role_source.detail}); swap roles back first so leaving manual mode "
-            "does not move storage",
-            EXIT_BLOCKED,
-        )
-    adapters.operator.save(OperatorState())
-    click.echo(f"{the_node}: manual mode disabled; following the role source again")
+    outcome = operations.manual_mode(spec, the_node, adapters, enable=state == "enable")
+    if not outcome.accepted:
+        _refused(outcome)
+    click.echo(outcome.message)
 
 
 @main.command("become-primary")
@@ -432,30 +421,10 @@ def become_primary(
 ) -> None:
     """Make this node storage primary (manual mode only). Refused while the peer is Primary or
     the VIP answers elsewhere: dual-primary is never allowed."""
-    from reconciler.observe import observe
-
     spec, the_node, sdir, adapters = _operator_context(spec_path, node, state_dir)
-    current = adapters.operator.load()
-    if not current.manual_mode:
-        _fail(
-            f"refused: {the_node} is not in manual mode (run `reconcile manual-mode enable`)",
-            EXIT_BLOCKED,
-        )
-    obs = observe(spec, adapters)
-    peer_primary = [r.name for r in obs.resources if r.peer_role is Role.PRIMARY]
-    if peer_primary:
-        _fail(
-            f"refused: the peer is Primary for {', '.join(peer_primary)}; run "
-            "`reconcile become-secondary` on the peer first",
-            EXIT_BLOCKED,
-        )
-    answered = [v.address for v in obs.vips if v.answered_elsewhere]
-    if answered:
-        _fail(
-            f"refused: VIP {', '.join(answered)} answers from another host; release it there first",
-            EXIT_BLOCKED,
-        )
-    adapters.operator.save(OperatorState(manual_mode=True, chosen_role=Role.PRIMARY, force=force))
+    outcome = operations.become_primary(spec, the_node, adapters, force=force)
+    if not outcome.accepted:
+        _refused(outcome)
     sys.exit(_operator_tick(spec, the_node, sdir, adapters))
 
 
@@ -466,13 +435,9 @@ def become_primary(
 def become_secondary(spec_path: str | None, node: str | None, state_dir: str | None) -> None:
     """Make this node storage secondary (manual mode only; always allowed)."""
     spec, the_node, sdir, adapters = _operator_context(spec_path, node, state_dir)
-    current = adapters.operator.load()
-    if not current.manual_mode:
-        _fail(
-            f"refused: {the_node} is not in manual mode (run `reconcile manual-mode enable`)",
-            EXIT_BLOCKED,
-        )
-    adapters.operator.save(OperatorState(manual_mode=True, chosen_role=Role.SECONDARY))
+    outcome = operations.become_secondary(spec, the_node, adapters)
+    if not outcome.accepted:
+        _refused(outcome)
     code = _operator_tick(spec, the_node, sdir, adapters)
     sys.exit(code if code != EXIT_BLOCKED else EXIT_OK)
 
@@ -535,6 +500,9 @@ def status(
 @click.argument("resource")
 @click.option("--survivor", required=True, help="The node whose data is kept.")
 @click.option("--yes", is_flag=True, help="Confirm: the other node's divergent writes are lost.")
+@click.option(
+    "--dry-run", is_flag=True, help="Print the recovery plan; change nothing (needs no --yes)."
+)
 @_SPEC_OPT
 @_NODE_OPT
 @_STATE_OPT
@@ -542,6 +510,7 @@ def split_brain(
     resource: str,
     survivor: str,
     yes: bool,
+    dry_run: bool,
     spec_path: str | None,
     node: str | None,
     state_dir: str | None,
@@ -549,69 +518,41 @@ def split_brain(
     """Guided split-brain recovery for RESOURCE: run it on both nodes, victim first.
 
     \b
-    On the victim (the node that is not --survivor): the target stops, the VIP goes, DRBD is
-    demoted and reconnects discarding its own divergent data (it then resyncs from the
-    survivor). On the survivor: DRBD reconnects. Nothing happens without --yes, and only when
-    the agent really sees a split brain on RESOURCE.
+    On the victim (the node that is not --survivor): the node is put in manual mode as
+    secondary, then the target stops, the VIP goes, DRBD is demoted and reconnects discarding
+    its own divergent data (it then resyncs from the survivor). On the survivor: DRBD
+    reconnects. The steps are a plan run with retries, like a tick's; --dry-run prints it.
+    Nothing happens without --yes, and only when the agent really sees a split brain on
+    RESOURCE.
     """
-    from reconciler.observe import observe
+    spec, the_node, sdir, adapters = _operator_context(spec_path, node, state_dir, dry_run=dry_run)
 
-    spec, the_node, sdir, adapters = _operator_context(spec_path, node, state_dir)
-    if survivor not in spec.node_names:
-        _fail(f"--survivor {survivor!r} is not a node of the spec ({', '.join(spec.node_names)})")
-    res = next((r for r in spec.spec.resources if r.name == resource), None)
-    if res is None:
-        _fail(f"no resource {resource!r} in the spec")
-    obs = observe(spec, adapters).resource(resource)
-    # After a split brain DRBD leaves both sides disconnected: StandAlone, or (per the DRBD
-    # guide) the survivor may sit in Connecting/WFConnection. Only a live connection proves
-    # there is nothing to recover.
-    if not obs.known or obs.conn.is_connected:
-        state = obs.conn.value if obs.known else f"unknown ({obs.error})"
-        _fail(
-            f"refused: {resource} on {the_node} is {state}, not in split brain; nothing to recover",
-            EXIT_BLOCKED,
+    def recover(holder: str | None) -> operations.Outcome:
+        return operations.split_brain_recovery(
+            spec,
+            the_node,
+            adapters,
+            resource=resource,
+            survivor=survivor,
+            confirmed=yes,
+            dry_run=dry_run,
+            agent_holder=holder,
         )
-    victim = the_node != survivor
-    what = (
-        f"{the_node} is the VICTIM: its writes to {resource} since the split are discarded"
-        if victim
-        else f"{the_node} is the survivor: its data of {resource} is kept"
-    )
-    if not yes:
-        _fail(f"{what}. Re-run with --yes to proceed (run it on the victim first).")
-    with try_agent_lock(sdir, the_node) as holder:
-        if holder is not None:
-            _fail(
-                f"refused: a reconcile agent (pid {holder}) is acting for {the_node}; stop it "
-                "first (systemctl stop tandem) so the recovery steps are not raced",
-                EXIT_BLOCKED,
-            )
-        _recover(spec, adapters, res, victim=victim, node=the_node)
-    click.echo(
-        f"{what}. Done on {the_node}. "
-        + (
-            "Now run it on the survivor."
-            if victim
-            else "Resync follows; check `reconcile status`, then leave manual mode on the victim."
-        )
-    )
 
-
-def _recover(spec: StorageCluster, adapters: Any, res: Any, *, victim: bool, node: str) -> None:
-    try:
-        if victim:
-            adapters.target.stop(spec.spec.target)
-            for vip in spec.spec.vips:
-                adapters.vip.remove(vip)
-            adapters.drbd.secondary(res)
-            adapters.operator.save(OperatorState(manual_mode=True, chosen_role=Role.SECONDARY))
-            adapters.drbd.disconnect(res)  # a discard-connect needs a StandAlone resource
-            adapters.drbd.connect(res, discard_my_data=True)
-        else:
-            adapters.drbd.connect(res)
-    except AdapterError as exc:
-        _fail(f"recovery step failed on {node}: {exc}", 1)
+    if dry_run or not yes:
+        # Changes nothing (a dry run, or a refusal for want of --yes): no lock needed.
+        outcome = recover(None)
+    else:
+        with try_agent_lock(sdir, the_node) as holder:
+            # Held while the plan runs: an agent starting now waits instead of racing it.
+            outcome = recover(holder)
+    if not outcome.accepted:
+        _refused(outcome)
+    if outcome.report is not None:
+        print_report(outcome.report, as_json=False)
+    if outcome.failure is not None:
+        _fail(outcome.failure, EXIT_FAILED)
+    click.echo(outcome.message)
 
 
 # `reconcile simulate` lives in reconciler/simulate.py (the engine the property tests share).

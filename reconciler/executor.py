@@ -138,10 +138,22 @@ def _describe(exc: Exception) -> str:
     return text
 
 
+_DRBD_KINDS = frozenset(
+    {
+        ActionKind.START_DRBD,
+        ActionKind.PROMOTE,
+        ActionKind.DEMOTE,
+        ActionKind.CONNECT,
+        ActionKind.DISCONNECT,
+        ActionKind.CONNECT_DISCARD,
+    }
+)
+
+
 def _dispatch(action: Action, spec: StorageCluster, a: NodeAdapters) -> None:
     s = spec.spec
     kind = action.kind
-    if kind in (ActionKind.START_DRBD, ActionKind.PROMOTE, ActionKind.DEMOTE, ActionKind.CONNECT):
+    if kind in _DRBD_KINDS:
         res = next(r for r in s.resources if r.name == action.resource)
         if kind is ActionKind.START_DRBD:
             a.drbd.up(res)
@@ -149,6 +161,10 @@ def _dispatch(action: Action, spec: StorageCluster, a: NodeAdapters) -> None:
             a.drbd.primary(res, force=action.force)
         elif kind is ActionKind.DEMOTE:
             a.drbd.secondary(res)
+        elif kind is ActionKind.DISCONNECT:
+            a.drbd.disconnect(res)
+        elif kind is ActionKind.CONNECT_DISCARD:
+            a.drbd.connect(res, discard_my_data=True)
         else:
             a.drbd.connect(res)
     elif kind in (ActionKind.ADD_VIP, ActionKind.REMOVE_VIP, ActionKind.ANNOUNCE_VIP):

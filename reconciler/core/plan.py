@@ -14,6 +14,10 @@ from typing import Any
 class ActionKind(StrEnum):
     START_DRBD = "start-drbd"
     CONNECT = "connect"
+    DISCONNECT = "disconnect"
+    # Reconnect as the split-brain victim: this node's writes since the split are discarded
+    # and it resyncs from the peer. Only the guided recovery (core.operator) plans it.
+    CONNECT_DISCARD = "connect-discard-my-data"
     PROMOTE = "promote"
     DEMOTE = "demote"
     ADD_VIP = "add-vip"
