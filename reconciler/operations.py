@@ -113,6 +113,31 @@ def become_secondary(spec: StorageCluster, node: str, adapters: NodeAdapters) ->
     return Outcome(verdict)
 
 
+OPERATOR_COMMANDS = (
+    "manual-mode enable",
+    "manual-mode disable",
+    "become-primary",
+    "become-secondary",
+)
+
+
+def operator_command(
+    spec: StorageCluster, node: str, adapters: NodeAdapters, command: str, *, force: bool = False
+) -> Outcome:
+    """One of ``OPERATOR_COMMANDS`` by name (the spelling of scenario files and of
+    ``Simulation.operator``); ``force`` goes with ``become-primary``. The caller ticks after an
+    accepted become-*. Raises ``ValueError`` for an unknown command (a caller's bug)."""
+    if command == "manual-mode enable":
+        return manual_mode(spec, node, adapters, enable=True)
+    if command == "manual-mode disable":
+        return manual_mode(spec, node, adapters, enable=False)
+    if command == "become-primary":
+        return become_primary(spec, node, adapters, force=force)
+    if command == "become-secondary":
+        return become_secondary(spec, node, adapters)
+    raise ValueError(f"unknown operator command {command!r}")
+
+
 def split_brain_recovery(
     spec: StorageCluster,
     node: str,

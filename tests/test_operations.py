@@ -159,6 +159,29 @@ def test_planned_swap_through_the_use_cases(sim: Sim) -> None:
     assert sim.serving() == ["node2"]
 
 
+def test_operator_command_by_name_as_the_simulator_calls_it(sim: Sim) -> None:
+    """What ``Simulation._operator`` needs: a command name in, (accepted, message) out."""
+    a1, a2 = sim.adapters["node1"], sim.adapters["node2"]
+    out = operations.operator_command(SPEC, "node2", a2, "become-primary", force=True)
+    assert (out.accepted, out.refusal) == (False, Refusal.NOT_IN_MANUAL_MODE)
+    for node, adapters in (("node1", a1), ("node2", a2)):
+        assert operations.operator_command(SPEC, node, adapters, "manual-mode enable").accepted
+    assert operations.operator_command(SPEC, "node1", a1, "become-secondary").accepted
+    sim.tick("node1")
+    out = operations.operator_command(SPEC, "node2", a2, "become-primary", force=True)
+    assert out.accepted and sim.op("node2").force
+    out = operations.operator_command(SPEC, "node1", a1, "manual-mode disable")
+    assert out.refusal is Refusal.NOT_IN_NATIVE_ROLE  # node1 is pool master, holds Secondary
+    assert set(operations.OPERATOR_COMMANDS) == {
+        "manual-mode enable",
+        "manual-mode disable",
+        "become-primary",
+        "become-secondary",
+    }
+    with pytest.raises(ValueError, match="unknown operator command"):
+        operations.operator_command(SPEC, "node1", a1, "become-tertiary")
+
+
 # --- split-brain recovery --------------------------------------------------------------------
 
 
