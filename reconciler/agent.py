@@ -54,7 +54,7 @@ class TickReport:
         result = self.result
         return {
             "node": self.plan.node,
-            "desired_role": self.plan.desired_role,
+            "desired_role": self.plan.desired_role.value,
             "role_reason": self.plan.role_reason,
             "dry_run": result is None,
             "actions": [a.to_json() for a in self.plan.actions],
@@ -72,7 +72,7 @@ class TickReport:
             "observe_ms": round(self.observe_seconds * 1000, 2),
             "observe_parts_ms": {k: round(v * 1000, 2) for k, v in self.observe_parts.items()},
             "errors": list(result.errors) if result else [],
-            "warnings": list(self.plan.warnings),
+            "warnings": [w.to_json() for w in self.plan.warnings],
             "converged": self.plan.converged,
             "exit_code": self.exit_code,
             "observed": observed_json(self.observed),

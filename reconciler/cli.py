@@ -145,7 +145,8 @@ def print_report(report: TickReport, *, as_json: bool) -> None:
     e = escape  # reasons quote observed text (pool.conf, tool output): never markup
     mode = " (dry run: nothing applied)" if report.result is None else ""
     console.print(
-        f"[bold]{e(p.node)}[/]: should be [bold]{p.desired_role}[/] ({e(p.role_reason)}){mode}"
+        f"[bold]{e(p.node)}[/]: should be [bold]{p.desired_role.value}[/] ({e(p.role_reason)})"
+        f"{mode}"
     )
     steps = {id(s.action): s for s in (report.result.steps if report.result else ())}
     for i, action in enumerate(p.actions, 1):
@@ -159,7 +160,7 @@ def print_report(report: TickReport, *, as_json: bool) -> None:
     for b in p.blocked:
         console.print(f"  [yellow]blocked[/] {b.what}: {e(b.reason)}")
     for w in p.warnings:
-        console.print(f"  [magenta]warning[/]: {e(w)}")
+        console.print(f"  [magenta]warning[/]: {e(w.message)}")
     if p.converged:
         console.print("  converged: nothing to do")
 

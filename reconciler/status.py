@@ -77,7 +77,7 @@ def render(
     for b in record.get("blocked", []):
         console.print(f"[yellow]blocked[/] {b['what']}: {b['reason']}")
     for w in record.get("warnings", []):
-        console.print(f"[magenta]warning[/]: {w}")
+        console.print(f"[magenta]warning[/]: {w['message'] if isinstance(w, dict) else w}")
     if age > limit:
         console.print(
             f"[bold red]STALE[/]: this status is {age:.0f}s old (limit {limit:g}s). Likely causes:"
