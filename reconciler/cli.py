@@ -510,16 +510,17 @@ def status(
     """
     import time
 
-    from reconciler.status import load_status, render
+    from reconciler.record import StatusRecord, read_status
+    from reconciler.status import render
 
     spec, _ = read_spec(spec_path)
     the_node = pick_node(spec, node)
     sdir = Path(state_dir) if state_dir else default_state_dir()
     while True:
-        record = load_status(sdir, the_node)
+        record, raw = read_status(sdir, the_node)
         if as_json:
-            click.echo(json.dumps(record, sort_keys=True))
-            fresh = record is not None
+            click.echo(json.dumps(raw, sort_keys=True))
+            fresh = isinstance(record, StatusRecord)
         else:
             if live:
                 console.clear()
