@@ -92,9 +92,13 @@ class OperatorStore(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class Alert:
+    """``refusal``: raised because a safety rule refused a change (the alert gate holds such
+    alerts back for ``alerts.blockedGrace``); the key is for screening repeats only."""
+
     key: str
     severity: str
     message: str
+    refusal: bool = False
 
 
 class Alerter(Protocol):

@@ -25,6 +25,17 @@ from reconciler.core.planner import plan as make_plan
 from reconciler.core.spec import StorageCluster
 from reconciler.executor import ApplyReport, RetryPolicy, apply
 from reconciler.observe import observe
+from reconciler.record import (
+    ActionRecord,
+    BlockedRecord,
+    ExpectedRecord,
+    ObservedRecord,
+    StatusRecord,
+    StepRecord,
+    TickRecord,
+    WarningRecord,
+    status_path,
+)
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -50,73 +61,39 @@ class TickReport:
             return EXIT_BLOCKED
         return EXIT_OK
 
-    def to_json(self) -> dict[str, Any]:
+    def to_record(self) -> TickRecord:
         result = self.result
-        return {
-            "node": self.plan.node,
-            "desired_role": self.plan.desired_role,
-            "role_reason": self.plan.role_reason,
-            "dry_run": result is None,
-            "actions": [a.to_json() for a in self.plan.actions],
-            "blocked": [b.to_json() for b in self.plan.blocked],
-            "applied": [a.to_json() for a in result.applied] if result else [],
-            "steps": [
-                {
-                    "kind": step.action.kind.value,
-                    "ok": step.ok,
-                    "attempts": step.attempts,
-                    "ms": round(step.seconds * 1000, 2),
-                }
+        return TickRecord(
+            node=self.plan.node,
+            desired_role=self.plan.desired_role,
+            role_reason=self.plan.role_reason,
+            dry_run=result is None,
+            actions=[ActionRecord.of(a) for a in self.plan.actions],
+            blocked=[BlockedRecord.of(b) for b in self.plan.blocked],
+            applied=[ActionRecord.of(a) for a in result.applied] if result else [],
+            steps=[
+                StepRecord(
+                    kind=step.action.kind.value,
+                    ok=step.ok,
+                    attempts=step.attempts,
+                    ms=round(step.seconds * 1000, 2),
+                )
                 for step in (result.steps if result else ())
             ],
-            "observe_ms": round(self.observe_seconds * 1000, 2),
-            "observe_parts_ms": {k: round(v * 1000, 2) for k, v in self.observe_parts.items()},
-            "errors": list(result.errors) if result else [],
-            "warnings": list(self.plan.warnings),
-            "converged": self.plan.converged,
-            "exit_code": self.exit_code,
-            "observed": observed_json(self.observed),
-            "seconds": round(self.seconds, 6),
-        }
+            observe_ms=round(self.observe_seconds * 1000, 2),
+            observe_parts_ms={k: round(v * 1000, 2) for k, v in self.observe_parts.items()},
+            errors=list(result.errors) if result else [],
+            warnings=[WarningRecord.of(w) for w in self.plan.warnings],
+            converged=self.plan.converged,
+            exit_code=self.exit_code,
+            observed=ObservedRecord.of(self.observed),
+            expected=ExpectedRecord.of(self.plan),
+            seconds=round(self.seconds, 6),
+        )
 
-
-def observed_json(obs: ObservedState) -> dict[str, Any]:
-    return {
-        "resources": [
-            {
-                "name": r.name,
-                "up": r.up,
-                "role": r.role.value,
-                "connection": r.conn.value,
-                "disk": r.disk.value,
-                "peer_role": r.peer_role.value,
-                "peer_disk": r.peer_disk.value,
-                "split_brain": r.split_brain,
-                "sync_percent": r.sync_percent,
-                "error": r.error,
-            }
-            for r in obs.resources
-        ],
-        "vips": [
-            {
-                "address": v.address,
-                "local": v.local,
-                "answered_elsewhere": v.answered_elsewhere,
-                "announced": v.announced,
-                "error": v.error,
-            }
-            for v in obs.vips
-        ],
-        "target": {
-            "running": obs.target.running,
-            "exported_luns": sorted(obs.target.exported_luns),
-            "error": obs.target.error,
-        },
-        "role_source": {"role": obs.role_source.role.value, "detail": obs.role_source.detail},
-        "manual_mode": obs.operator.manual_mode,
-        "chosen_role": obs.operator.chosen_role.value if obs.operator.chosen_role else None,
-        "peer_reachable": obs.liveness.peer_reachable,
-    }
+    def to_json(self) -> dict[str, Any]:
+        """The ``--json`` line of a tick (``reconciler.record.TickRecord``)."""
+        return self.to_record().to_json()
 
 
 def tick(
@@ -139,20 +116,25 @@ def tick(
     return TickReport(observed, the_plan, result, started, time.monotonic() - t0, looked, parts)
 
 
+def status_record(report: TickReport, *, after: ObservedState | None = None) -> StatusRecord:
+    """The record `reconcile status` reads. ``after`` is a fresh observation taken once the
+    tick's actions ran (so the record shows the state now, not the state the tick started
+    from)."""
+    tick_record = report.to_record()
+    extra: dict[str, Any] = {"version": __version__, "time": report.started}
+    if after is not None:
+        extra["observed_before"] = tick_record.observed
+        extra["observed"] = ObservedRecord.of(after)
+    return StatusRecord(**{**dict(tick_record), **extra})
+
+
 def write_status(
     state_dir: Path, report: TickReport, *, after: ObservedState | None = None
 ) -> None:
-    """The status record `reconcile status` reads; written atomically. ``after`` is a fresh
-    observation taken once the tick's actions ran (so the record shows the state now, not the
-    state the tick started from)."""
-    record = report.to_json()
-    if after is not None:
-        record["observed_before"] = record["observed"]
-        record["observed"] = observed_json(after)
-    record["version"] = __version__
-    record["time"] = report.started
+    """Write ``status_record(report, after=after)`` atomically."""
+    record = status_record(report, after=after).to_json()
     state_dir.mkdir(parents=True, exist_ok=True)
-    path = state_dir / f"status-{report.plan.node}.json"
+    path = status_path(state_dir, report.plan.node)
     fd, tmp = tempfile.mkstemp(dir=state_dir, prefix=".status-")
     with os.fdopen(fd, "w") as fh:
         json.dump(record, fh, indent=1)

@@ -3,10 +3,12 @@
 Rules (from the reference design): every alert is logged; mail is not sent in the first
 ``alerts.quietTicks`` ticks after the agent starts (a booting cluster is noisy), nor in manual
 mode (an operator is at work), and an identical alert is not re-sent within
-``alerts.screenTime`` seconds. Beyond the reference: a refusal by a safety rule (key
-``NODE:blocked:...``) is mailed only after every tick for ``alerts.blockedGrace`` seconds
-raised it, so the "peer still Primary" of every planned swap (a fraction of a second) mails
-nothing. The clock is a parameter.
+``alerts.screenTime`` seconds. Beyond the reference: a refusal by a safety rule (an alert
+with ``refusal`` set, built from a plan's ``Blocked``; key ``NODE:blocked:KIND:WHAT:RESOURCE``)
+is mailed only after every tick for ``alerts.blockedGrace`` seconds raised it, so the "peer
+still Primary" of every planned swap (a fraction of a second) mails nothing. The clock is a
+parameter. Alerts are built from the plan's typed values (``Blocked.kind``, ``PlanWarning.kind``
+and ``resource``), never by parsing their text.
 """
 
 from __future__ import annotations
@@ -16,7 +18,16 @@ from dataclasses import dataclass, field
 
 from adapters.base import Alert
 from reconciler.agent import TickReport
+from reconciler.core.plan import BlockKind, WarningKind
 from reconciler.core.spec import Alerts
+
+# Which plan warnings raise an alert of their own: a split brain and an unreadable DRBD are
+# already raised from the observation (one alert per fact, not two).
+_WARNING_ALERTS: dict[WarningKind, bool] = {
+    WarningKind.DEGRADED: True,
+    WarningKind.SPLIT_BRAIN: False,
+    WarningKind.DRBD_UNREADABLE: False,
+}
 
 
 def alerts_for(report: TickReport) -> list[Alert]:
@@ -59,18 +70,23 @@ def alerts_for(report: TickReport) -> list[Alert]:
             )
         )
     for warning in report.plan.warnings:
-        if "degraded" in warning:
+        if _WARNING_ALERTS[warning.kind]:
             out.append(
-                Alert(f"{node}:degraded:{warning.split(':')[0]}", "warning", f"{node}: {warning}")
+                Alert(
+                    f"{node}:{warning.kind.value}:{warning.resource or ''}",
+                    "warning",
+                    f"{node}: {warning.message}",
+                )
             )
     for blocked in report.plan.blocked:
-        if blocked.what == "observe":
+        if blocked.kind is BlockKind.DRBD_UNKNOWN:
             continue  # already raised as an unknown observation
         out.append(
             Alert(
-                f"{node}:blocked:{blocked.what}:{blocked.resource or ''}",
+                f"{node}:blocked:{blocked.kind.value}:{blocked.what}:{blocked.resource or ''}",
                 "warning",
                 f"{node}: {blocked.what} refused: {blocked.reason}",
+                refusal=True,
             )
         )
     if report.result is not None:
@@ -99,7 +115,7 @@ class AlertGate:
         self.ticks += 1
         now = self.clock()
         # Tracked also in quiet ticks and manual mode: a refusal counts from when it began.
-        blocked = {a.key for a in alerts if _is_refusal(a)}
+        blocked = {a.key for a in alerts if a.refusal}
         self.blocked_since = {k: self.blocked_since.get(k, now) for k in blocked}
         if self.ticks <= self.settings.quiet_ticks or manual_mode:
             return []
@@ -114,7 +130,3 @@ class AlertGate:
             self.last_sent[alert.key] = now
             admitted.append(alert)
         return admitted
-
-
-def _is_refusal(alert: Alert) -> bool:
-    return ":blocked:" in alert.key

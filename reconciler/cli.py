@@ -153,7 +153,8 @@ def print_report(report: TickReport, *, as_json: bool) -> None:
     e = escape  # reasons quote observed text (pool.conf, tool output): never markup
     mode = " (dry run: nothing applied)" if report.result is None else ""
     console.print(
-        f"[bold]{e(p.node)}[/]: should be [bold]{p.desired_role}[/] ({e(p.role_reason)}){mode}"
+        f"[bold]{e(p.node)}[/]: should be [bold]{p.desired_role.value}[/] ({e(p.role_reason)})"
+        f"{mode}"
     )
     steps = {id(s.action): s for s in (report.result.steps if report.result else ())}
     for i, action in enumerate(p.actions, 1):
@@ -167,7 +168,7 @@ def print_report(report: TickReport, *, as_json: bool) -> None:
     for b in p.blocked:
         console.print(f"  [yellow]blocked[/] {b.what}: {e(b.reason)}")
     for w in p.warnings:
-        console.print(f"  [magenta]warning[/]: {e(w)}")
+        console.print(f"  [magenta]warning[/]: {e(w.message)}")
     if p.converged:
         console.print("  converged: nothing to do")
 
@@ -474,16 +475,17 @@ def status(
     """
     import time
 
-    from reconciler.status import load_status, render
+    from reconciler.record import StatusRecord, read_status
+    from reconciler.status import render
 
     spec, _ = read_spec(spec_path)
     the_node = pick_node(spec, node)
     sdir = Path(state_dir) if state_dir else default_state_dir()
     while True:
-        record = load_status(sdir, the_node)
+        record, raw = read_status(sdir, the_node)
         if as_json:
-            click.echo(json.dumps(record, sort_keys=True))
-            fresh = record is not None
+            click.echo(json.dumps(raw, sort_keys=True))
+            fresh = isinstance(record, StatusRecord)
         else:
             if live:
                 console.clear()

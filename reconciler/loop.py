@@ -138,7 +138,9 @@ def run(
             watcher.remember()
             report = tick(spec, adapters, retry=retry, executor=pool)
             on_report(report)
-            blocked = tuple((b.what, b.resource, b.reason) for b in report.plan.blocked)
+            # "Refused the same way": the same kinds of refusal of the same changes (the
+            # reasons' text, a resync's percentage say, may change without anything new).
+            blocked = tuple((b.kind, b.what, b.resource) for b in report.plan.blocked)
             if blocked and not report.plan.actions:
                 streak = streak + 1 if blocked == last_blocked else 1
             else:

@@ -298,7 +298,7 @@ class Simulation:
             self._note("action", node, "nothing pending")
             return
         action = self.pending[node].pop(0)
-        one = Plan(node=node, desired_role="", role_reason="", actions=(action,))
+        one = Plan(node=node, desired_role=Role.UNKNOWN, role_reason="", actions=(action,))
         report = apply(
             one,
             self.spec,
@@ -719,7 +719,7 @@ def _no_sleep(_: float) -> None:
 
 
 def _plan_text(p: Plan) -> str:
-    head = f"should be {p.desired_role} ({p.role_reason})"
+    head = f"should be {p.desired_role.value} ({p.role_reason})"
     if p.actions:
         head += "; plan: " + ", ".join(a.describe() for a in p.actions)
     for b in p.blocked:
@@ -1192,7 +1192,11 @@ def _expect(sim: Simulation, spec: StorageCluster, e: Expect) -> str:
     if e.reported is not None:
         who = _resolve(spec, e.node) if e.node else None
         plans = [sim.last_plans[n] for n in ([who] if who else sim.names) if n in sim.last_plans]
-        said = [t for p in plans for t in (*p.warnings, *(b.reason for b in p.blocked))]
+        said = [
+            t
+            for p in plans
+            for t in (*(w.message for w in p.warnings), *(b.reason for b in p.blocked))
+        ]
         checked.append(f"reported {e.reported!r}")
         if not any(e.reported in t for t in said):
             failures.append(f"nothing reported mentions {e.reported!r} (said: {said or 'nothing'})")

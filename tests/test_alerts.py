@@ -16,7 +16,10 @@ from aiosmtpd.handlers import Message
 
 from adapters.alerts import MailAlerter
 from adapters.base import Alert
+from reconciler.agent import TickReport
 from reconciler.alerts import AlertGate, alerts_for
+from reconciler.core.observed import ObservedState, Role
+from reconciler.core.plan import Blocked, BlockKind, Plan, PlanWarning, WarningKind
 from reconciler.core.spec import Alerts, Mail
 from tests.simcluster import DEMO_TEXT, SimCluster, demo_spec
 
@@ -56,6 +59,59 @@ class Clock:
         return self.now
 
 
+def _report(plan: Plan) -> TickReport:
+    return TickReport(ObservedState(node=plan.node), plan, None, started=0.0, seconds=0.0)
+
+
+def test_alerts_are_built_from_the_kinds_not_from_the_text() -> None:
+    plan = Plan(
+        node="node1",
+        desired_role=Role.PRIMARY,
+        role_reason="x",
+        blocked=(
+            Blocked(BlockKind.PEER_PRIMARY, "promote", "wording for people", "iscsi1"),
+            Blocked(BlockKind.VIP_ANSWERS_ELSEWHERE, "add-vip", "also for people"),
+            # Raised from the observation already (an unknown resource): not twice.
+            Blocked(BlockKind.DRBD_UNKNOWN, "observe", "cannot read", "iscsi2"),
+        ),
+        warnings=(
+            # The message need not say "degraded": the kind decides.
+            PlanWarning(WarningKind.DEGRADED, "replication of iscsi1: WFConnection", "iscsi1"),
+            PlanWarning(WarningKind.SPLIT_BRAIN, "a degraded split brain", "iscsi1"),
+            PlanWarning(WarningKind.DRBD_UNREADABLE, "degraded: holding the VIP"),
+        ),
+    )
+    raised = alerts_for(_report(plan))
+    assert [(a.key, a.refusal) for a in raised] == [
+        ("node1:degraded:iscsi1", False),
+        ("node1:blocked:peer-primary:promote:iscsi1", True),
+        ("node1:blocked:vip-answers-elsewhere:add-vip:", True),
+    ]
+    assert raised[0].message == "node1: replication of iscsi1: WFConnection"
+    assert raised[1].message == "node1: promote refused: wording for people"
+
+
+def test_degraded_replication_in_the_simulator_raises_one_alert_per_resource(
+    tmp_path: Path,
+) -> None:
+    c = SimCluster.create(demo_spec(), tmp_path)
+    c.converge()
+    c.world.set_links(replication=False, management=True)
+    degraded = [a for a in alerts_for(c.tick("node1")) if ":degraded:" in a.key]
+    assert [a.key for a in degraded] == ["node1:degraded:iscsi1"]
+    assert not degraded[0].refusal
+
+
+def test_the_gate_holds_back_refusals_by_their_flag_not_their_key() -> None:
+    clock = Clock()
+    gate = AlertGate(Alerts(quiet_ticks=0, blocked_grace=10), clock=clock)
+    looks_like_one = Alert("node1:blocked:promote:iscsi1", "warning", "not a refusal")
+    refusal = Alert("node1:x", "warning", "a refusal", refusal=True)
+    assert gate.admit([looks_like_one, refusal], manual_mode=False) == [looks_like_one]
+    clock.now += 10
+    assert gate.admit([refusal], manual_mode=False) == [refusal]
+
+
 def test_gate_quiet_ticks_manual_mode_and_screen_time() -> None:
     clock = Clock()
     gate = AlertGate(Alerts(quiet_ticks=2, screen_time=1800), clock=clock)
@@ -74,7 +130,14 @@ def test_gate_quiet_ticks_manual_mode_and_screen_time() -> None:
 def test_a_refusal_is_mailed_only_once_it_lasted_the_grace() -> None:
     clock = Clock()
     gate = AlertGate(Alerts(quiet_ticks=0, blocked_grace=10), clock=clock)
-    swap = [Alert("node2:blocked:promote:iscsi1", "warning", "promote refused: peer Primary")]
+    swap = [
+        Alert(
+            "node2:blocked:peer-primary:promote:iscsi1",
+            "warning",
+            "promote refused: peer Primary",
+            refusal=True,
+        )
+    ]
     other = Alert("node2:vip-unknown:198.51.100.3", "warning", "VIP unreadable")
     assert gate.admit(swap, manual_mode=False) == []  # a planned swap's wait...
     clock.now += 0.3
@@ -96,7 +159,14 @@ def test_a_refusal_is_mailed_only_once_it_lasted_the_grace() -> None:
 def test_a_refusal_that_began_in_the_quiet_ticks_counts_from_its_start() -> None:
     clock = Clock()
     gate = AlertGate(Alerts(quiet_ticks=2, blocked_grace=10), clock=clock)
-    held = [Alert("node1:blocked:add-vip:", "warning", "add-vip refused: a stranger answers")]
+    held = [
+        Alert(
+            "node1:blocked:vip-answers-elsewhere:add-vip:",
+            "warning",
+            "add-vip refused: a stranger answers",
+            refusal=True,
+        )
+    ]
     assert gate.admit(held, manual_mode=False) == []  # quiet tick 1 (the refusal begins)
     clock.now += 11
     assert gate.admit(held, manual_mode=False) == []  # quiet tick 2

@@ -3,7 +3,8 @@
 Every combination of (role-source verdict, local DRBD phase, peer situation) must have a row in
 TABLE. A missing row fails the test and prints the row to paste, with what plan() does now, so a
 person reviews the behaviour before it becomes the expectation.
-Expected values: the action kinds in order, then "!" and the blocked kinds ("-" for none).
+Expected values: the action kinds in order, then "!" and the refusals as ``what:BlockKind``
+("-" for none).
 """
 
 from __future__ import annotations
@@ -42,17 +43,17 @@ TABLE: dict[tuple[str, str, str], str] = {
     ("primary", "down", "peer-dead"): "start-drbd ! -",
     ("primary", "down", "peer-alive-disconnected"): "start-drbd ! -",
     ("primary", "secondary", "peer-secondary"): f"{UP} ! -",
-    ("primary", "secondary", "peer-primary"): "! promote",
+    ("primary", "secondary", "peer-primary"): "! promote:peer-primary",
     ("primary", "secondary", "peer-dead"): f"{UP} ! -",
-    ("primary", "secondary", "peer-alive-disconnected"): "! promote",
+    ("primary", "secondary", "peer-alive-disconnected"): "! promote:no-quorum",
     ("primary", "primary", "peer-secondary"): "! -",
     ("primary", "primary", "peer-primary"): "! -",
     ("primary", "primary", "peer-dead"): "! -",
     ("primary", "primary", "peer-alive-disconnected"): "! -",
-    ("primary", "unreadable", "peer-secondary"): "! observe",
-    ("primary", "unreadable", "peer-primary"): "! observe",
-    ("primary", "unreadable", "peer-dead"): "! observe",
-    ("primary", "unreadable", "peer-alive-disconnected"): "! observe",
+    ("primary", "unreadable", "peer-secondary"): "! observe:drbd-unknown",
+    ("primary", "unreadable", "peer-primary"): "! observe:drbd-unknown",
+    ("primary", "unreadable", "peer-dead"): "! observe:drbd-unknown",
+    ("primary", "unreadable", "peer-alive-disconnected"): "! observe:drbd-unknown",
     ("secondary", "down", "peer-secondary"): "start-drbd ! -",
     ("secondary", "down", "peer-primary"): "start-drbd ! -",
     ("secondary", "down", "peer-dead"): "start-drbd ! -",
@@ -65,10 +66,10 @@ TABLE: dict[tuple[str, str, str], str] = {
     ("secondary", "primary", "peer-primary"): f"{DOWN} ! -",
     ("secondary", "primary", "peer-dead"): f"{DOWN} ! -",
     ("secondary", "primary", "peer-alive-disconnected"): f"{DOWN} ! -",
-    ("secondary", "unreadable", "peer-secondary"): "! observe",
-    ("secondary", "unreadable", "peer-primary"): "! observe",
-    ("secondary", "unreadable", "peer-dead"): "! observe",
-    ("secondary", "unreadable", "peer-alive-disconnected"): "! observe",
+    ("secondary", "unreadable", "peer-secondary"): "! observe:drbd-unknown",
+    ("secondary", "unreadable", "peer-primary"): "! observe:drbd-unknown",
+    ("secondary", "unreadable", "peer-dead"): "! observe:drbd-unknown",
+    ("secondary", "unreadable", "peer-alive-disconnected"): "! observe:drbd-unknown",
     # No verdict: hold the current role (a Primary keeps serving, a Secondary stays put).
     ("unknown", "down", "peer-secondary"): "start-drbd ! -",
     ("unknown", "down", "peer-primary"): "start-drbd ! -",
@@ -82,10 +83,10 @@ TABLE: dict[tuple[str, str, str], str] = {
     ("unknown", "primary", "peer-primary"): "! -",
     ("unknown", "primary", "peer-dead"): "! -",
     ("unknown", "primary", "peer-alive-disconnected"): "! -",
-    ("unknown", "unreadable", "peer-secondary"): "! observe",
-    ("unknown", "unreadable", "peer-primary"): "! observe",
-    ("unknown", "unreadable", "peer-dead"): "! observe",
-    ("unknown", "unreadable", "peer-alive-disconnected"): "! observe",
+    ("unknown", "unreadable", "peer-secondary"): "! observe:drbd-unknown",
+    ("unknown", "unreadable", "peer-primary"): "! observe:drbd-unknown",
+    ("unknown", "unreadable", "peer-dead"): "! observe:drbd-unknown",
+    ("unknown", "unreadable", "peer-alive-disconnected"): "! observe:drbd-unknown",
 }
 
 
@@ -124,7 +125,7 @@ def observation(verdict: str, local: str, peer: str) -> ObservedState:
 def render(verdict: str, local: str, peer: str) -> str:
     p = plan(SPEC, observation(verdict, local, peer))
     acts = " ".join(a.kind.value for a in p.actions)
-    blocked = " ".join(b.what for b in p.blocked) or "-"
+    blocked = " ".join(f"{b.what}:{b.kind.value}" for b in p.blocked) or "-"
     return f"{acts} ! {blocked}".strip()
 
 

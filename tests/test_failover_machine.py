@@ -41,6 +41,7 @@ from hypothesis.stateful import (
 from adapters.sim.world import Fencing
 from reconciler.core import safety
 from reconciler.core.observed import ConnState, ResourceObs, Role
+from reconciler.core.plan import BlockKind, WarningKind
 from reconciler.core.planner import DEFAULT_GUARDS, Guards
 from reconciler.core.spec import StorageCluster
 from reconciler.simulate import (
@@ -323,11 +324,13 @@ class FailoverMachine(RuleBasedStateMachine):
             # A split brain the operator forced: nothing may be resolved automatically, and the
             # agents must say so (the data itself is checked strictly after every action).
             said = [
-                text
+                kind
                 for p in sim.last_plans.values()
-                for text in (*p.warnings, *(b.reason for b in p.blocked))
+                for kind in (*(w.kind for w in p.warnings), *(b.kind for b in p.blocked))
             ]
-            assert any("split brain" in t for t in said), f"split brain not reported: {said}"
+            assert WarningKind.SPLIT_BRAIN in said or BlockKind.SPLIT_BRAIN in said, (
+                f"split brain not reported: {said}"
+            )
             return
         assert not sim.diverged(), "split brain without an operator override"
         where = sim.expected_primary()

@@ -11,6 +11,7 @@ import pytest
 from adapters.sim.world import Fault, World
 from reconciler.agent import EXIT_BLOCKED, EXIT_OK
 from reconciler.core.observed import DiskState, Role
+from reconciler.core.plan import BlockKind, PlanWarning, WarningKind
 from reconciler.core.safety import invariant_violations
 from tests.simcluster import SimCluster, demo_spec
 
@@ -52,7 +53,7 @@ def test_fresh_cluster_brings_node1_up_in_order(cluster: SimCluster) -> None:
     assert steps(r1) == BRING_UP
     assert r1.exit_code == EXIT_OK and r1.result is not None and r1.result.failed is None
     r2 = cluster.tick("node2")
-    assert steps(r2) == [] and r2.plan.desired_role == "Secondary"
+    assert steps(r2) == [] and r2.plan.desired_role is Role.SECONDARY and not r2.plan.serving
     assert cluster.world.serving_node("iscsi1") == "node1"
     assert_idempotent(cluster)
 
@@ -64,6 +65,7 @@ def test_cold_cluster_starts_drbd_then_waits_for_the_connection(tmp_path: Path) 
     # Alone and not connected, node1 must not promote: the peer may hold newer data.
     lonely = c.tick("node1")
     assert steps(lonely) == [] and lonely.exit_code == EXIT_BLOCKED
+    assert [b.kind for b in lonely.plan.blocked] == [BlockKind.NO_QUORUM]
     assert "may still be Primary" in lonely.plan.blocked[0].reason
     assert steps(c.tick("node2")) == ["start-drbd iscsi1"]
     assert steps(c.tick("node1")) == BRING_UP
@@ -75,6 +77,7 @@ def test_role_swap_demotes_before_the_peer_promotes(tmp_path: Path) -> None:
     c.world.pool_master = "node2"
     early = c.tick("node2")
     assert steps(early) == [] and early.exit_code == EXIT_BLOCKED
+    assert [(b.kind, b.what) for b in early.plan.blocked] == [(BlockKind.PEER_PRIMARY, "promote")]
     assert "peer is still Primary" in early.plan.blocked[0].reason
     assert steps(c.tick("node1")) == TEAR_DOWN
     assert steps(c.tick("node2")) == BRING_UP
@@ -106,7 +109,9 @@ def test_vip_held_by_a_stranger_is_never_taken_over(cluster: SimCluster) -> None
     cluster.world.strangers.append("198.51.100.3")
     r = cluster.tick("node1")
     assert steps(r) == ["promote iscsi1"]
-    assert [b.what for b in r.plan.blocked] == ["add-vip"]
+    assert [(b.kind, b.what) for b in r.plan.blocked] == [
+        (BlockKind.VIP_ANSWERS_ELSEWHERE, "add-vip")
+    ]
     assert "answered by another host" in r.plan.blocked[0].reason
     again = cluster.tick("node1")
     assert steps(again) == [] and again.exit_code == EXIT_BLOCKED
@@ -177,9 +182,11 @@ def test_split_brain_is_reported_and_nothing_is_discarded(tmp_path: Path) -> Non
     c.world.pool_master = "node2"
     r1 = c.tick("node1")
     assert steps(r1) == TEAR_DOWN
-    assert any("split brain" in w for w in r1.plan.warnings)
+    assert [(w.kind, w.resource) for w in r1.plan.warnings] == [(WarningKind.SPLIT_BRAIN, "iscsi1")]
+    assert "split brain" in r1.plan.warnings[0].message
     r2 = c.tick("node2")
     assert steps(r2) == [] and r2.exit_code == EXIT_BLOCKED
+    assert [b.kind for b in r2.plan.blocked] == [BlockKind.SPLIT_BRAIN]
     assert "split brain" in r2.plan.blocked[0].reason
     assert "connect" not in [a.kind.value for a in r2.plan.actions]
     after = {n: list(c.world.nodes[n].resources["iscsi1"].history) for n in ("node1", "node2")}
@@ -200,7 +207,16 @@ def test_one_unreadable_drbd_status_does_not_tear_down_the_primary(tmp_path: Pat
     c = serving(tmp_path)
     c.world.faults.append(Fault(node="node1", op="drbd-observe", kind="garbage", count=1))
     r = c.tick("node1")
-    assert steps(r) == [] and [b.what for b in r.plan.blocked] == ["observe"]
-    assert any("holding the VIP and the target" in w for w in r.plan.warnings)
+    assert steps(r) == [] and [(b.kind, b.what) for b in r.plan.blocked] == [
+        (BlockKind.DRBD_UNKNOWN, "observe")
+    ]
+    held = [w for w in r.plan.warnings if w.kind is WarningKind.DRBD_UNREADABLE]
+    assert held == [
+        PlanWarning(
+            WarningKind.DRBD_UNREADABLE,
+            "DRBD state unreadable: holding the VIP and the target as they are",
+        )
+    ]
+    assert r.plan.serving, "the hold keeps serving: the recorded expectation says so"
     assert c.world.serving_node("iscsi1") == "node1"
     assert_idempotent(c)

@@ -19,12 +19,19 @@ from adapters.wake import DerivedFileWake, FileWake
 from reconciler import loop
 from reconciler.agent import TickReport
 from reconciler.core.observed import Role
+from reconciler.core.plan import BlockKind
 from reconciler.core.specload import load_spec
 from reconciler.observe import observe
 
-SPEC = (Path(__file__).parent.parent / "specs" / "demo.yaml").read_text().replace(
-    "tickInterval: 2", "{tickInterval: 60, wakePoll: 0.01, blockedRetry: 0.05, verifyAfter: 0.1}"
-).replace("timings:\n    {", "timings: {")
+SPEC = (
+    (Path(__file__).parent.parent / "specs" / "demo.yaml")
+    .read_text()
+    .replace(
+        "tickInterval: 2",
+        "{tickInterval: 60, wakePoll: 0.01, blockedRetry: 0.05, verifyAfter: 0.1}",
+    )
+    .replace("timings:\n    {", "timings: {")
+)
 
 
 @pytest.fixture
@@ -193,7 +200,7 @@ def test_two_agents_swap_on_wakes_alone_with_a_60s_interval(tmp_path: Path, spec
         refused = [
             r
             for r in agents["node2"].reports[ticks_before["node2"] :]
-            if any("still Primary" in b.reason for b in r.plan.blocked)
+            if any(b.kind is BlockKind.PEER_PRIMARY for b in r.plan.blocked)
         ]
         assert refused, "node2 never saw the peer still Primary: the test did not test the retry"
     finally:
@@ -263,9 +270,7 @@ def test_a_blocked_agent_retries_soon_without_any_wake(tmp_path: Path, spec) -> 
         agents["node1"].thread.start()
         _wait(lambda: len(agents["node1"].reports) >= 1, 10, "node1's demoting tick")
         _wait(
-            lambda: any(
-                r.result is not None and r.result.applied for r in agents["node2"].reports
-            ),
+            lambda: any(r.result is not None and r.result.applied for r in agents["node2"].reports),
             10,
             "node2 promoting on a retry",
         )

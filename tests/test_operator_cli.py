@@ -41,6 +41,23 @@ def test_status_fresh_then_stale(tmp_path: Path) -> None:
     assert "STALE" in stale.stdout and "agent is stopped" in stale.stdout
 
 
+def test_status_reports_a_corrupt_record_plainly(tmp_path: Path) -> None:
+    run(tmp_path, "--once", "--node", "node1")
+    record_file = tmp_path / "status-node1.json"
+    record_file.write_text(record_file.read_text()[:40])  # torn, as by a full disk
+    torn = run(tmp_path, "status", "--node", "node1")
+    assert torn.returncode == 1 and "Traceback" not in torn.stdout + torn.stderr
+    assert "unreadable status record" in torn.stdout and "not JSON" in torn.stdout
+    record_file.write_text(json.dumps({"node": "node1", "state": "fine"}))  # someone else's
+    foreign = run(tmp_path, "status", "--node", "node1")
+    assert foreign.returncode == 1 and "Traceback" not in foreign.stdout + foreign.stderr
+    assert "not a status record" in foreign.stdout and "desired_role" in foreign.stdout
+    raw = run(tmp_path, "status", "--node", "node1", "--json")
+    assert raw.returncode == 1 and json.loads(raw.stdout) == {"node": "node1", "state": "fine"}
+    run(tmp_path, "--once", "--node", "node1")  # the next tick replaces it
+    assert run(tmp_path, "status", "--node", "node1").returncode == 0
+
+
 def split_brained_world(tmp_path: Path) -> World:
     spec = demo_spec()
     c = SimCluster.create(spec, tmp_path)

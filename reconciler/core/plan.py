@@ -2,6 +2,11 @@
 
 Invariants: a Plan is immutable; actions are in execution order; ``blocked`` entries are refusals
 by a safety rule and are never executed; reasons never drive decisions.
+
+Everything a decision reads is typed: the desired role is a ``Role``, a refusal carries a
+``BlockKind`` and a warning a ``WarningKind`` (plus the resource it is about). ``what``,
+``reason`` and ``message`` are text for people; code that reacts to a plan (alerts, the watch
+loop's back-off, the status record) reads the kinds.
 """
 
 from __future__ import annotations
@@ -9,6 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
+
+from reconciler.core.observed import Role
 
 
 class ActionKind(StrEnum):
@@ -58,29 +65,74 @@ class Action:
         return f"{self.kind.value} {subject}".rstrip()
 
 
+class BlockKind(StrEnum):
+    """Why a safety rule refused a change (one member per distinct refusal of the planner)."""
+
+    DRBD_UNKNOWN = "drbd-unknown"  # DRBD state unreadable: nothing is judged blind
+    NOT_UP = "not-up"  # the resource is not running
+    SPLIT_BRAIN = "split-brain"  # never promoted automatically
+    PEER_PRIMARY = "peer-primary"  # the peer must demote first (a planned swap's wait)
+    RESYNCING = "resyncing"  # local data is still being synced from the peer
+    STALE_DATA = "stale-data"  # local disk not UpToDate: the peer may have newer data
+    VIP_ANSWERS_ELSEWHERE = "vip-answers-elsewhere"  # another host answers on a VIP
+    DISCONNECTED_POLICY = "disconnected-policy"  # promotion.whenDisconnected forbids it
+    NO_QUORUM = "no-quorum"  # disconnected and the quorum policy's evidence is missing
+    NOT_PRIMARY_HERE = "not-primary-here"  # a VIP or LUN needs a Primary resource here
+    VIP_UNKNOWN = "vip-unknown"  # the VIP's state (or who else answers) is unreadable
+    TARGET_UNKNOWN = "target-unknown"  # the target's state is unreadable
+
+
 @dataclass(frozen=True, slots=True)
 class Blocked:
-    """A change the planner wanted but a safety rule refused."""
+    """A change the planner wanted but a safety rule refused. ``kind`` says why (for code);
+    ``what`` names the refused change and ``reason`` explains it (for people)."""
 
+    kind: BlockKind
     what: str
     reason: str
     resource: str | None = None
 
     def to_json(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"what": self.what, "reason": self.reason}
+        out: dict[str, Any] = {"kind": self.kind.value, "what": self.what, "reason": self.reason}
         if self.resource is not None:
             out["resource"] = self.resource
         return out
 
 
+class WarningKind(StrEnum):
+    DEGRADED = "degraded"  # replication of a resource is degraded
+    SPLIT_BRAIN = "split-brain"  # a resource is split-brained; only the operator resolves it
+    DRBD_UNREADABLE = "drbd-unreadable"  # DRBD unreadable: holding the VIP and the target
+
+
+@dataclass(frozen=True, slots=True)
+class PlanWarning:
+    """Something the operator should know that is not a refusal. ``resource`` is the DRBD
+    resource it is about (None: the node as a whole); ``message`` is for people."""
+
+    kind: WarningKind
+    message: str
+    resource: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"kind": self.kind.value, "resource": self.resource, "message": self.message}
+
+    def __str__(self) -> str:
+        return self.message
+
+
 @dataclass(frozen=True, slots=True)
 class Plan:
+    """``serving``: whether this node should serve (VIP + target) once the plan has run; the
+    status record keeps it as the expectation it compares the observation with."""
+
     node: str
-    desired_role: str
+    desired_role: Role
     role_reason: str
     actions: tuple[Action, ...] = ()
     blocked: tuple[Blocked, ...] = ()
-    warnings: tuple[str, ...] = field(default=())
+    warnings: tuple[PlanWarning, ...] = field(default=())
+    serving: bool = False
 
     @property
     def converged(self) -> bool:

@@ -33,7 +33,15 @@ from transitions import Machine
 
 from reconciler.core import safety
 from reconciler.core.observed import ConnState, ObservedState, ResourceObs, Role
-from reconciler.core.plan import Action, ActionKind, Blocked, Plan
+from reconciler.core.plan import (
+    Action,
+    ActionKind,
+    Blocked,
+    BlockKind,
+    Plan,
+    PlanWarning,
+    WarningKind,
+)
 from reconciler.core.spec import DisconnectedPolicy, RoleSourceType, StorageCluster
 
 # --- the machines -------------------------------------------------------------------------
@@ -108,8 +116,12 @@ class _Recorder:
     def act(self, kind: ActionKind, reason: str, **where: Any) -> None:
         self.actions.append(Action(kind=kind, reason=reason, **where))
 
-    def block(self, what: str, reason: str, resource: str | None = None) -> None:
-        self.blocked.append(Blocked(what=what, reason=reason, resource=resource))
+    def block(
+        self, kind: BlockKind | None, what: str, reason: str, resource: str | None = None
+    ) -> None:
+        # A refused Verdict always carries its kind (Verdict checks it): None cannot reach here.
+        assert kind is not None, reason
+        self.blocked.append(Blocked(kind=kind, what=what, reason=reason, resource=resource))
 
 
 class _ResourceModel:
@@ -200,7 +212,7 @@ class _ServingModel:
                 continue
             verdict = self.guards.may_add_vip(vobs, serving_resources=serving)
             if not verdict.ok:
-                rec.block("add-vip", verdict.reason)
+                rec.block(verdict.refusal, "add-vip", verdict.reason)
                 vips_ok = False
                 continue
             rec.act(ActionKind.ADD_VIP, f"primary here and {verdict.reason}", vip=vip.ip)
@@ -213,7 +225,11 @@ class _ServingModel:
             # Starting a target nobody can reach only widens the blast radius of a conflict.
             return
         if obs.target.running is None:
-            rec.block("start-target", f"target state unknown ({obs.target.error})")
+            rec.block(
+                BlockKind.TARGET_UNKNOWN,
+                "start-target",
+                f"target state unknown ({obs.target.error})",
+            )
             return
         if not obs.target.running:
             rec.act(ActionKind.START_TARGET, "primary here and the target is not running")
@@ -295,7 +311,7 @@ def plan(
     """Compute the minimal ordered plan for ``observed.node``. Pure and deterministic."""
     spec = desired.spec
     rec = _Recorder()
-    warnings: list[str] = []
+    warnings: list[PlanWarning] = []
     role, role_reason = desired_role(desired, observed)
     if role is None:
         holding = any(r.role is Role.PRIMARY for r in observed.resources)
@@ -317,7 +333,12 @@ def plan(
         model = _ResourceModel(robs, verdict, rec)
         models.append(model)
         if model.state == "unknown":
-            rec.block("observe", f"cannot read DRBD state of {res.name}: {robs.error}", res.name)
+            rec.block(
+                BlockKind.DRBD_UNKNOWN,
+                "observe",
+                f"cannot read DRBD state of {res.name}: {robs.error}",
+                res.name,
+            )
             continue
         if model.state == "down":
             _fire(RESOURCE_MACHINE, "start", model)
@@ -325,8 +346,12 @@ def plan(
         if robs.conn is ConnState.STANDALONE:
             if robs.split_brain:
                 warnings.append(
-                    f"split brain on {res.name}: nothing is discarded automatically; "
-                    "run the guided recovery (`reconcile split-brain --help`)"
+                    PlanWarning(
+                        WarningKind.SPLIT_BRAIN,
+                        f"split brain on {res.name}: nothing is discarded automatically; "
+                        "run the guided recovery (`reconcile split-brain --help`)",
+                        res.name,
+                    )
                 )
             else:
                 rec.act(
@@ -336,7 +361,7 @@ def plan(
                 )
         promoting = role is Role.PRIMARY and model.state == "secondary"
         if promoting and not _fire(RESOURCE_MACHINE, "promote", model):
-            rec.block("promote", verdict.reason, res.name)
+            rec.block(verdict.refusal, "promote", verdict.reason, res.name)
 
     primary = {m.obs.name: m.state == "primary" for m in models}
     serving = _ServingModel(spec=desired, obs=observed, primary=primary, guards=guards, rec=rec)
@@ -345,7 +370,12 @@ def plan(
         # One unreadable DRBD status must not tear down a serving primary: hold the VIP and
         # the target until DRBD can be read again. Safe: only this agent demotes, and never
         # while its target runs, so a running target still sits on a Primary device.
-        warnings.append("DRBD state unreadable: holding the VIP and the target as they are")
+        warnings.append(
+            PlanWarning(
+                WarningKind.DRBD_UNREADABLE,
+                "DRBD state unreadable: holding the VIP and the target as they are",
+            )
+        )
     elif role is Role.PRIMARY and serving.has_primary():
         _fire(SERVING_MACHINE, "serve", serving)
     else:
@@ -359,16 +389,21 @@ def plan(
     for robs in observed.resources:
         if robs.known and robs.up and robs.degraded and not robs.split_brain:
             warnings.append(
-                f"replication of {robs.name} is degraded: {robs.conn.value} "
-                f"{robs.disk.value}/{robs.peer_disk.value}"
+                PlanWarning(
+                    WarningKind.DEGRADED,
+                    f"replication of {robs.name} is degraded: {robs.conn.value} "
+                    f"{robs.disk.value}/{robs.peer_disk.value}",
+                    robs.name,
+                )
             )
     return Plan(
         node=observed.node,
-        desired_role=role.value,
+        desired_role=role,
         role_reason=role_reason,
         actions=tuple(rec.actions),
         blocked=tuple(rec.blocked),
         warnings=tuple(warnings),
+        serving=serving.state == "serving",
     )
 
 

@@ -39,14 +39,23 @@ from reconciler.core.observed import (
     Role,
     VipObs,
 )
+from reconciler.core.plan import BlockKind
 from reconciler.core.spec import DisconnectedPolicy
 
 
 @dataclass(frozen=True, slots=True)
 class Verdict:
+    """``refusal``: why a refused verdict refused (the planner's ``Blocked.kind``); None when
+    ``ok``. ``reason`` is for people only."""
+
     ok: bool
     reason: str
     override: bool = False  # allowed only because the operator overrode a safety rule
+    refusal: BlockKind | None = None
+
+    def __post_init__(self) -> None:
+        if self.ok == (self.refusal is not None):  # a programming error, not a world state
+            raise ValueError("a refused Verdict needs its refusal kind, an allowed one none")
 
     def __bool__(self) -> bool:
         return self.ok
@@ -68,29 +77,32 @@ def may_promote(
     """
     name = res.name
     if not res.known:
-        return Verdict(False, f"DRBD state of {name} is unknown ({res.error}); not promoting blind")
+        return _no(
+            BlockKind.DRBD_UNKNOWN,
+            f"DRBD state of {name} is unknown ({res.error}); not promoting blind",
+        )
     if not res.up:
-        return Verdict(False, f"{name} is not up")
+        return _no(BlockKind.NOT_UP, f"{name} is not up")
     if res.role is Role.PRIMARY:
         return Verdict(True, f"{name} is already Primary")
     if res.split_brain:
-        return Verdict(
-            False,
+        return _no(
+            BlockKind.SPLIT_BRAIN,
             f"split brain on {name}: both sides wrote while disconnected; nothing is promoted "
             "or discarded automatically (see `reconcile split-brain --help`)",
         )
     if res.peer_role is Role.PRIMARY:
-        return Verdict(
-            False,
+        return _no(
+            BlockKind.PEER_PRIMARY,
             f"the peer is still Primary for {name}; it must demote first "
             "(dual-primary is never allowed)",
         )
     if res.disk is not DiskState.UPTODATE:
         if res.conn in (ConnState.SYNC_TARGET, ConnState.PAUSED_SYNC_T):
             done = f" ({res.sync_percent:.1f}% done)" if res.sync_percent is not None else ""
-            return Verdict(False, f"{name} is still resyncing from the peer{done}")
-        return Verdict(
-            False,
+            return _no(BlockKind.RESYNCING, f"{name} is still resyncing from the peer{done}")
+        return _no(
+            BlockKind.STALE_DATA,
             f"local data of {name} is {res.disk.value}, not UpToDate: the peer may have newer data",
         )
     if res.conn.is_connected:
@@ -102,8 +114,8 @@ def may_promote(
     if vip_answered_elsewhere:
         # The heuristics-quorum assumption ("only the healthy side sees the outside world")
         # is visibly broken: the peer is cut off from us, not from the clients.
-        return Verdict(
-            False,
+        return _no(
+            BlockKind.VIP_ANSWERS_ELSEWHERE,
             f"{name} is {res.conn.value}, and the VIP still answers from another host: the "
             "peer (or someone) is serving; not promoting while disconnected",
         )
@@ -116,28 +128,35 @@ def may_promote(
         )
     where = f"{name} is {res.conn.value} (the peer's role and data are unknown)"
     if policy is DisconnectedPolicy.REFUSE:
-        return Verdict(False, f"{where}; policy 'refuse' promotes only on an operator override")
+        return _no(
+            BlockKind.DISCONNECTED_POLICY,
+            f"{where}; policy 'refuse' promotes only on an operator override",
+        )
     if policy is DisconnectedPolicy.OUTDATED_PEER:
-        return Verdict(False, f"{where}; policy 'outdated-peer' needs the peer known Outdated")
+        return _no(
+            BlockKind.DISCONNECTED_POLICY,
+            f"{where}; policy 'outdated-peer' needs the peer known Outdated",
+        )
     return _quorum(where, liveness)
 
 
 def _quorum(where: str, liveness: Liveness) -> Verdict:
     if liveness.peer_reachable is None:
-        return Verdict(False, f"{where}; peer liveness was not probed, so no quorum")
+        return _no(BlockKind.NO_QUORUM, f"{where}; peer liveness was not probed, so no quorum")
     if liveness.peer_reachable:
-        return Verdict(
-            False,
+        return _no(
+            BlockKind.NO_QUORUM,
             f"{where}; the peer is alive on another path and may still be Primary "
             "(replication link down?)",
         )
     if liveness.heuristics_total == 0:
-        return Verdict(
-            False, f"{where}; no heuristic addresses are configured, so no quorum is possible"
+        return _no(
+            BlockKind.NO_QUORUM,
+            f"{where}; no heuristic addresses are configured, so no quorum is possible",
         )
     if liveness.heuristics_ok * 2 <= liveness.heuristics_total:
-        return Verdict(
-            False,
+        return _no(
+            BlockKind.NO_QUORUM,
             f"{where}; only {liveness.heuristics_ok}/{liveness.heuristics_total} heuristic "
             "addresses answer: this node may be the isolated one",
         )
@@ -151,16 +170,17 @@ def _quorum(where: str, liveness: Liveness) -> Verdict:
 def may_add_vip(vip: VipObs, *, serving_resources: Iterable[str]) -> Verdict:
     """May this node configure ``vip``? (invariant 3)"""
     if not any(True for _ in serving_resources):
-        return Verdict(False, f"VIP {vip.address}: no resource is Primary here")
+        return _no(BlockKind.NOT_PRIMARY_HERE, f"VIP {vip.address}: no resource is Primary here")
     if vip.local is None:
-        return Verdict(False, f"VIP {vip.address}: local state unknown ({vip.error})")
+        return _no(BlockKind.VIP_UNKNOWN, f"VIP {vip.address}: local state unknown ({vip.error})")
     if vip.answered_elsewhere is None:
-        return Verdict(
-            False, f"VIP {vip.address}: could not check whether another host answers ({vip.error})"
+        return _no(
+            BlockKind.VIP_UNKNOWN,
+            f"VIP {vip.address}: could not check whether another host answers ({vip.error})",
         )
     if vip.answered_elsewhere:
-        return Verdict(
-            False,
+        return _no(
+            BlockKind.VIP_ANSWERS_ELSEWHERE,
             f"VIP {vip.address} is answered by another host; not taking it over "
             "(a stale holder or an address conflict)",
         )
@@ -171,7 +191,13 @@ def may_export(resource: str, *, primary: Mapping[str, bool]) -> Verdict:
     """A LUN is exported only from a Primary device (invariant 3)."""
     if primary.get(resource, False):
         return Verdict(True, f"{resource} is Primary here")
-    return Verdict(False, f"{resource} is not Primary here; its LUN is not exported")
+    return _no(
+        BlockKind.NOT_PRIMARY_HERE, f"{resource} is not Primary here; its LUN is not exported"
+    )
+
+
+def _no(refusal: BlockKind, reason: str) -> Verdict:
+    return Verdict(False, reason, refusal=refusal)
 
 
 # --- cluster-wide invariants (checked by the property tests and `reconcile simulate`) --------

@@ -401,7 +401,7 @@ def timeline(agents: dict[str, AgentLoop], since: float, until: float) -> str:
                 f"{st.action.kind.value}={st.seconds:.2f}s" + ("" if st.ok else "(FAILED)")
                 for st in (r.result.steps if r.result else ())
             )
-            blocked = " ".join(f"[blocked {b.what}]" for b in r.plan.blocked)
+            blocked = " ".join(f"[blocked {b.what}:{b.kind.value}]" for b in r.plan.blocked)
             parts = ",".join(
                 f"{k}={v:.2f}" for k, v in sorted(r.observe_parts.items()) if v >= 0.01
             )

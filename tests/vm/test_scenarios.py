@@ -19,6 +19,7 @@ from click.testing import CliRunner, Result
 
 import reconciler.cli as cli
 from reconciler.core.observed import ConnState, DiskState, Role
+from reconciler.core.plan import BlockKind
 from tests.vm.cluster import (
     BLOCK,
     NODES,
@@ -104,6 +105,7 @@ def test_fresh_bring_up(vm_cluster: VmCluster) -> None:
     blocked = c.agents["node1"].wait(
         lambda r: any(b.what == "promote" for b in r.plan.blocked), 30, "promotion blocked"
     )
+    assert any(b.kind is BlockKind.STALE_DATA for b in blocked.plan.blocked), blocked.to_json()
     assert any("Inconsistent" in b.reason for b in blocked.plan.blocked), blocked.to_json()
     c.skip_initial_sync("node1")  # the one step an administrator does on blank disks
     c.agents["node1"].wait(serving, 60, "node1 serving")
