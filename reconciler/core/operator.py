@@ -274,7 +274,7 @@ def recovery_plan(
     if node == survivor:
         return Plan(
             node=node,
-            desired_role=holding_role(observed).value,
+            desired_role=holding_role(observed),
             role_reason=f"split-brain recovery: {what}",
             actions=(
                 Action(
@@ -323,7 +323,7 @@ def recovery_plan(
     )
     return Plan(
         node=node,
-        desired_role=Role.SECONDARY.value,
+        desired_role=Role.SECONDARY,
         role_reason=f"split-brain recovery: {what}",
         actions=tuple(actions),
     )
