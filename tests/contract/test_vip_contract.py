@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import time
-
 import pytest
 
 from reconciler.core.observed import VipObs
-from tests.contract.envs import OTHER_VIP, VIP, VipEnv, wait_for
+from tests.contract.envs import OTHER_VIP, VIP, VipEnv
+from tests.waiting import wait_for
 
 
 def test_add_then_observe_local(vip_env: VipEnv) -> None:
@@ -132,5 +131,5 @@ def test_a_released_vip_is_not_announced_any_more(vip_env: VipEnv) -> None:
     node1.remove(VIP)
     vip_env.add_by_hand("node2", VIP)
     vip_env.client_learns(VIP, "node2")  # node2's announcement, its later rounds never sent
-    time.sleep(vip_env.announce_lasts)
+    vip_env.announcements_over("node1")  # node1's later rounds were due by now
     assert vip_env.client_sees(VIP) == "node2"

@@ -122,9 +122,10 @@ class RemoteVip:
         self._call("announce", [vip])
 
     # --- lifecycle ----------------------------------------------------------------------
-    def drain(self) -> None:
-        """Wait until every gratuitous ARP round the server scheduled went out."""
-        self._call("drain")
+    def drain(self) -> bool:
+        """Wait (up to 5 s) until every gratuitous ARP round the server scheduled is due and
+        passed (sent, or skipped once cancelled); True when none is left."""
+        return bool(self._call("drain"))
 
     def close(self) -> None:
         """Stop the server (it exits when the connection closes) and reap it."""
