@@ -76,12 +76,15 @@ class RemoteVip:
             try:
                 remote._connect()
                 return remote
-            except OSError:
+            except OSError as exc:  # not listening yet: poll (the server's start-up)
                 if time.monotonic() > deadline:
                     proc.kill()
                     proc.wait()
                     shutil.rmtree(sock_dir, ignore_errors=True)
-                    raise
+                    raise RuntimeError(
+                        f"remote VIP server in {key} not accepting on {sock_path} after "
+                        f"{timeout:g}s: {exc}"
+                    ) from exc
                 time.sleep(0.02)
 
     def _connect(self) -> None:
