@@ -571,8 +571,14 @@ class World(BaseModel):
             vips.remove(ip)
 
     def vip_announce(self, node: str, ip: str) -> None:
+        """A gratuitous ARP for ``ip`` from ``node``: the clients it reaches now send the
+        address's traffic to ``node``, *whether or not* ``node`` holds the address. That is
+        what the wire does (``IpVip.announce`` sends the frames without looking at the local
+        addresses; the contract suite checks it in the lab): an announcement of an address
+        that is not local moves the clients to a node that drops the traffic, until their
+        entry goes stale and they ask again (``_client_rearp``)."""
         self._require_alive(node, "arping")
-        if ip in self.nodes[node].vips and self.on_switch(node):
+        if self.on_switch(node):
             self.arp_owner[ip] = node  # a gratuitous ARP only moves clients it reaches
 
     # --- target --------------------------------------------------------------------------

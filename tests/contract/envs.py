@@ -10,7 +10,9 @@ simulator that drifts from the real tools fails the same assertion the real tool
 
 Real variants: VIP and target run in the namespace lab (marked ``lab``; skipped like the lab,
 with the reason, when not root or a package is missing); pool.conf needs only files. Real DRBD
-cannot run in this tier: its parameter is present and skipped, the VM tier will provide it.
+cannot run on this kernel: here its parameter is present and skipped; the VM tier runs the same
+DRBD test functions with ``RealDrbdEnv`` on its VMs' runners
+(``tests/vm/test_drbd_contract_vm.py``).
 The fixtures that pick the variant are in ``conftest.py``.
 """
 
@@ -18,21 +20,23 @@ from __future__ import annotations
 
 import os
 import signal
-import time
-from collections.abc import Callable
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Protocol
 
 import pytest
 
 from adapters.base import DrbdAdapter, RoleSourceAdapter, TargetAdapter, VipAdapter
+from adapters.drbd import RealDrbd
 from adapters.poolconf import PoolConfRoleSource
+from adapters.runner import Runner
 from adapters.sim.adapters import SimDrbd, SimPoolMaster, SimTarget, SimVip
 from adapters.sim.world import Fault, World, WorldStore
-from adapters.vip import ANNOUNCE_COUNT, ANNOUNCE_INTERVAL
 from reconciler.core.spec import Lun, Resource, StorageCluster, Target, Vip
 from tests.lab.netns import MACS, Lab
 from tests.lab.specs import NODES, LabCluster
+from tests.waiting import wait_for
 
 SIM = "sim"
 REAL = "real"
@@ -40,8 +44,9 @@ REAL_LAB = pytest.param(REAL, marks=pytest.mark.lab)
 REAL_DRBD = pytest.param(
     REAL,
     marks=pytest.mark.skip(
-        reason="real DRBD cannot run on this kernel (tier 1: DRBD is the simulator); "
-        "the VM tier (tier 2, qemu + drbd.ko 8.4) will run this contract against it"
+        reason="real DRBD cannot run on this kernel (tier 1: DRBD is the simulator); the VM "
+        "tier runs this contract against drbd.ko 8.4 in qemu: "
+        "pytest -m vm tests/vm/test_drbd_contract_vm.py"
     ),
 )
 
@@ -49,23 +54,10 @@ VIP = Vip.model_validate({"address": "198.51.100.3/24", "interface": "eth0"})
 OTHER_VIP = Vip.model_validate({"address": "198.51.100.4/24", "interface": "eth0"})
 
 
-def wait_for(what: str, check: Callable[[], Any], timeout: float = 5.0) -> Any:
-    """Poll ``check`` (short sleeps, bounded) until it returns something truthy."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
-        time.sleep(0.01)
-
-
 # ----------------------------------------------------------------------------------- VIP
 class VipEnv(Protocol):
     kind: str
     settle: float  # seconds a change on the wire may take to show (ARP frames in flight)
-    announce_lasts: float  # seconds an announcement's later rounds go on after it returns
 
     def adapter(self, node: str) -> VipAdapter: ...
 
@@ -84,11 +76,15 @@ class VipEnv(Protocol):
         announcement)."""
         ...
 
+    def announcements_over(self, node: str) -> None:
+        """Return once every announcement ``node``'s adapter made has run its course: its
+        last round is due and passed, whether sent or cancelled."""
+        ...
+
 
 class SimVipEnv:
     kind = SIM
     settle = 0.1
-    announce_lasts = 0.0  # the simulated wire has no later rounds
 
     def __init__(self, spec: StorageCluster) -> None:
         self.store = WorldStore(World.fresh(spec))
@@ -115,13 +111,15 @@ class SimVipEnv:
         with self.store.transaction() as world:
             world.arp_owner[vip.ip] = node
 
+    def announcements_over(self, node: str) -> None:
+        pass  # the simulated wire has no later rounds: an announcement ends when it returns
+
 
 class RealVipEnv:
     """``IpVip`` running inside each node's namespace (``tests.lab.remote``)."""
 
     kind = REAL
     settle = 3.0
-    announce_lasts = (ANNOUNCE_COUNT - 1) * ANNOUNCE_INTERVAL + 0.3
 
     def __init__(self, lab: Lab) -> None:
         self.lab = lab
@@ -150,6 +148,11 @@ class RealVipEnv:
             "client",
             ["ip", "neigh", "replace", vip.ip, "lladdr", MACS[node], "dev", "eth0", "nud", "stale"],
         )
+
+    def announcements_over(self, node: str) -> None:
+        # InProcessArp.drain in the node's server: its later rounds are background jobs at
+        # their due times (ANNOUNCE_INTERVAL apart); a cancelled one still ends at its time.
+        assert self._remotes[node].drain(), f"{node}'s announcements still running after 5 s"
 
     def close(self) -> None:
         for remote in self._remotes.values():
@@ -229,7 +232,7 @@ class RealTargetEnv:
         pid = int(Path(tgt.pid_file).read_text())
         assert pid in {p.pid for p in self.lab.procs}, "only a tgtd this lab started is killed"
         os.kill(pid, signal.SIGKILL)
-        wait_for("tgtd to die", lambda: not _alive(pid))
+        wait_for("tgtd to die", lambda: not _alive(pid), timeout=5)
 
     def close(self) -> None:
         for tgt in self._adapters.values():
@@ -309,8 +312,16 @@ class RealRoleEnv:
 
 # ---------------------------------------------------------------------------------- DRBD
 class DrbdEnv(Protocol):
+    """Two nodes, DRBD configured but down, their disks UpToDate and in sync (a cold cluster
+    after a clean shutdown: brought up, the nodes connect without a resync)."""
+
     kind: str
     resource: Resource
+    # Seconds a change may take to show: real DRBD connects in the background after ``up``
+    # and ``connect``, and tells the peer about a demote after ``secondary`` returned. The
+    # simulator applies every change at once, so its ``settle`` is 0: a state it does not
+    # show right away is a drift.
+    settle: float
 
     def adapter(self, node: str) -> DrbdAdapter: ...
 
@@ -319,6 +330,7 @@ class SimDrbdEnv:
     """Two freshly installed nodes, DRBD configured but not started (a cold cluster)."""
 
     kind = SIM
+    settle = 0.0
 
     def __init__(self, spec: StorageCluster) -> None:
         self.resource = spec.spec.resources[0]
@@ -326,3 +338,40 @@ class SimDrbdEnv:
 
     def adapter(self, node: str) -> DrbdAdapter:
         return SimDrbd(self.store, node)
+
+
+class RealDrbdEnv:
+    """``RealDrbd`` on each node's command runner (the VM tier: drbd.ko 8.4 in qemu, reached
+    through the VMs' console transport). Whoever builds it has configured ``resource`` on both
+    nodes and left it down with in-sync metadata (``tests/vm/test_drbd_contract_vm.py``);
+    ``reset`` brings it back there after a test."""
+
+    kind = REAL
+    settle = 30.0  # TCG VMs: a connect takes 0.5-3 s; the bound is only reached on a failure
+
+    def __init__(self, runners: Mapping[str, Runner], resource: Resource) -> None:
+        self.runners = runners
+        self.resource = resource
+        self._adapters: dict[str, DrbdAdapter] = {}
+
+    def adapter(self, node: str) -> DrbdAdapter:
+        if node not in self._adapters:
+            self._adapters[node] = RealDrbd(self.runners[node])
+        return self._adapters[node]
+
+    def reset(self) -> None:
+        """Both nodes down again, cleanly: every Primary demoted first (a Primary that loses
+        its peer starts a new data generation, and the next ``up`` would resync), then down;
+        each step on both nodes at once. Raises AssertionError when a node is not down."""
+        name = self.resource.name
+        with ThreadPoolExecutor(len(self.runners)) as pool:
+            for step in ("secondary", "down"):
+                runs = [
+                    pool.submit(r.run, ["drbdadm", step, name], check=False)
+                    for r in self.runners.values()
+                ]
+                for run in runs:
+                    run.result()
+        for node, runner in self.runners.items():
+            (obs,) = RealDrbd(runner, status_format="text").observe([self.resource])
+            assert obs.up is False, f"{name} is not down on {node} after the reset: {obs}"

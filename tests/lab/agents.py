@@ -22,7 +22,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -33,6 +32,7 @@ from adapters.vip import parse_ip_addr_json
 from reconciler.core.observed import Role, TargetObs
 from tests.lab.netns import VIP_IP, Lab
 from tests.lab.specs import IQN, LUN, NODES, RESOURCE, LabCluster
+from tests.waiting import wait_for
 
 T = TypeVar("T")
 
@@ -46,19 +46,6 @@ def reconcile_command() -> str:
     if found is None:
         raise RuntimeError("the `reconcile` command is not installed (pip install -e .)")
     return found
-
-
-def wait_for(what: str, check: Callable[[], T | None], *, timeout: float = 10.0) -> T:
-    """Poll ``check`` every 10 ms until it returns a truthy value; AssertionError after
-    ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
-        time.sleep(0.01)
 
 
 @dataclass(frozen=True)
@@ -256,11 +243,26 @@ class AgentCluster:
                 tgt.stop(self.target)
             except Exception as exc:
                 errors.append(f"tgtd {node}: {exc!r}")
-        deadline = time.monotonic() + 3
-        while any(pids_in(self.lab, node) for node in NODES) and time.monotonic() < deadline:
-            time.sleep(0.01)
+        try:
+            wait_for(
+                "no process of ours left in the node namespaces",
+                lambda: not any(pids_in(self.lab, node) for node in NODES),
+                timeout=3,
+            )
+        except AssertionError as exc:
+            left = {node: pids_in(self.lab, node) for node in NODES}
+            errors.append(f"{exc} (still there: {left})")
         if errors:
             raise RuntimeError("agent cluster cleanup: " + "; ".join(errors))
+
+
+def announcing(lab: Lab, key: str) -> bool:
+    """True while an ARP packet socket is open in ``key``'s namespace (``/proc/net/packet``
+    read there). The agents' in-process ARP tool holds one from an announcement's first frame
+    until its last round went out, and for each probe (a node probes the VIP only while it
+    does not hold it)."""
+    out = lab.run(key, ["cat", "/proc/net/packet"]).stdout
+    return any(line.split()[3:4] == ["0806"] for line in out.splitlines()[1:])
 
 
 def pids_in(lab: Lab, key: str) -> list[int]:

@@ -76,12 +76,15 @@ class RemoteVip:
             try:
                 remote._connect()
                 return remote
-            except OSError:
+            except OSError as exc:  # not listening yet: poll (the server's start-up)
                 if time.monotonic() > deadline:
                     proc.kill()
                     proc.wait()
                     shutil.rmtree(sock_dir, ignore_errors=True)
-                    raise
+                    raise RuntimeError(
+                        f"remote VIP server in {key} not accepting on {sock_path} after "
+                        f"{timeout:g}s: {exc}"
+                    ) from exc
                 time.sleep(0.02)
 
     def _connect(self) -> None:
@@ -122,9 +125,10 @@ class RemoteVip:
         self._call("announce", [vip])
 
     # --- lifecycle ----------------------------------------------------------------------
-    def drain(self) -> None:
-        """Wait until every gratuitous ARP round the server scheduled went out."""
-        self._call("drain")
+    def drain(self) -> bool:
+        """Wait (up to 5 s) until every gratuitous ARP round the server scheduled is due and
+        passed (sent, or skipped once cancelled); True when none is left."""
+        return bool(self._call("drain"))
 
     def close(self) -> None:
         """Stop the server (it exits when the connection closes) and reap it."""

@@ -22,9 +22,10 @@ import pytest
 from adapters.factory import announce_record_path, world_store
 from adapters.tgt import parse_tgtadm_show
 from adapters.vip import AnnounceRecord, CommandArp, IpVip
-from tests.lab.agents import AgentCluster, pids_in, reconcile_command, wait_for
+from tests.lab.agents import AgentCluster, announcing, pids_in, reconcile_command
 from tests.lab.netns import VIP, VIP_IP, Lab
 from tests.lab.specs import RESOURCE, LabCluster
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.lab
 
@@ -126,7 +127,11 @@ def test_vip_added_but_not_announced_before_a_crash_is_announced(
     local but unannounced. Made exact here: node2's agent is stopped, and node2's own VIP
     adapter (with the agent's announcement record) adds the address, as the killed agent did."""
     bring_up(agents)
-    time.sleep(0.6)  # bring-up's background GARP rounds are over
+    wait_for(
+        "node1's bring-up announcement to end (its later gratuitous ARP rounds sent)",
+        lambda: not announcing(lab, "node1"),
+        timeout=5,
+    )
     assert lab.neigh("client", VIP_IP) == lab.mac("node1")
     agents.stop("node2")
     agents.files.set_master("node2")
@@ -180,7 +185,11 @@ def test_vip_fixed_by_hand_is_put_back(agents: AgentCluster, lab: Lab) -> None:
     bring_up(agents)
     # The bring-up's own gratuitous ARP rounds run for ~0.4 s in the background; poisoning
     # before they end would be repaired by them, proving nothing.
-    time.sleep(0.6)
+    wait_for(
+        "node1's bring-up announcement to end (its later gratuitous ARP rounds sent)",
+        lambda: not announcing(lab, "node1"),
+        timeout=5,
+    )
     # Poison the client's cache: only a gratuitous ARP from node1 can repair it, which proves
     # the re-added VIP was announced (not merely configured).
     lab.run(
@@ -262,7 +271,7 @@ def test_agent_killed_mid_run_converges_safely(agents: AgentCluster) -> None:
         ]
         for master, victim, delay in rounds:
             agents.files.set_master(master)
-            time.sleep(delay)
+            time.sleep(delay)  # the scenario: the kill lands this far into the swap
             assert agents.kill(victim) == -signal.SIGKILL
             agents.start(victim)
             # Strict: a kill inside tgt's stop leaves an offline tgtd behind, which the

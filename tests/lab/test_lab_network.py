@@ -13,6 +13,7 @@ import pytest
 
 from adapters.runner import Local, Runner
 from tests.lab.netns import ADDRS, KEYS, MACS, Lab, LabError, lab_range_conflicts
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.lab
 
@@ -207,8 +208,8 @@ def test_spawned_processes_are_killed_only_if_ours(lab_factory: Callable[[], Lab
     # started behind the lab's back: down() must leave it alone (and say so)
     foreign = subprocess.Popen(["ip", "netns", "exec", lab.ns("node2"), "sleep", "60"])
     try:
-        assert _eventually_inside(lab.ns("node1"), ours.pid)
-        assert _eventually_inside(lab.ns("node2"), foreign.pid)
+        _wait_inside(lab.ns("node1"), ours.pid)
+        _wait_inside(lab.ns("node2"), foreign.pid)
         with pytest.warns(RuntimeWarning, match=str(foreign.pid)):
             lab.down()
         assert ours.returncode is not None  # killed and reaped
@@ -219,10 +220,9 @@ def test_spawned_processes_are_killed_only_if_ours(lab_factory: Callable[[], Lab
     assert not os.path.exists(f"/proc/{ours.pid}")
 
 
-def _eventually_inside(namespace: str, pid: int, timeout: float = 2.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if str(pid) in _root.run(["ip", "netns", "pids", namespace]).stdout.split():
-            return True
-        time.sleep(0.01)
-    return False
+def _wait_inside(namespace: str, pid: int, timeout: float = 2.0) -> None:
+    wait_for(
+        f"process {pid} inside namespace {namespace}",
+        lambda: str(pid) in _root.run(["ip", "netns", "pids", namespace]).stdout.split(),
+        timeout=timeout,
+    )

@@ -14,6 +14,7 @@ from adapters.tgt import TgtAdapter, parse_tgtadm_show
 from reconciler.core.errors import TerminalError
 from reconciler.core.spec import Lun, Resource, Target
 from tests.lab.netns import VIP, VIP_IP, Lab
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.lab
 
@@ -161,15 +162,15 @@ def test_stop_with_a_connected_session(lab: Lab, tmp_path: Path) -> None:
         ["qemu-io", "-f", "raw", f"iscsi://{VIP_IP}:3260/{IQN}/1", "-c", "sleep 20000"],
         log_name="qemu-io.log",
     )
-    deadline = time.monotonic() + 5
-    sessions = 0
-    while time.monotonic() < deadline and not sessions:
+
+    def sessions() -> int:
         res = tgt.runner.run(
             ["tgtadm", "--lld", "iscsi", "--mode", "target", "--op", "show"], env=tgt.env
         )
-        sessions = len(parse_tgtadm_show(res.stdout).targets[0].sessions)
-        time.sleep(0.02)
-    assert sessions == 1
+        return len(parse_tgtadm_show(res.stdout).targets[0].sessions)
+
+    wait_for("the client's iSCSI session on node1's tgtd", sessions, timeout=5, interval=0.02)
+    assert sessions() == 1
     pid = pid_of(tgt)
     began = time.monotonic()
     tgt.stop(spec)
@@ -186,10 +187,11 @@ def test_sigkill_then_observe_and_restart(lab: Lab, tmp_path: Path) -> None:
     tgt.export_lun(spec, LUN1, R0)
     pid = pid_of(tgt)
     os.kill(pid, signal.SIGKILL)
-    deadline = time.monotonic() + 2
-    while tgt.observe(spec).running is not False:
-        assert time.monotonic() < deadline, "observe() still says running after SIGKILL"
-        time.sleep(0.01)
+    wait_for(
+        "observe() to say tgtd is not running after its SIGKILL",
+        lambda: tgt.observe(spec).running is False,
+        timeout=2,
+    )
     assert tgt.observe(spec) == type(tgt.observe(spec))(running=False)
     # a stale socket file is left behind; a new tgtd starts anyway
     tgt.start(spec)

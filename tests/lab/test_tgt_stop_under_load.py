@@ -18,10 +18,16 @@ import pytest
 from adapters.tgt import TgtAdapter
 from tests.lab.netns import VIP, VIP_IP, Lab
 from tests.lab.specs import IQN, LUN, LabCluster
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.lab
 
 READER = Path(__file__).resolve().parents[1] / "bench" / "swap.py"
+
+
+def reads_ok(path: Path) -> int:
+    """Reads the client logged as verified so far."""
+    return path.read_text().count(" ok") if path.exists() else 0
 
 
 @pytest.fixture
@@ -53,11 +59,12 @@ def test_stop_under_continuous_reads_is_fast(lab: Lab, files: LabCluster) -> Non
         for _ in range(12):
             tgt.start(spec.target)
             tgt.export_lun(spec.target, spec.target.luns[0], spec.resources[0])
-            seen = reads.read_text().count(" ok") if reads.exists() else 0
-            deadline = time.monotonic() + 5
-            while (reads.read_text().count(" ok") if reads.exists() else 0) < seen + 20:
-                assert time.monotonic() < deadline, "the client never read through the target"
-                time.sleep(0.01)
+            want = reads_ok(reads) + 20
+            wait_for(
+                "20 more client reads through the target",
+                lambda: reads_ok(reads) >= want,  # noqa: B023  (called before `want` changes)
+                timeout=5,
+            )
             began = time.monotonic()
             tgt.stop(spec.target)
             stops.append(time.monotonic() - began)

@@ -652,3 +652,27 @@ class VmCluster:
                 with contextlib.suppress(Exception):
                     p.wait(5)
         self._floor_procs = [p for p in self._floor_procs if p.poll() is None]
+
+
+def leftovers(lab: VmLab) -> list[str]:
+    """What the lab's VMs hold that a fresh boot would not: a DRBD device, a tgtd or arping
+    process, the VIP; a VM that is not running or does not answer. Empty when clean."""
+    found = []
+    script = "ls /sys/block; echo --; pidof tgtd arping; echo --; ip -o -4 addr show"
+    for name, vm in lab.vms.items():
+        if not vm.running:
+            found.append(f"{name} is not running")
+            continue
+        try:
+            out = vm.sh(script, timeout=10, check=False).stdout
+            blocks, procs, addrs = out.split("--\n")
+        except Exception as exc:  # a VM that cannot be checked is not clean
+            found.append(f"{name} cannot be checked ({exc})")
+            continue
+        if any(b.startswith("drbd") for b in blocks.split()):
+            found.append(f"{name} has a DRBD device")
+        if procs.strip():
+            found.append(f"{name} runs tgtd/arping ({procs.strip()})")
+        if f" {VIP}/" in addrs:
+            found.append(f"{name} holds the VIP")
+    return found

@@ -4,9 +4,16 @@
   cache directory). Skipped with the packages to install when qemu or a build tool is missing;
   under ``CI`` (set by .ci/run) a missing tool fails instead, so a broken CI setup cannot pass
   as "skipped".
-- ``vm_cluster`` (module): the lab booted, the spec written, agents built but not started.
-  Agents are stopped and every VM killed whatever happens; the lab directory (console logs,
-  qemu logs) is kept when a test failed and its path printed.
+- ``vm_lab`` (session): the three-VM lab, booted once and lent to one module after the other
+  (a boot of three TCG VMs costs 10-15 s). A module hands the VMs back as a fresh boot would
+  leave them as far as the next module can tell: no DRBD device, no tgtd or arping, no VIP
+  (their disks keep what was written; modules create DRBD metadata before they use it). When
+  the next module borrows the lab, that is checked (``leftovers``); a lab that is not clean,
+  or that a failed module returns, is taken down (files kept after a failure, path printed)
+  and the next module boots a new one.
+- ``vm_cluster`` (module): the borrowed lab, the module's spec and state directory (a
+  subdirectory of the lab's, named after the module), agents built but not started. Agents
+  are stopped whatever happens.
 - Scenarios of one module share the cluster and run in file order; after a failure the rest
   of the module is skipped (the cluster's state is unknown).
 
@@ -22,7 +29,7 @@ from typing import Any
 
 import pytest
 
-from tests.vm.cluster import TIMINGS, VmCluster
+from tests.vm.cluster import TIMINGS, VmCluster, leftovers
 from tests.vm.image import (
     Image,
     ImageError,
@@ -73,24 +80,68 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
         item.module.__dict__.setdefault("_vm_failed", []).append(item.name)  # type: ignore[attr-defined]
 
 
-@pytest.fixture(scope="module")
-def vm_cluster(vm_image: Image, request: pytest.FixtureRequest) -> Iterator[VmCluster]:
-    lab = VmLab(vm_image, memory_mb=int(os.environ.get("TANDEM_VM_MEMORY", "192")))
-    lab.up()
-    TIMINGS.boot.update(lab.boot_seconds)
-    assert lab.directory is not None
-    cluster = VmCluster(lab, lab.directory)
-    try:
-        yield cluster
-    finally:
-        failed = bool(request.module.__dict__.get("_vm_failed"))
-        try:
-            cluster.stop_agents()
-        finally:
-            keep = failed or bool(os.environ.get("TANDEM_VM_KEEP"))
+class SharedLab:
+    """The session's VM lab, lent to one module at a time (see the module docstring)."""
+
+    def __init__(self, image: Image) -> None:
+        self.image = image
+        self.lab: VmLab | None = None
+
+    def borrow(self) -> VmLab:
+        if self.lab is not None:
+            left = leftovers(self.lab)
+            if left:
+                print(f"\nthe VM lab is not clean ({'; '.join(left)}): booting a new one")
+                self.lab.down()
+                self.lab = None
+        if self.lab is None:
+            lab = VmLab(self.image, memory_mb=int(os.environ.get("TANDEM_VM_MEMORY", "192")))
+            lab.up()
+            TIMINGS.boot.update(lab.boot_seconds)
+            self.lab = lab
+        return self.lab
+
+    def give_back(self, *, failed: bool) -> None:
+        """After a module; a failed module's lab is not lent again (its files are kept)."""
+        if failed and self.lab is not None:
+            lab, self.lab = self.lab, None
+            print(f"\nVM lab files kept in {lab.directory}\n{lab.log_tails()}")
+            lab.down(keep_files=True)
+
+    def close(self) -> None:
+        if self.lab is not None:
+            lab, self.lab = self.lab, None
+            keep = bool(os.environ.get("TANDEM_VM_KEEP"))
             if keep:
                 print(f"\nVM lab files kept in {lab.directory}\n{lab.log_tails()}")
             lab.down(keep_files=keep)
+
+
+@pytest.fixture(scope="session")
+def vm_lab(vm_image: Image) -> Iterator[SharedLab]:
+    shared = SharedLab(vm_image)
+    try:
+        yield shared
+    finally:
+        shared.close()
+
+
+@pytest.fixture(scope="module")
+def vm_cluster(vm_lab: SharedLab, request: pytest.FixtureRequest) -> Iterator[VmCluster]:
+    lab = vm_lab.borrow()
+    assert lab.directory is not None
+    cluster = VmCluster(lab, lab.directory / request.module.__name__.rpartition(".")[2])
+    stopped = False
+    try:
+        yield cluster
+    finally:
+        try:
+            cluster.stop_agents()
+            stopped = True
+        finally:
+            # an agent that did not stop would go on acting on the next module's VMs
+            failed = not stopped or bool(request.module.__dict__.get("_vm_failed"))
+            vm_lab.give_back(failed=failed)
 
 
 @pytest.fixture(autouse=True)

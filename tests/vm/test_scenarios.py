@@ -270,7 +270,11 @@ def test_split_brain_detected_then_recovered(vm_cluster: VmCluster) -> None:
     assert all(alerts.values()), f"no split-brain alert: {alerts}"
     assert all(a.severity == "critical" for v in alerts.values() for a in v)
 
-    time.sleep(2.0)  # the agents keep ticking: nothing may be resolved behind the operator
+    # The agents keep ticking: nothing may be resolved behind the operator. Three more ticks
+    # of each agent (a fixed 2 s held anywhere from one to four of them, with the load).
+    for n in NODES:
+        for _ in range(3):
+            c.agents[n].wait(lambda r: True, 30, "another tick")
     for n in NODES:
         assert c.drbd(n).conn is ConnState.STANDALONE, f"{n} reconnected by itself"
     assert c.drbd("node2").role is Role.PRIMARY and c.drbd("node1").role is Role.SECONDARY

@@ -23,6 +23,7 @@ import pytest
 from adapters.runner import Runner
 from adapters.vmconsole import VmConsole
 from reconciler.core.errors import TerminalError, TransientError
+from tests.waiting import wait_for
 
 AGENT_SOURCE = Path(__file__).resolve().parent / "guest" / "agent.c"
 
@@ -141,10 +142,11 @@ def test_timeout_kills_the_whole_process_group(runner: Runner, tmp_path: Path) -
         runner.run(["sh", "-c", f"sleep 30 & echo $! > {pid_file}; wait"], timeout=0.3)
     assert time.monotonic() - started < 2.0
     child = int(pid_file.read_text())
-    deadline = time.monotonic() + 2
-    while Path(f"/proc/{child}").exists() and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert not Path(f"/proc/{child}").exists(), "the grandchild survived the timeout"
+    wait_for(
+        f"the timed-out command's grandchild {child} to be killed",
+        lambda: not Path(f"/proc/{child}").exists(),
+        timeout=2,
+    )
 
 
 def test_commands_run_concurrently_on_one_connection(runner: Runner) -> None:
@@ -192,7 +194,11 @@ def test_a_crash_fails_waiting_calls_at_once_and_the_next_call_reconnects(
 
     waiting = threading.Thread(target=long_call)
     waiting.start()
-    time.sleep(0.3)
+    wait_for(
+        "the long call to run in the agent (its pid file written)",
+        lambda: pid_file.exists() and pid_file.read_text().strip(),
+        timeout=5,
+    )
     started = time.monotonic()
     server.crash()
     waiting.join(timeout=5)
