@@ -66,10 +66,8 @@ def test_export_write_read_observe_stop(lab: Lab, tmp_path: Path) -> None:
     tgt = make_adapter(lab, "node1", tmp_path)
     spec = target(LUN1)
     assert tgt.observe(spec).running is False
-    began = time.monotonic()
     tgt.start(spec)
     tgt.export_lun(spec, LUN1, R0)
-    start_export_ms = (time.monotonic() - began) * 1e3
     lab.run("node1", ["ip", "addr", "add", VIP, "dev", "eth0"])
 
     res = qemu_io(lab, 1, "write -P 0xab 0 1M", "read -P 0xab 0 1M")
@@ -85,14 +83,7 @@ def test_export_write_read_observe_stop(lab: Lab, tmp_path: Path) -> None:
     assert obs.running is True and obs.exported_luns == frozenset({1}) and obs.error is None
 
     pid = pid_of(tgt)
-    began = time.monotonic()
-    tgt.stop(spec)
-    stop_ms = (time.monotonic() - began) * 1e3
-    print(
-        f"\ntgtd start+export {start_export_ms:.1f} ms (start {tgt.timings['start'] * 1e3:.1f},"
-        f" export {tgt.timings['export'] * 1e3:.1f}); stop {stop_ms:.1f} ms"
-    )
-    assert stop_ms < 500
+    tgt.stop(spec)  # how long start, export and stop take: tests/bench/lab.py
     assert not os.path.exists(f"/proc/{pid}")
     assert not Path(tgt.pid_file).exists()
     assert tgt.observe(spec).running is False
@@ -171,12 +162,9 @@ def test_stop_with_a_connected_session(lab: Lab, tmp_path: Path) -> None:
         time.sleep(0.02)
     assert sessions == 1
     pid = pid_of(tgt)
-    began = time.monotonic()
-    tgt.stop(spec)
-    stop_ms = (time.monotonic() - began) * 1e3
-    print(f"\nstop with a session: {stop_ms:.1f} ms")
-    assert stop_ms < 500
+    tgt.stop(spec)  # the figure: tests/bench/lab.py
     assert not os.path.exists(f"/proc/{pid}")
+    assert tgt.observe(spec).running is False
 
 
 def test_sigkill_then_observe_and_restart(lab: Lab, tmp_path: Path) -> None:

@@ -22,6 +22,7 @@ from tests.lab.specs import IQN, LUN, LabCluster
 pytestmark = pytest.mark.lab
 
 READER = Path(__file__).resolve().parents[1] / "bench" / "swap.py"
+STOP_TIMEOUT = 20.0
 
 
 @pytest.fixture
@@ -37,8 +38,13 @@ def test_stop_under_continuous_reads_is_fast(lab: Lab, files: LabCluster) -> Non
     with open(files.device, "r+b") as fh:
         fh.write(b"\x5a" * (1 << 20))
     spec = files.spec().spec
+    # A stop_timeout far above any stop's real duration: the regression (waiting it out after
+    # tgt refused the delete) shows as a stop that took the whole timeout, not as a slow box.
     tgt = TgtAdapter(
-        lab.runner("node1"), control_dir=str(files.tgt_control_dir("node1")), portal=VIP_IP
+        lab.runner("node1"),
+        control_dir=str(files.tgt_control_dir("node1")),
+        portal=VIP_IP,
+        stop_timeout=STOP_TIMEOUT,
     )
     lab.run("node1", ["ip", "addr", "add", VIP, "dev", "eth0"])
     reads = lab.path("reads.txt")
@@ -58,15 +64,12 @@ def test_stop_under_continuous_reads_is_fast(lab: Lab, files: LabCluster) -> Non
             while (reads.read_text().count(" ok") if reads.exists() else 0) < seen + 20:
                 assert time.monotonic() < deadline, "the client never read through the target"
                 time.sleep(0.01)
-            began = time.monotonic()
             tgt.stop(spec.target)
-            stops.append(time.monotonic() - began)
+            stops.append(tgt.timings["stop"])
             assert tgt.observe(spec.target).running is False
     finally:
         reader.send_signal(signal.SIGTERM)
         reader.wait(timeout=5)
         tgt.stop(spec.target)
-    print(f"\nstops under load (ms): {', '.join(f'{s * 1e3:.0f}' for s in stops)}")
-    # The regression waited the whole 1 s stop_timeout; a loaded 2-core CI box can take a
-    # few hundred ms for the handful of tgtadm calls of a stop.
-    assert max(stops) < 0.8, stops
+    # No stop waited for the daemon to exit by itself (how long stops take: tests/bench/lab.py).
+    assert max(stops) < STOP_TIMEOUT, stops
