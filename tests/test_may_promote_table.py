@@ -154,21 +154,23 @@ RULES: tuple[Rule, ...] = (
     rule(REFUSE, "never two Primaries: the peer must demote first", peer_role={Role.PRIMARY}),
     rule(REFUSE, "never promote data that may be older than the peer's", disk=NOT_UPTODATE),
     rule(PROMOTE, "talking to a non-Primary peer with UpToDate data", conn=TALKING),
-    # From here on DRBD is cut off from the peer, and the peer's role is unknowable ...
-    rule(
-        PROMOTE,
-        "... unless DRBD reports the peer's disk Outdated: an Outdated peer is not Primary and "
-        "holds no newer data. Applies under every policy, 'refuse' included (the spec's "
-        "description of 'refuse' says 'never': see the report of issue 9)",
-        conn=CUT_OFF,
-        peer_disk={DiskState.OUTDATED},
-    ),
+    # From here on DRBD is cut off from the peer, and the peer's role is unknowable.
     rule(
         REFUSE,
-        "another host answers on the VIP: someone still serves; not even an override promotes",
+        "another host answers on the VIP: someone still serves (may_promote's docstring: no "
+        "disconnected promotion then, whatever the policy says); not even an override, and not "
+        "on a peer disk known Outdated either: that is what DRBD last knew, and a peer forced "
+        "up since (become-primary --force over there) still shows Outdated here",
         conn=CUT_OFF,
-        peer_disk=NOT_OUTDATED,
         vip_answered=T,
+    ),
+    rule(
+        PROMOTE,
+        "DRBD reports the peer's disk Outdated: an Outdated peer is not Primary and holds no "
+        "newer data. Under every policy, 'refuse' included (the spec's description of 'refuse' "
+        "says 'never'; reported with issue 9)",
+        conn=CUT_OFF,
+        peer_disk={DiskState.OUTDATED},
     ),
     rule(OVERRIDE, "the operator's explicit override", conn=CUT_OFF, vip_answered=F, override=T),
     rule(REFUSE, "policy 'refuse'", conn=CUT_OFF, override=F, policy={P.REFUSE}),
