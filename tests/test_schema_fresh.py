@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import jsonschema
 import pytest
 from ruamel.yaml import YAML
 
@@ -86,7 +87,6 @@ def _plain(node: object) -> object:
 
 @pytest.mark.parametrize("path", sorted((ROOT / "specs").glob("*.yaml")), ids=lambda p: p.name)
 def test_shipped_specs_match_the_schema(path: Path) -> None:
-    jsonschema = pytest.importorskip("jsonschema")
     schema = json.loads(_on_disk(docgen.SCHEMA_FILE))
     jsonschema.Draft202012Validator.check_schema(schema)
     document = _plain(YAML(typ="safe").load(path.read_text(encoding="utf-8")))
@@ -94,7 +94,6 @@ def test_shipped_specs_match_the_schema(path: Path) -> None:
 
 
 def test_schema_rejects_a_typo() -> None:
-    jsonschema = pytest.importorskip("jsonschema")
     schema = json.loads(_on_disk(docgen.SCHEMA_FILE))
     document = _plain(YAML(typ="safe").load((ROOT / docgen.EXAMPLE_FILE).read_text()))
     assert isinstance(document, dict)

@@ -109,16 +109,18 @@ def may_promote(
         return Verdict(True, f"{name}: connected, local data UpToDate, peer not Primary")
     # Disconnected: the peer may be Primary and writing right now. DRBD itself would let us
     # promote (8.4 without fencing), so this is where we must be stricter than the tool.
-    if res.peer_disk is DiskState.OUTDATED:
-        return Verdict(True, f"{name}: disconnected, but the peer's disk is known Outdated")
     if vip_answered_elsewhere:
         # The heuristics-quorum assumption ("only the healthy side sees the outside world")
-        # is visibly broken: the peer is cut off from us, not from the clients.
+        # is visibly broken: the peer is cut off from us, not from the clients. This comes
+        # before the Outdated-peer shortcut: a disconnected peer disk state is what DRBD last
+        # knew, and a peer forced up since (an override over there) still shows Outdated here.
         return _no(
             BlockKind.VIP_ANSWERS_ELSEWHERE,
             f"{name} is {res.conn.value}, and the VIP still answers from another host: the "
             "peer (or someone) is serving; not promoting while disconnected",
         )
+    if res.peer_disk is DiskState.OUTDATED:
+        return Verdict(True, f"{name}: disconnected, but the peer's disk is known Outdated")
     if override:
         return Verdict(
             True,

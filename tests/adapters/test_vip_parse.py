@@ -324,12 +324,17 @@ def result(
 class FakeArp:
     answers: dict[str, ProbeResult] = field(default_factory=dict)
     delay: float = 0.0
+    # Probes wait here for each other: a barrier for N parties passes only if N probes run at
+    # the same time (run one after another, the first waits out the timeout and breaks it).
+    rendezvous: threading.Barrier | None = None
     probed: list[tuple[str, str, float]] = field(default_factory=list)
     announced: list[tuple[str, str]] = field(default_factory=list)
     cancelled: list[tuple[str, str]] = field(default_factory=list)
 
     def probe(self, interface: str, ip: str, *, timeout: float) -> ProbeResult:
         self.probed.append((interface, ip, timeout))
+        if self.rendezvous is not None:
+            self.rendezvous.wait(timeout=10)
         time.sleep(self.delay)
         return self.answers.get(ip, ProbeResult(False))
 
@@ -435,13 +440,11 @@ def test_a_record_that_cannot_be_written_still_holds_in_memory(tmp_path: Path) -
 def test_observe_free_and_answered_vips() -> None:
     arp = FakeArp(
         answers={"198.51.100.4": ProbeResult(True, mac="02:00:00:00:00:01", detail="answered")},
-        delay=0.05,
+        rendezvous=threading.Barrier(3),  # the three probes must run concurrently
     )
     runner = ip_addr_runner(fixture("node-without-vip.json"))
     adapter = IpVip(runner, arp=arp, probe_timeout=0.02)  # type: ignore[arg-type]
-    started = time.monotonic()
     got = adapter.observe([vip(), vip("198.51.100.4/24"), vip("198.51.100.5/24")])
-    took = time.monotonic() - started
     assert got == (
         VipObs(address="198.51.100.3", local=False, answered_elsewhere=False),
         VipObs(address="198.51.100.4", local=False, answered_elsewhere=True, holder="answered"),
@@ -449,7 +452,8 @@ def test_observe_free_and_answered_vips() -> None:
     )
     assert runner.calls == [["ip", "-j", "addr", "show"]]  # once per tick
     assert {t for _, _, t in arp.probed} == {0.02}
-    assert took < 0.14, "three 50 ms probes must run concurrently"
+    assert arp.rendezvous is not None and not arp.rendezvous.broken
+    # The figure (three 50 ms probes in one ~50 ms observe): tests/bench/adapters.py.
 
 
 def test_observe_probe_impossible_is_unknown() -> None:
@@ -570,6 +574,7 @@ class FakeSocket:
         self.timeout: float | None = None
         self.closed = False
         self.fail_send: OSError | None = None
+        self.events: list[str] = []  # "send", "answer", "wait" (a receive that timed out)
 
     def getsockname(self) -> tuple[Any, ...]:
         return ("eth0", 0x0806, 0, 1, MAC2)
@@ -578,6 +583,7 @@ class FakeSocket:
         if self.fail_send:
             raise self.fail_send
         self.sent.append((time.monotonic(), frame))
+        self.events.append("send")
         return len(frame)
 
     def settimeout(self, value: float) -> None:
@@ -588,8 +594,10 @@ class FakeSocket:
         if self.incoming:
             time.sleep(self.delay)
             data, pkttype = self.incoming.pop(0)
+            self.events.append("answer")
             return data, ("eth0", 0x0806, pkttype, 1, data[6:12])
         time.sleep(self.timeout or 0)
+        self.events.append("wait")
         raise TimeoutError
 
     def fileno(self) -> int:
@@ -632,20 +640,21 @@ def test_in_process_probe_answered() -> None:
     got = FakeSocketArp(sock).probe("eth0", VIP_IP, timeout=0.5)
     assert got.answered is True and got.mac == "02:00:00:00:00:01"
     assert "02:00:00:00:00:01" in got.detail
-    assert got.seconds < 0.25, "an answer ends the wait"
+    assert "wait" not in sock.events, "an answer ends the wait (no receive timed out)"
+    # How soon an answer ends it (got.seconds): tests/bench/adapters.py.
     assert sock.closed
     assert parse_arp_frame(sock.sent[0][1]) == probe_packet(MAC2, VIP_IP)
 
 
 def test_in_process_probe_free_is_bounded_and_retransmits() -> None:
     sock = FakeSocket([(arp_frame(MAC2, probe_packet(MAC2, VIP_IP)), socket.PACKET_OUTGOING)])
-    started = time.monotonic()
     got = FakeSocketArp(sock, probes=2).probe("eth0", VIP_IP, timeout=0.04)
-    took = time.monotonic() - started
     assert got == ProbeResult(False, seconds=got.seconds)
-    assert 0.04 <= took < 0.1
+    assert got.seconds >= 0.04  # "free" only once the whole window has passed
     assert len(sock.sent) == 2
-    assert 0.015 <= sock.sent[1][0] - sock.sent[0][0] < 0.04
+    # Spread over the window, not back to back: the second frame follows a timed-out wait.
+    second = sock.events.index("send", 1)
+    assert "wait" in sock.events[1:second] and sock.events[-1] == "wait"
     assert sock.closed
 
 
@@ -669,10 +678,9 @@ def test_in_process_probe_send_failure() -> None:
 def test_in_process_announce_sends_first_round_then_returns() -> None:
     sock = FakeSocket([])
     arp = FakeSocketArp(sock, count=3, interval=0.05)
-    started = time.monotonic()
     arp.announce("eth0", VIP_IP)
-    returned = time.monotonic() - started
-    assert returned < 0.02
+    # Returned after the first round (request + reply), the other two still due in the
+    # background; how fast it returns: tests/bench/adapters.py.
     assert len(sock.sent) == 2 and arp.pending() == 1
     assert arp.drain(timeout=2)
     packets = [parse_arp_frame(f) for _, f in sock.sent]
@@ -809,7 +817,7 @@ def test_command_probe_measures_the_start_up_allowance_once() -> None:
     assert runner.calls[0] == ["timeout", "--preserve-status", "-s", "INT", "5", "true"]
     assert len(runner.calls) == 3  # measured once
     startup = arp.startup
-    assert startup is not None and 0.1 <= startup < 0.5  # twice the measured ~50 ms
+    assert startup is not None and startup >= 0.1  # twice the measured (>= 50 ms) start-up
     assert runner.calls[1][4] == f"{0.03 + startup:.3f}"
 
 
@@ -923,11 +931,9 @@ def test_heuristics_and_concurrency() -> None:
         peer_addresses=["10.0.0.2"],
         heuristics=["10.0.9.1", "10.0.9.2", "10.0.9.3", "10.0.9.4"],
     )
-    started = time.monotonic()
     got = adapter.observe()
-    assert time.monotonic() - started < 0.3, "pings run concurrently"
     assert got == Liveness(peer_reachable=False, heuristics_ok=2, heuristics_total=4)
-    assert runner.max_active[1] == 5  # type: ignore[attr-defined]
+    assert runner.max_active[1] == 5, "pings run concurrently"  # type: ignore[attr-defined]
 
 
 def test_liveness_rejects_non_addresses() -> None:

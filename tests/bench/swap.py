@@ -369,7 +369,7 @@ class NodeScript:
         control.mkdir(parents=True, exist_ok=True)
         self.env = {"TGT_IPC_SOCKET": str(control / "socket")}
         self.log = str(control / "tgtd.log")
-        self.runner = Runner(Local(), timeout=5.0)  # type: ignore[arg-type]
+        self.runner = Runner(Local(), timeout=5.0)
         self.arp = InProcessArp(netns=netns)
         self.arp.check_netns()
         self.world = world_store(self.spec, state_dir)

@@ -85,6 +85,8 @@ class _TrackingRunner(Runner):
         new_session: bool = True,
     ) -> subprocess.Popen[bytes]:
         proc = super().spawn(argv, env=env, log_path=log_path, new_session=new_session)
+        # The lab's transports wrap argv (ip netns exec), so the handle is a local Popen.
+        assert isinstance(proc, subprocess.Popen), proc
         if self.on_spawn is not None:
             self.on_spawn(proc)
         return proc
@@ -183,7 +185,9 @@ class Lab:
     ) -> subprocess.Popen[bytes]:
         """Start a long-running process inside ``key``'s namespace; ``down()`` kills it."""
         log_path = str(self.path(log_name)) if log_name else None
-        return self.runner(key).spawn(argv, env=env, log_path=log_path)
+        proc = self.runner(key).spawn(argv, env=env, log_path=log_path)
+        assert isinstance(proc, subprocess.Popen), proc  # see _TrackingRunner.spawn
+        return proc
 
     def path(self, name: str) -> Path:
         """A path inside the lab's temporary directory (removed by ``down()``)."""

@@ -14,7 +14,7 @@ import signal
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -22,7 +22,13 @@ import pytest
 from adapters.factory import announce_record_path, world_store
 from adapters.tgt import parse_tgtadm_show
 from adapters.vip import AnnounceRecord, CommandArp, IpVip
-from tests.lab.agents import AgentCluster, announcing, pids_in, reconcile_command
+from tests.lab.agents import (
+    AgentCluster,
+    NodeView,
+    announcing,
+    pids_in,
+    reconcile_command,
+)
 from tests.lab.netns import VIP, VIP_IP, Lab
 from tests.lab.specs import RESOURCE, LabCluster
 from tests.waiting import wait_for
@@ -235,11 +241,12 @@ class InvariantSampler(threading.Thread):
             while not self.stopping.is_set():
                 views = self.agents.views()
                 self.samples += 1
-                for what, has in (
+                checks: tuple[tuple[str, Callable[[NodeView], bool]], ...] = (
                     ("VIPs", lambda v: bool(v.vip)),
                     ("running targets", lambda v: bool(v.target.running)),
                     ("DRBD Primaries", lambda v: bool(v.primary)),
-                ):
+                )
+                for what, has in checks:
                     a1, b2 = has(previous["node1"]), has(previous["node2"])
                     a3, b4 = has(views["node1"]), has(views["node2"])
                     if (a1 and b2 and a3) or (b2 and a3 and b4):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import time
 from pathlib import Path
 
 import pytest
@@ -67,10 +66,8 @@ def test_export_write_read_observe_stop(lab: Lab, tmp_path: Path) -> None:
     tgt = make_adapter(lab, "node1", tmp_path)
     spec = target(LUN1)
     assert tgt.observe(spec).running is False
-    began = time.monotonic()
     tgt.start(spec)
     tgt.export_lun(spec, LUN1, R0)
-    start_export_ms = (time.monotonic() - began) * 1e3
     lab.run("node1", ["ip", "addr", "add", VIP, "dev", "eth0"])
 
     res = qemu_io(lab, 1, "write -P 0xab 0 1M", "read -P 0xab 0 1M")
@@ -86,14 +83,7 @@ def test_export_write_read_observe_stop(lab: Lab, tmp_path: Path) -> None:
     assert obs.running is True and obs.exported_luns == frozenset({1}) and obs.error is None
 
     pid = pid_of(tgt)
-    began = time.monotonic()
-    tgt.stop(spec)
-    stop_ms = (time.monotonic() - began) * 1e3
-    print(
-        f"\ntgtd start+export {start_export_ms:.1f} ms (start {tgt.timings['start'] * 1e3:.1f},"
-        f" export {tgt.timings['export'] * 1e3:.1f}); stop {stop_ms:.1f} ms"
-    )
-    assert stop_ms < 500
+    tgt.stop(spec)  # how long start, export and stop take: tests/bench/lab.py
     assert not os.path.exists(f"/proc/{pid}")
     assert not Path(tgt.pid_file).exists()
     assert tgt.observe(spec).running is False
@@ -172,12 +162,9 @@ def test_stop_with_a_connected_session(lab: Lab, tmp_path: Path) -> None:
     wait_for("the client's iSCSI session on node1's tgtd", sessions, timeout=5, interval=0.02)
     assert sessions() == 1
     pid = pid_of(tgt)
-    began = time.monotonic()
-    tgt.stop(spec)
-    stop_ms = (time.monotonic() - began) * 1e3
-    print(f"\nstop with a session: {stop_ms:.1f} ms")
-    assert stop_ms < 500
+    tgt.stop(spec)  # the figure: tests/bench/lab.py
     assert not os.path.exists(f"/proc/{pid}")
+    assert tgt.observe(spec).running is False
 
 
 def test_sigkill_then_observe_and_restart(lab: Lab, tmp_path: Path) -> None:
@@ -232,9 +219,7 @@ def test_portal_that_cannot_be_bound_is_refused(lab: Lab, tmp_path: Path) -> Non
     assert not Path(tgt.pid_file).exists()
 
 
-def test_a_tgtd_started_after_the_observation_is_used_not_killed(
-    lab: Lab, tmp_path: Path
-) -> None:
+def test_a_tgtd_started_after_the_observation_is_used_not_killed(lab: Lab, tmp_path: Path) -> None:
     """start() skips re-asking a tgtd its own observation just found absent, but not when a
     tgtd was recorded meanwhile (another agent run on the same state directory)."""
     tgt = make_adapter(lab, "node1", tmp_path)

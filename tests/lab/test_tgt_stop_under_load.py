@@ -9,7 +9,6 @@ import shutil
 import signal
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,6 +22,7 @@ from tests.waiting import wait_for
 pytestmark = pytest.mark.lab
 
 READER = Path(__file__).resolve().parents[1] / "bench" / "swap.py"
+STOP_TIMEOUT = 20.0
 
 
 def reads_ok(path: Path) -> int:
@@ -43,8 +43,13 @@ def test_stop_under_continuous_reads_is_fast(lab: Lab, files: LabCluster) -> Non
     with open(files.device, "r+b") as fh:
         fh.write(b"\x5a" * (1 << 20))
     spec = files.spec().spec
+    # A stop_timeout far above any stop's real duration: the regression (waiting it out after
+    # tgt refused the delete) shows as a stop that took the whole timeout, not as a slow box.
     tgt = TgtAdapter(
-        lab.runner("node1"), control_dir=str(files.tgt_control_dir("node1")), portal=VIP_IP
+        lab.runner("node1"),
+        control_dir=str(files.tgt_control_dir("node1")),
+        portal=VIP_IP,
+        stop_timeout=STOP_TIMEOUT,
     )
     lab.run("node1", ["ip", "addr", "add", VIP, "dev", "eth0"])
     reads = lab.path("reads.txt")
@@ -65,15 +70,12 @@ def test_stop_under_continuous_reads_is_fast(lab: Lab, files: LabCluster) -> Non
                 lambda: reads_ok(reads) >= want,  # noqa: B023  (called before `want` changes)
                 timeout=5,
             )
-            began = time.monotonic()
             tgt.stop(spec.target)
-            stops.append(time.monotonic() - began)
+            stops.append(tgt.timings["stop"])
             assert tgt.observe(spec.target).running is False
     finally:
         reader.send_signal(signal.SIGTERM)
         reader.wait(timeout=5)
         tgt.stop(spec.target)
-    print(f"\nstops under load (ms): {', '.join(f'{s * 1e3:.0f}' for s in stops)}")
-    # The regression waited the whole 1 s stop_timeout; a loaded 2-core CI box can take a
-    # few hundred ms for the handful of tgtadm calls of a stop.
-    assert max(stops) < 0.8, stops
+    # No stop waited for the daemon to exit by itself (how long stops take: tests/bench/lab.py).
+    assert max(stops) < STOP_TIMEOUT, stops

@@ -11,9 +11,11 @@ Measured times are printed (run with ``-s`` to see them).
 from __future__ import annotations
 
 import json
-import statistics
 import sys
+import threading
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +23,7 @@ import pytest
 
 import adapters
 from adapters.liveness import PingLiveness
+from adapters.runner import CommandResult, Runner
 from adapters.vip import CommandArp, IpVip, parse_ip_addr_json
 from reconciler.core.spec import Vip
 from tests.lab.netns import VIP, VIP_IP, Lab
@@ -32,8 +35,6 @@ REPO = Path(adapters.__file__).resolve().parent.parent
 FREE_IP = "198.51.100.4"
 UNUSED_IP = "198.51.100.77"
 PROBE_MS = 30.0
-# Slack for a loaded CI machine on top of the probe's own bound.
-SLACK_MS = 40.0
 
 
 def vip_cli(lab: Lab, key: str, cmd: str, *args: str, netns: str | None = None) -> dict[str, Any]:
@@ -54,16 +55,31 @@ def the_vip(address: str = VIP) -> Vip:
     return Vip.model_validate({"address": address, "interface": "eth0"})
 
 
+@dataclass
+class CountingRunner(Runner):
+    """The real runner, recording each command and how many were in flight at once."""
+
+    calls: list[list[str]] = field(default_factory=list)
+    max_active: int = 0
+    _active: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def run(self, argv: Sequence[str], **kw: Any) -> CommandResult:
+        with self._lock:
+            self.calls.append(list(argv))
+            self._active += 1
+            self.max_active = max(self.max_active, self._active)
+        try:
+            return super().run(argv, **kw)
+        finally:
+            with self._lock:
+                self._active -= 1
+
+
 def adapter(lab: Lab, key: str) -> IpVip:
     """An IpVip acting in ``key``'s namespace; its ARP tool goes through the same runner."""
     runner = lab.runner(key)
     return IpVip(runner, arp=CommandArp(runner))
-
-
-def summary(values: list[float]) -> str:
-    return (
-        f"min {min(values):.1f} / median {statistics.median(values):.1f} / max {max(values):.1f} ms"
-    )
 
 
 def test_add_and_remove_are_idempotent(lab: Lab) -> None:
@@ -112,9 +128,7 @@ def test_observe_sees_the_vip_held_by_the_peer(lab: Lab) -> None:
         "error": None,
         "holder": None,
     }
-    # One `ip` call plus two concurrent 30 ms probes.
-    print(f"\nIpVip.observe from node2 (2 VIPs, one held by node1): {got['ms']:.1f} ms")
-    assert got["ms"] < 200
+    # One `ip` call plus two concurrent 30 ms probes: the figure is tests/bench/lab.py's.
 
 
 def test_probe_answered_and_free_within_the_bound(lab: Lab) -> None:
@@ -129,11 +143,9 @@ def test_probe_answered_and_free_within_the_bound(lab: Lab) -> None:
         got = vip_cli(lab, "node2", "probe", "eth0", FREE_IP)
         assert got["answered"] is False, got
         free.append(got["ms"])
-    print(f"\nARP probe, answered by node1: {summary(answered)}")
-    print(f"ARP probe, free address (waits the full {PROBE_MS:g} ms): {summary(free)}")
+    # Against the probe's own window (how long each took: tests/bench/lab.py).
     assert max(answered) < PROBE_MS, "an answer must end the wait early"
-    assert min(free) >= PROBE_MS
-    assert max(free) < PROBE_MS + SLACK_MS
+    assert min(free) >= PROBE_MS, "'free' only after the whole window"
 
 
 def test_probe_on_a_missing_interface_is_unknown(lab: Lab) -> None:
@@ -175,14 +187,11 @@ def test_announce_moves_the_client_and_does_not_block(lab: Lab) -> None:
     )
     assert proc.wait(timeout=10) == 0
     report = json.loads(lab.path("announce.json").read_text())
-    switch_ms = (seen_at - report["t_started"]) * 1000
-    print(
-        f"\nannounce() returned after {report['ms']:.2f} ms (all 3 rounds: "
-        f"{report['total_ms']:.0f} ms); client ARP entry -> node2 after {switch_ms:.1f} ms"
-    )
-    assert report["ms"] < 5, "announce must not block the tick"
-    assert report["total_ms"] >= 2 * 200, "later rounds went out in the background"
-    assert 0 <= switch_ms < 2000
+    assert seen_at is not None, "the client never learnt node2's MAC"
+    # announce() returned before the later rounds (they went out in the background, 200 ms
+    # apart, before the tool's drain ended); the figures: tests/bench/lab.py.
+    assert report["total_ms"] - report["ms"] >= 2 * 200, "later rounds went out in the background"
+    assert seen_at >= report["t_started"]
 
 
 def test_in_process_arp_refuses_outside_its_namespace(lab: Lab) -> None:
@@ -203,37 +212,28 @@ def test_command_arp_through_the_runner(lab: Lab) -> None:
     # Stopped by `timeout -s INT` after 30 ms plus the measured start-up allowance, not after
     # arping's whole-second -w: it still said it sent a probe and nobody answered.
     assert free.answered is False and arp.startup is not None
-    started = time.monotonic()
     arp.announce("eth0", VIP_IP)
-    spawn_ms = (time.monotonic() - started) * 1000
-    assert arp.pending() == 1
-    print(
-        f"\nCommandArp probe: answered {held.seconds * 1000:.1f} ms (with the start-up "
-        f"measurement), free {free.seconds * 1000:.0f} ms (start-up allowance "
-        f"{arp.startup * 1000:.0f} ms); announce spawn {spawn_ms:.1f} ms"
-    )
-    assert spawn_ms < 100
+    assert arp.pending() == 1  # returned with arping still running: it does not block the tick
     assert arp.drain(timeout=6.0), "arping -U -c 3 should finish by itself"
     assert arp.pending() == 0
 
 
 def test_ping_liveness(lab: Lab) -> None:
+    base = lab.runner("node1")
+    runner = CountingRunner(transport=base.transport, timeout=base.timeout)
     live = PingLiveness(
-        lab.runner("node1"),
+        runner,
         peer_addresses=[lab.addr("node2"), "198.51.100.130"],
         heuristics=[lab.addr("client"), UNUSED_IP],
         timeout=0.5,
     )
-    started = time.monotonic()
     got = live.observe()
-    took = (time.monotonic() - started) * 1000
     assert got.peer_reachable is True
     assert (got.heuristics_ok, got.heuristics_total) == (1, 2)
+    # The four pings were in flight together (each bounded by -W 0.5); durations:
+    # tests/bench/lab.py.
+    assert runner.max_active == 4, "pings run concurrently"
+    assert all(c[:5] == ["ping", "-c", "1", "-W", "0.5"] for c in runner.calls)
 
     dead = PingLiveness(lab.runner("node1"), peer_addresses=[UNUSED_IP], timeout=0.5)
-    started = time.monotonic()
-    gone = dead.observe()
-    took_dead = (time.monotonic() - started) * 1000
-    assert gone.peer_reachable is False
-    print(f"\nPingLiveness: 4 addresses {took:.0f} ms; unused address alone {took_dead:.0f} ms")
-    assert took < 1500 and took_dead < 1500, "pings run concurrently with a short deadline"
+    assert dead.observe().peer_reachable is False

@@ -14,7 +14,6 @@ import socket
 import subprocess
 import tempfile
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -137,10 +136,8 @@ def test_only_the_named_environment_reaches_the_node(
 
 def test_timeout_kills_the_whole_process_group(runner: Runner, tmp_path: Path) -> None:
     pid_file = tmp_path / "child.pid"
-    started = time.monotonic()
     with pytest.raises(TransientError, match=r"timed out after 0\.3s"):
         runner.run(["sh", "-c", f"sleep 30 & echo $! > {pid_file}; wait"], timeout=0.3)
-    assert time.monotonic() - started < 2.0
     child = int(pid_file.read_text())
     wait_for(
         f"the timed-out command's grandchild {child} to be killed",
@@ -149,19 +146,26 @@ def test_timeout_kills_the_whole_process_group(runner: Runner, tmp_path: Path) -
     )
 
 
-def test_commands_run_concurrently_on_one_connection(runner: Runner) -> None:
+def test_commands_run_concurrently_on_one_connection(runner: Runner, tmp_path: Path) -> None:
+    # A rendezvous: each command checks in, then waits until all four have. Run one after
+    # another, the first would wait for the others until its timeout.
+    here = tmp_path / "here"
+    here.mkdir()
+    meet = f"touch {here}/$$; until [ $(ls {here} | wc -l) -ge 4 ]; do sleep 0.01; done"
     results: list[int] = []
     threads = [
-        threading.Thread(target=lambda: results.append(runner.run(["sleep", "0.5"]).rc))
+        threading.Thread(
+            target=lambda: results.append(
+                runner.run(["sh", "-c", meet], check=False, timeout=10).rc
+            )
+        )
         for _ in range(4)
     ]
-    started = time.monotonic()
     for t in threads:
         t.start()
     for t in threads:
         t.join()
     assert results == [0, 0, 0, 0]
-    assert time.monotonic() - started < 1.5
 
 
 def test_spawned_processes_report_their_exit(runner: Runner, tmp_path: Path) -> None:
@@ -199,10 +203,9 @@ def test_a_crash_fails_waiting_calls_at_once_and_the_next_call_reconnects(
         lambda: pid_file.exists() and pid_file.read_text().strip(),
         timeout=5,
     )
-    started = time.monotonic()
     server.crash()
-    waiting.join(timeout=5)
-    assert time.monotonic() - started < 2.0
+    waiting.join(timeout=10)
+    assert not waiting.is_alive(), "the waiting call did not fail when the agent crashed"
     assert len(errors) == 1 and isinstance(errors[0], TransientError), errors
     assert daemon.wait(2) == -9  # its VM is gone: the process is reported ended
     for orphan in (daemon.pid, int(pid_file.read_text())):  # on the host they live on
