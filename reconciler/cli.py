@@ -473,6 +473,7 @@ def _operator_tick(spec: StorageCluster, node: str, sdir: Path, adapters: Any) -
         report = tick(spec, adapters)
         print_report(report, as_json=False)
         _record(spec, adapters, sdir, report)
+        _history(sdir, report)
         return report.exit_code
 
 
