@@ -121,17 +121,19 @@ class JsonFormatter(logging.Formatter):
 
 
 def setup(
-    state_dir: Path, node: str, *, syslog: logging.Handler | None = None
+    state_dir: Path,
+    node: str,
+    *,
+    syslog: logging.Handler | None = None,
+    tick_lines_to_stdout: bool = True,
 ) -> tuple[logging.Logger, logging.Logger]:
-    """Configure ``--watch``'s loggers: ``tandem.tick`` (the tick lines, stdout) and
-    ``tandem.alert`` (alerts, stderr, and the system log when ``syslog`` is given). Both also
-    reach the rotated file unless stdout/stderr go to the journal."""
-    parent = logging.getLogger(LOGGER)
-    parent.setLevel(logging.INFO)
-    parent.propagate = False
-    for h in list(parent.handlers):
-        parent.removeHandler(h)
+    """Configure ``--watch``'s loggers: ``tandem.tick`` (the tick lines: stdout, unless
+    ``tick_lines_to_stdout`` is off because stdout carries ``--json``) and ``tandem.alert``
+    (alerts, stderr, and the system log when ``syslog`` is given); the adapters' own warnings
+    (logger ``adapters``) go to stderr too. Everything also reaches the rotated file unless
+    stdout or stderr goes to the journal."""
     journal = under_journal(sys.stdout) or under_journal(sys.stderr)
+    file: logging.Handler | None = None
     if not journal:
         state_dir.mkdir(parents=True, exist_ok=True)
         file = logging.handlers.RotatingFileHandler(
@@ -141,21 +143,30 @@ def setup(
             encoding="utf-8",
         )
         file.setFormatter(JsonFormatter())
-        parent.addHandler(file)
-    loggers = []
-    for name, stream in (("tick", sys.stdout), ("alert", sys.stderr)):
-        log = logging.getLogger(f"{LOGGER}.{name}")
-        for h in list(log.handlers):
-            log.removeHandler(h)
+
+    def stream_handler(stream: IO[str]) -> logging.Handler:
         handler = logging.StreamHandler(stream)
         handler.setFormatter(JournalFormatter() if under_journal(stream) else TextFormatter())
-        log.addHandler(handler)
+        return handler
+
+    def configure(name: str, *handlers: logging.Handler | None) -> logging.Logger:
+        log = logging.getLogger(name)
+        for old in list(log.handlers):
+            log.removeHandler(old)
+        for new in handlers:
+            if new is not None:
+                log.addHandler(new)
         log.setLevel(logging.INFO)
-        log.propagate = True
-        loggers.append(log)
-    if syslog is not None:
-        loggers[1].addHandler(syslog)
-    return loggers[0], loggers[1]
+        log.propagate = False
+        return log
+
+    stderr = stream_handler(sys.stderr)
+    tick = configure(
+        f"{LOGGER}.tick", stream_handler(sys.stdout) if tick_lines_to_stdout else None, file
+    )
+    alert = configure(f"{LOGGER}.alert", stderr, file, syslog)
+    configure("adapters", stderr, file)
+    return tick, alert
 
 
 def tick_lines(report: TickReport) -> list[tuple[int, str, dict[str, str]]]:

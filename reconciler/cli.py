@@ -219,7 +219,9 @@ def _watch(
     from reconciler import agentlog, events, systemd
 
     syslog = syslog_handler() if spec.spec.alerts.syslog else None
-    tick_log, alert_log = agentlog.setup(state_dir, node, syslog=syslog)
+    tick_log, alert_log = agentlog.setup(
+        state_dir, node, syslog=syslog, tick_lines_to_stdout=not as_json
+    )
     sd = systemd.TickNotifier(systemd.Notifier.from_env())
 
     def report_tick(report: TickReport) -> None:
@@ -230,10 +232,9 @@ def _watch(
 
     # The per-tick observers, in order: one list, so another (metrics) is one more entry.
     # The systemd notifier comes last: WATCHDOG=1 means the whole tick, records included, ran.
-    observers: list[loop.TickObserver] = [report_tick]
-    if not as_json:
-        observers.append(agentlog.TickLogger(tick_log))
-    observers += [
+    observers: list[loop.TickObserver] = [
+        report_tick,
+        agentlog.TickLogger(tick_log),
         events.TickEvents(events.EventLog(events.events_path(state_dir, node))),
         _alerting(spec, alert_log),
         sd,

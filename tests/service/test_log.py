@@ -122,3 +122,40 @@ def test_since_accepts_durations_iso_times_and_epochs() -> None:
     assert agentlog.parse_since("1970-01-01T00:01:00", now=now) == 60
     with pytest.raises(ValueError):
         agentlog.parse_since("yesterday-ish", now=now)
+
+
+@pytest.mark.skipif(not RECONCILE, reason="reconcile is not installed (pip install -e .)")
+def test_under_journald_the_agent_writes_priorities_and_no_file(tmp_path: Path) -> None:
+    """stdout/stderr connected to "the journal" (a file whose dev:inode JOURNAL_STREAM names,
+    as systemd sets it): ``<N>`` prefixes, no timestamps, no log file of its own."""
+    out_path = tmp_path / "journal-stream"
+    out = out_path.open("w")
+    st = os.fstat(out.fileno())
+    env = dict(_env(tmp_path), JOURNAL_STREAM=f"{st.st_dev}:{st.st_ino}")
+    agent = subprocess.Popen(
+        [RECONCILE, "--watch", "--node", "node1", "--interval", "0.2"],
+        stdout=out, stderr=subprocess.STDOUT, text=True, env=env,
+    )  # fmt: skip
+    try:
+        _wait("the bring-up", lambda: "action=export-lun" in out_path.read_text())
+    finally:
+        agent.terminate()
+        agent.wait(timeout=30)
+        out.close()
+    lines = out_path.read_text().splitlines()
+    assert all(re.match(r"^<[2-7]>node=node1 ", line) for line in lines), lines
+    assert any(line.startswith("<6>node=node1 resource=iscsi1 action=promote ") for line in lines)
+    assert not agentlog.log_path(tmp_path, "node1").exists()
+
+
+@pytest.mark.skipif(not RECONCILE, reason="reconcile is not installed (pip install -e .)")
+def test_shell_completion_comes_from_click(tmp_path: Path) -> None:
+    env = dict(_env(tmp_path), _RECONCILE_COMPLETE="bash_source")
+    script = subprocess.run([RECONCILE], capture_output=True, text=True, env=env, timeout=30)
+    assert "complete -o nosort -F _reconcile_completion reconcile" in script.stdout
+    env = dict(
+        _env(tmp_path), _RECONCILE_COMPLETE="bash_complete", COMP_WORDS="reconcile ev",
+        COMP_CWORD="1",
+    )  # fmt: skip
+    words = subprocess.run([RECONCILE], capture_output=True, text=True, env=env, timeout=30)
+    assert "plain,events" in words.stdout.splitlines()
