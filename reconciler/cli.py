@@ -223,6 +223,13 @@ def _watch(
         state_dir, node, syslog=syslog, tick_lines_to_stdout=not as_json
     )
     sd = systemd.TickNotifier(systemd.Notifier.from_env())
+    if (usec := sd.notifier.watchdog_usec) is not None and interval * 1e6 >= usec:
+        alert_log.warning(
+            f"WatchdogSec ({usec / 1e6:g}s) is not longer than the tick interval "
+            f"({interval:g}s): systemd will kill healthy ticks; print the unit again "
+            "(reconcile systemd-unit) for these timings",
+            extra={"node": node},
+        )
 
     def report_tick(report: TickReport) -> None:
         if as_json:
