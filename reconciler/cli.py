@@ -192,7 +192,16 @@ def _run_once(
     print_report(report, as_json=as_json)
     if not dry_run:
         _record(spec, adapters, state_dir, report)
+        _history(state_dir, report)
     return report.exit_code
+
+
+def _history(state_dir: Path, report: TickReport) -> None:
+    """Add a one-off tick's actions and refusals to the node's event history."""
+    from reconciler import events
+
+    log = events.EventLog(events.events_path(state_dir, report.plan.node))
+    log.append(events.from_report(report))
 
 
 def _watch(
@@ -207,36 +216,53 @@ def _watch(
     signal.signal(signal.SIGINT, _stop)
     signal.signal(signal.SIGTERM, _stop)
     adapters = _adapters(spec, node, state_dir)
-    notify = _alerting(spec)
+    from adapters.alerts import syslog_handler
+    from reconciler import agentlog, events, systemd
+
+    syslog = syslog_handler() if spec.spec.alerts.syslog else None
+    tick_log, alert_log = agentlog.setup(
+        state_dir, node, syslog=syslog, tick_lines_to_stdout=not as_json
+    )
+    sd = systemd.TickNotifier(systemd.Notifier.from_env())
+    if (usec := sd.notifier.watchdog_usec) is not None and interval * 1e6 >= usec:
+        alert_log.warning(
+            f"WatchdogSec ({usec / 1e6:g}s) is not longer than the tick interval "
+            f"({interval:g}s): systemd will kill healthy ticks; print the unit again "
+            "(reconcile systemd-unit) for these timings",
+            extra={"node": node},
+        )
 
     def report_tick(report: TickReport) -> None:
-        if as_json or report.plan.actions or report.plan.blocked or report.result is None:
-            print_report(report, as_json=as_json)
-        sys.stdout.flush()
+        if as_json:
+            print_report(report, as_json=True)
+            sys.stdout.flush()
         write_status(state_dir, report)
-        notify(report)
 
+    # The per-tick observers, in order: one list, so another (metrics) is one more entry.
+    # The systemd notifier comes last: WATCHDOG=1 means the whole tick, records included, ran.
+    observers: list[loop.TickObserver] = [
+        report_tick,
+        agentlog.TickLogger(tick_log),
+        events.TickEvents(events.EventLog(events.events_path(state_dir, node))),
+        _alerting(spec, alert_log),
+        sd,
+    ]
     pace = loop.Pace.from_spec(spec, interval)
-    loop.run(spec, adapters, stop=stop, on_report=report_tick, pace=pace)
+    try:
+        loop.run(spec, adapters, stop=stop, on_report=loop.each(observers), pace=pace)
+    finally:
+        sd.stopping()
     return EXIT_OK
 
 
-def _alerting(spec: StorageCluster) -> Any:
-    """Log every alert (stderr, and syslog when enabled); mail the ones the gate admits."""
-    import logging
+def _alerting(spec: StorageCluster, log: Any) -> Any:
+    """Log every alert (``log``: stderr, and syslog when enabled); mail the ones the gate
+    admits."""
     import time
 
-    from adapters.alerts import MailAlerter, syslog_handler
+    from adapters.alerts import MailAlerter
     from reconciler.alerts import AlertGate, alerts_for
 
-    log = logging.getLogger("tandem")
-    if not log.handlers:
-        log.setLevel(logging.INFO)
-        stream = logging.StreamHandler(sys.stderr)
-        stream.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-        log.addHandler(stream)
-        if spec.spec.alerts.syslog and (handler := syslog_handler()) is not None:
-            log.addHandler(handler)
     gate = AlertGate(spec.spec.alerts, clock=time.monotonic)
     mailer = MailAlerter(spec.spec.alerts.mail, timeout=spec.spec.timings.command_timeout)
 
@@ -456,6 +482,7 @@ def _operator_tick(spec: StorageCluster, node: str, sdir: Path, adapters: Any) -
         report = tick(spec, adapters)
         print_report(report, as_json=False)
         _record(spec, adapters, sdir, report)
+        _history(sdir, report)
         return report.exit_code
 
 
@@ -490,12 +517,27 @@ def status(
             if live:
                 console.clear()
             fresh = render(console, spec, the_node, record, time.time())
+            _events_tail(sdir, the_node)
         if not live:
             sys.exit(0 if fresh else 1)
         try:
             time.sleep(2)
         except KeyboardInterrupt:
             sys.exit(0)
+
+
+def _events_tail(sdir: Path, node: str, count: int = 5) -> None:
+    """The last few events under `reconcile status` (all of them: `reconcile events`)."""
+    from reconciler import events
+    from reconciler.servicecli import render_event
+
+    found, problems = events.load([events.events_path(sdir, node)])
+    if found:
+        console.print(f"last {min(count, len(found))} event(s) (reconcile events):")
+        for e in found[-count:]:
+            console.print(f"  {escape(render_event(e))}")
+    for problem in problems:
+        console.print(f"[yellow]events[/]: {escape(problem)}")
 
 
 @main.command("split-brain")
@@ -561,6 +603,12 @@ def split_brain(
 from reconciler.simulate import simulate_command  # noqa: E402
 
 main.add_command(simulate_command)
+
+# Service commands (systemd-unit, log, events) live in reconciler/servicecli.py.
+from reconciler.servicecli import COMMANDS as _SERVICE_COMMANDS  # noqa: E402
+
+for _command in _SERVICE_COMMANDS:
+    main.add_command(_command)
 
 
 def run() -> None:  # pragma: no cover - console entry point wrapper

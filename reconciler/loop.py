@@ -113,6 +113,23 @@ def wait_for_next(
     return "stop"
 
 
+TickObserver = Callable[[TickReport], None]
+"""Something told about every completed tick (the --watch printer, status record, alerts,
+event history, log, systemd notifier; metrics can be one more)."""
+
+
+def each(observers: Sequence[TickObserver]) -> TickObserver:
+    """One ``on_report`` for ``run`` that tells every observer, in order. An observer's
+    exception is the caller's bug and ends the loop, as ``on_report``'s does."""
+    chain = tuple(observers)
+
+    def tell(report: TickReport) -> None:
+        for observer in chain:
+            observer(report)
+
+    return tell
+
+
 def run(
     spec: StorageCluster,
     adapters: NodeAdapters,

@@ -8,6 +8,7 @@ make observations come back as UNKNOWN data, exactly like unparseable command ou
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
@@ -29,6 +30,7 @@ from reconciler.core.spec import Lun, Resource, StorageCluster, Target, Vip
 
 from .world import WorldStore
 
+HANG_POLL = 0.05  # how often a hung call checks whether it was released
 _E = TypeVar("_E", bound=StrEnum)
 
 
@@ -37,9 +39,26 @@ class _SimBase:
     store: WorldStore
     node: str
 
+    def _hang(self, op: str) -> None:
+        """Block while a ``hang`` fault holds ``op`` on this node (see ``World.take_hang``):
+        outside any world transaction, so the peer's agent and the test harness go on."""
+        if not self.store.may_hang():  # the common case: no world load, no lock
+            return
+        with self.store.transaction() as world:
+            seconds = world.take_hang(self.node, op)
+        if seconds is None:
+            return
+        deadline = time.monotonic() + seconds
+        while (left := deadline - time.monotonic()) > 0:
+            time.sleep(min(HANG_POLL, left))
+            with self.store.transaction() as world:
+                if not world.hang_held(self.node, op):
+                    return  # released
+
 
 class SimDrbd(_SimBase):
     def observe(self, resources: Sequence[Resource]) -> tuple[ResourceObs, ...]:
+        self._hang("drbd-observe")
         with self.store.transaction() as world:
             world.step()
             if not world.nodes[self.node].alive:
@@ -74,26 +93,31 @@ class SimDrbd(_SimBase):
             return tuple(out)
 
     def up(self, resource: Resource) -> None:
+        self._hang("drbd-up")
         with self.store.transaction() as world:
             world.check_fault(self.node, "drbd-up")
             world.drbd_up(self.node, resource.name)
 
     def primary(self, resource: Resource, *, force: bool = False) -> None:
+        self._hang("drbd-primary")
         with self.store.transaction() as world:
             world.check_fault(self.node, "drbd-primary")
             world.drbd_primary(self.node, resource.name, force=force)
 
     def secondary(self, resource: Resource) -> None:
+        self._hang("drbd-secondary")
         with self.store.transaction() as world:
             world.check_fault(self.node, "drbd-secondary")
             world.drbd_secondary(self.node, resource.name)
 
     def connect(self, resource: Resource, *, discard_my_data: bool = False) -> None:
+        self._hang("drbd-connect")
         with self.store.transaction() as world:
             world.check_fault(self.node, "drbd-connect")
             world.drbd_connect(self.node, resource.name, discard_my_data=discard_my_data)
 
     def disconnect(self, resource: Resource) -> None:
+        self._hang("drbd-disconnect")
         with self.store.transaction() as world:
             world.check_fault(self.node, "drbd-disconnect")
             world.drbd_disconnect(self.node, resource.name)
@@ -101,6 +125,7 @@ class SimDrbd(_SimBase):
 
 class SimVip(_SimBase):
     def observe(self, vips: Sequence[Vip]) -> tuple[VipObs, ...]:
+        self._hang("vip-observe")
         with self.store.transaction() as world:
             if not world.nodes[self.node].alive:
                 return tuple(VipObs(address=v.ip, error="node is down") for v in vips)
@@ -125,18 +150,21 @@ class SimVip(_SimBase):
             return tuple(out)
 
     def add(self, vip: Vip) -> None:
+        self._hang("vip-add")
         with self.store.transaction() as world:
             _discard(world.nodes[self.node].announced, vip.ip)  # as IpVip: before the add
             world.check_fault(self.node, "vip-add")
             world.vip_add(self.node, vip.ip)
 
     def remove(self, vip: Vip) -> None:
+        self._hang("vip-remove")
         with self.store.transaction() as world:
             world.check_fault(self.node, "vip-remove")
             world.vip_remove(self.node, vip.ip)
             _discard(world.nodes[self.node].announced, vip.ip)
 
     def announce(self, vip: Vip) -> None:
+        self._hang("vip-announce")
         with self.store.transaction() as world:
             world.check_fault(self.node, "vip-announce")
             world.vip_announce(self.node, vip.ip)
@@ -152,6 +180,7 @@ def _discard(items: list[str], item: str) -> None:
 
 class SimTarget(_SimBase):
     def observe(self, target: Target) -> TargetObs:
+        self._hang("target-observe")
         with self.store.transaction() as world:
             nd = world.nodes[self.node]
             if not nd.alive:
@@ -161,21 +190,25 @@ class SimTarget(_SimBase):
             return TargetObs(running=nd.target_running, exported_luns=frozenset(nd.exported))
 
     def start(self, target: Target) -> None:
+        self._hang("target-start")
         with self.store.transaction() as world:
             world.check_fault(self.node, "target-start")
             world.target_start(self.node)
 
     def export_lun(self, target: Target, lun: Lun, resource: Resource) -> None:
+        self._hang("target-export")
         with self.store.transaction() as world:
             world.check_fault(self.node, "target-export")
             world.target_export(self.node, lun.lun, resource.name)
 
     def unexport_lun(self, target: Target, lun: Lun) -> None:
+        self._hang("target-unexport")
         with self.store.transaction() as world:
             world.check_fault(self.node, "target-unexport")
             world.target_unexport(self.node, lun.lun)
 
     def stop(self, target: Target) -> None:
+        self._hang("target-stop")
         with self.store.transaction() as world:
             world.check_fault(self.node, "target-stop")
             world.target_stop(self.node)
@@ -187,6 +220,7 @@ class SimPoolMaster(_SimBase):
     ``World.pool_views``."""
 
     def observe(self) -> RoleVerdict:
+        self._hang("role-observe")
         with self.store.transaction() as world:
             if world.check_fault(self.node, "role-observe") == "garbage":
                 return RoleVerdict(Role.UNKNOWN, "pool.conf is unreadable")

@@ -81,7 +81,7 @@ from reconciler.core.observed import ConnState, DiskState, Role
 from reconciler.core.safety import DataFacts, NodeFacts
 from reconciler.core.spec import StorageCluster
 
-FaultKind = Literal["transient", "terminal", "timeout", "garbage"]
+FaultKind = Literal["transient", "terminal", "timeout", "garbage", "hang"]
 Fencing = Literal["none", "resource-only", "resource-and-stonith"]
 
 NO_DATA = (DiskState.DISKLESS, DiskState.FAILED)
@@ -126,12 +126,18 @@ class SimNode(BaseModel):
 
 
 class Fault(BaseModel):
-    """An injected failure: the next ``count`` calls of ``op`` on ``node`` fail (-1: forever)."""
+    """An injected failure: the next ``count`` calls of ``op`` on ``node`` fail (-1: forever).
+
+    ``hang``: each such call blocks (a command that never returns) until the fault is removed
+    from the world (released) or for ``seconds``, then goes on normally; what it then does
+    depends on the world as it is then (level-based, like a real command that came back late).
+    """
 
     node: str
     op: str
     kind: FaultKind = "transient"
     count: int = 1
+    seconds: float = 30.0  # hang only
 
 
 class World(BaseModel):
@@ -215,6 +221,8 @@ class World(BaseModel):
         if not self.faults:
             return None
         for fault in self.faults:
+            if fault.kind == "hang":
+                continue  # taken before the call (take_hang), never raised
             if fault.node == node and fault.op == op and fault.count != 0:
                 if fault.count > 0:
                     fault.count -= 1
@@ -226,6 +234,19 @@ class World(BaseModel):
                 raise TransientError(f"{op} on {node} {text} (injected transient fault)")
         self.faults = [f for f in self.faults if f.count != 0]
         return None
+
+    def take_hang(self, node: str, op: str) -> float | None:
+        """Consume one call of a ``hang`` fault on ``op``: the seconds to block, or None."""
+        for fault in self.faults:
+            if fault.kind == "hang" and fault.node == node and fault.op == op and fault.count:
+                if fault.count > 0:
+                    fault.count -= 1
+                return fault.seconds
+        return None
+
+    def hang_held(self, node: str, op: str) -> bool:
+        """A ``hang`` fault on ``op`` is still in the world (not released)."""
+        return any(f.kind == "hang" and f.node == node and f.op == op for f in self.faults)
 
     def _require_alive(self, node: str, op: str) -> None:
         if not self.nodes[node].alive:
@@ -859,6 +880,10 @@ class WorldStore:
     def transaction(self) -> contextlib.AbstractContextManager[World]:
         return _Held(self.world)
 
+    def may_hang(self) -> bool:
+        """Cheap: could a ``hang`` fault be in the world? (False: surely not.)"""
+        return any(f.kind == "hang" for f in self.world.faults)
+
 
 class FileWorldStore(WorldStore):
     """A world persisted as JSON; every transaction is load -> change -> atomic save under an
@@ -872,6 +897,13 @@ class FileWorldStore(WorldStore):
 
     def transaction(self) -> contextlib.AbstractContextManager[World]:
         return self._transaction()
+
+    def may_hang(self) -> bool:
+        # The file is replaced atomically: reading it without the lock sees a whole world.
+        try:
+            return b'"hang"' in self.path.read_bytes()
+        except FileNotFoundError:
+            return False
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[World]:
