@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import contextlib
-import json
 import logging
 import os
 import threading
+
+from adapters.state import read_json, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -47,12 +47,9 @@ class AnnounceRecord:
             assert self.path is not None
             self._ips = set()
             try:
-                with open(self.path, encoding="utf-8") as fh:
-                    data = json.load(fh)
+                data = read_json(self.path)
                 if isinstance(data, dict) and isinstance(data.get("announced"), list):
                     self._ips = {ip for ip in data["announced"] if isinstance(ip, str)}
-            except FileNotFoundError:
-                pass
             except (OSError, ValueError) as exc:
                 log.warning("ignoring unreadable announcement record %s: %s", self.path, exc)
         return self._ips
@@ -68,12 +65,7 @@ class AnnounceRecord:
                 ips.discard(ip)
             if self.path is None:
                 return
-            tmp = f"{self.path}.tmp{os.getpid()}"
             try:
-                with open(tmp, "w", encoding="utf-8") as fh:
-                    json.dump({"announced": sorted(ips)}, fh)
-                os.replace(tmp, self.path)
+                write_json_atomic(self.path, {"announced": sorted(ips)})
             except OSError as exc:
                 log.warning("cannot write the announcement record %s: %s", self.path, exc)
-                with contextlib.suppress(OSError):
-                    os.unlink(tmp)
