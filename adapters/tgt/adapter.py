@@ -17,8 +17,12 @@ Invariants:
   output -> ``running=None`` with ``error``. A LUN counts as exported only when its SCSI ID and SN
   are the spec's (a LUN with default IDs would show initiators a different disk).
 - Actions are idempotent by observation (show first, then change only what differs) and raise
-  only ``TransientError``/``TerminalError``. ``stop`` is bounded: offline, force-delete every
-  target (drops sessions), ask tgtd to exit, wait for the PID, SIGKILL as the last resort.
+  only ``TransientError``/``TerminalError``. No call carries a belief into the next: ``start``
+  asks tgtd whether it runs even right after ``observe`` found it absent, and ``export_lun``
+  shows the target even right after ``start`` defined it (one ``tgtadm`` each; the only thing
+  kept between calls is the handle of the tgtd child, a resource, see ``_proc``). ``stop`` is
+  bounded: offline, force-delete every target (drops sessions), ask tgtd to exit, wait for the
+  PID, SIGKILL as the last resort.
 - Parsing is ``adapters.tgt.parse`` (pure and total).
 
 tgtadm facts this relies on (tgt 1.0.85, Debian 12; see tests/fixtures/tgt/SOURCES.md):
@@ -50,7 +54,6 @@ from typing import Any
 
 from adapters.runner import CommandResult, Process, Runner
 from adapters.tgt.parse import (
-    TgtLun,
     TgtShow,
     parse_tgtadm_portals,
     parse_tgtadm_show,
@@ -111,15 +114,11 @@ class TgtAdapter:
         self.observe_timeout = observe_timeout
         self.env = {"TGT_IPC_SOCKET": self.socket}
         self.timings: dict[str, float] = {}
+        # The handle of the tgtd child this adapter spawned: a resource it owns (to reap it
+        # and to know its PID exactly), not a belief about the world. No call trusts it for a
+        # decision: every action asks tgtd (or the node's /proc and PID file) afresh, so a
+        # restarted agent or a `--once` run decides the same way without it.
         self._proc: Process | None = None
-        # (tid, iqn) of a target start() has just defined on a tgtd it had just started: it
-        # has no LUN, so the export that follows needs no `target show`. Any other call
-        # forgets it.
-        self._just_defined: tuple[int, str] | None = None
-        # The last observe() found nothing answering on our socket: the start() that follows
-        # in the same tick skips asking again (if something else started meanwhile, our spawn
-        # fails and the next tick sees it). Any other call forgets it.
-        self._seen_down = False
 
     # ------------------------------------------------------------------ commands
     def _adm(
@@ -165,13 +164,10 @@ class TgtAdapter:
         ``ready``. ``exported_luns``: data LUNs of ``target`` (same tid and IQN, target State
         ready) whose SCSI ID/SN match the spec (LUNs the spec does not list are reported too)."""
         self._reap()
-        self._just_defined = None
-        self._seen_down = False
         quick = self.observe_timeout
         try:
             sys_res = self._sys("show", check=False, timeout=quick)
             if sys_res.rc == NOT_RUNNING_RC:
-                self._seen_down = True
                 return TargetObs(running=False)
             if not sys_res.ok:
                 return TargetObs(running=None, error=failure_text("tgtadm sys show", sys_res))
@@ -199,7 +195,6 @@ class TgtAdapter:
         """tgtd running (started if needed), system State ready, target ``tid``/``iqn``
         defined and State ready, ACLs exactly ``target.initiators``. Idempotent."""
         began = time.monotonic()
-        self._just_defined = None
         tid = str(target.tid)
         verify = self._ensure_daemon(
             first=("--mode", "target", "--op", "new", "--tid", tid, "-T", target.iqn)
@@ -213,11 +208,7 @@ class TgtAdapter:
                     verify()
             raise
         if verify is not None:
-            try:
-                verify()
-            except BaseException:
-                self._just_defined = None
-                raise
+            verify()
         self.timings["start"] = time.monotonic() - began
 
     def _define(self, target: Target, fresh: bool) -> None:
@@ -225,7 +216,6 @@ class TgtAdapter:
         started whose first request defined it."""
         tid = str(target.tid)
         if fresh:
-            self._just_defined = (target.tid, target.iqn)
             self._sync_acls(target, ())
             return
         show = self._show()
@@ -260,17 +250,16 @@ class TgtAdapter:
     def _ensure_daemon(self, first: Sequence[str] = ()) -> Callable[[], None] | None:
         """Make our tgtd answer with State ready. None when it already ran, else the portal
         check of the one just started, whose first request was ``first`` (see
-        ``_spawn_daemon``)."""
-        seen_down, self._seen_down = self._seen_down, False
+        ``_spawn_daemon``). It asks tgtd itself rather than trusting an earlier observation:
+        a tgtd started meanwhile (another agent run on the same state directory) is used."""
         stale = self._recorded_pid()
-        if not (seen_down and stale is None):
-            res = self._sys("show", check=False)
-            if res.ok:
-                if parse_tgtadm_sys(res.stdout).state == "offline":
-                    self._sys("update", "--name", "State", "-v", "ready")
-                return None
-            if res.rc != NOT_RUNNING_RC:
-                raise TransientError(failure_text("tgtadm sys show", res), command=res.argv)
+        res = self._sys("show", check=False)
+        if res.ok:
+            if parse_tgtadm_sys(res.stdout).state == "offline":
+                self._sys("update", "--name", "State", "-v", "ready")
+            return None
+        if res.rc != NOT_RUNNING_RC:
+            raise TransientError(failure_text("tgtadm sys show", res), command=res.argv)
         # Nothing answers on our socket: a recorded tgtd that is still alive is wedged.
         if stale is not None:
             self._kill_and_wait(stale)
@@ -355,15 +344,10 @@ class TgtAdapter:
         milliseconds until the update; export before the VIP comes up."""
         began = time.monotonic()
         path = self.backing_for(resource)
-        just_defined, self._just_defined = self._just_defined, None
-        have: TgtLun | None = None
-        if just_defined != (target.tid, target.iqn):
-            current = self._show().target(target.tid)
-            if current is None or current.iqn != target.iqn:
-                raise TerminalError(
-                    f"target {target.tid} ({target.iqn}) is not defined; start() first"
-                )
-            have = current.lun(lun.lun)
+        current = self._show().target(target.tid)
+        if current is None or current.iqn != target.iqn:
+            raise TerminalError(f"target {target.tid} ({target.iqn}) is not defined; start() first")
+        have = current.lun(lun.lun)
         where = ("--tid", str(target.tid), "--lun", str(lun.lun))
         if have is not None and have.backing_store_path != path:
             self._iscsi("logicalunit", "delete", *where)
@@ -379,8 +363,6 @@ class TgtAdapter:
     def unexport_lun(self, target: Target, lun: Lun) -> None:
         """Remove the LUN (sessions stay; initiators get LOGICAL UNIT NOT SUPPORTED).
         Idempotent: nothing to do when tgtd, the target or the LUN is absent."""
-        self._just_defined = None
-        self._seen_down = False
         res = self._iscsi("target", "show", check=False)
         if res.rc == NOT_RUNNING_RC:
             return
@@ -404,8 +386,6 @@ class TgtAdapter:
         sessions, closes backing stores), ``delete --mode system`` started without waiting,
         watch the PID for ``stop_timeout``, SIGKILL as the last resort, or at once when tgt
         refused to delete a target (see ``_orderly_shutdown``). Idempotent."""
-        self._just_defined = None
-        self._seen_down = False
         began = time.monotonic()
         pid = self._known_pid()
         killer: Process | None = None
