@@ -67,7 +67,9 @@ class IpVip:
         self.record = AnnounceRecord() if record is None else record
         # VIPs the last observation did not find here: their probes start together with the
         # `ip` call (a probe costs probe_timeout, the call a process start); a VIP found here
-        # after all just has its probe result dropped.
+        # after all just has its probe result dropped. A scheduling hint, not a belief: the
+        # observation is the same function of the world with or without it (a VIP missing from
+        # it is probed after the `ip` call), only its latency differs.
         self._remote: set[str] = set()
 
     def observe(self, vips: Sequence[Vip]) -> tuple[VipObs, ...]:

@@ -409,6 +409,9 @@ class CommandArp:
         self._lock = threading.Lock()
         self._procs: list[Process] = []
         self._announcing: list[tuple[Process, tuple[str, str]]] = []  # (handle, (if, ip))
+        # The start-up allowance and whether `timeout` works are measurements of the node's
+        # tools and speed, kept across probes like a connection's RTT estimate; they bound how
+        # long a probe waits and never make "nobody answered" out of an unanswered question.
         self._startup = startup  # None: measured at the first probe
         self._base = startup  # what the allowance decays back to
         self._interruptible: bool | None = None if startup is None else True
