@@ -9,8 +9,9 @@ Invariants:
 - Every real adapter gets the same ``Runner`` (the one command seam), built from the node's
   transport and the spec's ``timings.commandTimeout``.
 - Per-node state lives in the state directory under per-node names (``tgt-<node>/``,
-  ``operator-<node>.json``); only the simulated world (``sim-world.json``) is shared, so two
-  agents of one lab can use one state directory.
+  ``operator-<node>.json``, ``vip-announced-<node>.json``, ``drbd-<node>.json``); only the
+  simulated world (``sim-world.json``) is shared, so two agents of one lab can use one state
+  directory.
 - Building adapters starts nothing and changes nothing on the node: daemons start in actions.
 - Problems found while building (a control socket path too long for the OS, a netns transport
   without a namespace) raise ``TerminalError``: the CLI reports them and exits 2.
@@ -77,9 +78,10 @@ def build_adapters(
         assert world is not None
         drbd = SimDrbd(world, node)
     else:
-        from adapters.drbd import RealDrbd
+        from adapters.drbd import RealDrbd, SplitBrainRecord
 
-        drbd = RealDrbd(runner)
+        record = SplitBrainRecord(drbd_record_path(state_dir.absolute(), node), read_only=dry_run)
+        drbd = RealDrbd(runner, record=record)
 
     vip: VipAdapter
     if chosen.vip == "sim":
@@ -150,6 +152,12 @@ def wake_sources(
     if isinstance(world, FileWorldStore):
         sources.append(world.wake_source(node))
     return tuple(sources)
+
+
+def drbd_record_path(state_dir: Path, node: str) -> Path:
+    """Where the DRBD adapter of ``node`` persists its split-brain inference
+    (``SplitBrainRecord``: the suspicion, the last connection state, the action since)."""
+    return state_dir / f"drbd-{node}.json"
 
 
 def announce_record_path(state_dir: Path, node: str) -> Path:

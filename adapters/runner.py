@@ -4,7 +4,7 @@ Invariants:
 - argv is always an explicit list (never a shell string), and every call has a timeout.
 - A transport turns the argv into what is really spawned: ``Local`` runs it as is, ``Netns``
   prefixes ``ip netns exec NS`` (lab). A transport that also has ``execute``/``spawn``
-  (``ExecutingTransport``, e.g. ``adapters.vmconsole.VmConsole``: a VM's command agent) carries
+  (``ExecutingTransport``, e.g. the VM tier's console agent, ``tests/vm/vmconsole.py``) carries
   the argv to where it runs itself; the runner then spawns nothing locally, sends only the
   environment variables the caller names, and maps the transport's exceptions to the same
   errors (``TimeoutError``/``ConnectionError`` -> transient, ``FileNotFoundError`` -> terminal).

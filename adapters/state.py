@@ -1,4 +1,5 @@
-"""The agent's own state on disk: the operator's manual mode and chosen role.
+"""The agent's own state on disk: the operator's manual mode and chosen role, and the helpers
+every small per-node state file uses (the VIP's ``AnnounceRecord``, DRBD's ``SplitBrainRecord``).
 
 Written atomically (temp file + rename) so a crash never leaves half a file; a missing file
 means "no manual mode"; an unreadable one is reported, and treated as manual mode with no
@@ -8,10 +9,12 @@ we cannot read".
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from reconciler.core.errors import TerminalError
 from reconciler.core.observed import OperatorState, Role
@@ -46,9 +49,31 @@ class FileOperatorStore:
             "force": state.force,
         }
         try:
-            fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".operator-")
-            with os.fdopen(fd, "w") as fh:
-                json.dump(data, fh)
-            os.replace(tmp, self.path)
+            write_json_atomic(self.path, data)
         except OSError as exc:
             raise TerminalError(f"cannot write operator state {self.path}: {exc}") from exc
+
+
+def read_json(path: str | os.PathLike[str]) -> Any:
+    """The JSON value in ``path``; None when the file does not exist. Raises ``OSError`` for
+    a file that cannot be read and ``ValueError`` for one that is not JSON."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return json.load(fh)
+    except FileNotFoundError:
+        return None
+
+
+def write_json_atomic(path: str | os.PathLike[str], data: object) -> None:
+    """Write ``data`` as JSON so that readers see the old or the new file, never a part: a
+    temporary file in the same directory, then ``os.replace``. Raises ``OSError``."""
+    target = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}-")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(data, fh)
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from adapters.base import DrbdAdapter
-from adapters.drbd import RealDrbd, classify_drbdadm_failure, drbd_not_loaded
+from adapters.drbd import RealDrbd, SplitBrainRecord, classify_drbdadm_failure, drbd_not_loaded
 from adapters.runner import CommandResult, Runner
 from reconciler.core.errors import AdapterError, TerminalError, TransientError
 from reconciler.core.observed import ConnState, DiskState, ResourceObs, Role
@@ -259,6 +259,116 @@ def test_inference_can_be_disabled_and_marking_still_works() -> None:
     assert adapter.split_brain_suspects == frozenset()
 
 
+# ------------------------------------------- split brain across processes (persisted record)
+
+
+def _process(path: Path, *states: str) -> tuple[RealDrbd, FakeRunner]:
+    """A fresh adapter, as a new agent process or ``reconcile --once`` run builds it: nothing in
+    memory, the node's record file at ``path``, ``states`` its status outputs in order."""
+    runner = FakeRunner()
+    for state in states:
+        runner.on(TEXT, stdout=_status(state))
+    return RealDrbd(runner, status_format="text", record=SplitBrainRecord(path)), runner
+
+
+def test_a_later_process_still_reports_the_split_brain(tmp_path: Path) -> None:
+    path = tmp_path / "drbd-node1.json"
+    first, _ = _process(path, "Connecting", "StandAlone")
+    assert [first.observe([R1])[0].split_brain for _ in range(2)] == [False, True]
+    second, _ = _process(path, "StandAlone")
+    assert second.observe([R1])[0].split_brain
+    assert second.split_brain_suspects == {"iscsi1"}
+    # Control: the same observations without the record carry no suspicion.
+    forgetful, _ = _sequence("StandAlone")
+    assert not forgetful.observe([R1])[0].split_brain
+
+
+def test_a_once_run_infers_from_the_recorded_connection_state(tmp_path: Path) -> None:
+    # `reconcile --once` every minute: the split happens between two runs.
+    path = tmp_path / "drbd-node1.json"
+    earlier, _ = _process(path, "Connected")
+    assert not earlier.observe([R1])[0].split_brain
+    later, _ = _process(path, "StandAlone")
+    assert later.observe([R1])[0].split_brain
+
+
+def test_a_once_run_after_the_previous_runs_connect_infers_a_refusal(tmp_path: Path) -> None:
+    path = tmp_path / "drbd-node1.json"
+    first, runner = _process(path, "StandAlone")
+    runner.on(("drbdadm", "connect", "iscsi1"))
+    assert not first.observe([R1])[0].split_brain
+    first.connect(R1)
+    second, _ = _process(path, "StandAlone")
+    assert second.observe([R1])[0].split_brain
+
+
+def test_a_once_run_after_the_previous_runs_disconnect_is_not_split_brain(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "drbd-node1.json"
+    first, runner = _process(path, "Connected")
+    runner.on(("drbdadm", "disconnect", "iscsi1"))
+    first.observe([R1])
+    first.disconnect(R1)
+    second, _ = _process(path, "StandAlone", "StandAlone")
+    assert [second.observe([R1])[0].split_brain for _ in range(2)] == [False, False]
+
+
+def test_the_recorded_suspicion_clears_when_connected_again(tmp_path: Path) -> None:
+    path = tmp_path / "drbd-node1.json"
+    first, _ = _process(path, "Connecting", "StandAlone")
+    first.observe([R1])
+    assert first.observe([R1])[0].split_brain
+    healed, _ = _process(path, "Connected")
+    assert not healed.observe([R1])[0].split_brain
+    after, _ = _process(path, "StandAlone")
+    assert after.split_brain_suspects == frozenset()
+    # StandAlone coming from Connected is suspicious again (nobody here disconnected it).
+    assert after.observe([R1])[0].split_brain
+
+
+def test_a_discard_connect_clears_the_recorded_suspicion(tmp_path: Path) -> None:
+    path = tmp_path / "drbd-node1.json"
+    first, _ = _process(path, "Connecting", "StandAlone")
+    first.observe([R1])
+    assert first.observe([R1])[0].split_brain
+    victim, runner = _process(path, "Connecting")
+    runner.on(("drbdadm", "connect", "--discard-my-data", "iscsi1"))
+    victim.connect(R1, discard_my_data=True)
+    assert victim.split_brain_suspects == frozenset()
+    resyncing, _ = _process(path, "Connecting")
+    assert not resyncing.observe([R1])[0].split_brain
+
+
+def test_a_marked_split_brain_is_persisted(tmp_path: Path) -> None:
+    path = tmp_path / "drbd-node1.json"
+    first, _ = _process(path)
+    first.mark_split_brain("iscsi1")
+    second, _ = _process(path, "StandAlone")
+    assert second.observe([R1])[0].split_brain
+    second.clear_split_brain("iscsi1")
+    third, _ = _process(path, "StandAlone")
+    assert third.split_brain_suspects == frozenset()
+
+
+def test_a_read_only_record_writes_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "drbd-node1.json"
+    runner = FakeRunner()
+    runner.on(TEXT, stdout=_status("Connecting"))
+    runner.on(TEXT, stdout=_status("StandAlone"))
+    dry = RealDrbd(runner, status_format="text", record=SplitBrainRecord(path, read_only=True))
+    assert [dry.observe([R1])[0].split_brain for _ in range(2)] == [False, True]
+    assert not path.exists()
+
+
+@pytest.mark.parametrize("content", ["", "{not json", '{"resources": []}', '["x"]'])
+def test_an_unreadable_record_counts_as_empty(tmp_path: Path, content: str) -> None:
+    path = tmp_path / "drbd-node1.json"
+    path.write_text(content)
+    adapter, _ = _process(path, "StandAlone", "Connecting", "StandAlone")
+    assert [adapter.observe([R1])[0].split_brain for _ in range(3)] == [False, False, True]
+
+
 # ------------------------------------------------------------------------------ actions
 
 
@@ -461,7 +571,7 @@ def test_observed_disk_states_are_passed_through_untouched() -> None:
 
 
 def test_disconnect_of_a_standalone_resource_is_already_done() -> None:
-    from adapters.drbd import _already_done
+    from adapters.drbd.adapter import _already_done
 
     # drbd-utils 9.22 on an 8.4 kernel (captured in the VM tier), and DRBD 8.4's own text.
     utils9_on_84 = (

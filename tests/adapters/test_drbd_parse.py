@@ -17,7 +17,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from adapters.drbd_parse import (
+from adapters.drbd.parse import (
     ParseResult,
     parse_events2,
     parse_proc_drbd,

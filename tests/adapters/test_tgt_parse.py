@@ -390,6 +390,18 @@ def test_export_lun_is_a_no_op_when_exported(tmp_path: Path) -> None:
     assert len(runner.calls) == 1  # just the show
 
 
+def test_start_asks_tgtd_afresh_after_an_observation_found_none(tmp_path: Path) -> None:
+    """No hint from observe() into start(): the decision to spawn comes from tgtd's answer."""
+    tgt, runner = adapter({("sys", "show"): (107, "")}, tmp_path)
+    assert tgt.observe(SPEC).running is False
+    # Another agent run on the same state directory started tgtd in between: spawning a
+    # second one (the runner's spawn fails the test) would fight it for the socket.
+    runner.answers[("sys", "show")] = READY
+    runner.answers[("target", "show")] = (0, fixture("show-03-one-lun-acl-all.txt"))
+    tgt.start(SPEC)
+    assert runner.calls[1][1:] == ["--mode", "sys", "--op", "show"]
+
+
 def test_acl_options(tmp_path: Path) -> None:
     tgt, runner = adapter(
         {("sys", "show"): READY, ("target", "show"): (0, fixture("show-03-one-lun-acl-all.txt"))},

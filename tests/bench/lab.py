@@ -11,7 +11,7 @@ limits are printed here, min / median / max over N rounds, each in a fresh lab:
 
 - tgtd: start, export one LUN, stop (tests/lab/test_tgt_lab.py), stop with a logged-in
   session, stop while a client reads continuously (test_tgt_stop_under_load.py);
-- VIP (tests/lab/test_vip_lab.py): `python -m adapters.vip observe` of two VIPs (one held by
+- VIP (tests/lab/test_vip_lab.py): `python -m tests.lab.vipcli observe` of two VIPs (one held by
   the peer), an ARP probe answered / free (30 ms window), announce: time to return, all three
   rounds, until the client's ARP entry moves; CommandArp (arping) probe answered / free and
   announce spawn; PingLiveness of 4 addresses (one unused) and of an unused address alone;
@@ -146,7 +146,7 @@ def vip_round(out: Figures) -> None:
         node1, node2 = adapter(lab, "node1"), adapter(lab, "node2")
         node1.add(the_vip())
         got = vip_cli(lab, "node2", "observe", f"eth0={VIP}", f"eth0={FREE_IP}/24")
-        add("adapters.vip observe, 2 VIPs (one held)", got["ms"])
+        add("vipcli observe, 2 VIPs (one held)", got["ms"])
         add(
             "ARP probe answered (30 ms window)",
             vip_cli(lab, "node2", "probe", "eth0", VIP_IP)["ms"],
@@ -167,7 +167,7 @@ def vip_round(out: Figures) -> None:
         node2.add(the_vip())
         proc = lab.spawn(
             "node2",
-            [sys.executable, "-m", "adapters.vip", "announce", "--netns", lab.ns("node2"),
+            [sys.executable, "-m", "tests.lab.vipcli", "announce", "--netns", lab.ns("node2"),
              "eth0", VIP_IP],
             env={"PYTHONPATH": str(Path(__file__).resolve().parents[2])},
             log_name="announce.json",

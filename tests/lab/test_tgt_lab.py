@@ -220,8 +220,8 @@ def test_portal_that_cannot_be_bound_is_refused(lab: Lab, tmp_path: Path) -> Non
 
 
 def test_a_tgtd_started_after_the_observation_is_used_not_killed(lab: Lab, tmp_path: Path) -> None:
-    """start() skips re-asking a tgtd its own observation just found absent, but not when a
-    tgtd was recorded meanwhile (another agent run on the same state directory)."""
+    """start() asks tgtd afresh even right after its own observation found it absent: a tgtd
+    started meanwhile (another agent run on the same state directory) is used, not killed."""
     tgt = make_adapter(lab, "node1", tmp_path)
     other = make_adapter(lab, "node1", tmp_path)  # same control socket and PID file
     spec = target(LUN1)

@@ -1,7 +1,7 @@
 """The real VIP and liveness adapters in the namespace lab (iproute2, AF_PACKET, arping, ping).
 
 Everything runs inside the lab's namespaces: commands through ``lab.runner(KEY)``, and the
-in-process ARP tool through ``python -m adapters.vip ...`` started *inside* a node's namespace
+in-process ARP tool through ``python -m tests.lab.vipcli ...`` started *inside* a node's namespace
 (the production arrangement: the agent runs on the node). Nothing here opens a packet socket in
 the test process itself, whose namespace is the machine's real one.
 
@@ -38,9 +38,9 @@ PROBE_MS = 30.0
 
 
 def vip_cli(lab: Lab, key: str, cmd: str, *args: str, netns: str | None = None) -> dict[str, Any]:
-    """Run ``python -m adapters.vip CMD ARGS`` inside ``key``'s namespace; its JSON output.
+    """Run ``python -m tests.lab.vipcli CMD ARGS`` inside ``key``'s namespace; its JSON output.
     ``--netns`` makes the tool itself check that it is where it should be."""
-    argv = [sys.executable, "-m", "adapters.vip", cmd, "--netns", netns or lab.ns(key), *args]
+    argv = [sys.executable, "-m", "tests.lab.vipcli", cmd, "--netns", netns or lab.ns(key), *args]
     res = lab.run(key, argv, env={"PYTHONPATH": str(REPO)}, check=False)
     assert res.rc in (0, 1), res.stderr
     out: dict[str, Any] = json.loads(res.stdout)
@@ -169,7 +169,7 @@ def test_announce_moves_the_client_and_does_not_block(lab: Lab) -> None:
         [
             sys.executable,
             "-m",
-            "adapters.vip",
+            "tests.lab.vipcli",
             "announce",
             "--netns",
             lab.ns("node2"),

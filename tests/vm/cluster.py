@@ -28,7 +28,7 @@ from pathlib import Path
 
 from adapters.base import Alert, NodeAdapters
 from adapters.drbd import RealDrbd
-from adapters.drbd_parse import parse_status_text
+from adapters.drbd.parse import parse_status_text
 from adapters.factory import announce_record_path, wake_sources
 from adapters.liveness import PingLiveness
 from adapters.poolconf import PoolConfRoleSource

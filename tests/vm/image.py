@@ -15,7 +15,7 @@ which one a VM is. What goes in, and where it comes from:
   (tgt), ``qemu-io`` with its iscsi block module (qemu-utils, qemu-block-extra) and
   ``iscsi-inq`` (libiscsi-bin) for the client VM;
 - the guest side of the lab: ``guest/init`` (PID 1) and ``guest/agent.c`` (the command agent
-  behind ``adapters.vmconsole``, compiled with the host's gcc).
+  behind ``tests.vm.vmconsole``, compiled with the host's gcc).
 
 Invariants:
 

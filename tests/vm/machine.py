@@ -14,7 +14,7 @@ Invariants:
 - Links are qemu ``-netdev dgram`` over unix datagram sockets in the lab directory; the
   switches are threads of this process forwarding Ethernet frames between those sockets. The
   host has no interface, address or route in the lab range: a frame can only reach another VM.
-- Each VM's agent is reached through ``adapters.vmconsole.VmConsole`` on the unix socket of a
+- Each VM's agent is reached through ``tests.vm.vmconsole.VmConsole`` on the unix socket of a
   virtio-serial port (``<dir>/<name>.agent``); ``Vm.runner()`` is the command seam for it.
 - qemu runs with PR_SET_PDEATHSIG=SIGKILL (it dies with the thread that started it: start VMs
   from the main thread) and is killed and reaped by ``Vm.kill``/``VmLab.down``. ``down`` is
@@ -42,8 +42,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from adapters.runner import CommandResult, Runner
-from adapters.vmconsole import VmConsole
 from tests.vm.image import Image
+from tests.vm.vmconsole import VmConsole
 
 QEMU = "qemu-system-x86_64"
 LAN_PREFIX = 24
@@ -432,7 +432,7 @@ __all__ = [
 
 def main() -> int:
     """``python -m tests.vm.machine``: boot the lab and keep it up until Ctrl-C (or SIGTERM),
-    for poking at it by hand with ``python -m adapters.vmconsole <dir>/<vm>.agent -- CMD``."""
+    for poking at it by hand with ``python -m tests.vm.vmconsole <dir>/<vm>.agent -- CMD``."""
     from tests.vm.image import build_image
 
     lab = VmLab(build_image(log=True))
@@ -444,7 +444,7 @@ def main() -> int:
             vm.console.close()  # leave the sockets free for the command line client
         print(f"lab up in {lab.boot_seconds['all']:.1f}s: {lab.directory}", flush=True)
         for vm in lab.vms.values():
-            print(f"  python -m adapters.vmconsole {vm.agent_socket} -- CMD...", flush=True)
+            print(f"  python -m tests.vm.vmconsole {vm.agent_socket} -- CMD...", flush=True)
         stop.wait()
     except KeyboardInterrupt:
         pass

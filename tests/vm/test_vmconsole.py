@@ -1,5 +1,5 @@
 """The VM transport without a VM: the real guest agent (tests/vm/guest/agent.c, compiled on the
-host) serves ``adapters.vmconsole.VmConsole`` over a unix socket, and the product's ``Runner``
+host) serves ``tests.vm.vmconsole.VmConsole`` over a unix socket, and the product's ``Runner``
 drives it. Runs in the default suite (not marked ``vm``): about a second, needs only gcc.
 
 What a VM adds on top (the virtio-serial port, the guest's tools) is covered by the VM tier.
@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 
 from adapters.runner import Runner
-from adapters.vmconsole import VmConsole
 from reconciler.core.errors import TerminalError, TransientError
+from tests.vm.vmconsole import VmConsole
 from tests.waiting import wait_for
 
 AGENT_SOURCE = Path(__file__).resolve().parent / "guest" / "agent.c"

@@ -1,61 +1,43 @@
-"""Floating addresses with iproute2, plus ARP probing and gratuitous ARP.
+"""ARP tools: how probes and gratuitous ARP get onto the VIP's segment (``ArpTool``).
 
-``IpVip`` is the real ``VipAdapter``: ``observe`` reads ``ip -j addr show`` once per tick and,
-for every VIP that is not local, asks an ``ArpTool`` whether another host answers ARP for it.
-
-Invariants:
-
-- ``observe`` never raises: unreadable ``ip`` output gives ``VipObs(local=None, error=...)``; a
-  probe that cannot be made gives ``answered_elsewhere=None`` with the reason in ``error``.
-- A VIP is ``local`` only when its address sits on the interface the spec names. Found on
-  another interface it is ``local=None`` (a misconfiguration the agent must not paper over).
-- Every probe is bounded: ``InProcessArp`` waits at most ``probe_timeout`` (default 30 ms, it
-  sits inside the failover gap on the node being promoted); an answer ends the wait at once.
-- ``add``/``remove`` are idempotent: "already assigned" / "not found" are success. They raise
-  only ``TransientError``/``TerminalError`` (the runner's timeouts are transient).
-- ``announce`` returns after the first frame(s): later frames go out from a background thread
-  (``InProcessArp``) or a detached ``arping`` (``CommandArp``); it never sleeps in the tick.
-- A local VIP is ``announced`` only when ``announce`` ran after the last ``add`` (see
-  ``AnnounceRecord``): a VIP added but never announced is reported ``announced=False``.
-- Commands go through ``adapters.runner.Runner`` only; the in-process ARP tool uses an
-  ``AF_PACKET`` socket in the namespace of the process that calls it, so it is only correct when
-  the agent runs on the node (or inside the node's network namespace, as in the lab).
-
-``python -m adapters.vip probe|announce|observe ...`` runs the same code from a shell inside a
-namespace (``ip netns exec NODE python -m adapters.vip probe eth0 198.51.100.3``) and prints
-JSON with the measured times; the lab tests use it.
+``InProcessArp`` uses an ``AF_PACKET`` socket of this process, with the later announcement
+rounds and socket closes on one background thread; ``CommandArp`` runs iputils ``arping``
+through the runner. Both are bounded: a probe waits about its timeout, an announcement returns
+after its first frame(s).
 """
 
 from __future__ import annotations
 
-import argparse
 import atexit
 import contextlib
 import errno
 import functools
 import heapq
-import ipaddress
 import itertools
-import json
 import logging
 import math
 import os
 import re
 import signal
 import socket
-import struct
-import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from adapters.runner import Runner
+from adapters.runner import Process, Runner
+from adapters.vip.arp import (
+    ETH_P_ARP,
+    announce_packets,
+    arp_frame,
+    conflict_in,
+    format_mac,
+    parse_arp_frame,
+    probe_packet,
+)
+from adapters.vip.parse import ArpingReport, clip, parse_arping
 from reconciler.core.errors import AdapterError, TerminalError, TransientError
-from reconciler.core.observed import VipObs
-from reconciler.core.spec import Vip
 
 log = logging.getLogger(__name__)
 
@@ -66,136 +48,10 @@ ANNOUNCE_COUNT = 3
 ANNOUNCE_INTERVAL = 0.2
 """Gratuitous ARP rounds and their spacing (Pacemaker's IPaddr2 sends 5 at 200 ms)."""
 
-
-# --------------------------------------------------------------------------------- parsing
-class IpAddrParseError(ValueError):
-    """``ip -j addr show`` output that is not what iproute2 prints."""
-
-
-def parse_ip_addr_json(text: str) -> dict[str, set[str]]:
-    """Map interface name -> its IPv4 addresses (no prefix length) from ``ip -j addr show``.
-
-    Pure. Every interface appears, with an empty set when it has no IPv4 address (down or not).
-    Non-IPv4 entries are ignored, and so are the empty ``{}`` objects some iproute2 versions
-    print for filtered-out links. Anything else unexpected raises ``IpAddrParseError``.
-    """
-    try:
-        data = json.loads(text)
-    except (ValueError, RecursionError) as exc:
-        raise IpAddrParseError(f"not JSON: {_clip(text)!r} ({exc})") from exc
-    if not isinstance(data, list):
-        raise IpAddrParseError(f"expected a JSON list of links, got {type(data).__name__}")
-    result: dict[str, set[str]] = {}
-    for link in data:
-        if not isinstance(link, dict):
-            raise IpAddrParseError(f"expected a link object, got {_clip(repr(link))}")
-        if not link:
-            continue
-        name = link.get("ifname")
-        if not isinstance(name, str) or not name:
-            raise IpAddrParseError(f"link without a name: {_clip(repr(link))}")
-        infos = link.get("addr_info", [])
-        if not isinstance(infos, list):
-            raise IpAddrParseError(f"{name}: addr_info is not a list")
-        addrs = result.setdefault(name, set())
-        for info in infos:
-            if not isinstance(info, dict):
-                raise IpAddrParseError(f"{name}: address entry is not an object")
-            if info.get("family") != "inet":
-                continue
-            local = info.get("local")
-            if not isinstance(local, str):
-                raise IpAddrParseError(f"{name}: inet entry without a 'local' address")
-            try:
-                addrs.add(str(ipaddress.IPv4Address(local)))
-            except ValueError as exc:
-                raise IpAddrParseError(f"{name}: bad IPv4 address {local!r}") from exc
-    return result
-
-
-def _clip(text: str, limit: int = 80) -> str:
-    return text if len(text) <= limit else text[:limit] + "..."
-
-
-# ------------------------------------------------------------------------------ ARP frames
-ETH_P_ARP = 0x0806
-ARP_REQUEST = 1
-ARP_REPLY = 2
-BROADCAST = b"\xff" * 6
-ZERO_MAC = b"\x00" * 6
-ZERO_IP = b"\x00" * 4
 NETNS_RUN_DIR = "/run/netns"
 _NETNS_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
-_ARP = struct.Struct("!HHBBH6s4s6s4s")
-_ETH_HEADER = 14
 
 
-@dataclass(frozen=True, slots=True)
-class ArpPacket:
-    """The fields of an Ethernet/IPv4 ARP packet that matter here."""
-
-    op: int
-    sender_mac: bytes
-    sender_ip: bytes
-    target_mac: bytes
-    target_ip: bytes
-
-
-def arp_frame(src_mac: bytes, packet: ArpPacket, *, dst_mac: bytes = BROADCAST) -> bytes:
-    """An Ethernet frame carrying ``packet`` (pure)."""
-    fields = (packet.sender_mac, packet.sender_ip, packet.target_mac, packet.target_ip)
-    body = _ARP.pack(1, 0x0800, 6, 4, packet.op, *fields)
-    return dst_mac + src_mac + struct.pack("!H", ETH_P_ARP) + body
-
-
-def parse_arp_frame(frame: bytes) -> ArpPacket | None:
-    """The ARP packet in an Ethernet frame, or None for anything else (pure)."""
-    if len(frame) < _ETH_HEADER + _ARP.size or frame[12:14] != b"\x08\x06":
-        return None
-    htype, ptype, hlen, plen, op, sha, spa, tha, tpa = _ARP.unpack_from(frame, _ETH_HEADER)
-    if (htype, ptype, hlen, plen) != (1, 0x0800, 6, 4):
-        return None
-    return ArpPacket(op, sha, spa, tha, tpa)
-
-
-def probe_packet(mac: bytes, ip: str) -> ArpPacket:
-    """RFC 5227 ARP probe: who has ``ip``? (sender IP 0.0.0.0, so nobody's cache changes)."""
-    return ArpPacket(ARP_REQUEST, mac, ZERO_IP, ZERO_MAC, socket.inet_aton(ip))
-
-
-def announce_packets(mac: bytes, ip: str) -> tuple[ArpPacket, ArpPacket]:
-    """One round of gratuitous ARP: a request (like ``arping -U``, RFC 5227 announcement) and
-    a reply (like ``arping -A``; Linux treats a reply as gratuitous only when target MAC ==
-    sender MAC, so it is set that way). Sent as a pair because some stacks honour only one."""
-    ipb = socket.inet_aton(ip)
-    return (
-        ArpPacket(ARP_REQUEST, mac, ipb, ZERO_MAC, ipb),
-        ArpPacket(ARP_REPLY, mac, ipb, mac, ipb),
-    )
-
-
-def conflict_in(packet: ArpPacket, *, own_mac: bytes, ip: str) -> str | None:
-    """Why ``packet`` shows that another host has (or claims) ``ip``; None if it does not.
-
-    RFC 5227 2.1.1: any ARP packet whose sender IP is the address is a conflict. Unlike RFC
-    5227 we do not count another host's *probe* for the address: the secondary probes the VIP
-    every tick, and counting that made the new primary's takeover probe collide with it and
-    lose a tick in about 1 swap in 5. A probe only asks; it never claims the address."""
-    if packet.sender_mac == own_mac:
-        return None
-    ipb = socket.inet_aton(ip)
-    who = format_mac(packet.sender_mac)
-    if packet.sender_ip == ipb:
-        kind = "reply" if packet.op == ARP_REPLY else "request"
-        return f"answered by {who} (ARP {kind})"
-    return None
-
-
-def format_mac(mac: bytes) -> str:
-    return ":".join(f"{b:02x}" for b in mac)
-
-
-# ------------------------------------------------------------------------------- ARP tools
 @dataclass(frozen=True, slots=True)
 class ProbeResult:
     """``answered``: True another host answers, False nobody did within the wait, None the
@@ -510,48 +366,10 @@ def _background() -> _Background:
         return _BACKGROUND
 
 
-class _Process(Protocol):
-    """What ``CommandArp`` needs of a handle returned by ``Runner.spawn``."""
-
-    @property
-    def pid(self) -> int: ...
-
-    def poll(self) -> int | None: ...
-
-    def kill(self) -> None: ...
-
-
-_REPLY_RE = re.compile(r"reply from \S+ \[([0-9A-Fa-f:]{17})\]", re.IGNORECASE)
-_SENT_RE = re.compile(r"^Sent (\d+) probes?\b", re.MULTILINE)
-_RECEIVED_RE = re.compile(r"^Received (\d+) responses?\b", re.MULTILINE)
 STARTUP_MIN = 0.02
 """Seconds: the least start-up allowance ``CommandArp`` adds to a probe's wait."""
 STARTUP_MAX = 1.0
 """Seconds: the most; beyond it the node is too slow to start arping and a probe is unknown."""
-
-
-@dataclass(frozen=True, slots=True)
-class ArpingReport:
-    """What iputils ``arping -D`` printed: its closing counts (None when it printed none, e.g.
-    killed before its SIGINT handler was installed) and the MAC of the first reply."""
-
-    sent: int | None
-    received: int | None
-    mac: str | None
-
-
-def parse_arping(stdout: str) -> ArpingReport:
-    """Pure: the counts and first replier of an ``arping`` run. arping prints its counts at
-    exit, also when stopped by SIGINT (``Sent 1 probes (1 broadcast(s))`` / ``Received 0
-    response(s)``)."""
-    sent = _SENT_RE.search(stdout)
-    received = _RECEIVED_RE.search(stdout)
-    reply = _REPLY_RE.search(stdout)
-    return ArpingReport(
-        sent=int(sent.group(1)) if sent else None,
-        received=int(received.group(1)) if received else None,
-        mac=reply.group(1).lower() if reply else None,
-    )
 
 
 class CommandArp:
@@ -589,8 +407,11 @@ class CommandArp:
         self.runner = runner
         self.count = count
         self._lock = threading.Lock()
-        self._procs: list[_Process] = []
-        self._announcing: list[tuple[_Process, tuple[str, str]]] = []  # (handle, (if, ip))
+        self._procs: list[Process] = []
+        self._announcing: list[tuple[Process, tuple[str, str]]] = []  # (handle, (if, ip))
+        # The start-up allowance and whether `timeout` works are measurements of the node's
+        # tools and speed, kept across probes like a connection's RTT estimate; they bound how
+        # long a probe waits and never make "nobody answered" out of an unanswered question.
         self._startup = startup  # None: measured at the first probe
         self._base = startup  # what the allowance decays back to
         self._interruptible: bool | None = None if startup is None else True
@@ -627,7 +448,7 @@ class CommandArp:
                 if report.sent and self._base is not None:
                     self._startup = max(self._base, self._startup * 0.8)
                 return outcome
-            text = _clip((res.stdout + res.stderr).strip(), 200)
+            text = clip((res.stdout + res.stderr).strip(), 200)
             if report.sent is None and "timeout" in res.stderr and res.rc in (1, 125, 126, 127):
                 log.warning(
                     "no usable `timeout` on the node (%s): arping waits whole seconds", text
@@ -665,7 +486,7 @@ class CommandArp:
         if res.rc != 0:
             log.warning(
                 "`timeout --preserve-status` does not work on the node (exit %s: %s): arping "
-                "waits whole seconds", res.rc, _clip(res.stderr.strip(), 200)
+                "waits whole seconds", res.rc, clip(res.stderr.strip(), 200)
             )  # fmt: skip
             self._interruptible = False
             return
@@ -684,7 +505,7 @@ class CommandArp:
         outcome = _probe_outcome(res.rc, parse_arping(res.stdout), ip, time.monotonic() - started)
         if outcome is not None:
             return outcome
-        text = _clip((res.stdout + res.stderr).strip(), 200)
+        text = clip((res.stdout + res.stderr).strip(), 200)
         return ProbeResult(None, detail=f"arping exited {res.rc}: {text}")
 
     def announce(self, interface: str, ip: str) -> None:
@@ -753,289 +574,3 @@ def _announce_error(interface: str, ip: str, exc: OSError) -> AdapterError:
     if exc.errno in (errno.ENODEV, errno.ENXIO, errno.EPERM, errno.EACCES, errno.EINVAL):
         return TerminalError(text)
     return TransientError(text)
-
-
-# --------------------------------------------------------------------------------- adapter
-class AnnounceRecord:
-    """Which VIPs this node's agent announced (gratuitous ARP) after it last added them.
-
-    ``IpVip`` clears a VIP's entry *before* it adds the address and sets it once the first
-    frames of an announcement went out, so a VIP that is local but not in the record was added
-    and never announced: the agent was killed in between, or every attempt failed. The planner
-    then announces it again; without that, initiators keep the old holder's MAC until their
-    ARP entry expires (8-45 s on Linux).
-
-    Kept in a small JSON file (``path``) so that it outlives the agent process: a restarted
-    agent, or the next ``reconcile --once``, knows what was already announced. Without a path
-    it lives in memory only. Persisting is best effort: a file that cannot be written is logged
-    and the in-memory record still holds (the worst case is one extra announcement by the next
-    process). Only this node's agent writes it, so the file is read once.
-    """
-
-    def __init__(self, path: str | os.PathLike[str] | None = None) -> None:
-        self.path = None if path is None else os.fspath(path)
-        self._lock = threading.Lock()
-        self._ips: set[str] | None = None if self.path else set()
-
-    def __contains__(self, ip: object) -> bool:
-        with self._lock:
-            return ip in self._load()
-
-    def remember(self, ip: str) -> None:
-        self._change(ip, add=True)
-
-    def forget(self, ip: str) -> None:
-        self._change(ip, add=False)
-
-    def _load(self) -> set[str]:
-        if self._ips is None:
-            assert self.path is not None
-            self._ips = set()
-            try:
-                with open(self.path, encoding="utf-8") as fh:
-                    data = json.load(fh)
-                if isinstance(data, dict) and isinstance(data.get("announced"), list):
-                    self._ips = {ip for ip in data["announced"] if isinstance(ip, str)}
-            except FileNotFoundError:
-                pass
-            except (OSError, ValueError) as exc:
-                log.warning("ignoring unreadable announcement record %s: %s", self.path, exc)
-        return self._ips
-
-    def _change(self, ip: str, *, add: bool) -> None:
-        with self._lock:
-            ips = self._load()
-            if (ip in ips) == add:
-                return
-            if add:
-                ips.add(ip)
-            else:
-                ips.discard(ip)
-            if self.path is None:
-                return
-            tmp = f"{self.path}.tmp{os.getpid()}"
-            try:
-                with open(tmp, "w", encoding="utf-8") as fh:
-                    json.dump({"announced": sorted(ips)}, fh)
-                os.replace(tmp, self.path)
-            except OSError as exc:
-                log.warning("cannot write the announcement record %s: %s", self.path, exc)
-                with contextlib.suppress(OSError):
-                    os.unlink(tmp)
-
-
-_EXISTS_RE = re.compile(r"File exists|already assigned", re.IGNORECASE)
-_ABSENT_RE = re.compile(
-    r"Cannot assign requested address|Address not found|Cannot find device", re.IGNORECASE
-)
-
-
-class IpVip:
-    """``VipAdapter`` on iproute2 (see the module docstring for the invariants).
-
-    ``probe_timeout`` bounds each ARP probe; several VIPs that need probing are probed
-    concurrently, so ``observe`` costs one ``ip`` call plus about one ``probe_timeout``.
-    """
-
-    def __init__(
-        self,
-        runner: Runner,
-        *,
-        arp: ArpTool,
-        probe_timeout: float = DEFAULT_PROBE_TIMEOUT,
-        command_timeout: float | None = None,
-        record: AnnounceRecord | None = None,
-    ) -> None:
-        if probe_timeout <= 0:
-            raise ValueError("probe_timeout must be positive")
-        self.runner = runner
-        self.arp = arp
-        self.probe_timeout = probe_timeout
-        self.command_timeout = command_timeout
-        self.record = AnnounceRecord() if record is None else record
-        # VIPs the last observation did not find here: their probes start together with the
-        # `ip` call (a probe costs probe_timeout, the call a process start); a VIP found here
-        # after all just has its probe result dropped.
-        self._remote: set[str] = set()
-
-    def observe(self, vips: Sequence[Vip]) -> tuple[VipObs, ...]:
-        if not vips:
-            return ()
-        # Probes run on one pool: the early ones beside the `ip` call, the rest after it.
-        with ThreadPoolExecutor(max_workers=len(vips), thread_name_prefix="arp-probe") as pool:
-            probes = {
-                vip.ip: pool.submit(self._probe_one, vip) for vip in vips if vip.ip in self._remote
-            }
-            return self._observe(vips, pool, probes)
-
-    def _observe(
-        self,
-        vips: Sequence[Vip],
-        pool: ThreadPoolExecutor,
-        probes: dict[str, Future[ProbeResult]],
-    ) -> tuple[VipObs, ...]:
-        try:
-            res = self.runner.run(["ip", "-j", "addr", "show"], timeout=self.command_timeout)
-            links = parse_ip_addr_json(res.stdout)
-        except (AdapterError, IpAddrParseError) as exc:
-            why = f"cannot read local addresses: {exc}"
-            return tuple(VipObs(address=v.ip, local=None, error=why) for v in vips)
-        out: dict[int, VipObs] = {}
-        to_probe: list[tuple[int, Vip]] = []
-        for i, vip in enumerate(vips):
-            holders = sorted(name for name, ips in links.items() if vip.ip in ips)
-            if vip.interface in holders:
-                out[i] = VipObs(address=vip.ip, local=True, announced=vip.ip in self.record)
-            elif holders:
-                out[i] = VipObs(
-                    address=vip.ip,
-                    local=None,
-                    error=(
-                        f"VIP {vip.ip} is configured on {', '.join(holders)}, not on "
-                        f"{vip.interface} as the spec says; fix it by hand"
-                    ),
-                )
-            elif vip.interface not in links:
-                out[i] = VipObs(
-                    address=vip.ip,
-                    local=False,
-                    error=f"interface {vip.interface} does not exist; cannot probe {vip.ip}",
-                )
-            else:
-                to_probe.append((i, vip))
-        for _, vip in to_probe:
-            if vip.ip not in probes:
-                probes[vip.ip] = pool.submit(self._probe_one, vip)
-        self._remote = {vip.ip for _, vip in to_probe}
-        for i, vip in to_probe:
-            result = probes[vip.ip].result()
-            out[i] = VipObs(
-                address=vip.ip,
-                local=False,
-                answered_elsewhere=result.answered,
-                # "answered by <MAC>" is information, not an observation failure: an error here
-                # would raise a vip-unknown alert on every tick of a healthy secondary.
-                error=(result.detail or None) if result.answered is None else None,
-                holder=(result.detail or None) if result.answered else None,
-            )
-        return tuple(out[i] for i in range(len(vips)))
-
-    def _probe_one(self, vip: Vip) -> ProbeResult:
-        try:
-            return self.arp.probe(vip.interface, vip.ip, timeout=self.probe_timeout)
-        except Exception as exc:  # a probe failure is data, never an exception
-            return ProbeResult(None, detail=f"ARP probe failed: {exc!r}")
-
-    def add(self, vip: Vip) -> None:
-        """``ip addr add ADDR/PREFIX dev IF``; an address already there is success. The VIP
-        leaves the announcement record first: it counts as announced only once ``announce``
-        ran after this."""
-        self.record.forget(vip.ip)
-        self._ip_addr("add", vip, already=_EXISTS_RE, what="add VIP {addr} on {dev}")
-
-    def remove(self, vip: Vip) -> None:
-        """``ip addr del ADDR/PREFIX dev IF``; an address (or interface) that is not there is
-        success: the VIP is not configured on that interface either way. This node's own
-        announcements of the VIP end first: a gratuitous ARP round still due after the peer
-        took the address over would drag the initiators' ARP caches back here."""
-        self.arp.cancel(vip.interface, vip.ip)
-        self._ip_addr("del", vip, already=_ABSENT_RE, what="remove VIP {addr} from {dev}")
-        self.record.forget(vip.ip)
-
-    def _ip_addr(self, verb: str, vip: Vip, *, already: re.Pattern[str], what: str) -> None:
-        argv = ["ip", "addr", verb, str(vip.address), "dev", vip.interface]
-        res = self.runner.run(argv, check=False, timeout=self.command_timeout)
-        if res.ok or already.search(res.stderr):
-            return
-        action = what.format(addr=vip.address, dev=vip.interface)
-        raise TerminalError(
-            f"cannot {action}: {res.stderr.strip()}", command=res.argv, output=res.stderr
-        )
-
-    def announce(self, vip: Vip) -> None:
-        self.arp.announce(vip.interface, vip.ip)
-        self.record.remember(vip.ip)
-
-
-# ------------------------------------------------------------------------------------- CLI
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m adapters.vip probe|announce|observe``: run the ARP tools in the current
-    network namespace and print one JSON object (times in ms; ``t_started`` is on the monotonic
-    clock, which all namespaces share). ``--netns NAME`` refuses to act outside that namespace.
-    Exit status 0, or 1 when the announcement could not be sent."""
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--netns", help="refuse to run unless inside this named namespace")
-    parser = argparse.ArgumentParser(prog="python -m adapters.vip", description=main.__doc__)
-    sub = parser.add_subparsers(dest="cmd", required=True)
-    p_probe = sub.add_parser("probe", parents=[common], help="does another host answer ARP?")
-    p_probe.add_argument("interface")
-    p_probe.add_argument("ip", type=ipaddress.IPv4Address)
-    p_probe.add_argument("--timeout-ms", type=float, default=DEFAULT_PROBE_TIMEOUT * 1000)
-    p_ann = sub.add_parser("announce", parents=[common], help="gratuitous ARP (all rounds)")
-    p_ann.add_argument("interface")
-    p_ann.add_argument("ip", type=ipaddress.IPv4Address)
-    p_ann.add_argument("--count", type=int, default=ANNOUNCE_COUNT)
-    p_ann.add_argument("--interval-ms", type=float, default=ANNOUNCE_INTERVAL * 1000)
-    p_obs = sub.add_parser("observe", parents=[common], help="IpVip.observe (IF=ADDR/PREFIX)")
-    p_obs.add_argument("vips", nargs="+", metavar="IF=ADDR/PREFIX")
-    p_obs.add_argument("--timeout-ms", type=float, default=DEFAULT_PROBE_TIMEOUT * 1000)
-    args = parser.parse_args(argv)
-
-    if args.cmd == "probe":
-        tool = InProcessArp(netns=args.netns)
-        result = tool.probe(args.interface, str(args.ip), timeout=args.timeout_ms / 1000)
-        _print(
-            answered=result.answered,
-            mac=result.mac,
-            detail=result.detail,
-            ms=round(result.seconds * 1000, 3),
-        )
-        return 0
-    if args.cmd == "announce":
-        tool = InProcessArp(count=args.count, interval=args.interval_ms / 1000, netns=args.netns)
-        started = time.monotonic()
-        try:
-            tool.announce(args.interface, str(args.ip))
-        except AdapterError as exc:
-            _print(error=str(exc), kind=type(exc).__name__)
-            return 1
-        returned = time.monotonic()
-        tool.drain()
-        _print(
-            t_started=started,
-            ms=round((returned - started) * 1000, 3),
-            total_ms=round((time.monotonic() - started) * 1000, 3),
-        )
-        return 0
-    vips = []
-    for item in args.vips:
-        interface, _, address = item.partition("=")
-        vips.append(Vip(address=ipaddress.IPv4Interface(address), interface=interface))
-    arp = InProcessArp(netns=args.netns)
-    adapter = IpVip(Runner(), arp=arp, probe_timeout=args.timeout_ms / 1000)
-    started = time.monotonic()
-    observed = adapter.observe(vips)
-    took = time.monotonic() - started
-    _print(
-        ms=round(took * 1000, 3),
-        vips=[
-            {
-                "address": o.address,
-                "local": o.local,
-                "answered_elsewhere": o.answered_elsewhere,
-                "error": o.error,
-                "holder": o.holder,
-            }
-            for o in observed
-        ],
-    )
-    return 0
-
-
-def _print(**fields: object) -> None:
-    sys.stdout.write(json.dumps(fields) + "\n")
-    sys.stdout.flush()
-
-
-if __name__ == "__main__":
-    sys.exit(main())

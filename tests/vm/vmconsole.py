@@ -28,7 +28,7 @@ Invariants:
 - Only the environment variables the caller names are sent (merged into the agent's own
   environment in the VM): the host's environment never leaks into the VM.
 
-``python -m adapters.vmconsole SOCKET -- ARGV...`` runs one command the same way and exits
+``python -m tests.vm.vmconsole SOCKET -- ARGV...`` runs one command the same way and exits
 with its exit code (for debugging a VM by hand while no test holds its socket).
 """
 
@@ -301,7 +301,7 @@ class VmConsole:
     # --------------------------------------------------------------------- transport
     def wrap(self, argv: Sequence[str]) -> list[str]:
         """The equivalent command line (used in messages; see the module docstring)."""
-        return [sys.executable, "-m", "adapters.vmconsole", self.path, "--", *argv]
+        return [sys.executable, "-m", "tests.vm.vmconsole", self.path, "--", *argv]
 
     def execute(
         self,
@@ -398,7 +398,7 @@ def _payload(argv: Sequence[str], env: Mapping[str, str] | None, rest: bytes) ->
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if len(args) < 3 or args[1] != "--":
-        print("usage: python -m adapters.vmconsole SOCKET -- ARGV...", file=sys.stderr)
+        print("usage: python -m tests.vm.vmconsole SOCKET -- ARGV...", file=sys.stderr)
         return 2
     console = VmConsole(args[0])
     try:

@@ -21,15 +21,20 @@ Invariants:
   function). Actions are idempotent where DRBD allows: ``up`` is ``drbdadm adjust`` (brings a
   down resource up, and does nothing to one that matches its configuration); ``disconnect``
   of a StandAlone resource and a plain ``connect`` of one that is already connecting succeed.
-- Split brain: DRBD's status output cannot show it (see ``adapters.drbd_parse``). The adapter
-  keeps a memory of suspected split-brained resources, reports it through
-  ``ResourceObs.split_brain`` and clears an entry when the resource is seen connected again.
-  An entry is added by ``mark_split_brain`` (for a caller that watches ``drbdsetup events2``
-  helper events or the kernel log) or, unless ``infer_split_brain=False``, when a resource
-  becomes StandAlone without this adapter having disconnected it: right after a ``connect``/
-  ``up`` issued here, or coming from any other connection state. (Other refusals, such as
-  "Unrelated data" or an authentication failure, look the same; they equally need an
-  operator, and an operator's own ``drbdadm disconnect`` outside the agent is flagged too.)
+- Split brain: DRBD's status output cannot show it (see ``adapters.drbd.parse``). The adapter
+  reports a suspected split brain through ``ResourceObs.split_brain`` from the observation plus
+  a persisted ``SplitBrainRecord`` (``adapters.drbd.record``: the suspicion, the last seen
+  connection state, the connection action issued since), never from a process's memory alone:
+  a ``reconcile --once`` run that finds the resource StandAlone with a recorded suspicion
+  reports split brain, like the agent that first saw it. A suspicion is cleared when the
+  resource is seen connected again or after a ``connect --discard-my-data`` (the recovery
+  chose this node as the victim). It is added by ``mark_split_brain`` (for a caller that
+  watches ``drbdsetup events2`` helper events or the kernel log) or, unless
+  ``infer_split_brain=False``, when a resource becomes StandAlone without this node having
+  disconnected it: right after a ``connect``/``up`` issued here, or coming from any other
+  connection state. (Other refusals, such as "Unrelated data" or an authentication failure,
+  look the same; they equally need an operator, and an operator's own ``drbdadm disconnect``
+  outside the agent is flagged too.)
 """
 
 from __future__ import annotations
@@ -40,7 +45,8 @@ from collections.abc import Sequence
 from dataclasses import replace
 from typing import Literal
 
-from adapters.drbd_parse import ParseResult, parse_proc_drbd, parse_status_json, parse_status_text
+from adapters.drbd.parse import ParseResult, parse_proc_drbd, parse_status_json, parse_status_text
+from adapters.drbd.record import ResourceMemo, SplitBrainRecord
 from adapters.runner import CommandResult, Runner
 from reconciler.core.errors import AdapterError, TerminalError, TransientError
 from reconciler.core.observed import ConnState, ResourceObs
@@ -80,7 +86,9 @@ class RealDrbd:
     """``DrbdAdapter`` for real DRBD (8.4 or 9) behind a ``Runner``.
 
     ``status_timeout`` bounds the one observe command per tick; ``action_timeout`` bounds each
-    ``drbdadm`` action (a promotion can wait for DRBD's fence-peer handler).
+    ``drbdadm`` action (a promotion can wait for DRBD's fence-peer handler). ``record`` holds
+    what split-brain inference needs across ticks (default: in memory only; the factory gives
+    it a file in the node's state directory).
     """
 
     def __init__(
@@ -91,6 +99,7 @@ class RealDrbd:
         status_timeout: float = 5.0,
         action_timeout: float = 30.0,
         infer_split_brain: bool = True,
+        record: SplitBrainRecord | None = None,
     ) -> None:
         if status_format not in ("json", "text", "proc"):
             raise ValueError(f"unknown DRBD status format {status_format!r}")
@@ -99,9 +108,7 @@ class RealDrbd:
         self._status_timeout = status_timeout
         self._action_timeout = action_timeout
         self._infer_split_brain = infer_split_brain
-        self._split_brain: set[str] = set()
-        self._last_conn: dict[str, ConnState] = {}
-        self._last_action: dict[str, str] = {}
+        self.record = SplitBrainRecord() if record is None else record
 
     # ---------------------------------------------------------------------------- observe
 
@@ -112,26 +119,43 @@ class RealDrbd:
 
     @property
     def split_brain_suspects(self) -> frozenset[str]:
-        return frozenset(self._split_brain)
+        return frozenset(name for name, m in self.record.load().items() if m.split_brain)
 
     def mark_split_brain(self, name: str) -> None:
         """Record a split brain learnt elsewhere (events2 ``helper:split-brain``, kernel log)."""
-        self._split_brain.add(name)
+        self._update(name, split_brain=True)
 
     def clear_split_brain(self, name: str) -> None:
         """Forget a split brain (operator resolved it; it also clears once seen connected)."""
-        self._split_brain.discard(name)
+        self._update(name, split_brain=False)
+
+    def _update(
+        self,
+        name: str,
+        *,
+        split_brain: bool | None = None,
+        action: str | None = None,
+    ) -> None:
+        memos = self.record.load()
+        memo = memos.get(name, ResourceMemo())
+        if split_brain is not None:
+            memo = replace(memo, split_brain=split_brain)
+        if action is not None:
+            memo = replace(memo, action=action)
+        memos[name] = memo
+        self.record.save(memos)
 
     def observe(self, resources: Sequence[Resource]) -> tuple[ResourceObs, ...]:
         """One status command; see the module docstring for what each outcome means."""
+        memos = self.record.load()
         try:
-            result = self._read_status(resources)
+            result = self._read_status(resources, memos)
         except AdapterError as exc:
             return tuple(
                 ResourceObs.unknown(r.name, f"DRBD status unreadable: {exc}") for r in resources
             )
         if result is None:  # module not loaded: nothing is configured
-            self._last_action.clear()
+            self.record.save(_actions_done(memos))
             return tuple(ResourceObs.down(r.name) for r in resources)
         out: list[ResourceObs] = []
         for r in resources:
@@ -145,14 +169,16 @@ class RealDrbd:
                     else ResourceObs.down(r.name)
                 )
             else:
-                out.append(self._track(obs))
-        self._last_action.clear()
+                out.append(self._track(obs, memos))
+        self.record.save(_actions_done(memos))
         return tuple(out)
 
-    def _read_status(self, resources: Sequence[Resource]) -> ParseResult | None:
+    def _read_status(
+        self, resources: Sequence[Resource], memos: dict[str, ResourceMemo]
+    ) -> ParseResult | None:
         """The parsed status, or None when the DRBD module is not loaded. Raises AdapterError
         when the command failed for any other reason."""
-        known = frozenset(self._split_brain)
+        known = frozenset(name for name, m in memos.items() if m.split_brain)
         if self._format == "json":
             res = self._status(["drbdsetup", "status", "--json"])
             if res.ok:
@@ -183,23 +209,28 @@ class RealDrbd:
     def _status(self, argv: list[str]) -> CommandResult:
         return self._runner.run(argv, timeout=self._status_timeout, check=False)
 
-    def _track(self, obs: ResourceObs) -> ResourceObs:
-        """Update the split-brain memory from one observation and report it."""
+    def _track(self, obs: ResourceObs, memos: dict[str, ResourceMemo]) -> ResourceObs:
+        """Update ``memos`` (the record's content) from one observation and report the
+        split-brain suspicion it holds for the resource."""
         name = obs.name
-        action = self._last_action.get(name)
-        previous = self._last_conn.get(name)
+        memo = memos.get(name, ResourceMemo())
         if obs.known and obs.up:
+            suspect = memo.split_brain
             if obs.conn.is_connected:
-                self._split_brain.discard(name)
+                suspect = False
             elif (
                 obs.conn is ConnState.STANDALONE
                 and self._infer_split_brain
-                and action != "disconnect"
-                and (action in ("connect", "up") or previous not in (None, ConnState.STANDALONE))
+                and memo.action != "disconnect"
+                and (
+                    memo.action in ("connect", "up")
+                    or memo.conn not in (None, ConnState.STANDALONE)
+                )
             ):
-                self._split_brain.add(name)
-            self._last_conn[name] = obs.conn
-        flagged = name in self._split_brain
+                suspect = True
+            memo = replace(memo, conn=obs.conn, split_brain=suspect)
+            memos[name] = memo
+        flagged = memo.split_brain
         return obs if obs.split_brain == flagged else replace(obs, split_brain=flagged)
 
     # ---------------------------------------------------------------------------- actions
@@ -211,7 +242,7 @@ class RealDrbd:
         # No modprobe (module built in, or loaded by other means): adjust will tell.
         with contextlib.suppress(TerminalError):
             self._runner.run(["modprobe", "drbd"], timeout=self._action_timeout, check=False)
-        self._last_action[resource.name] = "up"
+        self._update(resource.name, action="up")
         self._drbdadm("adjust", resource)
 
     def primary(self, resource: Resource, *, force: bool = False) -> None:
@@ -222,12 +253,16 @@ class RealDrbd:
 
     def connect(self, resource: Resource, *, discard_my_data: bool = False) -> None:
         """``drbdadm connect [--discard-my-data]``; the flag makes this node the split-brain
-        victim: its changes since the split are thrown away and it resyncs from the peer."""
-        self._last_action[resource.name] = "connect"
+        victim: its changes since the split are thrown away and it resyncs from the peer. It
+        clears this node's split-brain suspicion for the resource (the recovery resolved it);
+        a StandAlone seen right after it is a refusal again and flags it anew."""
+        self._update(resource.name, action="connect")
         self._drbdadm("connect", resource, *(("--discard-my-data",) if discard_my_data else ()))
+        if discard_my_data:
+            self._update(resource.name, split_brain=False)
 
     def disconnect(self, resource: Resource) -> None:
-        self._last_action[resource.name] = "disconnect"
+        self._update(resource.name, action="disconnect")
         self._drbdadm("disconnect", resource)
 
     def _drbdadm(self, action: str, resource: Resource, *options: str) -> None:
@@ -241,6 +276,11 @@ class RealDrbd:
         raise classify_drbdadm_failure(
             action, resource.name, res.rc, output, options=options, command=res.argv
         )
+
+
+def _actions_done(memos: dict[str, ResourceMemo]) -> dict[str, ResourceMemo]:
+    """The record after an observation: the actions it has now seen the outcome of forgotten."""
+    return {name: replace(m, action=None) for name, m in memos.items()}
 
 
 def _failed(res: CommandResult) -> str:

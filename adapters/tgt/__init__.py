@@ -1,0 +1,40 @@
+"""The tgt (scsi-target-utils) iSCSI target: one job a module.
+
+- ``parse``: pure, total parsers of ``tgtadm`` output.
+- ``process``: ``ProcessHost``, the node's files and process table (local or via the runner).
+- ``adapter``: ``TgtAdapter``, the real ``TargetAdapter`` over one tgtd it starts and stops.
+"""
+
+from adapters.tgt.adapter import ISCSI_PORT, NOT_RUNNING_RC, TgtAdapter
+from adapters.tgt.parse import (
+    TgtAccount,
+    TgtConnection,
+    TgtLun,
+    TgtSession,
+    TgtShow,
+    TgtSystem,
+    TgtTarget,
+    parse_tgtadm_portals,
+    parse_tgtadm_show,
+    parse_tgtadm_sys,
+)
+from adapters.tgt.process import CommandProcessHost, LocalProcessHost, ProcessHost
+
+__all__ = [
+    "ISCSI_PORT",
+    "NOT_RUNNING_RC",
+    "CommandProcessHost",
+    "LocalProcessHost",
+    "ProcessHost",
+    "TgtAccount",
+    "TgtAdapter",
+    "TgtConnection",
+    "TgtLun",
+    "TgtSession",
+    "TgtShow",
+    "TgtSystem",
+    "TgtTarget",
+    "parse_tgtadm_portals",
+    "parse_tgtadm_show",
+    "parse_tgtadm_sys",
+]

@@ -1,0 +1,171 @@
+"""Floating addresses with iproute2, plus ARP probing and gratuitous ARP.
+
+``IpVip`` is the real ``VipAdapter``: ``observe`` reads ``ip -j addr show`` once per tick and,
+for every VIP that is not local, asks an ``ArpTool`` whether another host answers ARP for it.
+
+Invariants:
+
+- ``observe`` never raises: unreadable ``ip`` output gives ``VipObs(local=None, error=...)``; a
+  probe that cannot be made gives ``answered_elsewhere=None`` with the reason in ``error``.
+- A VIP is ``local`` only when its address sits on the interface the spec names. Found on
+  another interface it is ``local=None`` (a misconfiguration the agent must not paper over).
+- Every probe is bounded: ``InProcessArp`` waits at most ``probe_timeout`` (default 30 ms, it
+  sits inside the failover gap on the node being promoted); an answer ends the wait at once.
+- ``add``/``remove`` are idempotent: "already assigned" / "not found" are success. They raise
+  only ``TransientError``/``TerminalError`` (the runner's timeouts are transient).
+- ``announce`` returns after the first frame(s): later frames go out from a background thread
+  (``InProcessArp``) or a detached ``arping`` (``CommandArp``); it never sleeps in the tick.
+- A local VIP is ``announced`` only when ``announce`` ran after the last ``add`` (see
+  ``AnnounceRecord``): a VIP added but never announced is reported ``announced=False``.
+- Commands go through ``adapters.runner.Runner`` only; the in-process ARP tool uses an
+  ``AF_PACKET`` socket in the namespace of the process that calls it, so it is only correct when
+  the agent runs on the node (or inside the node's network namespace, as in the lab).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+
+from adapters.runner import Runner
+from adapters.vip.parse import IpAddrParseError, parse_ip_addr_json
+from adapters.vip.record import AnnounceRecord
+from adapters.vip.tools import DEFAULT_PROBE_TIMEOUT, ArpTool, ProbeResult
+from reconciler.core.errors import AdapterError, TerminalError
+from reconciler.core.observed import VipObs
+from reconciler.core.spec import Vip
+
+_EXISTS_RE = re.compile(r"File exists|already assigned", re.IGNORECASE)
+_ABSENT_RE = re.compile(
+    r"Cannot assign requested address|Address not found|Cannot find device", re.IGNORECASE
+)
+
+
+class IpVip:
+    """``VipAdapter`` on iproute2 (see the module docstring for the invariants).
+
+    ``probe_timeout`` bounds each ARP probe; several VIPs that need probing are probed
+    concurrently, so ``observe`` costs one ``ip`` call plus about one ``probe_timeout``.
+    """
+
+    def __init__(
+        self,
+        runner: Runner,
+        *,
+        arp: ArpTool,
+        probe_timeout: float = DEFAULT_PROBE_TIMEOUT,
+        command_timeout: float | None = None,
+        record: AnnounceRecord | None = None,
+    ) -> None:
+        if probe_timeout <= 0:
+            raise ValueError("probe_timeout must be positive")
+        self.runner = runner
+        self.arp = arp
+        self.probe_timeout = probe_timeout
+        self.command_timeout = command_timeout
+        self.record = AnnounceRecord() if record is None else record
+        # VIPs the last observation did not find here: their probes start together with the
+        # `ip` call (a probe costs probe_timeout, the call a process start); a VIP found here
+        # after all just has its probe result dropped. A scheduling hint, not a belief: the
+        # observation is the same function of the world with or without it (a VIP missing from
+        # it is probed after the `ip` call), only its latency differs.
+        self._remote: set[str] = set()
+
+    def observe(self, vips: Sequence[Vip]) -> tuple[VipObs, ...]:
+        if not vips:
+            return ()
+        # Probes run on one pool: the early ones beside the `ip` call, the rest after it.
+        with ThreadPoolExecutor(max_workers=len(vips), thread_name_prefix="arp-probe") as pool:
+            probes = {
+                vip.ip: pool.submit(self._probe_one, vip) for vip in vips if vip.ip in self._remote
+            }
+            return self._observe(vips, pool, probes)
+
+    def _observe(
+        self,
+        vips: Sequence[Vip],
+        pool: ThreadPoolExecutor,
+        probes: dict[str, Future[ProbeResult]],
+    ) -> tuple[VipObs, ...]:
+        try:
+            res = self.runner.run(["ip", "-j", "addr", "show"], timeout=self.command_timeout)
+            links = parse_ip_addr_json(res.stdout)
+        except (AdapterError, IpAddrParseError) as exc:
+            why = f"cannot read local addresses: {exc}"
+            return tuple(VipObs(address=v.ip, local=None, error=why) for v in vips)
+        out: dict[int, VipObs] = {}
+        to_probe: list[tuple[int, Vip]] = []
+        for i, vip in enumerate(vips):
+            holders = sorted(name for name, ips in links.items() if vip.ip in ips)
+            if vip.interface in holders:
+                out[i] = VipObs(address=vip.ip, local=True, announced=vip.ip in self.record)
+            elif holders:
+                out[i] = VipObs(
+                    address=vip.ip,
+                    local=None,
+                    error=(
+                        f"VIP {vip.ip} is configured on {', '.join(holders)}, not on "
+                        f"{vip.interface} as the spec says; fix it by hand"
+                    ),
+                )
+            elif vip.interface not in links:
+                out[i] = VipObs(
+                    address=vip.ip,
+                    local=False,
+                    error=f"interface {vip.interface} does not exist; cannot probe {vip.ip}",
+                )
+            else:
+                to_probe.append((i, vip))
+        for _, vip in to_probe:
+            if vip.ip not in probes:
+                probes[vip.ip] = pool.submit(self._probe_one, vip)
+        self._remote = {vip.ip for _, vip in to_probe}
+        for i, vip in to_probe:
+            result = probes[vip.ip].result()
+            out[i] = VipObs(
+                address=vip.ip,
+                local=False,
+                answered_elsewhere=result.answered,
+                # "answered by <MAC>" is information, not an observation failure: an error here
+                # would raise a vip-unknown alert on every tick of a healthy secondary.
+                error=(result.detail or None) if result.answered is None else None,
+                holder=(result.detail or None) if result.answered else None,
+            )
+        return tuple(out[i] for i in range(len(vips)))
+
+    def _probe_one(self, vip: Vip) -> ProbeResult:
+        try:
+            return self.arp.probe(vip.interface, vip.ip, timeout=self.probe_timeout)
+        except Exception as exc:  # a probe failure is data, never an exception
+            return ProbeResult(None, detail=f"ARP probe failed: {exc!r}")
+
+    def add(self, vip: Vip) -> None:
+        """``ip addr add ADDR/PREFIX dev IF``; an address already there is success. The VIP
+        leaves the announcement record first: it counts as announced only once ``announce``
+        ran after this."""
+        self.record.forget(vip.ip)
+        self._ip_addr("add", vip, already=_EXISTS_RE, what="add VIP {addr} on {dev}")
+
+    def remove(self, vip: Vip) -> None:
+        """``ip addr del ADDR/PREFIX dev IF``; an address (or interface) that is not there is
+        success: the VIP is not configured on that interface either way. This node's own
+        announcements of the VIP end first: a gratuitous ARP round still due after the peer
+        took the address over would drag the initiators' ARP caches back here."""
+        self.arp.cancel(vip.interface, vip.ip)
+        self._ip_addr("del", vip, already=_ABSENT_RE, what="remove VIP {addr} from {dev}")
+        self.record.forget(vip.ip)
+
+    def _ip_addr(self, verb: str, vip: Vip, *, already: re.Pattern[str], what: str) -> None:
+        argv = ["ip", "addr", verb, str(vip.address), "dev", vip.interface]
+        res = self.runner.run(argv, check=False, timeout=self.command_timeout)
+        if res.ok or already.search(res.stderr):
+            return
+        action = what.format(addr=vip.address, dev=vip.interface)
+        raise TerminalError(
+            f"cannot {action}: {res.stderr.strip()}", command=res.argv, output=res.stderr
+        )
+
+    def announce(self, vip: Vip) -> None:
+        self.arp.announce(vip.interface, vip.ip)
+        self.record.remember(vip.ip)
