@@ -21,7 +21,6 @@ import socket
 import sys
 import threading
 from collections.abc import Iterator
-from importlib import resources as importlib_resources
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -31,12 +30,12 @@ from rich.markup import escape
 
 from reconciler import __version__, loop
 from reconciler.agent import EXIT_BLOCKED, EXIT_OK, EXIT_USAGE, TickReport, tick, write_status
+from reconciler.cli_simulate import simulate_command
 from reconciler.core.errors import AdapterError
 from reconciler.core.observed import OperatorState, Role
 from reconciler.core.spec import StorageCluster
-from reconciler.core.specload import SpecError, load_spec
+from reconciler.specfile import read_spec
 
-DEMO = "embedded:demo.yaml"
 # emoji=False: a spec value like ':smile:' must print verbatim, not as a smiley.
 console = Console(highlight=False, soft_wrap=True, emoji=False)
 errors = Console(stderr=True, highlight=False, soft_wrap=True, emoji=False)
@@ -46,29 +45,6 @@ def _fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
     # The message may hold user text (file names, values): never interpret it as markup.
     errors.print(f"[bold red]error:[/] {escape(message)}", markup=True, soft_wrap=True)
     sys.exit(code)
-
-
-def read_spec(path: str | None) -> tuple[StorageCluster, str]:
-    """Load and validate the spec; exit 2 with file:line:column messages when it is wrong."""
-    if path is None:
-        text = importlib_resources.files("reconciler").joinpath("demo.yaml").read_text()
-        name = DEMO
-    else:
-        try:
-            text = Path(path).read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            _fail(f"cannot read spec {path}: {getattr(exc, 'strerror', None) or exc}")
-        name = path
-    try:
-        return load_spec(text, filename=name), name
-    except SpecError as exc:
-        for line in exc.render().splitlines():
-            errors.print(line, markup=False, soft_wrap=True)
-        n = len(exc.problems)
-        errors.print(
-            f"{name}: {n} problem{'s' if n != 1 else ''}; nothing was changed", markup=False
-        )
-        sys.exit(EXIT_USAGE)
 
 
 def default_state_dir() -> Path:
@@ -613,9 +589,6 @@ def _recover(spec: StorageCluster, adapters: Any, res: Any, *, victim: bool, nod
     except AdapterError as exc:
         _fail(f"recovery step failed on {node}: {exc}", 1)
 
-
-# `reconcile simulate` lives in reconciler/simulate.py (the engine the property tests share).
-from reconciler.simulate import simulate_command  # noqa: E402
 
 main.add_command(simulate_command)
 
