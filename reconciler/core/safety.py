@@ -19,8 +19,9 @@ Invariants stated here:
    a failed disk that was their only copy are hardware loss, reported separately.
 
 Cluster-wide checks (``invariant_violations``, ``data_violations``) take ground-truth facts from
-the simulator; the property tests and ``reconcile simulate`` run them after every executed
-action. A promotion granted only by the operator's override is marked (``Verdict.override``) so
+the simulator and return typed ``Violation`` values (a ``ViolationKind`` and the nodes, resource,
+VIP or LUN involved; the message is for people); the property tests and ``reconcile simulate``
+run them after every executed action. A promotion granted only by the operator's override is marked (``Verdict.override``) so
 the executor forces it past DRBD's fencing and the simulator knows a split brain may follow.
 
 Every function here is pure and total: it returns a ``Verdict``, it never raises.
@@ -200,20 +201,6 @@ class ViolationKind(StrEnum):
     LUN_NOT_ON_PRIMARY = "lun-not-on-primary"
     SERVES_STALE_DATA = "serves-stale-data"  # a serving node lacks acknowledged writes
     WRITES_ON_NO_DISK = "writes-on-no-disk"  # acknowledged writes are on no disk any more
-
-    @property
-    def structural(self) -> bool:
-        return self in _STRUCTURAL
-
-
-_STRUCTURAL = frozenset(
-    {
-        ViolationKind.TWO_PRIMARIES,
-        ViolationKind.VIP_ON_TWO_NODES,
-        ViolationKind.VIP_NOT_ON_PRIMARY,
-        ViolationKind.LUN_NOT_ON_PRIMARY,
-    }
-)
 
 
 @dataclass(frozen=True, slots=True)
