@@ -21,8 +21,9 @@ Invariants stated here:
 Cluster-wide checks (``invariant_violations``, ``data_violations``) take ground-truth facts from
 the simulator and return typed ``Violation`` values (a ``ViolationKind`` and the nodes, resource,
 VIP or LUN involved; the message is for people); the property tests and ``reconcile simulate``
-run them after every executed action. A promotion granted only by the operator's override is marked (``Verdict.override``) so
-the executor forces it past DRBD's fencing and the simulator knows a split brain may follow.
+run them after every executed action. A promotion granted only by the operator's override is
+marked (``Verdict.override``) so the executor forces it past DRBD's fencing and the simulator
+knows a split brain may follow.
 
 Every function here is pure and total: it returns a ``Verdict``, it never raises.
 """
