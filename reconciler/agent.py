@@ -21,9 +21,10 @@ from adapters.base import NodeAdapters
 from reconciler import __version__
 from reconciler.core.observed import ObservedState
 from reconciler.core.plan import Plan
+from reconciler.core.planner import DEFAULT_GUARDS, Guards
 from reconciler.core.planner import plan as make_plan
 from reconciler.core.spec import StorageCluster
-from reconciler.executor import ApplyReport, RetryPolicy, apply
+from reconciler.executor import ApplyReport, RetryPolicy, StepReport, apply
 from reconciler.observe import observe
 from reconciler.record import (
     ActionRecord,
@@ -104,15 +105,32 @@ def tick(
     retry: RetryPolicy | None = None,
     sleep: Callable[[float], None] = time.sleep,
     executor: Executor | None = None,
+    guards: Guards = DEFAULT_GUARDS,
+    on_plan: Callable[[Plan], None] | None = None,
+    after_step: Callable[[StepReport], None] | None = None,
 ) -> TickReport:
-    """``executor``: observe the concerns concurrently on it (see ``reconciler.observe``)."""
+    """The one composition of observe -> plan -> apply: the CLI, the watch loop, the simulator
+    and the property tests all tick through here.
+
+    ``executor``: observe the concerns concurrently on it (see ``reconciler.observe``).
+    ``guards``: the planner's safety guards (a test-only seam: a property test switches one
+    off to prove the invariants bite). ``on_plan``: called with the plan before anything is
+    applied (the simulator records it, so a violation raised mid-apply still shows the plan).
+    ``after_step``: called after every executed action (the simulator checks its invariants
+    there; see ``reconciler.executor.apply``)."""
     started = time.time()
     t0 = time.monotonic()
     parts: dict[str, float] = {}
     observed = observe(spec, adapters, executor=executor, timings=parts)
     looked = time.monotonic() - t0
-    the_plan = make_plan(spec, observed)
-    result = None if dry_run else apply(the_plan, spec, adapters, retry=retry, sleep=sleep)
+    the_plan = make_plan(spec, observed, guards=guards)
+    if on_plan is not None:
+        on_plan(the_plan)
+    result = (
+        None
+        if dry_run
+        else apply(the_plan, spec, adapters, retry=retry, sleep=sleep, after_step=after_step)
+    )
     return TickReport(observed, the_plan, result, started, time.monotonic() - t0, looked, parts)
 
 

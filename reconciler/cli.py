@@ -21,7 +21,6 @@ import socket
 import sys
 import threading
 from collections.abc import Iterator
-from importlib import resources as importlib_resources
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -39,12 +38,12 @@ from reconciler.agent import (
     tick,
     write_status,
 )
+from reconciler.cli_simulate import simulate_command
 from reconciler.core.errors import AdapterError
 from reconciler.core.operator import describe_state as describe_operator_state
 from reconciler.core.spec import StorageCluster
-from reconciler.core.specload import SpecError, load_spec
+from reconciler.specfile import default_state_dir, read_spec
 
-DEMO = "embedded:demo.yaml"
 # emoji=False: a spec value like ':smile:' must print verbatim, not as a smiley.
 console = Console(highlight=False, soft_wrap=True, emoji=False)
 errors = Console(stderr=True, highlight=False, soft_wrap=True, emoji=False)
@@ -54,37 +53,6 @@ def _fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
     # The message may hold user text (file names, values): never interpret it as markup.
     errors.print(f"[bold red]error:[/] {escape(message)}", markup=True, soft_wrap=True)
     sys.exit(code)
-
-
-def read_spec(path: str | None) -> tuple[StorageCluster, str]:
-    """Load and validate the spec; exit 2 with file:line:column messages when it is wrong."""
-    if path is None:
-        text = importlib_resources.files("reconciler").joinpath("demo.yaml").read_text()
-        name = DEMO
-    else:
-        try:
-            text = Path(path).read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            _fail(f"cannot read spec {path}: {getattr(exc, 'strerror', None) or exc}")
-        name = path
-    try:
-        return load_spec(text, filename=name), name
-    except SpecError as exc:
-        for line in exc.render().splitlines():
-            errors.print(line, markup=False, soft_wrap=True)
-        n = len(exc.problems)
-        errors.print(
-            f"{name}: {n} problem{'s' if n != 1 else ''}; nothing was changed", markup=False
-        )
-        sys.exit(EXIT_USAGE)
-
-
-def default_state_dir() -> Path:
-    env = os.environ.get("TANDEM_STATE_DIR")
-    if env:
-        return Path(env)
-    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
-    return Path(base) / "tandem"
 
 
 def pick_node(spec: StorageCluster, node: str | None) -> str:
@@ -598,9 +566,6 @@ def split_brain(
         _fail(outcome.failure, EXIT_FAILED)
     click.echo(outcome.message)
 
-
-# `reconcile simulate` lives in reconciler/simulate.py (the engine the property tests share).
-from reconciler.simulate import simulate_command  # noqa: E402
 
 main.add_command(simulate_command)
 

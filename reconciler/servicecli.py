@@ -29,7 +29,7 @@ def _since(value: str | None) -> float | None:
 
 
 def _state_dir(state_dir: str | None) -> Path:
-    from reconciler.cli import default_state_dir
+    from reconciler.specfile import default_state_dir
 
     return Path(state_dir) if state_dir else default_state_dir()
 
@@ -60,7 +60,7 @@ def systemd_unit_command(
       reconcile systemd-unit -f /etc/tandem/cluster.yaml > /etc/systemd/system/tandem.service
       systemctl daemon-reload && systemctl enable --now tandem
     """
-    from reconciler.cli import read_spec
+    from reconciler.specfile import read_spec
     from reconciler.systemd import unit_text
 
     spec, _ = read_spec(spec_path)

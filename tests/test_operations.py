@@ -319,3 +319,14 @@ def test_recovery_stops_at_the_first_failed_step(sim: Sim) -> None:
     assert sim.serving() == ["node1"]
     # The operator state was persisted first: no agent promotes the victim again.
     assert sim.op("node1") == OperatorState(manual_mode=True, chosen_role=Role.SECONDARY)
+
+
+def test_the_simulator_speaks_with_the_cli_rules_and_words() -> None:
+    """One set of operator rules: the simulator's refusal is the use case's, word for word."""
+    from reconciler.simulation import Simulation
+
+    sim = Simulation(demo_spec())
+    direct = operations.become_primary(sim.spec, "node1", sim.adapters["node1"], force=False)
+    accepted, text = sim.operator("node1", "become-primary")
+    assert not accepted and not direct.accepted
+    assert text == direct.message and "manual-mode enable" in text

@@ -158,6 +158,8 @@ class World(BaseModel):
     faults: list[Fault] = Field(default_factory=list)
     step_count: int = 0
     events: list[str] = Field(default_factory=list)
+    # The events above that report a split brain (a typed mark for the simulator's report).
+    split_brain_events: list[str] = Field(default_factory=list)
 
     @field_validator("fencing", mode="before")
     @classmethod
@@ -208,11 +210,16 @@ class World(BaseModel):
         except KeyError:
             raise TerminalError(f"{resource}: no such resource configured on {node}") from None
 
-    def event(self, text: str) -> None:
+    def event(self, text: str, *, split_brain: bool = False) -> None:
         """Something a person must hear about (split brain, STONITH, forced promotion)."""
-        self.events.append(f"[{self.step_count}] {text}")
+        line = f"[{self.step_count}] {text}"
+        self.events.append(line)
         if len(self.events) > MAX_EVENTS:
             del self.events[: len(self.events) - MAX_EVENTS]
+        if split_brain:
+            self.split_brain_events.append(line)
+            if len(self.split_brain_events) > MAX_EVENTS:
+                del self.split_brain_events[: len(self.split_brain_events) - MAX_EVENTS]
 
     # --- faults -------------------------------------------------------------------------
 
@@ -362,7 +369,10 @@ class World(BaseModel):
                 x.standalone = True
                 x.split_brain = True
                 x.connected = False
-            self.event(f"{r}: split brain detected on connect (both sides wrote while apart)")
+            self.event(
+                f"{r}: split brain detected on connect (both sides wrote while apart)",
+                split_brain=True,
+            )
             return
         newer = b if older is a else a
         if older.role is Role.PRIMARY:
@@ -526,7 +536,10 @@ class World(BaseModel):
                     f"{resource}: State change failed: (-7) Refusing to be Primary while peer "
                     "is not outdated"
                 )
-            self.event(f"{node}/{resource}: Forced into split brain situation! (--force)")
+            self.event(
+                f"{node}/{resource}: Forced into split brain situation! (--force)",
+                split_brain=True,
+            )
         if force and me.disk is not DiskState.UPTODATE:
             me.disk = DiskState.UPTODATE
         if not me.connected:
@@ -963,7 +976,15 @@ class FileWorldStore(WorldStore):
         os.replace(tmp, self.path)
 
 
-_BOOKKEEPING = ("step_count", "events", "acked", "destroyed", "next_gen", "arp_owner")
+_BOOKKEEPING = (
+    "step_count",
+    "events",
+    "split_brain_events",
+    "acked",
+    "destroyed",
+    "next_gen",
+    "arp_owner",
+)
 """World fields a node's own actions change that never concern its agent's next decision."""
 _OWN = ("resources", "vips", "announced", "target_running", "exported")
 """A node's own fields that only its own actions change (or the peer's together with the

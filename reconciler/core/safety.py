@@ -19,9 +19,11 @@ Invariants stated here:
    a failed disk that was their only copy are hardware loss, reported separately.
 
 Cluster-wide checks (``invariant_violations``, ``data_violations``) take ground-truth facts from
-the simulator; the property tests and ``reconcile simulate`` run them after every executed
-action. A promotion granted only by the operator's override is marked (``Verdict.override``) so
-the executor forces it past DRBD's fencing and the simulator knows a split brain may follow.
+the simulator and return typed ``Violation`` values (a ``ViolationKind`` and the nodes, resource,
+VIP or LUN involved; the message is for people); the property tests and ``reconcile simulate``
+run them after every executed action. A promotion granted only by the operator's override is
+marked (``Verdict.override``) so the executor forces it past DRBD's fencing and the simulator
+knows a split brain may follow.
 
 Every function here is pure and total: it returns a ``Verdict``, it never raises.
 """
@@ -30,6 +32,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from enum import StrEnum
 
 from reconciler.core.observed import (
     ConnState,
@@ -218,31 +221,86 @@ class NodeFacts:
     on_network: bool = True  # plugged into the client network (where a VIP means something)
 
 
-def invariant_violations(nodes: Iterable[NodeFacts]) -> list[str]:
+class ViolationKind(StrEnum):
+    """What broke: invariants 1 and 3 (structural) and 4 (data)."""
+
+    TWO_PRIMARIES = "two-primaries"
+    VIP_ON_TWO_NODES = "vip-on-two-nodes"
+    VIP_NOT_ON_PRIMARY = "vip-not-on-primary"
+    LUN_NOT_ON_PRIMARY = "lun-not-on-primary"
+    SERVES_STALE_DATA = "serves-stale-data"  # a serving node lacks acknowledged writes
+    WRITES_ON_NO_DISK = "writes-on-no-disk"  # acknowledged writes are on no disk any more
+
+
+@dataclass(frozen=True, slots=True)
+class Violation:
+    """One broken invariant. Decisions read ``kind`` and the fields; ``message`` (and
+    ``str()``) is for people."""
+
+    kind: ViolationKind
+    message: str
+    nodes: tuple[str, ...] = ()  # the node(s) involved, in the order the message names them
+    resource: str | None = None
+    vip: str | None = None
+    lun: int | None = None
+
+    def __str__(self) -> str:
+        return self.message
+
+
+def invariant_violations(nodes: Iterable[NodeFacts]) -> list[Violation]:
     """Violations of invariants 1 and 3 across the cluster (empty when safe): two Primaries for
     a resource; a VIP on two nodes of the client network; a VIP on a node that is not Primary;
     a LUN exported from a device that is not Primary."""
     facts = list(nodes)
-    problems: list[str] = []
+    problems: list[Violation] = []
     resources = sorted({r for n in facts for r in n.roles})
     for res in resources:
-        primaries = [n.name for n in facts if n.roles.get(res) is Role.PRIMARY]
+        primaries = tuple(n.name for n in facts if n.roles.get(res) is Role.PRIMARY)
         if len(primaries) > 1:
-            problems.append(f"two primaries for {res}: {', '.join(primaries)}")
+            problems.append(
+                Violation(
+                    ViolationKind.TWO_PRIMARIES,
+                    f"two primaries for {res}: {', '.join(primaries)}",
+                    nodes=primaries,
+                    resource=res,
+                )
+            )
     vips = sorted({v for n in facts for v in n.vips})
     for vip in vips:
         # A VIP is an address on the client network: configured on a node cut off from that
         # network it answers nobody (the conflict starts when the node rejoins).
-        holders = [n.name for n in facts if vip in n.vips and n.on_network]
+        holders = tuple(n.name for n in facts if vip in n.vips and n.on_network)
         if len(holders) > 1:
-            problems.append(f"VIP {vip} on two nodes: {', '.join(holders)}")
+            problems.append(
+                Violation(
+                    ViolationKind.VIP_ON_TWO_NODES,
+                    f"VIP {vip} on two nodes: {', '.join(holders)}",
+                    nodes=holders,
+                    vip=vip,
+                )
+            )
     for n in facts:
         is_primary = any(role is Role.PRIMARY for role in n.roles.values())
         if n.vips and not is_primary:
-            problems.append(f"VIP on {n.name}, which is not Primary")
+            problems.append(
+                Violation(
+                    ViolationKind.VIP_NOT_ON_PRIMARY,
+                    f"VIP on {n.name}, which is not Primary",
+                    nodes=(n.name,),
+                )
+            )
         for lun, res in sorted(n.exported.items()):
             if n.roles.get(res) is not Role.PRIMARY:
-                problems.append(f"{n.name} exports LUN {lun} from {res}, which is not Primary")
+                problems.append(
+                    Violation(
+                        ViolationKind.LUN_NOT_ON_PRIMARY,
+                        f"{n.name} exports LUN {lun} from {res}, which is not Primary",
+                        nodes=(n.name,),
+                        resource=res,
+                        lun=lun,
+                    )
+                )
     return problems
 
 
@@ -262,20 +320,26 @@ class DataFacts:
     disks: Mapping[str, frozenset[int]]
 
 
-def data_violations(facts: DataFacts) -> list[str]:
+def data_violations(facts: DataFacts) -> list[Violation]:
     """Violations of invariant 4 for one resource (empty when safe)."""
     live = set(facts.acked) - facts.destroyed
     if not live:
         return []
-    problems: list[str] = []
+    problems: list[Violation] = []
     for node, data in sorted(facts.serves.items()):
         if data is None:
             continue
         missing = live - data
         if missing:
             problems.append(
-                f"{node} serves {facts.resource} without {len(missing)} acknowledged write(s) "
-                f"(e.g. #{min(missing)}): stale data was promoted or acknowledged writes are lost"
+                Violation(
+                    ViolationKind.SERVES_STALE_DATA,
+                    f"{node} serves {facts.resource} without {len(missing)} acknowledged "
+                    f"write(s) (e.g. #{min(missing)}): stale data was promoted or acknowledged "
+                    "writes are lost",
+                    nodes=(node,),
+                    resource=facts.resource,
+                )
             )
     on_disk: set[int] = set()
     for data in facts.disks.values():
@@ -283,7 +347,11 @@ def data_violations(facts: DataFacts) -> list[str]:
     gone = live - on_disk
     if gone:
         problems.append(
-            f"{len(gone)} acknowledged write(s) of {facts.resource} (e.g. #{min(gone)}) are on "
-            "no disk any more: overwritten or discarded"
+            Violation(
+                ViolationKind.WRITES_ON_NO_DISK,
+                f"{len(gone)} acknowledged write(s) of {facts.resource} (e.g. #{min(gone)}) are "
+                "on no disk any more: overwritten or discarded",
+                resource=facts.resource,
+            )
         )
     return problems

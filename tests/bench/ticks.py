@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from adapters.sim.adapters import sim_node_adapters
 from adapters.sim.world import World, WorldStore
 from reconciler.agent import tick
-from reconciler.simulate import SIM_RETRY, new_simulation, random_step
+from reconciler.simulation import SIM_RETRY, new_simulation, random_step
 from tests.simcluster import demo_spec
 
 GOAL = 10_000

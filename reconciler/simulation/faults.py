@@ -1,0 +1,96 @@
+"""The faults of the environment (what ``Simulation.fault`` applies to the simulated world).
+
+Each fault changes the world the way the real event would (power loss, a cut link, a disk
+failing, a VIP added by hand...), and returns its timeline text. No invariant is checked here:
+the engine checks them after every fault.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from adapters.sim.world import Fault
+
+if TYPE_CHECKING:
+    from reconciler.simulation.engine import Simulation
+
+
+def fault_label(name: str, kw: Mapping[str, Any]) -> str:
+    """The fault class a step counts as (``Simulation.counts``)."""
+    if name in ("replication", "management", "stranger"):
+        return f"{name} {'up' if kw['value'] else 'down'}"
+    if name == "inject":
+        count = int(kw.get("count", 1))
+        kind = kw.get("kind", "transient")
+        return f"inject {kind}{' persistent' if count < 0 else ''}"
+    return name
+
+
+def apply_fault(sim: Simulation, name: str, node: str | None, kw: Mapping[str, Any]) -> str:
+    """Apply fault ``name`` (on ``node``, with ``kw``) to the world; returns what happened."""
+    w = sim.w
+    n = node or ""
+    if name == "crash":
+        w.crash(n)
+        sim.pending[n] = []
+        return f"{n} crashed (power lost)"
+    if name == "boot":
+        w.boot(n)
+        return f"{n} booted"
+    if name == "replication":
+        w.set_links(replication=bool(kw["value"]))
+        return f"replication link {'healed' if kw['value'] else 'cut'}"
+    if name == "management":
+        w.set_links(management=bool(kw["value"]))
+        return f"management path between the nodes {'healed' if kw['value'] else 'cut'}"
+    if name == "isolate":
+        w.isolate(n, True)
+        return f"{n} isolated from the switch (no clients, heuristics or peer management)"
+    if name == "rejoin":
+        w.isolate(n, False)
+        return f"{n} back on the switch"
+    if name == "killTarget":
+        if w.nodes[n].alive:
+            w.target_stop(n)
+        return f"tgtd died on {n}"
+    if name == "removeVip":
+        for v in sim.spec.spec.vips:
+            if w.nodes[n].alive:
+                w.vip_remove(n, v.ip)
+        return f"VIP removed by hand on {n}"
+    if name == "addVip":
+        for v in sim.spec.spec.vips:
+            if w.nodes[n].alive:
+                w.vip_add(n, v.ip)
+                sim.hand_vips.add((n, v.ip))
+        return f"VIP added by hand on {n}"
+    if name == "stranger":
+        w.strangers = [v.ip for v in sim.spec.spec.vips] if kw["value"] else []
+        return "another host answers on the VIP" if kw["value"] else "the VIP stranger left"
+    if name == "disconnect":
+        for r in sim.resources:
+            if w.nodes[n].alive and w.nodes[n].resources[r].up:
+                w.drbd_disconnect(n, r)
+        return f"DRBD disconnected by hand on {n} (StandAlone)"
+    if name == "detachDisk":
+        for r in sim.resources:
+            w.detach_disk(n, r)
+        return f"disk detached on {n} (Diskless)"
+    if name == "failDisk":
+        for r in sim.resources:
+            w.fail_disk(n, r)
+        return f"disk failed on {n} (Failed, data gone)"
+    if name == "replaceDisk":
+        for r in sim.resources:
+            w.replace_disk(n, r)
+        return f"disk attached again / replaced on {n}"
+    if name == "inject":
+        op, kind, count = kw["op"], kw.get("kind", "transient"), int(kw.get("count", 1))
+        w.faults.append(Fault(node=n, op=op, kind=kind, count=count))
+        times = "every time" if count < 0 else f"{count} time(s)"
+        return f"{op} on {n} will fail: {kind}, {times}"
+    if name == "clearFaults":
+        w.faults = []
+        return "injected command faults cleared"
+    raise ValueError(f"unknown fault {name!r}")

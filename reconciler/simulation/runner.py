@@ -1,0 +1,296 @@
+"""Scenario runs: ``run_scenario`` plays a loaded scenario's steps on a new simulation and
+checks its expectations.
+
+Invariants: the run stops at the first step that fails (an expectation, a refused-but-expected
+command, an invariant broken during the step); a step's outcome is a typed ``StepStatus``, its
+message is for people; the scenario's own step numbers and lines are what gets reported.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from pydantic import ValidationError
+from pydantic.alias_generators import to_camel
+
+from reconciler.core.spec import StorageCluster
+from reconciler.simulation.engine import Simulation, new_simulation
+from reconciler.simulation.model import Expect, LoadedScenario, ScenarioError, Step
+
+
+class StepStatus(StrEnum):
+    OK = "ok"
+    FAILED = "failed"  # an expectation or an expected verdict did not hold
+    VIOLATED = "violated"  # an invariant broke during the step
+
+
+@dataclass(frozen=True, slots=True)
+class StepResult:
+    status: StepStatus
+    detail: str
+
+    def __str__(self) -> str:
+        return self.detail if self.status is StepStatus.OK else f"FAILED: {self.detail}"
+
+
+def _ok(detail: str) -> StepResult:
+    return StepResult(StepStatus.OK, detail)
+
+
+def _failed(detail: str) -> StepResult:
+    return StepResult(StepStatus.FAILED, detail)
+
+
+@dataclass
+class StepOutcome:
+    index: int  # 1-based step of the scenario
+    line: int
+    kind: str
+    status: StepStatus
+    message: str  # for people: ``str(StepResult)``
+    records: tuple[int, int] = (0, 0)  # the slice of ``Simulation.timeline`` it produced
+    note: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status is StepStatus.OK
+
+    def to_json(self, sim: Simulation) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "step": self.index,
+            "line": self.line,
+            "kind": to_camel(self.kind),
+            "ok": self.ok,
+            "message": self.message,
+        }
+        if self.note:
+            out["note"] = self.note
+        out["timeline"] = [r.to_json() for r in sim.timeline[self.records[0] : self.records[1]]]
+        return out
+
+
+@dataclass
+class RunResult:
+    ok: bool
+    sim: Simulation
+    outcomes: list[StepOutcome] = field(default_factory=list)
+    failed: StepOutcome | None = None
+    k: int | None = None
+    k_sync: int | None = None
+    seed: int | None = None
+
+
+def _resolve(spec: StorageCluster, ref: str | None) -> str | None:
+    if ref is None or ref == "none":
+        return None
+    if ref == "first":
+        return spec.node_names[0]
+    if ref == "second":
+        return spec.node_names[1]
+    if ref not in spec.node_names:
+        raise ScenarioError(
+            f"{ref!r} is not a node of the spec ({', '.join(spec.node_names)}; "
+            "or write 'first' / 'second')"
+        )
+    return ref
+
+
+def run_scenario(spec: StorageCluster, loaded: LoadedScenario) -> RunResult:
+    sc = loaded.scenario
+    sim = new_simulation(
+        spec,
+        fencing=sc.world.fencing,
+        pool_master=_resolve(spec, sc.world.pool_master),
+        drbd_up=sc.world.drbd_up,
+        resync_steps=sc.world.resync_steps,
+        writes_per_action=sc.world.writes_per_action,
+    )
+    result = RunResult(ok=True, sim=sim)
+    for i, (step, line) in enumerate(zip(sc.steps, loaded.lines, strict=True), 1):
+        before = len(sim.violations)
+        first = len(sim.timeline)
+        done = _run_step(sim, spec, step, result)
+        if len(sim.violations) > before:
+            # Name the scenario's step (above), not the engine's internal step counter.
+            found = "; ".join(f"({v.what}): {v.text}" for v in sim.violations[before:])
+            done = StepResult(StepStatus.VIOLATED, f"invariant violated: {found}")
+        outcome = StepOutcome(
+            i, line, step.kind, done.status, str(done), (first, len(sim.timeline)), step.note
+        )
+        result.outcomes.append(outcome)
+        if not outcome.ok:
+            result.ok = False
+            result.failed = outcome
+            break
+    return result
+
+
+def _run_step(sim: Simulation, spec: StorageCluster, step: Step, result: RunResult) -> StepResult:
+    def node(ref: str | None) -> str:
+        name = _resolve(spec, ref)
+        if name is None:
+            raise ScenarioError("this step needs a node, not 'none'")
+        return name
+
+    kind = step.kind
+    value = getattr(step, kind)
+    if kind == "tick":
+        for ref in value if isinstance(value, list) else [value]:
+            sim.tick(node(ref))
+        return _ok("ticked")
+    if kind == "ticks":
+        for _ in range(value):
+            for n in sim.names:
+                sim.tick(n)
+        return _ok(f"{value} round(s)")
+    if kind == "converge":
+        k, k_sync = sim.converge(max_rounds=value)
+        result.k, result.k_sync = k, k_sync
+        if k is None:
+            why = sim.serving_ok(sim.expected_primary() or sim.names[0])
+            return _failed(f"not converged within {value} round(s): {why}")
+        return _ok(f"converged: serving after {k} round(s), replication healthy after {k_sync}")
+    if kind == "plan":
+        sim.plan_only(node(value))
+        return _ok("planned")
+    if kind == "apply_next":
+        sim.apply_next(node(value))
+        return _ok("applied one action")
+    if kind == "agent_crash":
+        sim.agent_crash(node(value))
+        return _ok("agent crashed")
+    if kind == "write":
+        acked = sim.write(value)
+        return _ok(f"{acked}/{value} acknowledged")
+    simple = {
+        "crash": "crash",
+        "boot": "boot",
+        "isolate": "isolate",
+        "rejoin": "rejoin",
+        "kill_target": "killTarget",
+        "remove_vip": "removeVip",
+        "add_vip": "addVip",
+        "disconnect": "disconnect",
+        "detach_disk": "detachDisk",
+        "fail_disk": "failDisk",
+        "replace_disk": "replaceDisk",
+    }
+    if kind in simple:
+        sim.fault(simple[kind], node(value))
+        return _ok("done")
+    if kind in ("replication", "management"):
+        up = value if isinstance(value, bool) else value == "up"
+        sim.fault(kind, value=up)
+        return _ok("done")
+    if kind == "stranger":
+        sim.fault("stranger", value=bool(value))
+        return _ok("done")
+    if kind == "inject":
+        sim.fault("inject", node(value.node), op=value.op, kind=value.kind, count=value.count)
+        return _ok("injected")
+    if kind == "clear_faults":
+        sim.fault("clearFaults")
+        return _ok("cleared")
+    if kind == "operator":
+        ok, text = sim.operator(node(value.node), value.command, force=value.force)
+        want = value.expect
+        if want is not None and (want == "accepted") != ok:
+            return _failed(f"expected the command to be {want}, it was {text}")
+        return _ok(text)
+    if kind == "pool_master":
+        sim.set_pool_master(_resolve(spec, value))
+        return _ok("done")
+    if kind == "pool_views":
+        sim.split_pool({node(k): _resolve(spec, v) for k, v in value.items()})
+        return _ok("done")
+    if kind == "spec":
+        try:
+            sim.edit_spec(value)
+        except ValidationError as exc:
+            return _failed(f"the spec edit is invalid: {exc.errors()[0]['msg']}")
+        return _ok("spec edited")
+    if kind == "heal":
+        sim.heal()
+        return _ok("healed")
+    if kind == "expect":
+        return _expect(sim, spec, value)
+    raise ScenarioError(f"unknown step {kind}")  # pragma: no cover - Step validates keys
+
+
+def _expect(sim: Simulation, spec: StorageCluster, e: Expect) -> StepResult:
+    w = sim.w
+    sim._begin("expect", {"expect": e.model_dump(by_alias=True, exclude_none=True)})
+    failures: list[str] = []
+    checked: list[str] = []
+
+    def want(label: str, expected: object, actual: object) -> None:
+        checked.append(f"{label} {expected}")
+        if expected != actual:
+            failures.append(f"{label} should be {expected}, is {actual}")
+
+    if e.primary is not None:
+        holders = sim.primaries()
+        actual = holders[0] if len(holders) == 1 else ("none" if not holders else "+".join(holders))
+        want("primary", _resolve(spec, e.primary) or "none", actual)
+    if e.vip is not None:
+        holders = [n for n in sim.names if w.nodes[n].alive and w.nodes[n].vips]
+        actual = holders[0] if len(holders) == 1 else ("none" if not holders else "+".join(holders))
+        want("vip", _resolve(spec, e.vip) or "none", actual)
+    if e.serving is not None:
+        serving = {w.serving_node(r) for r in sim.resources}
+        frozen = any(
+            w.nodes[n].resources[r].frozen for n in sim.names for r in sim.resources if n in serving
+        )
+        at: str | None = serving.pop() if len(serving) == 1 else "mixed"
+        want(
+            "serving",
+            _resolve(spec, e.serving) or "none",
+            "none" if at is None or frozen else at,
+        )
+    if e.replication is not None:
+        if any(w.nodes[n].resources[r].split_brain for n in sim.names for r in sim.resources):
+            actual = "split-brain"
+        else:
+            actual = "healthy" if sim.replication_ok() else "degraded"
+        want("replication", e.replication, actual)
+    if e.frozen is not None:
+        frozen_nodes = [
+            n for n in sim.names if any(w.nodes[n].resources[r].frozen for r in sim.resources)
+        ]
+        actual = (
+            frozen_nodes[0] if len(frozen_nodes) == 1 else ("none" if not frozen_nodes else "both")
+        )
+        want("frozen", _resolve(spec, e.frozen) or "none", actual)
+    if e.split_brain is not None:
+        want("split brain detected", e.split_brain, bool(sim.split_brain) or sim.diverged())
+    if e.last_write is not None:
+        want("last write", e.last_write, "acked" if sim.last_write is not None else "not-acked")
+    if e.blocked is not None:
+        who = _resolve(spec, e.node) if e.node else None
+        plans = [sim.last_plans[n] for n in ([who] if who else sim.names) if n in sim.last_plans]
+        reasons = [b.reason for p in plans for b in p.blocked]
+        checked.append(f"blocked contains {e.blocked!r}")
+        if not any(e.blocked in r for r in reasons):
+            failures.append(f"no refusal mentions {e.blocked!r} (refusals: {reasons or 'none'})")
+    if e.reported is not None:
+        who = _resolve(spec, e.node) if e.node else None
+        plans = [sim.last_plans[n] for n in ([who] if who else sim.names) if n in sim.last_plans]
+        said = [
+            t
+            for p in plans
+            for t in (*(w.message for w in p.warnings), *(b.reason for b in p.blocked))
+        ]
+        checked.append(f"reported {e.reported!r}")
+        if not any(e.reported in t for t in said):
+            failures.append(f"nothing reported mentions {e.reported!r} (said: {said or 'nothing'})")
+    if e.alive is not None:
+        want(
+            "alive",
+            sorted(node for node in (_resolve(spec, a) for a in e.alive) if node),
+            sorted(n for n in sim.names if w.nodes[n].alive),
+        )
+    text = "; ".join(failures) if failures else "ok: " + ", ".join(checked)
+    sim._note("expect", None, text, ok=not failures)
+    return _failed(text) if failures else _ok(text)

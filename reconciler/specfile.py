@@ -1,0 +1,60 @@
+"""Reading the spec file a command was given (or the embedded demo), and where the state
+directory is, for the commands.
+
+``read_spec`` is the one way a command gets its spec: it validates it and, when the file cannot
+be read or is invalid, prints file:line:column messages on stderr and exits 2 (the CLI's usage
+exit code), having changed nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from importlib import resources as importlib_resources
+from pathlib import Path
+
+from rich.console import Console
+from rich.markup import escape
+
+from reconciler.agent import EXIT_USAGE
+from reconciler.core.spec import StorageCluster
+from reconciler.core.specload import SpecError, load_spec
+
+DEMO = "embedded:demo.yaml"
+# emoji=False: a spec value like ':smile:' must print verbatim, not as a smiley.
+_errors = Console(stderr=True, highlight=False, soft_wrap=True, emoji=False)
+
+
+def read_spec(path: str | None) -> tuple[StorageCluster, str]:
+    """Load and validate the spec; exit 2 with file:line:column messages when it is wrong."""
+    if path is None:
+        text = importlib_resources.files("reconciler").joinpath("demo.yaml").read_text()
+        name = DEMO
+    else:
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            # The message holds user text (the file name): never interpret it as markup.
+            reason = getattr(exc, "strerror", None) or exc
+            _errors.print(f"[bold red]error:[/] {escape(f'cannot read spec {path}: {reason}')}")
+            sys.exit(EXIT_USAGE)
+        name = path
+    try:
+        return load_spec(text, filename=name), name
+    except SpecError as exc:
+        for line in exc.render().splitlines():
+            _errors.print(line, markup=False, soft_wrap=True)
+        n = len(exc.problems)
+        _errors.print(
+            f"{name}: {n} problem{'s' if n != 1 else ''}; nothing was changed", markup=False
+        )
+        sys.exit(EXIT_USAGE)
+
+
+def default_state_dir() -> Path:
+    """``$TANDEM_STATE_DIR``, else ``$XDG_STATE_HOME/tandem``, else ``~/.local/state/tandem``."""
+    env = os.environ.get("TANDEM_STATE_DIR")
+    if env:
+        return Path(env)
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "tandem"
