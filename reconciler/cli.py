@@ -34,7 +34,7 @@ from reconciler.agent import EXIT_BLOCKED, EXIT_OK, EXIT_USAGE, TickReport, tick
 from reconciler.core.errors import AdapterError
 from reconciler.core.observed import OperatorState, Role
 from reconciler.core.spec import StorageCluster
-from reconciler.core.specload import SpecError, load_spec
+from reconciler.core.specload import MAX_SPEC_BYTES, SpecError, load_spec_bytes
 
 DEMO = "embedded:demo.yaml"
 # emoji=False: a spec value like ':smile:' must print verbatim, not as a smiley.
@@ -51,16 +51,17 @@ def _fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
 def read_spec(path: str | None) -> tuple[StorageCluster, str]:
     """Load and validate the spec; exit 2 with file:line:column messages when it is wrong."""
     if path is None:
-        text = importlib_resources.files("reconciler").joinpath("demo.yaml").read_text()
+        data = importlib_resources.files("reconciler").joinpath("demo.yaml").read_bytes()
         name = DEMO
     else:
         try:
-            text = Path(path).read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            _fail(f"cannot read spec {path}: {getattr(exc, 'strerror', None) or exc}")
+            with open(path, "rb") as fh:  # one byte over the limit is enough to refuse it
+                data = fh.read(MAX_SPEC_BYTES + 1)
+        except OSError as exc:
+            _fail(f"cannot read spec {path}: {exc.strerror or exc}")
         name = path
     try:
-        return load_spec(text, filename=name), name
+        return load_spec_bytes(data, filename=name), name
     except SpecError as exc:
         for line in exc.render().splitlines():
             errors.print(line, markup=False, soft_wrap=True)
