@@ -45,17 +45,10 @@ _INTRO_FALLBACK: dict[str, str] = {
 
 # Rules that involve more than one field (the model validators in reconciler/core/spec.py).
 _RULES: dict[str, tuple[str, ...]] = {
-    "Node": (
-        "`transport: netns` requires `namespace`; `namespace` is only used with `netns`.",
-        "Addresses are a host's unicast addresses (not 0.0.0.0, loopback, multicast or broadcast).",
-    ),
+    "Node": ("`transport: netns` requires `namespace`; `namespace` is only used with `netns`.",),
     "Promotion": (
         "Heuristic addresses are unique, and none is a VIP or a node's address: an address that "
         "answers from a cluster node cannot tell which side still sees the outside world.",
-    ),
-    "Vip": (
-        "`address` needs its prefix (`10.0.0.3/24`), and is neither the network nor the "
-        "broadcast address of that prefix.",
     ),
     "RoleSource": (
         "`type: static` requires `preferred`.",

@@ -97,11 +97,25 @@ def _bad_cases() -> list[Bad]:
     add("empty-file", "", (1, 1), "", "the file is empty")
     add("only-comments", "# nothing here\n\n   \n", (1, 1), "", "the file is empty")
     t = edit(DEMO, "      minor: 1\n", "      minor: 1: 2\n")
-    add("not-yaml-colon", t, at(t, "minor: 1: 2", ": 2"), "", "not valid YAML")
+    add(
+        "not-yaml-colon",
+        t,
+        at(t, "minor: 1: 2", ": 2"),
+        "",
+        "not valid YAML: a ':' here starts a mapping inside a value (quote the value",
+    )
     t = edit(DEMO, "[198.51.100.254]", "[198.51.100.254")
     add("not-yaml-unclosed-list", t, at(t, "  resources:", ":"), "", "not valid YAML")
     t = edit(DEMO, "    drbd: sim\n", "\tdrbd: sim\n")
-    add("not-yaml-tab", t, at(t, "\tdrbd"), "", "not valid YAML")
+    add("not-yaml-tab", t, at(t, "\tdrbd"), "", "not valid YAML: a tab: indent with spaces")
+    t = DEMO + "---\napiVersion: tandem/v1\n"
+    add(
+        "two-documents",
+        t,
+        at(t, "---\n"),
+        "",
+        "not valid YAML: a second document ('---'): a spec is one document",
+    )
     t = edit(DEMO, "  name: demo\n", "  name: demo\n  name: demo2\n")
     add("duplicate-yaml-key", t, at(t, "  name: demo2", "name"), "", "duplicate key")
     t = edit(DEMO, "name: demo", "name: de\x00mo")

@@ -5,6 +5,11 @@ Invariants of this module:
 - Every string that can reach a command line (names, devices, interfaces, IQNs, paths) matches a
   conservative pattern here, so adapters never have to quote or escape anything.
 - YAML keys are camelCase (Kubernetes style); Python attributes are snake_case.
+- Numbers and booleans are strict (a YAML value keeps its type: `lun: '1'` or `minor: true` is
+  an error, never coerced); addresses are a host's unicast IPv4 addresses.
+- What would only fail at run time is refused here: two nodes sharing an address, a heuristic
+  that answers from a cluster node, one disk, device or LUN identity used twice, a target
+  driver without an adapter (`lio`).
 - The JSON Schema committed as ``specs/schema.json`` is generated from these models.
 """
 
@@ -198,9 +203,13 @@ class Node(_Model):
     """One of the two hosts."""
 
     name: SafeName = Field(description="Host name; matched against the machine's hostname.")
-    replication_address: IPv4 = Field(description="Address on the DRBD replication link.")
+    replication_address: IPv4 = Field(
+        description="Address on the DRBD replication link (a unicast host address)."
+    )
     management_address: IPv4 | None = Field(
-        default=None, description="Address on the management network (used for liveness)."
+        default=None,
+        description="Address on the management network (used for liveness; a unicast host "
+        "address).",
     )
     pool_conf: FilePath = Field(
         default="/etc/xensource/pool.conf",
@@ -307,7 +316,10 @@ class Resource(_Model):
 class Vip(_Model):
     """A floating address that sits on the primary."""
 
-    address: IPv4WithPrefix = Field(description="Address with prefix, e.g. 10.0.0.3/24.")
+    address: IPv4WithPrefix = Field(
+        description="Address with its prefix, e.g. 10.0.0.3/24: a unicast host address, not the "
+        "network or broadcast address of the prefix."
+    )
     interface: InterfaceName
 
     @property
