@@ -22,6 +22,7 @@ from pydantic.fields import FieldInfo
 from pydantic_core import to_jsonable_python
 
 from reconciler.core.spec import PATTERN_HELP, StorageCluster
+from reconciler.core.specload import MAX_SPEC_BYTES
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SCHEMA_FILE = Path("specs/schema.json")
@@ -29,6 +30,7 @@ REFERENCE_FILE = Path("docs/spec-reference.md")
 EXAMPLE_FILE = Path("specs/demo.yaml")
 COMMAND = "python -m reconciler.docgen"
 JSON_SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
+_LIMIT = f"{MAX_SPEC_BYTES // 1024} KiB"
 
 # Intros for models without a docstring (a docstring, when one is added, takes precedence).
 _INTRO_FALLBACK: dict[str, str] = {
@@ -43,19 +45,27 @@ _INTRO_FALLBACK: dict[str, str] = {
 
 # Rules that involve more than one field (the model validators in reconciler/core/spec.py).
 _RULES: dict[str, tuple[str, ...]] = {
-    "Node": ("`transport: netns` requires `namespace`.",),
+    "Node": ("`transport: netns` requires `namespace`; `namespace` is only used with `netns`.",),
+    "Promotion": (
+        "Heuristic addresses are unique, and none is a VIP or a node's address: an address that "
+        "answers from a cluster node cannot tell which side still sees the outside world.",
+    ),
     "RoleSource": (
         "`type: static` requires `preferred`.",
         "`preferred` must be the name of one of the two nodes.",
     ),
     "Mail": ("`enabled: true` requires at least one address in `to`.",),
     "Target": (
+        "`driver: lio` is refused (not implemented yet: only tgt is supported).",
         "Every entry of `initiators` is `ALL`, an IPv4 address or network, or an initiator IQN.",
-        "LUN numbers are unique, and every LUN's `resource` is declared under `spec.resources`.",
+        "LUN numbers, SCSI ids and SCSI serial numbers are unique; every LUN's `resource` is "
+        "declared under `spec.resources`, and no resource is exported by two LUNs.",
     ),
     "ClusterSpec": (
-        "The two nodes have different names.",
-        "Resource names and DRBD minors are unique.",
+        "The two nodes have different names, and share no address (one node may use one "
+        "address for both its replication and management links).",
+        "Resource names, DRBD minors, backing disks and devices (`devicePath` or "
+        "`/dev/drbd<minor>`) are unique, and no resource's disk is a device of the cluster.",
         "VIP addresses are unique, and no VIP is a node's replication or management address "
         "(a VIP must float).",
     ),
@@ -313,6 +323,11 @@ def render_reference(example: str) -> str:
         "- Every string that can reach a command line (names, devices, interfaces, IQNs, paths) "
         "must match a conservative format, given per field below.",
         "- Durations are in seconds; fractions are allowed.",
+        "- Values are read as YAML types, not converted: a number is not text (`lun: '1'` is an "
+        "error), `true` is not a number, `1` is not `true`, a date (`2024-01-01`) is not text "
+        "unless quoted. YAML tags (`!foo`) are not used.",
+        f"- A spec is a UTF-8 text file of at most {_LIMIT}; a larger, binary or otherwise "
+        "encoded file is refused before it is parsed, with the byte offset of the problem.",
         "- `reconcile validate -f FILE` checks a file: it exits 0, or exits 2 and prints "
         "`file:line:column: field.path: what was expected` for every problem.",
         f"- [`{SCHEMA_FILE.as_posix()}`](../{SCHEMA_FILE.as_posix()}) is the JSON Schema of a "

@@ -18,7 +18,7 @@ from rich.markup import escape
 
 from reconciler.agent import EXIT_USAGE
 from reconciler.core.spec import StorageCluster
-from reconciler.core.specload import SpecError, load_spec
+from reconciler.core.specload import MAX_SPEC_BYTES, SpecError, load_spec_bytes
 
 DEMO = "embedded:demo.yaml"
 # emoji=False: a spec value like ':smile:' must print verbatim, not as a smiley.
@@ -28,19 +28,20 @@ _errors = Console(stderr=True, highlight=False, soft_wrap=True, emoji=False)
 def read_spec(path: str | None) -> tuple[StorageCluster, str]:
     """Load and validate the spec; exit 2 with file:line:column messages when it is wrong."""
     if path is None:
-        text = importlib_resources.files("reconciler").joinpath("demo.yaml").read_text()
+        data = importlib_resources.files("reconciler").joinpath("demo.yaml").read_bytes()
         name = DEMO
     else:
         try:
-            text = Path(path).read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
+            with open(path, "rb") as fh:  # one byte over the limit is enough to refuse it
+                data = fh.read(MAX_SPEC_BYTES + 1)
+        except OSError as exc:
             # The message holds user text (the file name): never interpret it as markup.
-            reason = getattr(exc, "strerror", None) or exc
+            reason = exc.strerror or exc
             _errors.print(f"[bold red]error:[/] {escape(f'cannot read spec {path}: {reason}')}")
             sys.exit(EXIT_USAGE)
         name = path
     try:
-        return load_spec(text, filename=name), name
+        return load_spec_bytes(data, filename=name), name
     except SpecError as exc:
         for line in exc.render().splitlines():
             _errors.print(line, markup=False, soft_wrap=True)
