@@ -196,9 +196,16 @@ def _run_once(
 
 
 def _watch(
-    spec: StorageCluster, node: str, state_dir: Path, *, interval: float, as_json: bool
+    spec: StorageCluster,
+    node: str,
+    state_dir: Path,
+    *,
+    interval: float,
+    as_json: bool,
+    metrics_address: Any = None,
 ) -> int:
     stop = threading.Event()
+    endpoint = _endpoint(spec, node, state_dir, metrics_address)
 
     def _stop(signum: int, _frame: object) -> None:
         # Finish the current step (never abandon a half-applied action), then exit.
@@ -215,10 +222,26 @@ def _watch(
         sys.stdout.flush()
         write_status(state_dir, report)
         notify(report)
+        endpoint(report)
 
     pace = loop.Pace.from_spec(spec, interval)
-    loop.run(spec, adapters, stop=stop, on_report=report_tick, pace=pace)
+    try:
+        loop.run(spec, adapters, stop=stop, on_report=report_tick, pace=pace)
+    finally:
+        endpoint.close()
     return EXIT_OK
+
+
+def _endpoint(spec: StorageCluster, node: str, state_dir: Path, address: Any) -> Any:
+    """``--metrics-address``: metrics and ``/status`` over HTTP (reconciler.httpserve)."""
+    from reconciler.httpserve import Endpoint
+
+    if address is None:
+        return Endpoint.off()
+    try:
+        return Endpoint.open(spec, node, state_dir, address)
+    except OSError as exc:
+        _fail(f"--metrics-address {address}: cannot listen there: {exc.strerror or exc}")
 
 
 def _alerting(spec: StorageCluster) -> Any:
@@ -292,6 +315,14 @@ _STATE_OPT = click.option(
     default=None,
     help="Seconds between ticks in --watch (fractions allowed; default: spec timings).",
 )
+@click.option(
+    "--metrics-address",
+    metavar="HOST:PORT",
+    callback=lambda _c, _p, v: _parse_address(v),
+    default=None,
+    help="With --watch: serve Prometheus /metrics and the status record /status over HTTP "
+    "there (a management address; off by default).",
+)
 @click.version_option(__version__, prog_name="reconcile")
 @click.pass_context
 def main(
@@ -304,6 +335,7 @@ def main(
     as_json: bool,
     state_dir: str | None,
     interval: float | None,
+    metrics_address: Any,
 ) -> None:
     """tandem: keep a two-node DRBD + iSCSI + floating-IP cluster converged on a YAML spec.
 
@@ -330,6 +362,8 @@ def main(
         raise click.UsageError("choose one of --once and --watch")
     if dry_run and watch:
         raise click.UsageError("--dry-run goes with --once")
+    if metrics_address is not None and not watch:
+        raise click.UsageError("--metrics-address goes with --watch")
     spec, _ = read_spec(spec_path)
     the_node = pick_node(spec, node)
     sdir = Path(state_dir) if state_dir else default_state_dir()
@@ -337,7 +371,25 @@ def main(
         if once:
             ctx.exit(_run_once(spec, the_node, sdir, dry_run=dry_run, as_json=as_json))
         every = interval if interval is not None else spec.spec.timings.tick_interval
-        ctx.exit(_watch(spec, the_node, sdir, interval=every, as_json=as_json))
+        ctx.exit(
+            _watch(
+                spec,
+                the_node,
+                sdir,
+                interval=every,
+                as_json=as_json,
+                metrics_address=metrics_address,
+            )
+        )
+
+
+def _parse_address(value: str | None) -> Any:
+    from reconciler.httpserve import parse_address
+
+    try:
+        return None if value is None else parse_address(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--metrics-address") from None
 
 
 @main.command()
