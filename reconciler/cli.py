@@ -516,14 +516,28 @@ def _operator_tick(spec: StorageCluster, node: str, sdir: Path, adapters: Any) -
 @_NODE_OPT
 @_STATE_OPT
 @click.option("--json", "as_json", is_flag=True, help="Print the raw status record.")
-@click.option("--watch", "live", is_flag=True, help="Refresh every 2 s until Ctrl-C.")
+@click.option("--watch", "live", is_flag=True, help="A live screen, refreshed every 2 s; Ctrl-C.")
+@click.option(
+    "--cluster",
+    is_flag=True,
+    help="Both nodes side by side: this node's record and the peer's, fetched from its agent's "
+    "/status (--peer, or the peer's statusAddress in the spec).",
+)
+@click.option("--peer", metavar="URL", help="With --cluster: the peer agent's address (HOST:PORT).")
 def status(
-    spec_path: str | None, node: str | None, state_dir: str | None, as_json: bool, live: bool
+    spec_path: str | None,
+    node: str | None,
+    state_dir: str | None,
+    as_json: bool,
+    live: bool,
+    cluster: bool,
+    peer: str | None,
 ) -> None:
     """Show this node's storage role, DRBD state, target and VIP from the agent's last tick.
 
     Exit 0 when the record is fresh, 1 when it is missing or stale (older than tickInterval +
-    statusStaleness: the agent is stopped, hangs, or a failover is in progress).
+    statusStaleness: the agent is stopped, hangs, or a failover is in progress). With
+    --cluster: exit 0 only when both nodes' records were read and are fresh.
     """
     import time
 
@@ -533,21 +547,77 @@ def status(
     spec, _ = read_spec(spec_path)
     the_node = pick_node(spec, node)
     sdir = Path(state_dir) if state_dir else default_state_dir()
-    while True:
+    if peer is not None and not cluster:
+        raise click.UsageError("--peer goes with --cluster")
+
+    def frame() -> tuple[Any, bool]:
+        """What to show now (a renderable, or the JSON object) and whether it is fresh."""
+        if cluster:
+            return _cluster_frame(spec, the_node, sdir, peer, as_json=as_json)
         record, raw = read_status(sdir, the_node)
         if as_json:
-            click.echo(json.dumps(raw, sort_keys=True))
-            fresh = isinstance(record, StatusRecord)
+            return raw, isinstance(record, StatusRecord)
+        return _captured(lambda c: render(c, spec, the_node, record, time.time()))
+
+    if not live or as_json:
+        shown, fresh = frame()
+        if as_json:
+            click.echo(json.dumps(shown, sort_keys=True))
         else:
-            if live:
-                console.clear()
-            fresh = render(console, spec, the_node, record, time.time())
+            console.print(shown)
         if not live:
             sys.exit(0 if fresh else 1)
-        try:
-            time.sleep(2)
-        except KeyboardInterrupt:
-            sys.exit(0)
+    from rich.live import Live
+
+    try:
+        with Live(console=console, auto_refresh=False, transient=False) as screen:
+            while True:
+                if as_json:
+                    click.echo(json.dumps(frame()[0], sort_keys=True))
+                else:
+                    screen.update(frame()[0], refresh=True)
+                time.sleep(2)
+    except KeyboardInterrupt:
+        sys.exit(0)
+
+
+def _captured(draw: Any) -> tuple[Any, bool]:
+    """Run a printing renderer into a buffer; the text (as a renderable) and its result."""
+    import io
+
+    from rich.text import Text
+
+    buffer = Console(
+        file=io.StringIO(),
+        width=console.width,
+        force_terminal=console.is_terminal,
+        highlight=False,
+        soft_wrap=True,
+        emoji=False,
+    )
+    result = draw(buffer)
+    out = buffer.file.getvalue()  # type: ignore[attr-defined]
+    return Text.from_ansi(out.rstrip("\n")), bool(result)
+
+
+def _cluster_frame(
+    spec: StorageCluster, node: str, sdir: Path, peer: str | None, *, as_json: bool
+) -> tuple[Any, bool]:
+    import time
+
+    from reconciler import cluster as cl
+
+    other = next(n for n in spec.node_names if n != node)
+    url = cl.peer_url(spec, other, peer)
+    if url is None:
+        _fail(
+            f"where does {other}'s agent serve its status? pass --peer HOST:PORT or set "
+            f"statusAddress of {other} in the spec"
+        )
+    views = {node: cl.local_view(sdir, node), other: cl.fetch_view(other, url)}
+    ordered = [views[n] for n in spec.node_names]
+    shown, ok = cl.cluster_view(spec, ordered, time.time())
+    return (cl.as_json(ordered, ok) if as_json else shown), ok
 
 
 @main.command("split-brain")
