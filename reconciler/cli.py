@@ -392,10 +392,18 @@ def _parse_address(value: str | None) -> Any:
         raise click.BadParameter(str(exc), param_hint="--metrics-address") from None
 
 
+_JSON_OPT = click.option(
+    "--json", "as_json", is_flag=True, help="Print one JSON object (same exit codes)."
+)
+
+
 @main.command()
 @_SPEC_OPT
-def validate(spec_path: str | None) -> None:
+@_JSON_OPT
+def validate(spec_path: str | None, as_json: bool) -> None:
     """Check a spec: exit 0, or exit 2 with file:line:column, field path and what was expected."""
+    if as_json:
+        sys.exit(_validate_json(spec_path))
     spec, name = read_spec(spec_path)
     a, b = spec.node_names
     click.echo(
@@ -405,13 +413,42 @@ def validate(spec_path: str | None) -> None:
     )
 
 
+def _validate_json(spec_path: str | None) -> int:
+    from reconciler import jsonout
+
+    name = spec_path or DEMO
+    try:
+        text = (
+            Path(spec_path).read_text(encoding="utf-8")
+            if spec_path
+            else importlib_resources.files("reconciler").joinpath("demo.yaml").read_text()
+        )
+    except (OSError, UnicodeDecodeError) as exc:
+        problem = f"cannot read spec {name}: {getattr(exc, 'strerror', None) or exc}"
+        click.echo(json.dumps(jsonout.validate_unreadable(name, problem), sort_keys=True))
+        return EXIT_USAGE
+    try:
+        spec = load_spec(text, filename=name)
+    except SpecError as exc:
+        click.echo(json.dumps(jsonout.validate_failed(name, exc), sort_keys=True))
+        return EXIT_USAGE
+    click.echo(json.dumps(jsonout.validate_ok(name, spec), sort_keys=True))
+    return EXIT_OK
+
+
 @main.command("get")
 @_SPEC_OPT
-def get_settings(spec_path: str | None) -> None:
+@_JSON_OPT
+def get_settings(spec_path: str | None, as_json: bool) -> None:
     """Print every effective setting: the spec with all defaults filled in (YAML)."""
     from ruamel.yaml import YAML
 
     spec, name = read_spec(spec_path)
+    if as_json:
+        from reconciler.jsonout import settings
+
+        click.echo(json.dumps(settings(name, spec), sort_keys=True))
+        return
     yaml = YAML()
     yaml.default_flow_style = False
     click.echo(f"# effective settings of {name}")
@@ -430,10 +467,21 @@ def _operator_context(
     return spec, the_node, sdir, _adapters(spec, the_node, sdir, dry_run=dry_run)
 
 
-def _refused(outcome: operations.Outcome) -> NoReturn:
-    """Exit for a refused operator command: 2 when the command line was wrong, else 3."""
+def _refused(outcome: operations.Outcome, json_of: tuple[str, str] | None = None) -> NoReturn:
+    """Exit for a refused operator command: 2 when the command line was wrong, else 3.
+    ``json_of``: (command, node) to print the refusal as ``--json`` does."""
     refusal = outcome.refusal
-    _fail(outcome.message, EXIT_USAGE if refusal is not None and refusal.is_usage else EXIT_BLOCKED)
+    code = EXIT_USAGE if refusal is not None and refusal.is_usage else EXIT_BLOCKED
+    if json_of is not None:
+        _echo_outcome(json_of[0], json_of[1], outcome)
+        sys.exit(code)
+    _fail(outcome.message, code)
+
+
+def _echo_outcome(command: str, node: str, outcome: operations.Outcome, **extra: Any) -> None:
+    from reconciler.jsonout import outcome as outcome_json
+
+    click.echo(json.dumps(outcome_json(command, node, outcome, **extra), sort_keys=True))
 
 
 @main.command("manual-mode")
@@ -441,7 +489,10 @@ def _refused(outcome: operations.Outcome) -> NoReturn:
 @_SPEC_OPT
 @_NODE_OPT
 @_STATE_OPT
-def manual_mode(state: str, spec_path: str | None, node: str | None, state_dir: str | None) -> None:
+@_JSON_OPT
+def manual_mode(
+    state: str, spec_path: str | None, node: str | None, state_dir: str | None, as_json: bool
+) -> None:
     """Enable/disable manual mode on this node (maintenance with zero VM downtime).
 
     In manual mode automatic role selection stops: the agent keeps replicating and keeps the
@@ -450,12 +501,23 @@ def manual_mode(state: str, spec_path: str | None, node: str | None, state_dir: 
     manual mode never moves storage.
     """
     spec, the_node, _sdir, adapters = _operator_context(spec_path, node, state_dir)
+    command = f"manual-mode {state}"
     if state == "show":
-        click.echo(describe_operator_state(the_node, adapters.operator.load()))
+        current = adapters.operator.load()
+        if as_json:
+            from reconciler.jsonout import operator_state
+
+            shown = {"command": command, "node": the_node, **operator_state(current)}
+            click.echo(json.dumps(shown, sort_keys=True))
+            return
+        click.echo(describe_operator_state(the_node, current))
         return
     outcome = operations.manual_mode(spec, the_node, adapters, enable=state == "enable")
     if not outcome.accepted:
-        _refused(outcome)
+        _refused(outcome, (command, the_node) if as_json else None)
+    if as_json:
+        _echo_outcome(command, the_node, outcome)
+        return
     click.echo(outcome.message)
 
 
@@ -469,36 +531,48 @@ def manual_mode(state: str, spec_path: str | None, node: str | None, state_dir: 
     help="Also promote while DRBD is disconnected and no policy allows it (may cause split "
     "brain if the peer is Primary: the agent then detects and reports it).",
 )
+@_JSON_OPT
 def become_primary(
-    spec_path: str | None, node: str | None, state_dir: str | None, force: bool
+    spec_path: str | None, node: str | None, state_dir: str | None, force: bool, as_json: bool
 ) -> None:
     """Make this node storage primary (manual mode only). Refused while the peer is Primary or
     the VIP answers elsewhere: dual-primary is never allowed."""
     spec, the_node, sdir, adapters = _operator_context(spec_path, node, state_dir)
     outcome = operations.become_primary(spec, the_node, adapters, force=force)
+    said = ("become-primary", the_node, outcome) if as_json else None
     if not outcome.accepted:
-        _refused(outcome)
-    sys.exit(_operator_tick(spec, the_node, sdir, adapters))
+        _refused(outcome, (said[0], said[1]) if said else None)
+    sys.exit(_operator_tick(spec, the_node, sdir, adapters, said=said))
 
 
 @main.command("become-secondary")
 @_SPEC_OPT
 @_NODE_OPT
 @_STATE_OPT
-def become_secondary(spec_path: str | None, node: str | None, state_dir: str | None) -> None:
+@_JSON_OPT
+def become_secondary(
+    spec_path: str | None, node: str | None, state_dir: str | None, as_json: bool
+) -> None:
     """Make this node storage secondary (manual mode only; always allowed)."""
     spec, the_node, sdir, adapters = _operator_context(spec_path, node, state_dir)
     outcome = operations.become_secondary(spec, the_node, adapters)
+    said = ("become-secondary", the_node, outcome) if as_json else None
     if not outcome.accepted:
-        _refused(outcome)
-    code = _operator_tick(spec, the_node, sdir, adapters)
+        _refused(outcome, (said[0], said[1]) if said else None)
+    code = _operator_tick(spec, the_node, sdir, adapters, said=said)
     sys.exit(code if code != EXIT_BLOCKED else EXIT_OK)
 
 
-def _operator_tick(spec: StorageCluster, node: str, sdir: Path, adapters: Any) -> int:
+def _operator_tick(
+    spec: StorageCluster, node: str, sdir: Path, adapters: Any, *, said: Any = None
+) -> int:
     """Apply the operator's choice now, unless an agent runs for this node: then that agent
-    applies it on its next tick (two actors on one node would race each other)."""
+    applies it on its next tick (two actors on one node would race each other).
+    ``said``: (command, node, outcome) of a ``--json`` run: print one JSON object instead."""
     with try_agent_lock(sdir, node) as holder:
+        if holder is not None and said is not None:
+            _echo_outcome(*said, deferred_to=holder)
+            return EXIT_OK
         if holder is not None:
             click.echo(
                 f"{node}: recorded; the running agent (pid {holder}) applies it on its next "
@@ -506,7 +580,10 @@ def _operator_tick(spec: StorageCluster, node: str, sdir: Path, adapters: Any) -
             )
             return EXIT_OK
         report = tick(spec, adapters)
-        print_report(report, as_json=False)
+        if said is not None:
+            _echo_outcome(*said, tick=report)
+        else:
+            print_report(report, as_json=False)
         _record(spec, adapters, sdir, report)
         return report.exit_code
 
