@@ -84,8 +84,9 @@ class Metrics:
         self.peer = next(n for n in spec.node_names if n != node)
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
-        info = Gauge("tandem_info", "The agent: node and version (always 1)", ["node", "version"])
-        r.register(info)
+        info = self._gauge(
+            "tandem_info", "The agent: node and version (always 1)", ["node", "version"]
+        )
         info.labels(node=node, version=__version__).set(1)
 
         # --- DRBD, under drbd-reactor's names --------------------------------------------
