@@ -2,7 +2,7 @@
 
 Contract (other tools and the docs build on it):
   reconcile --once  -f SPEC [--node NAME] [--dry-run] [--json] [--state-dir DIR]
-  reconcile --watch -f SPEC [--node NAME] [--interval SECONDS]
+  reconcile --watch -f SPEC [--node NAME] [--interval SECONDS] [--metrics-address HOST:PORT]
   reconcile validate -f SPEC
 Exit codes: 0 converged / every action applied; 1 an action failed; 2 invalid spec or usage;
 3 blocked by a safety rule with nothing else to do.
@@ -636,23 +636,23 @@ def status(
             return raw, isinstance(record, StatusRecord)
         return _captured(lambda c: render(c, spec, the_node, record, time.time()))
 
-    if not live or as_json:
+    if not live:
         shown, fresh = frame()
         if as_json:
             click.echo(json.dumps(shown, sort_keys=True))
         else:
             console.print(shown)
-        if not live:
-            sys.exit(0 if fresh else 1)
+        sys.exit(0 if fresh else 1)
     from rich.live import Live
 
     try:
+        if as_json:  # one JSON object every 2 s, no screen
+            while True:
+                click.echo(json.dumps(frame()[0], sort_keys=True))
+                time.sleep(2)
         with Live(console=console, auto_refresh=False, transient=False) as screen:
             while True:
-                if as_json:
-                    click.echo(json.dumps(frame()[0], sort_keys=True))
-                else:
-                    screen.update(frame()[0], refresh=True)
+                screen.update(frame()[0], refresh=True)
                 time.sleep(2)
     except KeyboardInterrupt:
         sys.exit(0)
