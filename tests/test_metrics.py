@@ -4,6 +4,7 @@ real loopback socket."""
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import socket
@@ -221,7 +222,7 @@ def test_cluster_view_names_the_node_that_did_not_answer(sim: SimCluster, tmp_pa
     here = cluster.local_view(tmp_path, "node1")
     record = here.record
     assert record is not None
-    console = Console(record=True, width=160, file=open("/dev/null", "w"))  # noqa: SIM115
+    console = Console(record=True, width=160, file=io.StringIO())
     ok = cluster.render_cluster(console, sim.spec, [here, peer], record.time)
     text = console.export_text()
     assert not ok
