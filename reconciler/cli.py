@@ -2,7 +2,7 @@
 
 Contract (other tools and the docs build on it):
   reconcile --once  -f SPEC [--node NAME] [--dry-run] [--json] [--state-dir DIR]
-  reconcile --watch -f SPEC [--node NAME] [--interval SECONDS]
+  reconcile --watch -f SPEC [--node NAME] [--interval SECONDS] [--metrics-address HOST:PORT]
   reconcile validate -f SPEC
 Exit codes: 0 converged / every action applied; 1 an action failed; 2 invalid spec or usage;
 3 blocked by a safety rule with nothing else to do.
@@ -42,7 +42,8 @@ from reconciler.cli_simulate import simulate_command
 from reconciler.core.errors import AdapterError
 from reconciler.core.operator import describe_state as describe_operator_state
 from reconciler.core.spec import StorageCluster
-from reconciler.specfile import default_state_dir, read_spec
+from reconciler.core.specload import SpecError
+from reconciler.specfile import DEMO, SpecUnreadable, default_state_dir, load_spec_file, read_spec
 
 # emoji=False: a spec value like ':smile:' must print verbatim, not as a smiley.
 console = Console(highlight=False, soft_wrap=True, emoji=False)
@@ -173,9 +174,16 @@ def _history(state_dir: Path, report: TickReport) -> None:
 
 
 def _watch(
-    spec: StorageCluster, node: str, state_dir: Path, *, interval: float, as_json: bool
+    spec: StorageCluster,
+    node: str,
+    state_dir: Path,
+    *,
+    interval: float,
+    as_json: bool,
+    metrics_address: Any = None,
 ) -> int:
     stop = threading.Event()
+    endpoint = _endpoint(spec, node, state_dir, metrics_address)
 
     def _stop(signum: int, _frame: object) -> None:
         # Finish the current step (never abandon a half-applied action), then exit.
@@ -206,21 +214,35 @@ def _watch(
             sys.stdout.flush()
         write_status(state_dir, report)
 
-    # The per-tick observers, in order: one list, so another (metrics) is one more entry.
-    # The systemd notifier comes last: WATCHDOG=1 means the whole tick, records included, ran.
+    # The per-tick observers, in order, in one list. The systemd notifier comes last:
+    # WATCHDOG=1 means the whole tick, records and metrics included, ran.
     observers: list[loop.TickObserver] = [
         report_tick,
         agentlog.TickLogger(tick_log),
         events.TickEvents(events.EventLog(events.events_path(state_dir, node))),
         _alerting(spec, alert_log),
+        endpoint,
         sd,
     ]
     pace = loop.Pace.from_spec(spec, interval)
     try:
         loop.run(spec, adapters, stop=stop, on_report=loop.each(observers), pace=pace)
     finally:
+        endpoint.close()
         sd.stopping()
     return EXIT_OK
+
+
+def _endpoint(spec: StorageCluster, node: str, state_dir: Path, address: Any) -> Any:
+    """``--metrics-address``: metrics and ``/status`` over HTTP (reconciler.httpserve)."""
+    from reconciler.httpserve import Endpoint
+
+    if address is None:
+        return Endpoint.off()
+    try:
+        return Endpoint.open(spec, node, state_dir, address)
+    except OSError as exc:
+        _fail(f"--metrics-address {address}: cannot listen there: {exc.strerror or exc}")
 
 
 def _alerting(spec: StorageCluster, log: Any) -> Any:
@@ -286,6 +308,14 @@ _STATE_OPT = click.option(
     default=None,
     help="Seconds between ticks in --watch (fractions allowed; default: spec timings).",
 )
+@click.option(
+    "--metrics-address",
+    metavar="HOST:PORT",
+    callback=lambda _c, _p, v: _parse_address(v),
+    default=None,
+    help="With --watch: serve Prometheus /metrics and the status record /status over HTTP "
+    "there (a management address; off by default).",
+)
 @click.version_option(__version__, prog_name="reconcile")
 @click.pass_context
 def main(
@@ -298,6 +328,7 @@ def main(
     as_json: bool,
     state_dir: str | None,
     interval: float | None,
+    metrics_address: Any,
 ) -> None:
     """tandem: keep a two-node DRBD + iSCSI + floating-IP cluster converged on a YAML spec.
 
@@ -324,6 +355,8 @@ def main(
         raise click.UsageError("choose one of --once and --watch")
     if dry_run and watch:
         raise click.UsageError("--dry-run goes with --once")
+    if metrics_address is not None and not watch:
+        raise click.UsageError("--metrics-address goes with --watch")
     spec, _ = read_spec(spec_path)
     the_node = pick_node(spec, node)
     sdir = Path(state_dir) if state_dir else default_state_dir()
@@ -331,13 +364,39 @@ def main(
         if once:
             ctx.exit(_run_once(spec, the_node, sdir, dry_run=dry_run, as_json=as_json))
         every = interval if interval is not None else spec.spec.timings.tick_interval
-        ctx.exit(_watch(spec, the_node, sdir, interval=every, as_json=as_json))
+        ctx.exit(
+            _watch(
+                spec,
+                the_node,
+                sdir,
+                interval=every,
+                as_json=as_json,
+                metrics_address=metrics_address,
+            )
+        )
+
+
+def _parse_address(value: str | None) -> Any:
+    from reconciler.httpserve import parse_address
+
+    try:
+        return None if value is None else parse_address(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--metrics-address") from None
+
+
+_JSON_OPT = click.option(
+    "--json", "as_json", is_flag=True, help="Print one JSON object (same exit codes)."
+)
 
 
 @main.command()
 @_SPEC_OPT
-def validate(spec_path: str | None) -> None:
+@_JSON_OPT
+def validate(spec_path: str | None, as_json: bool) -> None:
     """Check a spec: exit 0, or exit 2 with file:line:column, field path and what was expected."""
+    if as_json:
+        sys.exit(_validate_json(spec_path))
     spec, name = read_spec(spec_path)
     a, b = spec.node_names
     click.echo(
@@ -347,13 +406,35 @@ def validate(spec_path: str | None) -> None:
     )
 
 
+def _validate_json(spec_path: str | None) -> int:
+    from reconciler import jsonout
+
+    name = spec_path or DEMO
+    try:
+        spec, name = load_spec_file(spec_path)
+    except SpecUnreadable as exc:
+        click.echo(json.dumps(jsonout.validate_unreadable(name, str(exc)), sort_keys=True))
+        return EXIT_USAGE
+    except SpecError as exc:
+        click.echo(json.dumps(jsonout.validate_failed(name, exc), sort_keys=True))
+        return EXIT_USAGE
+    click.echo(json.dumps(jsonout.validate_ok(name, spec), sort_keys=True))
+    return EXIT_OK
+
+
 @main.command("get")
 @_SPEC_OPT
-def get_settings(spec_path: str | None) -> None:
+@_JSON_OPT
+def get_settings(spec_path: str | None, as_json: bool) -> None:
     """Print every effective setting: the spec with all defaults filled in (YAML)."""
     from ruamel.yaml import YAML
 
     spec, name = read_spec(spec_path)
+    if as_json:
+        from reconciler.jsonout import settings
+
+        click.echo(json.dumps(settings(name, spec), sort_keys=True))
+        return
     yaml = YAML()
     yaml.default_flow_style = False
     click.echo(f"# effective settings of {name}")
@@ -372,10 +453,21 @@ def _operator_context(
     return spec, the_node, sdir, _adapters(spec, the_node, sdir, dry_run=dry_run)
 
 
-def _refused(outcome: operations.Outcome) -> NoReturn:
-    """Exit for a refused operator command: 2 when the command line was wrong, else 3."""
+def _refused(outcome: operations.Outcome, json_of: tuple[str, str] | None = None) -> NoReturn:
+    """Exit for a refused operator command: 2 when the command line was wrong, else 3.
+    ``json_of``: (command, node) to print the refusal as ``--json`` does."""
     refusal = outcome.refusal
-    _fail(outcome.message, EXIT_USAGE if refusal is not None and refusal.is_usage else EXIT_BLOCKED)
+    code = EXIT_USAGE if refusal is not None and refusal.is_usage else EXIT_BLOCKED
+    if json_of is not None:
+        _echo_outcome(json_of[0], json_of[1], outcome)
+        sys.exit(code)
+    _fail(outcome.message, code)
+
+
+def _echo_outcome(command: str, node: str, outcome: operations.Outcome, **extra: Any) -> None:
+    from reconciler.jsonout import outcome as outcome_json
+
+    click.echo(json.dumps(outcome_json(command, node, outcome, **extra), sort_keys=True))
 
 
 @main.command("manual-mode")
@@ -383,7 +475,10 @@ def _refused(outcome: operations.Outcome) -> NoReturn:
 @_SPEC_OPT
 @_NODE_OPT
 @_STATE_OPT
-def manual_mode(state: str, spec_path: str | None, node: str | None, state_dir: str | None) -> None:
+@_JSON_OPT
+def manual_mode(
+    state: str, spec_path: str | None, node: str | None, state_dir: str | None, as_json: bool
+) -> None:
     """Enable/disable manual mode on this node (maintenance with zero VM downtime).
 
     In manual mode automatic role selection stops: the agent keeps replicating and keeps the
@@ -392,12 +487,23 @@ def manual_mode(state: str, spec_path: str | None, node: str | None, state_dir: 
     manual mode never moves storage.
     """
     spec, the_node, _sdir, adapters = _operator_context(spec_path, node, state_dir)
+    command = f"manual-mode {state}"
     if state == "show":
-        click.echo(describe_operator_state(the_node, adapters.operator.load()))
+        current = adapters.operator.load()
+        if as_json:
+            from reconciler.jsonout import operator_state
+
+            shown = {"command": command, "node": the_node, **operator_state(current)}
+            click.echo(json.dumps(shown, sort_keys=True))
+            return
+        click.echo(describe_operator_state(the_node, current))
         return
     outcome = operations.manual_mode(spec, the_node, adapters, enable=state == "enable")
     if not outcome.accepted:
-        _refused(outcome)
+        _refused(outcome, (command, the_node) if as_json else None)
+    if as_json:
+        _echo_outcome(command, the_node, outcome)
+        return
     click.echo(outcome.message)
 
 
@@ -411,36 +517,48 @@ def manual_mode(state: str, spec_path: str | None, node: str | None, state_dir: 
     help="Also promote while DRBD is disconnected and no policy allows it (may cause split "
     "brain if the peer is Primary: the agent then detects and reports it).",
 )
+@_JSON_OPT
 def become_primary(
-    spec_path: str | None, node: str | None, state_dir: str | None, force: bool
+    spec_path: str | None, node: str | None, state_dir: str | None, force: bool, as_json: bool
 ) -> None:
     """Make this node storage primary (manual mode only). Refused while the peer is Primary or
     the VIP answers elsewhere: dual-primary is never allowed."""
     spec, the_node, sdir, adapters = _operator_context(spec_path, node, state_dir)
     outcome = operations.become_primary(spec, the_node, adapters, force=force)
+    said = ("become-primary", the_node, outcome) if as_json else None
     if not outcome.accepted:
-        _refused(outcome)
-    sys.exit(_operator_tick(spec, the_node, sdir, adapters))
+        _refused(outcome, (said[0], said[1]) if said else None)
+    sys.exit(_operator_tick(spec, the_node, sdir, adapters, said=said))
 
 
 @main.command("become-secondary")
 @_SPEC_OPT
 @_NODE_OPT
 @_STATE_OPT
-def become_secondary(spec_path: str | None, node: str | None, state_dir: str | None) -> None:
+@_JSON_OPT
+def become_secondary(
+    spec_path: str | None, node: str | None, state_dir: str | None, as_json: bool
+) -> None:
     """Make this node storage secondary (manual mode only; always allowed)."""
     spec, the_node, sdir, adapters = _operator_context(spec_path, node, state_dir)
     outcome = operations.become_secondary(spec, the_node, adapters)
+    said = ("become-secondary", the_node, outcome) if as_json else None
     if not outcome.accepted:
-        _refused(outcome)
-    code = _operator_tick(spec, the_node, sdir, adapters)
+        _refused(outcome, (said[0], said[1]) if said else None)
+    code = _operator_tick(spec, the_node, sdir, adapters, said=said)
     sys.exit(code if code != EXIT_BLOCKED else EXIT_OK)
 
 
-def _operator_tick(spec: StorageCluster, node: str, sdir: Path, adapters: Any) -> int:
+def _operator_tick(
+    spec: StorageCluster, node: str, sdir: Path, adapters: Any, *, said: Any = None
+) -> int:
     """Apply the operator's choice now, unless an agent runs for this node: then that agent
-    applies it on its next tick (two actors on one node would race each other)."""
+    applies it on its next tick (two actors on one node would race each other).
+    ``said``: (command, node, outcome) of a ``--json`` run: print one JSON object instead."""
     with try_agent_lock(sdir, node) as holder:
+        if holder is not None and said is not None:
+            _echo_outcome(*said, deferred_to=holder)
+            return EXIT_OK
         if holder is not None:
             click.echo(
                 f"{node}: recorded; the running agent (pid {holder}) applies it on its next "
@@ -448,7 +566,10 @@ def _operator_tick(spec: StorageCluster, node: str, sdir: Path, adapters: Any) -
             )
             return EXIT_OK
         report = tick(spec, adapters)
-        print_report(report, as_json=False)
+        if said is not None:
+            _echo_outcome(*said, tick=report)
+        else:
+            print_report(report, as_json=False)
         _record(spec, adapters, sdir, report)
         _history(sdir, report)
         return report.exit_code
@@ -459,14 +580,28 @@ def _operator_tick(spec: StorageCluster, node: str, sdir: Path, adapters: Any) -
 @_NODE_OPT
 @_STATE_OPT
 @click.option("--json", "as_json", is_flag=True, help="Print the raw status record.")
-@click.option("--watch", "live", is_flag=True, help="Refresh every 2 s until Ctrl-C.")
+@click.option("--watch", "live", is_flag=True, help="A live screen, refreshed every 2 s; Ctrl-C.")
+@click.option(
+    "--cluster",
+    is_flag=True,
+    help="Both nodes side by side: this node's record and the peer's, fetched from its agent's "
+    "/status (--peer, or the peer's statusAddress in the spec).",
+)
+@click.option("--peer", metavar="URL", help="With --cluster: the peer agent's address (HOST:PORT).")
 def status(
-    spec_path: str | None, node: str | None, state_dir: str | None, as_json: bool, live: bool
+    spec_path: str | None,
+    node: str | None,
+    state_dir: str | None,
+    as_json: bool,
+    live: bool,
+    cluster: bool,
+    peer: str | None,
 ) -> None:
     """Show this node's storage role, DRBD state, target and VIP from the agent's last tick.
 
     Exit 0 when the record is fresh, 1 when it is missing or stale (older than tickInterval +
-    statusStaleness: the agent is stopped, hangs, or a failover is in progress).
+    statusStaleness: the agent is stopped, hangs, or a failover is in progress). With
+    --cluster: exit 0 only when both nodes' records were read and are fresh.
     """
     import time
 
@@ -476,36 +611,97 @@ def status(
     spec, _ = read_spec(spec_path)
     the_node = pick_node(spec, node)
     sdir = Path(state_dir) if state_dir else default_state_dir()
-    while True:
+    if peer is not None and not cluster:
+        raise click.UsageError("--peer goes with --cluster")
+
+    def frame() -> tuple[Any, bool]:
+        """What to show now (a renderable, or the JSON object) and whether it is fresh."""
+        if cluster:
+            return _cluster_frame(spec, the_node, sdir, peer, as_json=as_json)
         record, raw = read_status(sdir, the_node)
         if as_json:
-            click.echo(json.dumps(raw, sort_keys=True))
-            fresh = isinstance(record, StatusRecord)
+            return raw, isinstance(record, StatusRecord)
+
+        def draw(out: Console) -> bool:
+            fresh = render(out, spec, the_node, record, time.time())
+            _events_tail(sdir, the_node, out=out)
+            return fresh
+
+        return _captured(draw)
+
+    if not live:
+        shown, fresh = frame()
+        if as_json:
+            click.echo(json.dumps(shown, sort_keys=True))
         else:
-            if live:
-                console.clear()
-            fresh = render(console, spec, the_node, record, time.time())
-            _events_tail(sdir, the_node)
-        if not live:
-            sys.exit(0 if fresh else 1)
-        try:
-            time.sleep(2)
-        except KeyboardInterrupt:
-            sys.exit(0)
+            console.print(shown)
+        sys.exit(0 if fresh else 1)
+    from rich.live import Live
+
+    try:
+        if as_json:  # one JSON object every 2 s, no screen
+            while True:
+                click.echo(json.dumps(frame()[0], sort_keys=True))
+                time.sleep(2)
+        with Live(console=console, auto_refresh=False, transient=False) as screen:
+            while True:
+                screen.update(frame()[0], refresh=True)
+                time.sleep(2)
+    except KeyboardInterrupt:
+        sys.exit(0)
 
 
-def _events_tail(sdir: Path, node: str, count: int = 5) -> None:
+def _captured(draw: Any) -> tuple[Any, bool]:
+    """Run a printing renderer into a buffer; the text (as a renderable) and its result."""
+    import io
+
+    from rich.text import Text
+
+    buffer = Console(
+        file=io.StringIO(),
+        width=console.width,
+        force_terminal=console.is_terminal,
+        highlight=False,
+        soft_wrap=True,
+        emoji=False,
+    )
+    result = draw(buffer)
+    out = buffer.file.getvalue()  # type: ignore[attr-defined]
+    return Text.from_ansi(out.rstrip("\n")), bool(result)
+
+
+def _cluster_frame(
+    spec: StorageCluster, node: str, sdir: Path, peer: str | None, *, as_json: bool
+) -> tuple[Any, bool]:
+    import time
+
+    from reconciler import cluster as cl
+
+    other = next(n for n in spec.node_names if n != node)
+    url = cl.peer_url(spec, other, peer)
+    if url is None:
+        _fail(
+            f"where does {other}'s agent serve its status? pass --peer HOST:PORT or set "
+            f"statusAddress of {other} in the spec"
+        )
+    views = {node: cl.local_view(sdir, node), other: cl.fetch_view(other, url)}
+    ordered = [views[n] for n in spec.node_names]
+    shown, ok = cl.cluster_view(spec, ordered, time.time())
+    return (cl.as_json(ordered, ok) if as_json else shown), ok
+
+
+def _events_tail(sdir: Path, node: str, count: int = 5, *, out: Console = console) -> None:
     """The last few events under `reconcile status` (all of them: `reconcile events`)."""
     from reconciler import events
     from reconciler.servicecli import render_event
 
     found, problems = events.load([events.events_path(sdir, node)])
     if found:
-        console.print(f"last {min(count, len(found))} event(s) (reconcile events):")
+        out.print(f"last {min(count, len(found))} event(s) (reconcile events):")
         for e in found[-count:]:
-            console.print(f"  {escape(render_event(e))}")
+            out.print(f"  {escape(render_event(e))}")
     for problem in problems:
-        console.print(f"[yellow]events[/]: {escape(problem)}")
+        out.print(f"[yellow]events[/]: {escape(problem)}")
 
 
 @main.command("split-brain")

@@ -25,24 +25,34 @@ DEMO = "embedded:demo.yaml"
 _errors = Console(stderr=True, highlight=False, soft_wrap=True, emoji=False)
 
 
-def read_spec(path: str | None) -> tuple[StorageCluster, str]:
-    """Load and validate the spec; exit 2 with file:line:column messages when it is wrong."""
+class SpecUnreadable(Exception):
+    """The spec file could not be read at all (missing, a directory, no permission)."""
+
+
+def load_spec_file(path: str | None) -> tuple[StorageCluster, str]:
+    """The validated spec and its name (``path``, or the embedded demo when None). Raises
+    ``SpecUnreadable`` or ``SpecError``; reads at most one byte over the size limit."""
     if path is None:
         data = importlib_resources.files("reconciler").joinpath("demo.yaml").read_bytes()
-        name = DEMO
-    else:
-        try:
-            with open(path, "rb") as fh:  # one byte over the limit is enough to refuse it
-                data = fh.read(MAX_SPEC_BYTES + 1)
-        except OSError as exc:
-            # The message holds user text (the file name): never interpret it as markup.
-            reason = exc.strerror or exc
-            _errors.print(f"[bold red]error:[/] {escape(f'cannot read spec {path}: {reason}')}")
-            sys.exit(EXIT_USAGE)
-        name = path
+        return load_spec_bytes(data, filename=DEMO), DEMO
     try:
-        return load_spec_bytes(data, filename=name), name
+        with open(path, "rb") as fh:  # one byte over the limit is enough to refuse it
+            data = fh.read(MAX_SPEC_BYTES + 1)
+    except OSError as exc:
+        raise SpecUnreadable(f"cannot read spec {path}: {exc.strerror or exc}") from exc
+    return load_spec_bytes(data, filename=path), path
+
+
+def read_spec(path: str | None) -> tuple[StorageCluster, str]:
+    """Load and validate the spec; exit 2 with file:line:column messages when it is wrong."""
+    try:
+        return load_spec_file(path)
+    except SpecUnreadable as exc:
+        # The message holds user text (the file name): never interpret it as markup.
+        _errors.print(f"[bold red]error:[/] {escape(str(exc))}")
+        sys.exit(EXIT_USAGE)
     except SpecError as exc:
+        name = path or DEMO
         for line in exc.render().splitlines():
             _errors.print(line, markup=False, soft_wrap=True)
         n = len(exc.problems)

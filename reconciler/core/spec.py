@@ -222,6 +222,12 @@ class Node(_Model):
     namespace: SafeName | None = Field(
         default=None, description="The network namespace for transport 'netns'."
     )
+    status_address: str | None = Field(
+        default=None,
+        pattern=r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9][A-Za-z0-9.-]*):[0-9]{1,5}$",
+        description="HOST:PORT where this node's agent serves /metrics and /status (its "
+        "--metrics-address); `reconcile status --cluster` reads the peer's status there.",
+    )
 
     @model_validator(mode="after")
     def _namespace_matches_transport(self) -> Node:
