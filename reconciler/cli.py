@@ -4,8 +4,9 @@ Contract (other tools and the docs build on it):
   reconcile --once  -f SPEC [--node NAME] [--dry-run] [--json] [--state-dir DIR]
   reconcile --watch -f SPEC [--node NAME] [--interval SECONDS]
   reconcile validate -f SPEC
-Exit codes: 0 converged / every action applied; 1 an action failed; 2 invalid spec or usage;
-3 blocked by a safety rule with nothing else to do.
+Exit codes: 0 converged / every action applied; 1 an action failed; 2 invalid spec or usage
+(also: an unusable state directory, a command the real adapters need is missing); 3 blocked by a
+safety rule with nothing else to do; 4 converged but degraded (replication degraded, split brain).
 Without -f (and without $TANDEM_SPEC) the embedded demo spec is used: a simulated two-node
 cluster that runs anywhere without root.
 """
@@ -32,6 +33,7 @@ from rich.markup import escape
 from reconciler import __version__, loop, operations
 from reconciler.agent import (
     EXIT_BLOCKED,
+    EXIT_DEGRADED,
     EXIT_FAILED,
     EXIT_OK,
     EXIT_USAGE,
@@ -77,6 +79,17 @@ def read_spec(path: str | None) -> tuple[StorageCluster, str]:
             f"{name}: {n} problem{'s' if n != 1 else ''}; nothing was changed", markup=False
         )
         sys.exit(EXIT_USAGE)
+
+
+def usable_state_dir(state_dir: str | None, *, read_only: bool = False) -> Path:
+    """The state directory (option, env or default), checked before anything uses it: exit 2
+    with the path and what is wrong (``reconciler.statedir``)."""
+    from reconciler.statedir import state_dir_problem
+
+    path = Path(state_dir) if state_dir else default_state_dir()
+    if (problem := state_dir_problem(path, read_only=read_only)) is not None:
+        _fail(f"state directory {path}: {problem}")
+    return path
 
 
 def default_state_dir() -> Path:
@@ -145,14 +158,28 @@ def _adapters(spec: StorageCluster, node: str, state_dir: Path, *, dry_run: bool
         _fail(str(exc))
 
 
-def print_report(report: TickReport, *, as_json: bool) -> None:
+def print_report(
+    report: TickReport, *, as_json: bool, stamp: bool = False, header: bool = True
+) -> None:
+    """One tick for people (or one JSON line). ``stamp``: every line starts with the tick's
+    time, ISO 8601 UTC (``--watch``); ``header``: a simulated run's first line says so."""
     if as_json:
         click.echo(json.dumps(report.to_json(), sort_keys=True))
         return
+    from reconciler.record import iso_utc
+    from reconciler.status import simulated_note
+
     p = report.plan
     e = escape  # reasons quote observed text (pool.conf, tool output): never markup
+    at = f"{iso_utc(report.started)} " if stamp else ""
+
+    def line(text: str) -> None:
+        console.print(f"{at}{text}")
+
+    if header and (note := simulated_note(report.simulated)) is not None:
+        line(f"[bold yellow]{e(note)}[/]")
     mode = " (dry run: nothing applied)" if report.result is None else ""
-    console.print(
+    line(
         f"[bold]{e(p.node)}[/]: should be [bold]{p.desired_role.value}[/] ({e(p.role_reason)})"
         f"{mode}"
     )
@@ -164,13 +191,23 @@ def print_report(report: TickReport, *, as_json: bool) -> None:
             mark = " [green]ok[/]" if step.ok else f" [red]FAILED[/]: {e(step.error or '')}"
         elif report.result is not None:
             mark = " [yellow]not run[/]"
-        console.print(f"  {i}. [cyan]{e(action.describe())}[/] - {e(action.reason)}{mark}")
+        line(f"  {i}. [cyan]{e(action.describe())}[/] - {e(action.reason)}{mark}")
     for b in p.blocked:
-        console.print(f"  [yellow]blocked[/] {b.what}: {e(b.reason)}")
+        line(f"  [yellow]blocked[/] {b.what}: {e(b.reason)}")
     for w in p.warnings:
-        console.print(f"  [magenta]warning[/]: {e(w.message)}")
-    if p.converged:
-        console.print("  converged: nothing to do")
+        line(f"  [magenta]warning[/]: {e(w.message)}")
+    if report.degraded:
+        line(f"  [bold magenta]converged but DEGRADED[/] (exit {EXIT_DEGRADED}): not healthy")
+    elif p.converged:
+        line("  converged: nothing to do")
+
+
+def _say_simulated(spec: StorageCluster) -> None:
+    """The first line of an operator command's output on a simulated cluster."""
+    from reconciler.status import simulated_note
+
+    if (note := simulated_note(spec.spec.adapters.simulated)) is not None:
+        console.print(f"[bold yellow]{escape(note)}[/]")
 
 
 def _record(spec: StorageCluster, adapters: Any, state_dir: Path, report: TickReport) -> None:
@@ -211,7 +248,7 @@ def _watch(
 
     def report_tick(report: TickReport) -> None:
         if as_json or report.plan.actions or report.plan.blocked or report.result is None:
-            print_report(report, as_json=as_json)
+            print_report(report, as_json=as_json, stamp=True)
         sys.stdout.flush()
         write_status(state_dir, report)
         notify(report)
@@ -267,7 +304,7 @@ _NODE_OPT = click.option(
 _STATE_OPT = click.option(
     "--state-dir",
     envvar="TANDEM_STATE_DIR",
-    type=click.Path(file_okay=False),
+    type=click.Path(),  # checked by usable_state_dir (one check, one wording)
     help="Agent state (operator choices, status, simulated world). Env: TANDEM_STATE_DIR. "
     "Default: $XDG_STATE_HOME/tandem.",
 )
@@ -277,7 +314,10 @@ _STATE_OPT = click.option(
     invoke_without_command=True,
     context_settings={"help_option_names": ["-h", "--help"]},
     epilog="Exit codes: 0 converged or all actions applied; 1 an action failed; "
-    "2 invalid spec or usage; 3 blocked by a safety rule with nothing else to do.",
+    "2 invalid spec or usage (also an unusable state directory, or a command the real adapters "
+    "need is missing: the message names the Debian package); 3 blocked by a safety rule with "
+    "nothing else to do; 4 converged but degraded (replication degraded, split brain: the "
+    "reasons are under 'degraded' in --json).",
 )
 @click.option("--once", is_flag=True, help="Run one tick (observe, plan, apply) and exit.")
 @click.option("--watch", is_flag=True, help="Tick every --interval seconds until SIGINT/SIGTERM.")
@@ -323,16 +363,23 @@ def main(
         if once or watch:
             raise click.UsageError("--once/--watch cannot be combined with a subcommand")
         return
+    if dry_run and not once:
+        raise click.UsageError(
+            "--dry-run goes with --once: `reconcile --once --dry-run` prints the plan of one "
+            "tick, each action with its reason, and changes nothing"
+        )
     if once == watch:
         if not once:
             click.echo(ctx.get_help())
             ctx.exit(EXIT_USAGE)
         raise click.UsageError("choose one of --once and --watch")
-    if dry_run and watch:
-        raise click.UsageError("--dry-run goes with --once")
+    if interval is not None and once:
+        raise click.UsageError(
+            "--interval is for --watch (the seconds between ticks); --once runs one tick"
+        )
+    sdir = usable_state_dir(state_dir)
     spec, _ = read_spec(spec_path)
     the_node = pick_node(spec, node)
-    sdir = Path(state_dir) if state_dir else default_state_dir()
     with agent_lock(sdir, the_node):
         if once:
             ctx.exit(_run_once(spec, the_node, sdir, dry_run=dry_run, as_json=as_json))
@@ -372,10 +419,12 @@ def get_settings(spec_path: str | None) -> None:
 def _operator_context(
     spec_path: str | None, node: str | None, state_dir: str | None, *, dry_run: bool = False
 ) -> tuple[StorageCluster, str, Path, Any]:
+    sdir = usable_state_dir(state_dir)
     spec, _ = read_spec(spec_path)
     the_node = pick_node(spec, node)
-    sdir = Path(state_dir) if state_dir else default_state_dir()
-    return spec, the_node, sdir, _adapters(spec, the_node, sdir, dry_run=dry_run)
+    adapters = _adapters(spec, the_node, sdir, dry_run=dry_run)
+    _say_simulated(spec)
+    return spec, the_node, sdir, adapters
 
 
 def _refused(outcome: operations.Outcome) -> NoReturn:
@@ -454,7 +503,7 @@ def _operator_tick(spec: StorageCluster, node: str, sdir: Path, adapters: Any) -
             )
             return EXIT_OK
         report = tick(spec, adapters)
-        print_report(report, as_json=False)
+        print_report(report, as_json=False, header=False)
         _record(spec, adapters, sdir, report)
         return report.exit_code
 
@@ -470,26 +519,31 @@ def status(
 ) -> None:
     """Show this node's storage role, DRBD state, target and VIP from the agent's last tick.
 
-    Exit 0 when the record is fresh, 1 when it is missing or stale (older than tickInterval +
-    statusStaleness: the agent is stopped, hangs, or a failover is in progress).
+    Exit 0 when the record is fresh, 1 when it is missing, corrupt or stale (older than
+    tickInterval + statusStaleness: the agent is stopped, hangs, or a failover is in progress),
+    in both modes; --json adds record (ok/missing/corrupt), age_seconds, stale, degraded and
+    the operator's choices as persisted now.
     """
     import time
 
-    from reconciler.record import StatusRecord, read_status
-    from reconciler.status import render
+    from adapters.factory import operator_store
+    from reconciler.record import read_status
+    from reconciler.status import render, status_json
 
+    sdir = usable_state_dir(state_dir, read_only=True)
     spec, _ = read_spec(spec_path)
     the_node = pick_node(spec, node)
-    sdir = Path(state_dir) if state_dir else default_state_dir()
+    store = operator_store(sdir, the_node)
     while True:
         record, raw = read_status(sdir, the_node)
+        operator = store.load() if store.path.exists() else None
         if as_json:
-            click.echo(json.dumps(raw, sort_keys=True))
-            fresh = isinstance(record, StatusRecord)
+            body, fresh = status_json(spec, the_node, record, raw, time.time(), operator=operator)
+            click.echo(json.dumps(body, sort_keys=True))
         else:
             if live:
                 console.clear()
-            fresh = render(console, spec, the_node, record, time.time())
+            fresh = render(console, spec, the_node, record, time.time(), operator=operator)
         if not live:
             sys.exit(0 if fresh else 1)
         try:
@@ -551,7 +605,7 @@ def split_brain(
     if not outcome.accepted:
         _refused(outcome)
     if outcome.report is not None:
-        print_report(outcome.report, as_json=False)
+        print_report(outcome.report, as_json=False, header=False)
     if outcome.failure is not None:
         _fail(outcome.failure, EXIT_FAILED)
     click.echo(outcome.message)
@@ -565,3 +619,7 @@ main.add_command(simulate_command)
 
 def run() -> None:  # pragma: no cover - console entry point wrapper
     main()
+
+
+if __name__ == "__main__":  # pragma: no cover - `python -m reconciler.cli` (as another user)
+    run()
