@@ -103,6 +103,10 @@ def test_a_converged_but_degraded_node_exits_4_and_says_why(tmp_path: Path) -> N
     status = run(tmp_path, "status", "--node", "node1")
     assert "DEGRADED" in status.stdout and "replication of iscsi1" in status.stdout
     assert json.loads(run(tmp_path, "status", "--node", "node1", "--json").stdout)["degraded"]
+    # An operator command that did what it was asked says DEGRADED but does not fail for it.
+    assert run(tmp_path, "manual-mode", "enable", "--node", "node1").returncode == 0
+    held = run(tmp_path, "become-primary", "--node", "node1")
+    assert held.returncode == 0 and "DEGRADED" in held.stdout, held.stdout + held.stderr
 
 
 def test_a_split_brained_node_exits_4_not_converged(tmp_path: Path) -> None:
