@@ -14,7 +14,8 @@ Invariants:
   directory.
 - Building adapters starts nothing and changes nothing on the node: daemons start in actions.
 - Problems found while building (a control socket path too long for the OS, a netns transport
-  without a namespace) raise ``TerminalError``: the CLI reports them and exits 2.
+  without a namespace, a command the real adapters need missing on this host, with the Debian
+  package that provides it) raise ``TerminalError``: the CLI reports them and exits 2.
 """
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ from adapters.runner import Transport as CommandTransport
 from adapters.sim.adapters import SimDrbd, SimPoolMaster, SimTarget, SimVip, sim_liveness
 from adapters.sim.world import FileWorldStore, WorldStore
 from adapters.state import FileOperatorStore
+from adapters.tools import describe as describe_missing
+from adapters.tools import missing_tools
 from adapters.wake import FileWake
 from reconciler.core.errors import TerminalError
 from reconciler.core.spec import StorageCluster, Transport
@@ -72,6 +75,8 @@ def build_adapters(
     if world is None and "sim" in (chosen.drbd, chosen.vip, chosen.target, chosen.role_source):
         world = world_store(spec, state_dir, read_only=dry_run)
     runner = node_runner(spec, node)
+    if missing := missing_tools(tools_needed(spec, node)):
+        raise TerminalError(describe_missing(missing, node))
 
     drbd: DrbdAdapter
     if chosen.drbd == "sim":
@@ -132,6 +137,25 @@ def build_adapters(
         operator=operator,
         wake=wake_sources(role, operator, world, node=node),
     )
+
+
+def tools_needed(spec: StorageCluster, node: str) -> list[tuple[str, str]]:
+    """The local commands the node's real adapters run, each with the concern that runs it
+    (see ``adapters.tools``); empty when every concern is simulated."""
+    chosen = spec.spec.adapters
+    netns = spec.node(node).transport is Transport.NETNS
+    needed: list[tuple[str, str]] = []
+    if chosen.drbd != "sim":
+        needed += [("drbdsetup", "drbd"), ("drbdadm", "drbd"), ("ping", "peer liveness")]
+    if chosen.vip != "sim":
+        needed.append(("ip", "vip"))
+        if netns:
+            needed.append(("arping", "vip"))
+    if chosen.target != "sim":
+        needed += [("tgtd", "target"), ("tgtadm", "target")]
+    if netns and needed:
+        needed.append(("ip", "transport netns"))  # ip netns exec runs every command
+    return needed
 
 
 def wake_sources(

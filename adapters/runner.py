@@ -27,6 +27,7 @@ from typing import Protocol, runtime_checkable
 
 import sh
 
+from adapters.tools import package_of
 from reconciler.core.errors import TerminalError, TransientError
 
 
@@ -155,7 +156,7 @@ class Runner:
         try:
             cmd = sh.Command(full[0])
         except sh.CommandNotFound as exc:
-            raise TerminalError(f"command not found: {full[0]}", command=tuple(full)) from exc
+            raise TerminalError(_not_found(full[0]), command=tuple(full)) from exc
         # sh's own ``_timeout`` (and ``wait(timeout=)``) polls at 100 ms granularity, which
         # would dominate a failover; a timer that kills the process keeps a call at ~5 ms.
         proc = cmd(
@@ -222,7 +223,7 @@ class Runner:
                 f"{_short(argv)} timed out after {limit:g}s", command=command
             ) from exc
         except FileNotFoundError as exc:
-            raise TerminalError(f"command not found: {argv[0]}", command=command) from exc
+            raise TerminalError(_not_found(argv[0]), command=command) from exc
         except OSError as exc:
             raise TransientError(
                 f"{_short(argv)}: {transport.name} transport failed: {exc}", command=command
@@ -254,7 +255,7 @@ class Runner:
             try:
                 return self.transport.spawn(argv, env=_overrides(self.env, env), log_path=log_path)
             except FileNotFoundError as exc:
-                raise TerminalError(f"command not found: {argv[0]}", command=tuple(argv)) from exc
+                raise TerminalError(_not_found(argv[0]), command=tuple(argv)) from exc
             except OSError as exc:
                 raise TransientError(
                     f"{_short(argv)}: {self.transport.name} transport failed: {exc}",
@@ -272,7 +273,7 @@ class Runner:
                 start_new_session=new_session,
             )
         except FileNotFoundError as exc:
-            raise TerminalError(f"command not found: {full[0]}", command=tuple(full)) from exc
+            raise TerminalError(_not_found(full[0]), command=tuple(full)) from exc
         finally:
             if log_path and not isinstance(out, int):
                 out.close()
@@ -317,6 +318,12 @@ def _text(value: object) -> str:
     if isinstance(value, bytes):
         return value.decode("utf-8", "replace")
     return str(value or "")
+
+
+def _not_found(command: str) -> str:
+    package = package_of(command)
+    hint = f" (install the Debian package {package})" if package else ""
+    return f"command not found: {command}{hint}"
 
 
 def _short(argv: Sequence[str]) -> str:

@@ -2,7 +2,9 @@
 
 A tick: observe (adapters) -> plan (pure) -> apply (executor, unless dry-run) -> status record.
 Exit codes of a tick, a contract the CLI exposes: 0 converged or every action applied;
-1 an action failed (the next tick retries); 3 blocked by a safety rule with nothing else to do.
+1 an action failed (the next tick retries); 3 blocked by a safety rule with nothing else to do;
+4 converged but degraded (nothing to do, yet not healthy: replication degraded, split brain,
+DRBD unreadable; the reasons are the plan's warnings, listed under ``degraded``).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from typing import Any
 from adapters.base import NodeAdapters
 from reconciler import __version__
 from reconciler.core.observed import ObservedState
-from reconciler.core.plan import Plan
+from reconciler.core.plan import Plan, PlanWarning, WarningKind
 from reconciler.core.planner import DEFAULT_GUARDS, Guards
 from reconciler.core.planner import plan as make_plan
 from reconciler.core.spec import StorageCluster
@@ -35,6 +37,7 @@ from reconciler.record import (
     StepRecord,
     TickRecord,
     WarningRecord,
+    iso_utc,
     status_path,
 )
 
@@ -42,6 +45,11 @@ EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_BLOCKED = 3
+EXIT_DEGRADED = 4
+
+# The plan warnings that make a converged node "degraded" (every kind today: each says the
+# node is not healthy while there is nothing the agent can do about it).
+DEGRADING = frozenset(WarningKind)
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +61,14 @@ class TickReport:
     seconds: float
     observe_seconds: float = 0.0
     observe_parts: Mapping[str, float] = field(default_factory=dict)  # seconds per concern
+    simulated: tuple[str, ...] = ()  # the concerns the simulator served (spec adapters 'sim')
+
+    @property
+    def degraded(self) -> tuple[PlanWarning, ...]:
+        """Why the node is not healthy, when the plan has nothing to do about it."""
+        if self.plan.actions or self.plan.blocked:
+            return ()
+        return tuple(w for w in self.plan.warnings if w.kind in DEGRADING)
 
     @property
     def exit_code(self) -> int:
@@ -60,6 +76,8 @@ class TickReport:
             return EXIT_FAILED
         if not self.plan.actions and self.plan.blocked:
             return EXIT_BLOCKED
+        if self.degraded:
+            return EXIT_DEGRADED
         return EXIT_OK
 
     def to_record(self) -> TickRecord:
@@ -90,6 +108,10 @@ class TickReport:
             observed=ObservedRecord.of(self.observed),
             expected=ExpectedRecord.of(self.plan),
             seconds=round(self.seconds, 6),
+            time=self.started,
+            timestamp=iso_utc(self.started),
+            simulated=bool(self.simulated),
+            degraded=[WarningRecord.of(w) for w in self.degraded],
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -131,7 +153,16 @@ def tick(
         if dry_run
         else apply(the_plan, spec, adapters, retry=retry, sleep=sleep, after_step=after_step)
     )
-    return TickReport(observed, the_plan, result, started, time.monotonic() - t0, looked, parts)
+    return TickReport(
+        observed,
+        the_plan,
+        result,
+        started,
+        time.monotonic() - t0,
+        looked,
+        parts,
+        simulated=spec.spec.adapters.simulated,
+    )
 
 
 def status_record(report: TickReport, *, after: ObservedState | None = None) -> StatusRecord:

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from reconciler.agent import TickReport
+from reconciler.record import simulated_note
 
 LOGGER = "tandem"
 LOG_BYTES = 1_000_000
@@ -177,6 +178,8 @@ def tick_lines(report: TickReport) -> list[tuple[int, str, dict[str, str]]]:
     out: list[tuple[int, str, dict[str, str]]] = []
     if not (p.actions or p.blocked or p.warnings):
         return out
+    if (note := simulated_note(report.simulated)) is not None:
+        out.append((logging.INFO, note, node))  # every output of a simulated run says so
     out.append((logging.INFO, f"should be {p.desired_role} ({p.role_reason})", node))
     steps = {id(s.action): s for s in (report.result.steps if report.result else ())}
     for action in p.actions:
@@ -197,7 +200,8 @@ def tick_lines(report: TickReport) -> list[tuple[int, str, dict[str, str]]]:
             fields["resource"] = b.resource
         out.append((logging.WARNING, f"blocked {b.what}: {b.reason}", fields))
     for w in p.warnings:
-        out.append((logging.WARNING, f"warning: {w}", node))
+        fields = dict(node, resource=w.resource) if w.resource else node
+        out.append((logging.WARNING, f"warning: {w.message}", fields))
     return out
 
 

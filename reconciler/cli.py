@@ -4,8 +4,9 @@ Contract (other tools and the docs build on it):
   reconcile --once  -f SPEC [--node NAME] [--dry-run] [--json] [--state-dir DIR]
   reconcile --watch -f SPEC [--node NAME] [--interval SECONDS] [--metrics-address HOST:PORT]
   reconcile validate -f SPEC
-Exit codes: 0 converged / every action applied; 1 an action failed; 2 invalid spec or usage;
-3 blocked by a safety rule with nothing else to do.
+Exit codes: 0 converged / every action applied; 1 an action failed; 2 invalid spec or usage
+(also: an unusable state directory, a command the real adapters need is missing); 3 blocked by a
+safety rule with nothing else to do; 4 converged but degraded (replication degraded, split brain).
 Without -f (and without $TANDEM_SPEC) the embedded demo spec is used: a simulated two-node
 cluster that runs anywhere without root.
 """
@@ -31,6 +32,7 @@ from rich.markup import escape
 from reconciler import __version__, loop, operations
 from reconciler.agent import (
     EXIT_BLOCKED,
+    EXIT_DEGRADED,
     EXIT_FAILED,
     EXIT_OK,
     EXIT_USAGE,
@@ -54,6 +56,17 @@ def _fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
     # The message may hold user text (file names, values): never interpret it as markup.
     errors.print(f"[bold red]error:[/] {escape(message)}", markup=True, soft_wrap=True)
     sys.exit(code)
+
+
+def usable_state_dir(state_dir: str | None, *, read_only: bool = False) -> Path:
+    """The state directory (option, env or default), checked before anything uses it: exit 2
+    with the path and what is wrong (``reconciler.statedir``)."""
+    from reconciler.statedir import state_dir_problem
+
+    path = Path(state_dir) if state_dir else default_state_dir()
+    if (problem := state_dir_problem(path, read_only=read_only)) is not None:
+        _fail(f"state directory {path}: {problem}")
+    return path
 
 
 def pick_node(spec: StorageCluster, node: str | None) -> str:
@@ -114,14 +127,27 @@ def _adapters(spec: StorageCluster, node: str, state_dir: Path, *, dry_run: bool
         _fail(str(exc))
 
 
-def print_report(report: TickReport, *, as_json: bool) -> None:
+def print_report(
+    report: TickReport, *, as_json: bool, stamp: bool = False, header: bool = True
+) -> None:
+    """One tick for people (or one JSON line). ``stamp``: every line starts with the tick's
+    time, ISO 8601 UTC (``--watch``); ``header``: a simulated run's first line says so."""
     if as_json:
         click.echo(json.dumps(report.to_json(), sort_keys=True))
         return
+    from reconciler.record import iso_utc, simulated_note
+
     p = report.plan
     e = escape  # reasons quote observed text (pool.conf, tool output): never markup
+    at = f"{iso_utc(report.started)} " if stamp else ""
+
+    def line(text: str) -> None:
+        console.print(f"{at}{text}")
+
+    if header and (note := simulated_note(report.simulated)) is not None:
+        line(f"[bold yellow]{e(note)}[/]")
     mode = " (dry run: nothing applied)" if report.result is None else ""
-    console.print(
+    line(
         f"[bold]{e(p.node)}[/]: should be [bold]{p.desired_role.value}[/] ({e(p.role_reason)})"
         f"{mode}"
     )
@@ -133,13 +159,23 @@ def print_report(report: TickReport, *, as_json: bool) -> None:
             mark = " [green]ok[/]" if step.ok else f" [red]FAILED[/]: {e(step.error or '')}"
         elif report.result is not None:
             mark = " [yellow]not run[/]"
-        console.print(f"  {i}. [cyan]{e(action.describe())}[/] - {e(action.reason)}{mark}")
+        line(f"  {i}. [cyan]{e(action.describe())}[/] - {e(action.reason)}{mark}")
     for b in p.blocked:
-        console.print(f"  [yellow]blocked[/] {b.what}: {e(b.reason)}")
+        line(f"  [yellow]blocked[/] {b.what}: {e(b.reason)}")
     for w in p.warnings:
-        console.print(f"  [magenta]warning[/]: {e(w.message)}")
-    if p.converged:
-        console.print("  converged: nothing to do")
+        line(f"  [magenta]warning[/]: {e(w.message)}")
+    if report.degraded:
+        line(f"  [bold magenta]converged but DEGRADED[/] (exit {EXIT_DEGRADED}): not healthy")
+    elif p.converged:
+        line("  converged: nothing to do")
+
+
+def _say_simulated(spec: StorageCluster) -> None:
+    """The first line of an operator command's output on a simulated cluster."""
+    from reconciler.record import simulated_note
+
+    if (note := simulated_note(spec.spec.adapters.simulated)) is not None:
+        console.print(f"[bold yellow]{escape(note)}[/]")
 
 
 def _record(spec: StorageCluster, adapters: Any, state_dir: Path, report: TickReport) -> None:
@@ -283,7 +319,7 @@ _NODE_OPT = click.option(
 _STATE_OPT = click.option(
     "--state-dir",
     envvar="TANDEM_STATE_DIR",
-    type=click.Path(file_okay=False),
+    type=click.Path(),  # checked by usable_state_dir (one check, one wording)
     help="Agent state (operator choices, status, simulated world). Env: TANDEM_STATE_DIR. "
     "Default: $XDG_STATE_HOME/tandem.",
 )
@@ -293,7 +329,10 @@ _STATE_OPT = click.option(
     invoke_without_command=True,
     context_settings={"help_option_names": ["-h", "--help"]},
     epilog="Exit codes: 0 converged or all actions applied; 1 an action failed; "
-    "2 invalid spec or usage; 3 blocked by a safety rule with nothing else to do.",
+    "2 invalid spec or usage (also an unusable state directory, or a command the real adapters "
+    "need is missing: the message names the Debian package); 3 blocked by a safety rule with "
+    "nothing else to do; 4 converged but degraded (replication degraded, split brain: the "
+    "reasons are under 'degraded' in --json).",
 )
 @click.option("--once", is_flag=True, help="Run one tick (observe, plan, apply) and exit.")
 @click.option("--watch", is_flag=True, help="Tick every --interval seconds until SIGINT/SIGTERM.")
@@ -348,6 +387,11 @@ def main(
         if once or watch:
             raise click.UsageError("--once/--watch cannot be combined with a subcommand")
         return
+    if dry_run and not once:
+        raise click.UsageError(
+            "--dry-run goes with --once: `reconcile --once --dry-run` prints the plan of one "
+            "tick, each action with its reason, and changes nothing"
+        )
     if once == watch:
         if not once:
             click.echo(ctx.get_help())
@@ -357,9 +401,13 @@ def main(
         raise click.UsageError("--dry-run goes with --once")
     if metrics_address is not None and not watch:
         raise click.UsageError("--metrics-address goes with --watch")
+    if interval is not None and once:
+        raise click.UsageError(
+            "--interval is for --watch (the seconds between ticks); --once runs one tick"
+        )
+    sdir = usable_state_dir(state_dir)
     spec, _ = read_spec(spec_path)
     the_node = pick_node(spec, node)
-    sdir = Path(state_dir) if state_dir else default_state_dir()
     with agent_lock(sdir, the_node):
         if once:
             ctx.exit(_run_once(spec, the_node, sdir, dry_run=dry_run, as_json=as_json))
@@ -445,29 +493,51 @@ def get_settings(spec_path: str | None, as_json: bool) -> None:
 
 
 def _operator_context(
-    spec_path: str | None, node: str | None, state_dir: str | None, *, dry_run: bool = False
+    spec_path: str | None,
+    node: str | None,
+    state_dir: str | None,
+    *,
+    dry_run: bool = False,
+    as_json: bool = False,
 ) -> tuple[StorageCluster, str, Path, Any]:
+    sdir = usable_state_dir(state_dir)
     spec, _ = read_spec(spec_path)
     the_node = pick_node(spec, node)
-    sdir = Path(state_dir) if state_dir else default_state_dir()
-    return spec, the_node, sdir, _adapters(spec, the_node, sdir, dry_run=dry_run)
+    adapters = _adapters(spec, the_node, sdir, dry_run=dry_run)
+    if not as_json:  # --json says it in its object ("simulated")
+        _say_simulated(spec)
+    return spec, the_node, sdir, adapters
 
 
-def _refused(outcome: operations.Outcome, json_of: tuple[str, str] | None = None) -> NoReturn:
+def _refused(
+    outcome: operations.Outcome,
+    json_of: tuple[str, str] | None = None,
+    *,
+    spec: StorageCluster | None = None,
+) -> NoReturn:
     """Exit for a refused operator command: 2 when the command line was wrong, else 3.
     ``json_of``: (command, node) to print the refusal as ``--json`` does."""
     refusal = outcome.refusal
     code = EXIT_USAGE if refusal is not None and refusal.is_usage else EXIT_BLOCKED
     if json_of is not None:
-        _echo_outcome(json_of[0], json_of[1], outcome)
+        _echo_outcome(json_of[0], json_of[1], outcome, spec=spec)
         sys.exit(code)
     _fail(outcome.message, code)
 
 
-def _echo_outcome(command: str, node: str, outcome: operations.Outcome, **extra: Any) -> None:
+def _echo_outcome(
+    command: str,
+    node: str,
+    outcome: operations.Outcome,
+    *,
+    spec: StorageCluster | None,
+    **extra: Any,
+) -> None:
     from reconciler.jsonout import outcome as outcome_json
 
-    click.echo(json.dumps(outcome_json(command, node, outcome, **extra), sort_keys=True))
+    simulated = bool(spec is not None and spec.spec.adapters.simulated)
+    body = outcome_json(command, node, outcome, simulated=simulated, **extra)
+    click.echo(json.dumps(body, sort_keys=True))
 
 
 @main.command("manual-mode")
@@ -486,7 +556,7 @@ def manual_mode(
     is refused unless this node is back in its native role (the role source agrees), so leaving
     manual mode never moves storage.
     """
-    spec, the_node, _sdir, adapters = _operator_context(spec_path, node, state_dir)
+    spec, the_node, _sdir, adapters = _operator_context(spec_path, node, state_dir, as_json=as_json)
     command = f"manual-mode {state}"
     if state == "show":
         current = adapters.operator.load()
@@ -500,9 +570,9 @@ def manual_mode(
         return
     outcome = operations.manual_mode(spec, the_node, adapters, enable=state == "enable")
     if not outcome.accepted:
-        _refused(outcome, (command, the_node) if as_json else None)
+        _refused(outcome, (command, the_node) if as_json else None, spec=spec)
     if as_json:
-        _echo_outcome(command, the_node, outcome)
+        _echo_outcome(command, the_node, outcome, spec=spec)
         return
     click.echo(outcome.message)
 
@@ -523,11 +593,11 @@ def become_primary(
 ) -> None:
     """Make this node storage primary (manual mode only). Refused while the peer is Primary or
     the VIP answers elsewhere: dual-primary is never allowed."""
-    spec, the_node, sdir, adapters = _operator_context(spec_path, node, state_dir)
+    spec, the_node, sdir, adapters = _operator_context(spec_path, node, state_dir, as_json=as_json)
     outcome = operations.become_primary(spec, the_node, adapters, force=force)
     said = ("become-primary", the_node, outcome) if as_json else None
     if not outcome.accepted:
-        _refused(outcome, (said[0], said[1]) if said else None)
+        _refused(outcome, (said[0], said[1]) if said else None, spec=spec)
     sys.exit(_operator_tick(spec, the_node, sdir, adapters, said=said))
 
 
@@ -540,11 +610,11 @@ def become_secondary(
     spec_path: str | None, node: str | None, state_dir: str | None, as_json: bool
 ) -> None:
     """Make this node storage secondary (manual mode only; always allowed)."""
-    spec, the_node, sdir, adapters = _operator_context(spec_path, node, state_dir)
+    spec, the_node, sdir, adapters = _operator_context(spec_path, node, state_dir, as_json=as_json)
     outcome = operations.become_secondary(spec, the_node, adapters)
     said = ("become-secondary", the_node, outcome) if as_json else None
     if not outcome.accepted:
-        _refused(outcome, (said[0], said[1]) if said else None)
+        _refused(outcome, (said[0], said[1]) if said else None, spec=spec)
     code = _operator_tick(spec, the_node, sdir, adapters, said=said)
     sys.exit(code if code != EXIT_BLOCKED else EXIT_OK)
 
@@ -557,7 +627,7 @@ def _operator_tick(
     ``said``: (command, node, outcome) of a ``--json`` run: print one JSON object instead."""
     with try_agent_lock(sdir, node) as holder:
         if holder is not None and said is not None:
-            _echo_outcome(*said, deferred_to=holder)
+            _echo_outcome(*said, spec=spec, deferred_to=holder)
             return EXIT_OK
         if holder is not None:
             click.echo(
@@ -567,12 +637,14 @@ def _operator_tick(
             return EXIT_OK
         report = tick(spec, adapters)
         if said is not None:
-            _echo_outcome(*said, tick=report)
+            _echo_outcome(*said, spec=spec, tick=report)
         else:
-            print_report(report, as_json=False)
+            print_report(report, as_json=False, header=False)
         _record(spec, adapters, sdir, report)
         _history(sdir, report)
-        return report.exit_code
+        # The operator's choice was applied: a degraded cluster is said in the output (and
+        # by `--once`/`status`), it is not this command's failure.
+        return EXIT_OK if report.exit_code == EXIT_DEGRADED else report.exit_code
 
 
 @main.command()
@@ -599,18 +671,22 @@ def status(
 ) -> None:
     """Show this node's storage role, DRBD state, target and VIP from the agent's last tick.
 
-    Exit 0 when the record is fresh, 1 when it is missing or stale (older than tickInterval +
-    statusStaleness: the agent is stopped, hangs, or a failover is in progress). With
+    Exit 0 when the record is fresh, 1 when it is missing, corrupt or stale (older than
+    tickInterval + statusStaleness: the agent is stopped, hangs, or a failover is in progress),
+    in both modes; --json adds record (ok/missing/corrupt), age_seconds, stale, degraded and
+    the operator's choices as persisted now. With
     --cluster: exit 0 only when both nodes' records were read and are fresh.
     """
     import time
 
-    from reconciler.record import StatusRecord, read_status
-    from reconciler.status import render
+    from adapters.factory import operator_store
+    from reconciler.record import read_status
+    from reconciler.status import render, status_json
 
+    sdir = usable_state_dir(state_dir, read_only=True)
     spec, _ = read_spec(spec_path)
     the_node = pick_node(spec, node)
-    sdir = Path(state_dir) if state_dir else default_state_dir()
+    store = operator_store(sdir, the_node)
     if peer is not None and not cluster:
         raise click.UsageError("--peer goes with --cluster")
 
@@ -619,11 +695,12 @@ def status(
         if cluster:
             return _cluster_frame(spec, the_node, sdir, peer, as_json=as_json)
         record, raw = read_status(sdir, the_node)
+        operator = store.load() if store.path.exists() else None
         if as_json:
-            return raw, isinstance(record, StatusRecord)
+            return status_json(spec, the_node, record, raw, time.time(), operator=operator)
 
         def draw(out: Console) -> bool:
-            fresh = render(out, spec, the_node, record, time.time())
+            fresh = render(out, spec, the_node, record, time.time(), operator=operator)
             _events_tail(sdir, the_node, out=out)
             return fresh
 
@@ -757,7 +834,7 @@ def split_brain(
     if not outcome.accepted:
         _refused(outcome)
     if outcome.report is not None:
-        print_report(outcome.report, as_json=False)
+        print_report(outcome.report, as_json=False, header=False)
     if outcome.failure is not None:
         _fail(outcome.failure, EXIT_FAILED)
     click.echo(outcome.message)
@@ -774,3 +851,7 @@ for _command in _SERVICE_COMMANDS:
 
 def run() -> None:  # pragma: no cover - console entry point wrapper
     main()
+
+
+if __name__ == "__main__":  # pragma: no cover - `python -m reconciler.cli` (as another user)
+    run()

@@ -67,6 +67,7 @@ def outcome(
     *,
     tick: TickReport | None = None,
     deferred_to: str | None = None,
+    simulated: bool = False,
 ) -> dict[str, Any]:
     """An operator command's result. ``tick``: the follow-up tick it ran (become-*);
     ``deferred_to``: the pid of the running agent that applies the choice instead."""
@@ -78,6 +79,7 @@ def outcome(
         "refusal": refusal.value if refusal is not None else None,
         "usage_error": bool(refusal is not None and refusal.is_usage),
         "message": result.message,
+        "simulated": simulated,
     }
     if result.verdict.new_state is not None and result.accepted:
         out["operator_state"] = operator_state(result.verdict.new_state)

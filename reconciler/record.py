@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -213,6 +214,13 @@ class TickRecord(_Model):
     observed: ObservedRecord = Field(default_factory=ObservedRecord)
     expected: ExpectedRecord | None = None  # None: written before the expectation was recorded
     seconds: float = 0.0
+    # When the tick started: epoch seconds and the same instant in ISO 8601 UTC ("...Z").
+    # None: written before ticks carried a timestamp.
+    time: float | None = None
+    timestamp: str | None = None
+    simulated: bool = False  # a concern ran on the simulator (spec adapters 'sim')
+    # Why a converged node is not healthy (replication degraded, split brain): exit 4.
+    degraded: list[WarningRecord] = Field(default_factory=list)
 
     @field_validator("warnings", mode="before")
     @classmethod
@@ -230,7 +238,7 @@ class StatusRecord(TickRecord):
     """``status-NODE.json``: the last tick, the observation after its actions, when, by whom."""
 
     version: str = "?"
-    time: float
+    time: float  # required here: staleness is computed from it
     observed_before: ObservedRecord | None = None  # when ``observed`` was taken after actions
 
 
@@ -240,6 +248,12 @@ class BadRecord:
 
     path: Path
     problem: str
+
+
+def iso_utc(epoch: float) -> str:
+    """``epoch`` as ISO 8601 UTC with milliseconds and a ``Z`` (``2026-12-02T13:05:01.250Z``)."""
+    stamp = datetime.fromtimestamp(epoch, tz=UTC).isoformat(timespec="milliseconds")
+    return stamp.replace("+00:00", "Z")
 
 
 def status_path(state_dir: Path, node: str) -> Path:
@@ -276,3 +290,14 @@ def _first_errors(exc: ValidationError, limit: int = 3) -> str:
     ]
     more = f" (and {len(errors) - limit} more)" if len(errors) > limit else ""
     return "; ".join(said) + more
+
+
+def simulated_note(sim: tuple[str, ...]) -> str | None:
+    """The header line of every output of a run that simulates a concern (None: all real);
+    ``sim``: the simulated concerns (``Adapters.simulated``)."""
+    if not sim:
+        return None
+    return (
+        f"SIMULATED: {', '.join(sim)} run on the simulator (spec adapters: sim); "
+        "no real storage, address or target is touched"
+    )

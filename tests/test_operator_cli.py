@@ -53,7 +53,10 @@ def test_status_reports_a_corrupt_record_plainly(tmp_path: Path) -> None:
     assert foreign.returncode == 1 and "Traceback" not in foreign.stdout + foreign.stderr
     assert "not a status record" in foreign.stdout and "desired_role" in foreign.stdout
     raw = run(tmp_path, "status", "--node", "node1", "--json")
-    assert raw.returncode == 1 and json.loads(raw.stdout) == {"node": "node1", "state": "fine"}
+    data = json.loads(raw.stdout)
+    assert raw.returncode == 1 and data["record"] == "corrupt"
+    assert data["content"] == {"node": "node1", "state": "fine"}
+    assert "desired_role" in data["problem"]
     run(tmp_path, "--once", "--node", "node1")  # the next tick replaces it
     assert run(tmp_path, "status", "--node", "node1").returncode == 0
 

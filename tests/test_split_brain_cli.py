@@ -40,7 +40,8 @@ def test_dry_run_prints_the_plan_and_changes_nothing(tmp_path: Path) -> None:
     victim = run(tmp_path, "split-brain", "iscsi1", "--survivor", "node2", "--node", "node1",
                  "--dry-run")  # fmt: skip
     assert victim.returncode == 0, victim.stderr
-    lines = victim.stdout.splitlines()
+    header, *lines = victim.stdout.splitlines()
+    assert header.startswith("SIMULATED: ")  # the demo's adapters are 'sim'
     assert lines[0] == (
         "node1: should be Secondary (split-brain recovery: node1 is the VICTIM: its writes to "
         "iscsi1 since the split are discarded) (dry run: nothing applied)"
@@ -82,10 +83,10 @@ def test_recovery_runs_as_a_plan_victim_then_survivor(tmp_path: Path) -> None:
                  "--yes")  # fmt: skip
     assert victim.returncode == 0, victim.stderr
     assert "  1. connect-discard-my-data iscsi1 - victim: " in victim.stdout
-    assert victim.stdout.splitlines()[1].endswith(" ok")
+    assert victim.stdout.splitlines()[2].endswith(" ok")  # after the SIMULATED line
     assert "Done on node2. Now run it on the survivor." in victim.stdout
     shown = run(tmp_path, "manual-mode", "show", "--node", "node2")
-    assert shown.stdout.strip() == "node2: manual mode on; chosen role: Secondary"
+    assert shown.stdout.splitlines()[-1] == "node2: manual mode on; chosen role: Secondary"
     # An agent tick on either node between the halves plans no reconnect and no promotion.
     for node in ("node2", "node1"):
         between = run(tmp_path, "--once", "--node", node, "--json")

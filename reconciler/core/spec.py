@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import ipaddress
 from enum import StrEnum
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
@@ -454,18 +454,38 @@ class Alerts(_Model):
 
 
 class Adapters(_Model):
-    """Which implementation serves each concern: 'sim' everywhere, or a real one."""
+    """Which implementation serves each concern. The default is the real one everywhere (a
+    spec for real hardware must never run on a fake world by omission); only an explicit
+    'sim' simulates, and every output of a run that simulates anything says so."""
 
-    drbd: Literal["sim", "drbd"] = "sim"
-    vip: Literal["sim", "iproute"] = "sim"
-    target: Literal["sim", "tgt"] = "sim"
+    drbd: Literal["sim", "drbd"] = Field(
+        default="drbd", description="'drbd': drbdsetup/drbdadm; 'sim': the simulated DRBD."
+    )
+    vip: Literal["sim", "iproute"] = Field(
+        default="iproute", description="'iproute': ip addr + ARP; 'sim': the simulated network."
+    )
+    target: Literal["sim", "tgt"] = Field(
+        default="tgt", description="'tgt': tgtd/tgtadm; 'sim': the simulated target."
+    )
     role_source: Literal["sim", "pool-conf", "state"] = Field(
-        default="sim",
+        default="pool-conf",
         description=(
             "'sim': the simulated pool; 'pool-conf': XenServer's pool.conf; "
-            "'state': the agent's own state (manual / static role sources)."
+            "'state': the agent's own state (manual / static role sources). "
+            "Default: 'pool-conf' for roleSource.type pool-master, else 'state'."
         ),
     )
+
+    @property
+    def simulated(self) -> tuple[str, ...]:
+        """The concerns served by the simulator (spelled as in the spec)."""
+        chosen = {
+            "drbd": self.drbd,
+            "vip": self.vip,
+            "target": self.target,
+            "roleSource": self.role_source,
+        }
+        return tuple(name for name, value in chosen.items() if value == "sim")
 
 
 class ClusterSpec(_Model):
@@ -478,6 +498,26 @@ class ClusterSpec(_Model):
     timings: Timings = Field(default_factory=Timings)
     alerts: Alerts = Field(default_factory=Alerts)
     adapters: Adapters = Field(default_factory=Adapters)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _real_role_source_by_default(cls, data: Any) -> Any:
+        # The real role source follows roleSource.type: pool.conf for a pool master, the
+        # agent's own state otherwise. Only fills what the spec leaves out.
+        if not isinstance(data, dict):
+            return data
+        adapters = data.get("adapters", {})
+        source = data.get("roleSource", data.get("role_source"))
+        kind = source.get("type") if isinstance(source, dict) else None
+        if (
+            isinstance(adapters, dict)
+            and "roleSource" not in adapters
+            and "role_source" not in adapters
+            and kind is not None
+            and str(kind) != RoleSourceType.POOL_MASTER.value
+        ):
+            return {**data, "adapters": {**adapters, "roleSource": "state"}}
+        return data
 
     @model_validator(mode="after")
     def _cross_field_rules(self) -> ClusterSpec:
