@@ -20,10 +20,11 @@ Invariants:
 from __future__ import annotations
 
 from pathlib import Path
-from typing import cast
+from typing import TYPE_CHECKING, cast
 
 from adapters.base import (
     DrbdAdapter,
+    HypervisorAdapter,
     LivenessAdapter,
     NodeAdapters,
     RoleSourceAdapter,
@@ -40,6 +41,9 @@ from adapters.state import FileOperatorStore
 from adapters.wake import FileWake
 from reconciler.core.errors import TerminalError
 from reconciler.core.spec import StorageCluster, Transport
+
+if TYPE_CHECKING:
+    from adapters.xapi import XapiClient
 
 WORLD_FILE = "sim-world.json"
 
@@ -97,12 +101,24 @@ def build_adapters(
     else:
         target = _real_target(spec, node, runner, state_dir)
 
+    # One XAPI session per agent, shared by the role source and the hypervisor adapter.
+    client = xapi_client(spec) if "xapi" in (chosen.role_source, chosen.hypervisor) else None
+
     role: RoleSourceAdapter
     if chosen.role_source == "sim":
         assert world is not None
         role = SimPoolMaster(world, node)
     elif chosen.role_source == "pool-conf":
         role = PoolConfRoleSource(Path(spec.node(node).pool_conf))
+    elif chosen.role_source == "xapi":
+        from adapters.xapi import XapiRoleSource
+
+        assert client is not None
+        role = XapiRoleSource(
+            client,
+            host_name=spec.spec.xapi.host_name(node),
+            fallback=PoolConfRoleSource(Path(spec.node(node).pool_conf)),
+        )
     else:
         role = NoRoleSource()
 
@@ -121,6 +137,12 @@ def build_adapters(
             peer_addresses=addresses,
             heuristics=[str(h) for h in spec.spec.promotion.heuristics],
         )
+    hypervisor: HypervisorAdapter | None = None
+    if chosen.hypervisor == "xapi":
+        from adapters.xapi import XapiHypervisor
+
+        assert client is not None
+        hypervisor = XapiHypervisor(client, host_name=spec.spec.xapi.host_name(node), runner=runner)
     operator = operator_store(state_dir, node)
     return NodeAdapters(
         node=node,
@@ -131,7 +153,22 @@ def build_adapters(
         liveness=liveness,
         operator=operator,
         wake=wake_sources(role, operator, world, node=node),
+        hypervisor=hypervisor,
     )
+
+
+def xapi_client(spec: StorageCluster) -> XapiClient:
+    """A client of the pool's XAPI from ``spec.xapi``; ``TerminalError`` when the credentials
+    cannot be read or may be read by others."""
+    from adapters.xapi import XapiClient, read_credentials
+
+    cfg = spec.spec.xapi
+    credentials = read_credentials(
+        credentials_file=cfg.credentials_file,
+        username_file=cfg.username_file,
+        password_file=cfg.password_file,
+    )
+    return XapiClient(url=cfg.url, credentials=credentials, timeout=cfg.timeout)
 
 
 def wake_sources(

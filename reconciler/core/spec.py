@@ -453,13 +453,69 @@ class Adapters(_Model):
     drbd: Literal["sim", "drbd"] = "sim"
     vip: Literal["sim", "iproute"] = "sim"
     target: Literal["sim", "tgt"] = "sim"
-    role_source: Literal["sim", "pool-conf", "state"] = Field(
+    role_source: Literal["sim", "pool-conf", "xapi", "state"] = Field(
         default="sim",
         description=(
             "'sim': the simulated pool; 'pool-conf': XenServer's pool.conf; "
+            "'xapi': the pool master from XAPI (pool.get_master, see 'xapi'), pool.conf when "
+            "XAPI cannot be reached; "
             "'state': the agent's own state (manual / static role sources)."
         ),
     )
+    hypervisor: Literal["none", "sim", "xapi"] = "none"
+
+
+XapiUrl = Annotated[
+    str,
+    StringConstraints(pattern=r"^https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?/?$"),
+    Field(description="An http:// or https:// URL of a pool host (no path, no credentials)."),
+]
+
+
+class Xapi(_Model):
+    """How the agent reaches XAPI (role source 'xapi', hypervisor adapter 'xapi')."""
+
+    url: XapiUrl | None = Field(
+        default=None,
+        description="A pool host's XAPI, e.g. https://10.0.0.1/; absent: the local socket "
+        "(XenAPI.xapi_local(), on the pool host itself). A slave's address is followed to "
+        "the master (HOST_IS_SLAVE).",
+    )
+    credentials_file: FilePath | None = Field(
+        default=None,
+        description="Username on the first line, password on the second; refused unless only "
+        "its owner can read it (mode 0600). Absent: usernameFile/passwordFile, or root with an "
+        "empty password on the local socket.",
+    )
+    username_file: FilePath | None = Field(
+        default=None, description="A file holding the username (mode 0600)."
+    )
+    password_file: FilePath | None = Field(
+        default=None, description="A file holding the password (mode 0600)."
+    )
+    timeout: Seconds = Field(
+        default=13.0, description="Timeout of any one XAPI call (reference: xe's 13 s)."
+    )
+    host_names: dict[SafeName, HostName] = Field(
+        default_factory=dict,
+        description="XAPI host name (name_label) per node, where it differs from the node name.",
+    )
+
+    @model_validator(mode="after")
+    def _one_kind_of_credentials(self) -> Xapi:
+        if self.credentials_file and (self.username_file or self.password_file):
+            raise cross_field_error(
+                "use either credentialsFile or usernameFile/passwordFile", "credentialsFile"
+            )
+        if bool(self.username_file) != bool(self.password_file):
+            raise cross_field_error(
+                "usernameFile and passwordFile go together",
+                "usernameFile" if self.username_file is None else "passwordFile",
+            )
+        return self
+
+    def host_name(self, node: str) -> str:
+        return self.host_names.get(node, node)
 
 
 class ClusterSpec(_Model):
@@ -472,6 +528,7 @@ class ClusterSpec(_Model):
     timings: Timings = Field(default_factory=Timings)
     alerts: Alerts = Field(default_factory=Alerts)
     adapters: Adapters = Field(default_factory=Adapters)
+    xapi: Xapi = Field(default_factory=Xapi)
 
     @model_validator(mode="after")
     def _cross_field_rules(self) -> ClusterSpec:
@@ -559,6 +616,14 @@ class ClusterSpec(_Model):
                     "promotion",
                     "heuristics",
                     i,
+                )
+        for name in self.xapi.host_names:
+            if name not in (a.name, b.name):
+                raise cross_field_error(
+                    f"xapi.hostNames names {name!r}, which is not one of the nodes "
+                    f"({a.name}, {b.name})",
+                    "xapi",
+                    "hostNames",
                 )
         if self.role_source.preferred is not None and self.role_source.preferred not in (
             a.name,
