@@ -4,7 +4,7 @@ test. The texts are LVM2's (see tests/fixtures/lvm/)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,7 +20,11 @@ def fixture(name: str, vg: str) -> str:
 
 @dataclass
 class FakeLvmRunner(Runner):
+    """``vgs``: the volume groups this host has; ``lookup``, when given, answers instead
+    (e.g. from a fake pool: the group exists while the host's PBD is attached)."""
+
     vgs: set[str] = field(default_factory=set)
+    lookup: Callable[[str], bool] | None = None
     calls: list[tuple[str, ...]] = field(default_factory=list)
 
     def run(
@@ -37,7 +41,7 @@ class FakeLvmRunner(Runner):
         self.calls.append(key)
         assert key[:4] == ("vgs", "--noheadings", "-o", "vg_name") and len(key) == 5, key
         name = key[4]
-        if name in self.vgs:
+        if self.lookup(name) if self.lookup else name in self.vgs:
             return CommandResult(key, 0, fixture("vgs-found.txt", name), "", 0.01)
         assert not check, "vgs of a missing volume group fails: the adapter reads its answer"
         return CommandResult(key, 5, "", fixture("vgs-not-found.txt", name), 0.01)

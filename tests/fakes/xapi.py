@@ -160,6 +160,8 @@ class FakePool:
         self.logins = 0
         self.always_invalid = False
         self.probe: Probe = _always_serves
+        # Called after a PBD is unplugged (a test's model of the host, e.g. its LVM view).
+        self.on_unplug: Callable[[Pbd], None] | None = None
         self.calls: list[str] = []  # method names, in order (for tests that count)
 
     # ------------------------------------------------------------------ the world (tests)
@@ -282,7 +284,10 @@ class FakePool:
         return ""
 
     def unplug(self, ref: str) -> str:
-        self._pbd(ref).currently_attached = False
+        pbd = self._pbd(ref)
+        pbd.currently_attached = False
+        if self.on_unplug is not None:
+            self.on_unplug(pbd)
         return ""
 
     def add_to_other_config(self, ref: str, key: str, value: str) -> str:
