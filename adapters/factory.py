@@ -27,6 +27,7 @@ from adapters.base import (
     HypervisorAdapter,
     LivenessAdapter,
     NodeAdapters,
+    OperatorStore,
     RoleSourceAdapter,
     TargetAdapter,
     VipAdapter,
@@ -143,7 +144,14 @@ def build_adapters(
 
         assert client is not None
         hypervisor = XapiHypervisor(client, host_name=spec.spec.xapi.host_name(node), runner=runner)
-    operator = operator_store(state_dir, node)
+    local_operator = operator_store(state_dir, node)
+    operator: OperatorStore = local_operator
+    if client is not None:
+        from adapters.xapi.pooldb import PoolDatabase, PoolOperatorStore
+
+        operator = PoolOperatorStore(
+            local_operator, PoolDatabase(client), host_name=spec.spec.xapi.host_name(node)
+        )
     return NodeAdapters(
         node=node,
         drbd=drbd,
@@ -152,7 +160,7 @@ def build_adapters(
         role_source=role,
         liveness=liveness,
         operator=operator,
-        wake=wake_sources(role, operator, world, node=node),
+        wake=wake_sources(role, local_operator, world, node=node),
         hypervisor=hypervisor,
     )
 

@@ -394,11 +394,28 @@ def manual_mode(state: str, spec_path: str | None, node: str | None, state_dir: 
     spec, the_node, _sdir, adapters = _operator_context(spec_path, node, state_dir)
     if state == "show":
         click.echo(describe_operator_state(the_node, adapters.operator.load()))
+        _show_pool_manual_mode(adapters.operator)
         return
     outcome = operations.manual_mode(spec, the_node, adapters, enable=state == "enable")
     if not outcome.accepted:
         _refused(outcome)
     click.echo(outcome.message)
+
+
+def _show_pool_manual_mode(store: object) -> None:
+    """With XAPI: every host's entry in the pool database, and a disagreement warning."""
+    from adapters.xapi.pooldb import PoolOperatorStore
+
+    if not isinstance(store, PoolOperatorStore):
+        return
+    view = store.pool_view()
+    if view is None:
+        click.echo("pool database: unreachable")
+    else:
+        shown = ", ".join(f"{host}={word}" for host, word in sorted(view.items()))
+        click.echo(f"pool database MANUAL_MODE: {shown or 'none'}")
+    if store.warning:
+        click.echo(f"warning: {store.warning}")
 
 
 @main.command("become-primary")

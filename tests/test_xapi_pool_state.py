@@ -1,0 +1,128 @@
+"""Manual mode in the pool database: set on one host with ``reconcile manual-mode``, visible in
+the fake pool's ``other_config`` and through the other host's ``manual-mode show``, kept when a
+host's state dir is wiped; the local copy answers while XAPI is unreachable, and a disagreement
+is reported. The ``reconcile`` command runs for real; XAPI is the protocol-level fake."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from adapters.state import FileOperatorStore
+from adapters.xapi import XapiClient
+from adapters.xapi.pooldb import (
+    MANUAL_MODE_KEY,
+    PoolDatabase,
+    PoolOperatorStore,
+    format_manual_mode,
+    parse_manual_mode,
+)
+from adapters.xapi.session import Credentials
+from reconciler.core.observed import OperatorState, Role
+from tests.fakes.xapi import FakeXapiPool
+from tests.simcluster import DEMO_TEXT
+
+RECONCILE = shutil.which("reconcile") or ""
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeXapiPool]:
+    pool = FakeXapiPool.start()
+    try:
+        yield pool
+    finally:
+        pool.stop()
+
+
+def xapi_spec(tmp: Path, fake: FakeXapiPool) -> Path:
+    creds = tmp / "xapi-credentials"
+    creds.write_text(f"{fake.pool.username}\n{fake.pool.password}\n")
+    os.chmod(creds, 0o600)
+    text = DEMO_TEXT.replace("    roleSource: sim\n", "    roleSource: xapi\n")
+    text += f"  xapi:\n    url: {fake.url('node1')}\n    credentialsFile: {creds}\n    timeout: 5\n"
+    spec = tmp / "tandem.yaml"
+    spec.write_text(text)
+    return spec
+
+
+def run(spec: Path, state: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, TANDEM_STATE_DIR=str(state), COLUMNS="200")
+    return subprocess.run(
+        [RECONCILE, *args, "--file", str(spec)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+
+
+@pytest.mark.skipif(not RECONCILE, reason="reconcile is not installed")
+def test_manual_mode_is_shared_through_the_pool_database(
+    tmp_path: Path, fake: FakeXapiPool
+) -> None:
+    spec = xapi_spec(tmp_path, fake)
+    one, two = tmp_path / "state-node1", tmp_path / "state-node2"
+    enabled = run(spec, one, "manual-mode", "enable", "--node", "node1")
+    assert enabled.returncode == 0, enabled.stdout + enabled.stderr
+    node1_uuid = fake.pool.host_named("node1").uuid
+    assert fake.pool.other_config[MANUAL_MODE_KEY] == f"{node1_uuid}=enable"
+    seen = run(spec, two, "manual-mode", "show", "--node", "node2")
+    assert seen.returncode == 0, seen.stderr
+    assert "node2: manual mode off" in seen.stdout
+    assert "pool database MANUAL_MODE: node1=enable" in seen.stdout
+    shutil.rmtree(one)  # a dom0 reinstall: the state dir is gone
+    again = run(spec, one, "manual-mode", "show", "--node", "node1")
+    assert again.returncode == 0, again.stderr
+    assert "node1: manual mode on" in again.stdout and "Traceback" not in again.stderr
+
+
+def _store(fake: FakeXapiPool, tmp: Path, node: str, url: str | None = None) -> PoolOperatorStore:
+    client = XapiClient(
+        url=url or fake.url(node), credentials=Credentials("root", "secret"), timeout=5.0
+    )
+    local = FileOperatorStore(tmp / f"operator-{node}.json")
+    return PoolOperatorStore(local, PoolDatabase(client), host_name=node)
+
+
+def test_both_hosts_entries_live_side_by_side(tmp_path: Path, fake: FakeXapiPool) -> None:
+    one, two = _store(fake, tmp_path, "node1"), _store(fake, tmp_path, "node2")
+    one.save(OperatorState(manual_mode=True, chosen_role=Role.PRIMARY))
+    two.save(OperatorState(manual_mode=True, chosen_role=Role.SECONDARY))
+    entries = parse_manual_mode(fake.pool.other_config[MANUAL_MODE_KEY])
+    uuids = {fake.pool.host_named(n).uuid: n for n in ("node1", "node2")}
+    assert {uuids[u]: w for u, w in entries.items()} == {"node1": "primary", "node2": "secondary"}
+    one.save(OperatorState())
+    assert parse_manual_mode(fake.pool.other_config[MANUAL_MODE_KEY]) == {
+        fake.pool.host_named("node2").uuid: "secondary"
+    }
+    two.save(OperatorState())
+    assert MANUAL_MODE_KEY not in fake.pool.other_config
+
+
+def test_the_local_copy_answers_while_xapi_is_unreachable(
+    tmp_path: Path, fake: FakeXapiPool
+) -> None:
+    store = _store(fake, tmp_path, "node1")
+    store.save(OperatorState(manual_mode=True, chosen_role=Role.SECONDARY))
+    fake.servers["node1"].set_mode("garbage")
+    assert store.load() == OperatorState(manual_mode=True, chosen_role=Role.SECONDARY)
+    assert store.warning and "pool database unreachable" in store.warning
+    store.save(OperatorState(manual_mode=True, chosen_role=Role.PRIMARY))
+    assert store.warning and "saved locally only" in store.warning
+    fake.servers["node1"].set_mode("ok")
+    loaded = store.load()
+    assert loaded.chosen_role is Role.PRIMARY  # the local copy wins
+    assert store.warning and "disagree" in store.warning
+
+
+def test_malformed_entries_do_not_hide_the_others() -> None:
+    assert parse_manual_mode("a=enable,,junk,b=sideways,c=primary") == {
+        "a": "enable",
+        "c": "primary",
+    }
+    assert format_manual_mode({"b": "secondary", "a": "enable"}) == "a=enable,b=secondary"
