@@ -212,7 +212,7 @@ def _watch(
         report_tick,
         agentlog.TickLogger(tick_log),
         events.TickEvents(events.EventLog(events.events_path(state_dir, node))),
-        _alerting(spec, alert_log),
+        _alerting(spec, alert_log, node),
         sd,
     ]
     pace = loop.Pace.from_spec(spec, interval)
@@ -223,9 +223,9 @@ def _watch(
     return EXIT_OK
 
 
-def _alerting(spec: StorageCluster, log: Any) -> Any:
+def _alerting(spec: StorageCluster, log: Any, node: str) -> Any:
     """Log every alert (``log``: stderr, and syslog when enabled); mail the ones the gate
-    admits."""
+    admits, and post them as pool messages when XAPI is used."""
     import time
 
     from adapters.alerts import MailAlerter
@@ -233,15 +233,23 @@ def _alerting(spec: StorageCluster, log: Any) -> Any:
 
     gate = AlertGate(spec.spec.alerts, clock=time.monotonic)
     mailer = MailAlerter(spec.spec.alerts.mail, timeout=spec.spec.timings.command_timeout)
+    senders: list[Any] = [mailer]
+    chosen = spec.spec.adapters
+    if spec.spec.xapi.messages and "xapi" in (chosen.role_source, chosen.hypervisor):
+        from adapters.factory import xapi_client
+        from adapters.xapi.messages import PoolMessageAlerter
+
+        senders.append(PoolMessageAlerter(xapi_client(spec), node=node))
 
     def notify(report: TickReport) -> None:
         raised = alerts_for(report)
         for alert in raised:
             log.warning(alert.message)
         admitted = gate.admit(raised, manual_mode=report.observed.operator.manual_mode)
-        failure = mailer.send(admitted)
-        if failure:
-            log.error(failure)
+        for sender in senders:
+            failure = sender.send(admitted)
+            if failure:
+                log.error(failure)
 
     return notify
 

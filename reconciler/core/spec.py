@@ -500,6 +500,11 @@ class Xapi(_Model):
         default_factory=dict,
         description="XAPI host name (name_label) per node, where it differs from the node name.",
     )
+    messages: StrictBool = Field(
+        default=True,
+        description="Alerts also go to the pool as messages (message.create: XenCenter and Xen "
+        "Orchestra show them), when XAPI is used (role source or hypervisor 'xapi').",
+    )
 
     @model_validator(mode="after")
     def _one_kind_of_credentials(self) -> Xapi:

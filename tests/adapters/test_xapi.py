@@ -15,9 +15,11 @@ from pathlib import Path
 
 import pytest
 
+from adapters.base import Alert
 from adapters.poolconf import PoolConfRoleSource
 from adapters.xapi import XapiClient, XapiHypervisor, XapiRoleSource, read_credentials
 from adapters.xapi.lvm import parse_vgs, vg_name
+from adapters.xapi.messages import PoolMessageAlerter
 from adapters.xapi.session import Credentials, master_url
 from reconciler.core.errors import TerminalError, TransientError
 from reconciler.core.observed import Role
@@ -258,3 +260,31 @@ def test_credentials_files_must_be_private(tmp_path: Path) -> None:
     got = read_credentials(username_file=str(user), password_file=str(password))
     assert got == Credentials("admin", "pw with spaces")
     assert read_credentials() == Credentials("root", "")
+
+
+# ------------------------------------------------------------------------------- alerts
+def test_alerts_become_pool_messages(fake: FakeXapiPool) -> None:
+    alerter = PoolMessageAlerter(client(fake.url("node2")), node="node2")
+    failure = alerter.send(
+        [Alert("k1", "critical", "both nodes Secondary"), Alert("k2", "info", "resynced")]
+    )
+    assert failure is None
+    got = [(m.name, m.priority, m.cls, m.obj_uuid, m.body) for m in fake.pool.messages]
+    assert got == [
+        (
+            "TANDEM_ALERT",
+            2,
+            "Pool",
+            fake.pool.uuid,
+            "tandem on node2: [critical] both nodes Secondary",
+        ),
+        ("TANDEM_ALERT", 5, "Pool", fake.pool.uuid, "tandem on node2: [info] resynced"),
+    ]
+
+
+def test_a_pool_message_that_cannot_be_sent_is_reported_not_raised() -> None:
+    alerter = PoolMessageAlerter(client(closed_port_url()), node="node1")
+    failure = alerter.send([Alert("k", "warning", "degraded")])
+    assert (
+        failure and failure.startswith("alert as pool message failed:") and "unreachable" in failure
+    )
