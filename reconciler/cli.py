@@ -386,6 +386,108 @@ def _refused(outcome: operations.Outcome) -> NoReturn:
     _fail(outcome.message, EXIT_USAGE if refusal is not None and refusal.is_usage else EXIT_BLOCKED)
 
 
+# --- backup and restore (XAPI pool database) --------------------------------------------------
+@main.command("backup")
+@_SPEC_OPT
+@click.option(
+    "--include",
+    "includes",
+    multiple=True,
+    type=click.Path(dir_okay=False),
+    help="Another file tandem needs on this host (repeatable).",
+)
+@click.option(
+    "--output",
+    type=click.Path(dir_okay=False),
+    help="Also write the backup to this JSON file.",
+)
+def backup(spec_path: str | None, includes: tuple[str, ...], output: str | None) -> None:
+    """Keep the spec (and --include files) in the pool database, base64-encoded in pool
+    other-config keys: dom0 upgrades and reinstalls wipe the host's files, the pool keeps
+    them. Uses the spec's 'xapi' section to reach XAPI."""
+    from adapters.factory import xapi_client
+    from adapters.xapi import XapiError
+    from adapters.xapi import backup as store
+    from adapters.xapi.pooldb import PoolDatabase
+
+    if spec_path is None:
+        _fail("backup needs the spec file (-f/--file or TANDEM_SPEC)")
+    spec, _ = read_spec(spec_path)
+    try:
+        files = store.read_files([spec_path, *includes])
+    except OSError as exc:
+        _fail(f"cannot read {exc.filename}: {exc.strerror or exc}")
+    try:
+        db = PoolDatabase(xapi_client(spec))
+        store.save_to_pool(db, files)
+    except (XapiError, AdapterError) as exc:
+        _fail(f"backup not stored in the pool database: {exc}", EXIT_BLOCKED)
+    if output:
+        Path(output).write_text(store.to_json(files))
+    for f in files:
+        click.echo(f"backed up {f.path} ({len(f.data)} bytes)")
+
+
+@main.command("restore")
+@click.option("--url", help="XAPI URL (default: the local socket of this pool host).")
+@click.option(
+    "--credentials-file",
+    type=click.Path(dir_okay=False),
+    help="Username and password on two lines (mode 0600); default: root on the local socket.",
+)
+@click.option("--timeout", type=float, default=13.0, show_default=True, help="Per XAPI call.")
+@click.option(
+    "--input",
+    "input_file",
+    type=click.Path(dir_okay=False, exists=True),
+    help="Restore from this JSON file (written by backup --output) instead of the pool.",
+)
+@click.option("--yes", is_flag=True, help="Write without asking.")
+def restore(
+    url: str | None,
+    credentials_file: str | None,
+    timeout: float,
+    input_file: str | None,
+    yes: bool,
+) -> None:
+    """Put the backed-up files back on this host: shows each file's diff, then asks before it
+    writes. Needs no spec (the spec is what it restores)."""
+    from adapters.xapi import XapiClient, XapiError, read_credentials
+    from adapters.xapi import backup as store
+    from adapters.xapi.pooldb import PoolDatabase
+
+    try:
+        if input_file:
+            files = store.from_json(Path(input_file).read_text())
+        else:
+            creds = read_credentials(credentials_file=credentials_file)
+            client = XapiClient(url=url, credentials=creds, timeout=timeout)
+            files = store.load_from_pool(PoolDatabase(client))
+    except (XapiError, AdapterError) as exc:
+        _fail(f"cannot read the backup: {exc}", EXIT_BLOCKED)
+    except ValueError as exc:
+        _fail(f"the backup is unreadable: {exc}", EXIT_BLOCKED)
+    if not files:
+        _fail("no backup found", EXIT_BLOCKED)
+    changed = []
+    for f in files:
+        text = store.diff(f, store.current_bytes(f.path))
+        if text:
+            changed.append(f)
+            click.echo(text, nl=False)
+    if not changed:
+        click.echo(f"nothing to restore: {len(files)} file(s) match the backup")
+        return
+    if not yes and not click.confirm(f"write {len(changed)} file(s)?", default=False):
+        _fail("nothing was written", EXIT_BLOCKED)
+    for f in changed:
+        try:
+            store.write_file(f)
+        except OSError as exc:
+            _fail(f"cannot write {f.path}: {exc.strerror or exc}", EXIT_BLOCKED)
+        click.echo(f"restored {f.path}")
+
+
 @main.command("manual-mode")
 @click.argument("state", type=click.Choice(["enable", "disable", "show"]))
 @_SPEC_OPT

@@ -126,3 +126,43 @@ def test_malformed_entries_do_not_hide_the_others() -> None:
         "c": "primary",
     }
     assert format_manual_mode({"b": "secondary", "a": "enable"}) == "a=enable,b=secondary"
+
+
+# ------------------------------------------------------------------------ backup/restore
+def restore_args(fake: FakeXapiPool, tmp: Path) -> list[str]:
+    return ["--url", fake.url("node1"), "--credentials-file", str(tmp / "xapi-credentials")]
+
+
+def run_plain(state: Path, *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, TANDEM_STATE_DIR=str(state), COLUMNS="200")
+    return subprocess.run(
+        [RECONCILE, *args], capture_output=True, text=True, env=env, timeout=60, input=stdin
+    )
+
+
+@pytest.mark.skipif(not RECONCILE, reason="reconcile is not installed")
+def test_backup_then_restore_on_a_wiped_node_gives_the_identical_spec(
+    tmp_path: Path, fake: FakeXapiPool
+) -> None:
+    spec = xapi_spec(tmp_path, fake)
+    os.chmod(spec, 0o640)
+    original = spec.read_bytes()
+    state = tmp_path / "state"
+    saved = run_plain(state, "backup", "--file", str(spec), "--output", str(tmp_path / "b.json"))
+    assert saved.returncode == 0, saved.stdout + saved.stderr
+    key = f"tandem-backup:{spec}"
+    assert key in fake.pool.other_config and fake.pool.other_config[key].startswith("0640:")
+    unchanged = run_plain(state, "restore", *restore_args(fake, tmp_path))
+    assert unchanged.returncode == 0 and "nothing to restore" in unchanged.stdout
+    spec.unlink()  # the dom0 reinstall
+    declined = run_plain(state, "restore", *restore_args(fake, tmp_path), stdin="n\n")
+    assert declined.returncode != 0 and not spec.exists()
+    assert "(missing)" in declined.stdout and "+  xapi:" in declined.stdout
+    done = run_plain(state, "restore", *restore_args(fake, tmp_path), "--yes")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert spec.read_bytes() == original and (spec.stat().st_mode & 0o777) == 0o640
+    again = run_plain(state, "restore", *restore_args(fake, tmp_path))
+    assert "nothing to restore" in again.stdout  # the diff is empty
+    spec.write_text("edited\n")
+    from_file = run_plain(state, "restore", "--input", str(tmp_path / "b.json"), "--yes")
+    assert from_file.returncode == 0 and spec.read_bytes() == original
