@@ -176,7 +176,9 @@ def xapi_client(spec: StorageCluster) -> XapiClient:
         username_file=cfg.username_file,
         password_file=cfg.password_file,
     )
-    return XapiClient(url=cfg.url, credentials=credentials, timeout=cfg.timeout)
+    return XapiClient(
+        url=cfg.url, credentials=credentials, timeout=cfg.timeout, local_socket=cfg.local_socket
+    )
 
 
 def wake_sources(

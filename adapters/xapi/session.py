@@ -189,10 +189,18 @@ class XapiClient:
     """Calls on one pool, as ``call("PBD.plug", ref)``. Not thread-safe (one agent, one
     thread)."""
 
-    def __init__(self, *, url: str | None, credentials: Credentials, timeout: float = 13.0) -> None:
+    def __init__(
+        self,
+        *,
+        url: str | None,
+        credentials: Credentials,
+        timeout: float = 13.0,
+        local_socket: str = LOCAL_SOCKET,
+    ) -> None:
         self.url = url
         self.credentials = credentials
         self.timeout = timeout
+        self.local_socket = local_socket
         self._connected_url: str | None = url
         self._session: Any = None
 
@@ -232,7 +240,7 @@ class XapiClient:
         self._session = None
 
     def _call_once(self, method: str, args: tuple[Any, ...]) -> Any:
-        where = self._connected_url or LOCAL_SOCKET
+        where = self._connected_url or self.local_socket
         try:
             if self._session is None:
                 session = self._new_session()
@@ -281,7 +289,9 @@ class XapiClient:
     def _new_session(self) -> Any:
         url = self._connected_url
         if url is None:
-            return XenAPI.Session(LOCAL_URL, transport=LocalTransport(self.timeout))
+            return XenAPI.Session(
+                LOCAL_URL, transport=LocalTransport(self.timeout, self.local_socket)
+            )
         if url.startswith("https:"):
             return XenAPI.Session(url, transport=TimeoutSafeTransport(self.timeout))
         return XenAPI.Session(url, transport=TimeoutTransport(self.timeout))

@@ -481,6 +481,10 @@ class Xapi(_Model):
         "(XenAPI.xapi_local(), on the pool host itself). A slave's address is followed to "
         "the master (HOST_IS_SLAVE).",
     )
+    local_socket: FilePath = Field(
+        default="/var/lib/xcp/xapi",
+        description="XAPI's unix socket on a pool host, used when 'url' is absent.",
+    )
     credentials_file: FilePath | None = Field(
         default=None,
         description="Username on the first line, password on the second; refused unless only "

@@ -201,6 +201,18 @@ def test_host_is_slave_is_followed_to_the_master(fake: FakeXapiPool, sr: Sr) -> 
     assert role.role is Role.SECONDARY and "node1" in role.detail
 
 
+def test_the_local_socket(fake: FakeXapiPool, sr: Sr, tmp_path: Path) -> None:
+    path = str(tmp_path / "xapi")
+    fake.serve_local(path)
+    local = XapiClient(url=None, credentials=CREDS, timeout=5.0, local_socket=path)
+    obs = XapiHypervisor(local, host_name="node2", runner=FakeLvmRunner()).observe(TARGET, [VIP])
+    assert obs.error is None and obs.source == "xapi (local socket)" and len(obs.pbds) == 1
+    fake.local[0].stop()
+    missing = XapiHypervisor(local, host_name="node2", runner=FakeLvmRunner())
+    failed = missing.observe(TARGET, [VIP])
+    assert failed.error and f"XAPI at {path} is unreachable" in failed.error
+
+
 def test_master_url_keeps_scheme_and_port() -> None:
     assert master_url("https://10.0.0.2/", "10.0.0.1") == "https://10.0.0.1/"
     assert master_url("http://127.0.0.2:4711/", "127.0.0.1") == "http://127.0.0.1:4711/"

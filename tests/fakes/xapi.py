@@ -390,32 +390,67 @@ class _Server(socketserver.ThreadingMixIn, xmlrpc.server.SimpleXMLRPCServer):
     allow_reuse_address = True
 
 
+class _UnixServer(
+    socketserver.ThreadingMixIn,
+    socketserver.UnixStreamServer,
+    xmlrpc.server.SimpleXMLRPCDispatcher,
+):
+    """XML-RPC over HTTP on a unix socket (XAPI's local socket, ``xapi_local()``)."""
+
+    daemon_threads = True
+    logRequests = False
+
+    def __init__(self, path: str) -> None:
+        xmlrpc.server.SimpleXMLRPCDispatcher.__init__(self, allow_none=True)
+        socketserver.UnixStreamServer.__init__(self, path, _UnixHandler)
+
+
+class _UnixHandler(_Handler):
+    disable_nagle_algorithm = False  # TCP_NODELAY: not on a unix socket
+
+    def setup(self) -> None:
+        self.client_address = ("local", 0)  # BaseHTTPRequestHandler expects (host, port)
+        super().setup()
+
+
 class FakeXapiServer:
     """One host's xapi: an XML-RPC server on ``address``:``port`` serving ``pool`` as
     ``host``. ``port=0`` picks a free port (the first server of a pool); the others of the
-    pool reuse it on their own loopback address."""
+    pool reuse it on their own loopback address. With ``unix_path`` instead, XAPI's local
+    socket: it answers as the master, whoever that is (a slave's xapi forwards local calls
+    to its master)."""
 
-    def __init__(self, pool: FakePool, host: Host, *, port: int = 0) -> None:
+    def __init__(
+        self, pool: FakePool, host: Host | None, *, port: int = 0, unix_path: str | None = None
+    ) -> None:
         self.pool = pool
         self.host = host
         self._mode = "ok"
         self._mode_changed = threading.Condition()
         self._stopping = False
-        self._server = _Server(
-            (host.address, port), requestHandler=_Handler, allow_none=True, logRequests=False
-        )
-        self._server.owner = self  # type: ignore[attr-defined]
+        self._server: _Server | _UnixServer
+        if unix_path is not None:
+            self._server = _UnixServer(unix_path)
+            self.port = 0
+        else:
+            assert host is not None
+            self._server = _Server(
+                (host.address, port), requestHandler=_Handler, allow_none=True, logRequests=False
+            )
+            self.port = self._server.server_address[1]
+        self.unix_path = unix_path
+        self._server.owner = self  # type: ignore[union-attr]
         self._server.register_instance(self)
-        self.port = self._server.server_address[1]
         self._thread = threading.Thread(
             target=self._server.serve_forever,
             args=(0.05,),
-            name=f"fake-xapi-{host.name_label}",
+            name=f"fake-xapi-{host.name_label if host else 'local'}",
             daemon=True,
         )
 
     @property
     def url(self) -> str:
+        assert self.host is not None, "a local-socket server has no URL"
         return f"http://{self.host.address}:{self.port}/"
 
     def start(self) -> FakeXapiServer:
@@ -444,7 +479,10 @@ class FakeXapiServer:
 
     def _dispatch(self, method: str, params: tuple[Any, ...]) -> dict[str, Any]:
         try:
-            value = self.pool.call(self.host, method, params)
+            with self.pool.lock:
+                assert self.pool.master is not None
+                host = self.host or self.pool.hosts[self.pool.master]
+            value = self.pool.call(host, method, params)
         except XapiFailure as exc:
             return {"Status": "Failure", "ErrorDescription": exc.description}
         except Exception as exc:  # a bug in the fake, or bad arguments: XAPI's internal error
@@ -478,11 +516,19 @@ class FakeXapiPool:
             raise
         return cls(pool, servers)
 
+    local: list[FakeXapiServer] = field(default_factory=list)
+
     def url(self, host: str) -> str:
         return self.servers[host].url
 
+    def serve_local(self, path: str) -> FakeXapiServer:
+        """XAPI's local socket at ``path`` (what ``xapi.localSocket`` points to)."""
+        server = FakeXapiServer(self.pool, None, unix_path=path).start()
+        self.local.append(server)
+        return server
+
     def stop(self) -> None:
-        for server in self.servers.values():
+        for server in [*self.servers.values(), *self.local]:
             server.stop()
 
     def __enter__(self) -> FakeXapiPool:
