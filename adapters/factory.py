@@ -194,8 +194,10 @@ def wake_sources(
     DRBD, VIP and tgt changes are seen at the next tick (or the short retry after a blocked
     tick, or the verify tick after an acting one)."""
     sources: list[WakeSource] = [FileWake(operator.path, name="operator choices")]
-    if isinstance(role, PoolConfRoleSource):
-        sources.append(FileWake(role.path, name="pool.conf"))
+    # The XAPI role source's fallback (read while XAPI is unreachable) is a pool.conf too.
+    pool_conf = role if isinstance(role, PoolConfRoleSource) else getattr(role, "fallback", None)
+    if isinstance(pool_conf, PoolConfRoleSource):
+        sources.append(FileWake(pool_conf.path, name="pool.conf"))
     if isinstance(world, FileWorldStore):
         sources.append(world.wake_source(node))
     return tuple(sources)

@@ -166,3 +166,30 @@ def test_backup_then_restore_on_a_wiped_node_gives_the_identical_spec(
     spec.write_text("edited\n")
     from_file = run_plain(state, "restore", "--input", str(tmp_path / "b.json"), "--yes")
     assert from_file.returncode == 0 and spec.read_bytes() == original
+
+
+# ---------------------------------------------------------------------------------- factory
+def test_the_factory_builds_the_xapi_adapters_on_one_session(
+    tmp_path: Path, fake: FakeXapiPool
+) -> None:
+    from adapters.factory import build_adapters
+    from adapters.xapi import XapiHypervisor, XapiRoleSource
+    from reconciler.core.specload import load_spec
+
+    path = xapi_spec(tmp_path, fake)
+    text = path.read_text().replace(
+        "    roleSource: xapi\n", "    roleSource: xapi\n    hypervisor: xapi\n"
+    )
+    spec = load_spec(text, filename=str(path))
+    built = build_adapters(spec, "node2", tmp_path / "state")
+    role, hv, store = built.role_source, built.hypervisor, built.operator
+    assert isinstance(role, XapiRoleSource) and isinstance(hv, XapiHypervisor)
+    assert isinstance(store, PoolOperatorStore)
+    assert role.client is hv.client is store.db.client
+    assert "pool.conf" in [w.name for w in built.wake]
+    assert role.observe().role is Role.SECONDARY
+    os.chmod(tmp_path / "xapi-credentials", 0o644)
+    from reconciler.core.errors import TerminalError
+
+    with pytest.raises(TerminalError, match="chmod 600"):
+        build_adapters(spec, "node2", tmp_path / "state")

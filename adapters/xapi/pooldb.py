@@ -117,6 +117,12 @@ class PoolOperatorStore:
         self.db = db
         self.host_name = host_name
         self.warning: str | None = None
+        self._uuid: str | None = None  # a host's uuid never changes: asked once
+
+    def _host_uuid(self) -> str:
+        if self._uuid is None:
+            self._uuid = self.db.host_uuid(self.host_name)
+        return self._uuid
 
     @property
     def path(self) -> Path:
@@ -132,7 +138,7 @@ class PoolOperatorStore:
         had_local = self.local.path.exists()
         local = self.local.load()
         try:
-            uuid = self.db.host_uuid(self.host_name)
+            uuid = self._host_uuid()
             entries = parse_manual_mode(self.db.get(MANUAL_MODE_KEY) or "")
         except XapiError as exc:
             self.warning = f"pool database unreachable ({exc.reason}); the local copy answers"
@@ -154,7 +160,7 @@ class PoolOperatorStore:
         self.local.save(state)
         self.warning = None
         try:
-            uuid = self.db.host_uuid(self.host_name)
+            uuid = self._host_uuid()
             word = state_word(state)
 
             def change(current: str | None) -> str | None:

@@ -25,6 +25,7 @@ import http.client
 import os
 import socket
 import stat
+import threading
 import xmlrpc.client
 from dataclasses import dataclass
 from pathlib import Path
@@ -186,8 +187,9 @@ def master_url(url: str | None, master: str) -> str:
 
 
 class XapiClient:
-    """Calls on one pool, as ``call("PBD.plug", ref)``. Not thread-safe (one agent, one
-    thread)."""
+    """Calls on one pool, as ``call("PBD.plug", ref)``. One call at a time (a lock): the role
+    source, the hypervisor adapter and the operator store of one agent share one session,
+    and the agent may observe concerns concurrently."""
 
     def __init__(
         self,
@@ -201,6 +203,7 @@ class XapiClient:
         self.credentials = credentials
         self.timeout = timeout
         self.local_socket = local_socket
+        self._lock = threading.RLock()
         self._connected_url: str | None = url
         self._session: Any = None
 
@@ -213,6 +216,10 @@ class XapiClient:
         return f"xapi ({self._connected_url})"
 
     def call(self, method: str, *args: Any) -> Any:
+        with self._lock:
+            return self._call(method, args)
+
+    def _call(self, method: str, args: tuple[Any, ...]) -> Any:
         for _hop in range(3):
             try:
                 return self._call_once(method, args)
@@ -230,7 +237,8 @@ class XapiClient:
         )
 
     def close(self) -> None:
-        session, self._session = self._session, None
+        with self._lock:
+            session, self._session = self._session, None
         if session is not None:
             # Logout is best effort: an abandoned session expires on its own.
             with contextlib.suppress(Exception):
