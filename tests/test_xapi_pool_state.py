@@ -193,3 +193,37 @@ def test_the_factory_builds_the_xapi_adapters_on_one_session(
 
     with pytest.raises(TerminalError, match="chmod 600"):
         build_adapters(spec, "node2", tmp_path / "state")
+
+
+# ------------------------------------------------------------------------------------ spec
+@pytest.mark.parametrize(
+    ("section", "message"),
+    [
+        ("    url: ftp://x/\n", "spec.xapi.url: expected an http:// or https:// URL"),
+        ("    usernameFile: /a\n", "usernameFile and passwordFile go together"),
+        (
+            "    credentialsFile: /a\n    usernameFile: /b\n    passwordFile: /c\n",
+            "use either credentialsFile or usernameFile/passwordFile",
+        ),
+        ("    hostNames: {node3: xcp3}\n", "xapi.hostNames names 'node3'"),
+        ("    timeout: 0\n", "spec.xapi.timeout"),
+    ],
+)
+def test_the_xapi_section_refuses(section: str, message: str) -> None:
+    from reconciler.core.specload import SpecError, load_spec
+
+    with pytest.raises(SpecError) as caught:
+        load_spec(DEMO_TEXT + "  xapi:\n" + section, filename="x.yaml")
+    assert message in caught.value.render()
+
+
+def test_the_xapi_section_defaults() -> None:
+    from reconciler.core.specload import load_spec
+
+    xapi = load_spec(DEMO_TEXT, filename="x.yaml").spec.xapi
+    assert (xapi.url, xapi.timeout, xapi.local_socket) == (None, 13.0, "/var/lib/xcp/xapi")
+    named = load_spec(DEMO_TEXT + "  xapi:\n    hostNames: {node1: xcp1}\n", filename="x.yaml")
+    assert (named.spec.xapi.host_name("node1"), named.spec.xapi.host_name("node2")) == (
+        "xcp1",
+        "node2",
+    )

@@ -86,6 +86,13 @@ SAFE_NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
 
 # Strict numbers and booleans: YAML says what a value is, and `minor: true` (1), `tickInterval:
 # yes` or `lun: '1'` are mistakes to report, not values to coerce. A float accepts an integer.
+XapiUrl = Annotated[
+    str,
+    StringConstraints(pattern=r"^https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?/?$"),
+    Field(description="An http:// or https:// URL of a pool host (no path, no credentials)."),
+]
+
+
 Seconds = Annotated[
     float, Strict(), Field(gt=0, le=3600, allow_inf_nan=False, description="A duration in seconds.")
 ]
@@ -176,6 +183,7 @@ PATTERN_HELP: dict[str, str] = dict(
         MailAddress,
         HeaderText,
         HostName,
+        XapiUrl,
     )
 )
 
@@ -463,13 +471,6 @@ class Adapters(_Model):
         ),
     )
     hypervisor: Literal["none", "sim", "xapi"] = "none"
-
-
-XapiUrl = Annotated[
-    str,
-    StringConstraints(pattern=r"^https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?/?$"),
-    Field(description="An http:// or https:// URL of a pool host (no path, no credentials)."),
-]
 
 
 class Xapi(_Model):
