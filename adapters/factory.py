@@ -21,12 +21,14 @@ Invariants:
 from __future__ import annotations
 
 from pathlib import Path
-from typing import cast
+from typing import TYPE_CHECKING, cast
 
 from adapters.base import (
     DrbdAdapter,
+    HypervisorAdapter,
     LivenessAdapter,
     NodeAdapters,
+    OperatorStore,
     RoleSourceAdapter,
     TargetAdapter,
     VipAdapter,
@@ -43,6 +45,9 @@ from adapters.tools import missing_tools
 from adapters.wake import FileWake
 from reconciler.core.errors import TerminalError
 from reconciler.core.spec import StorageCluster, Transport
+
+if TYPE_CHECKING:
+    from adapters.xapi import XapiClient
 
 WORLD_FILE = "sim-world.json"
 
@@ -102,12 +107,24 @@ def build_adapters(
     else:
         target = _real_target(spec, node, runner, state_dir)
 
+    # One XAPI session per agent, shared by the role source and the hypervisor adapter.
+    client = xapi_client(spec) if "xapi" in (chosen.role_source, chosen.hypervisor) else None
+
     role: RoleSourceAdapter
     if chosen.role_source == "sim":
         assert world is not None
         role = SimPoolMaster(world, node)
     elif chosen.role_source == "pool-conf":
         role = PoolConfRoleSource(Path(spec.node(node).pool_conf))
+    elif chosen.role_source == "xapi":
+        from adapters.xapi import XapiRoleSource
+
+        assert client is not None
+        role = XapiRoleSource(
+            client,
+            host_name=spec.spec.xapi.host_name(node),
+            fallback=PoolConfRoleSource(Path(spec.node(node).pool_conf)),
+        )
     else:
         role = NoRoleSource()
 
@@ -126,7 +143,20 @@ def build_adapters(
             peer_addresses=addresses,
             heuristics=[str(h) for h in spec.spec.promotion.heuristics],
         )
-    operator = operator_store(state_dir, node)
+    hypervisor: HypervisorAdapter | None = None
+    if chosen.hypervisor == "xapi":
+        from adapters.xapi import XapiHypervisor
+
+        assert client is not None
+        hypervisor = XapiHypervisor(client, host_name=spec.spec.xapi.host_name(node), runner=runner)
+    local_operator = operator_store(state_dir, node)
+    operator: OperatorStore = local_operator
+    if client is not None:
+        from adapters.xapi.pooldb import PoolDatabase, PoolOperatorStore
+
+        operator = PoolOperatorStore(
+            local_operator, PoolDatabase(client), host_name=spec.spec.xapi.host_name(node)
+        )
     return NodeAdapters(
         node=node,
         drbd=drbd,
@@ -135,7 +165,24 @@ def build_adapters(
         role_source=role,
         liveness=liveness,
         operator=operator,
-        wake=wake_sources(role, operator, world, node=node),
+        wake=wake_sources(role, local_operator, world, node=node),
+        hypervisor=hypervisor,
+    )
+
+
+def xapi_client(spec: StorageCluster) -> XapiClient:
+    """A client of the pool's XAPI from ``spec.xapi``; ``TerminalError`` when the credentials
+    cannot be read or may be read by others."""
+    from adapters.xapi import XapiClient, read_credentials
+
+    cfg = spec.spec.xapi
+    credentials = read_credentials(
+        credentials_file=cfg.credentials_file,
+        username_file=cfg.username_file,
+        password_file=cfg.password_file,
+    )
+    return XapiClient(
+        url=cfg.url, credentials=credentials, timeout=cfg.timeout, local_socket=cfg.local_socket
     )
 
 
@@ -171,8 +218,10 @@ def wake_sources(
     DRBD, VIP and tgt changes are seen at the next tick (or the short retry after a blocked
     tick, or the verify tick after an acting one)."""
     sources: list[WakeSource] = [FileWake(operator.path, name="operator choices")]
-    if isinstance(role, PoolConfRoleSource):
-        sources.append(FileWake(role.path, name="pool.conf"))
+    # The XAPI role source's fallback (read while XAPI is unreachable) is a pool.conf too.
+    pool_conf = role if isinstance(role, PoolConfRoleSource) else getattr(role, "fallback", None)
+    if isinstance(pool_conf, PoolConfRoleSource):
+        sources.append(FileWake(pool_conf.path, name="pool.conf"))
     if isinstance(world, FileWorldStore):
         sources.append(world.wake_source(node))
     return tuple(sources)

@@ -256,7 +256,7 @@ def _watch(
         report_tick,
         agentlog.TickLogger(tick_log),
         events.TickEvents(events.EventLog(events.events_path(state_dir, node))),
-        _alerting(spec, alert_log),
+        _alerting(spec, alert_log, node),
         endpoint,
         sd,
     ]
@@ -281,9 +281,9 @@ def _endpoint(spec: StorageCluster, node: str, state_dir: Path, address: Any) ->
         _fail(f"--metrics-address {address}: cannot listen there: {exc.strerror or exc}")
 
 
-def _alerting(spec: StorageCluster, log: Any) -> Any:
+def _alerting(spec: StorageCluster, log: Any, node: str) -> Any:
     """Log every alert (``log``: stderr, and syslog when enabled); mail the ones the gate
-    admits."""
+    admits, and post them as pool messages when XAPI is used."""
     import time
 
     from adapters.alerts import MailAlerter
@@ -291,15 +291,23 @@ def _alerting(spec: StorageCluster, log: Any) -> Any:
 
     gate = AlertGate(spec.spec.alerts, clock=time.monotonic)
     mailer = MailAlerter(spec.spec.alerts.mail, timeout=spec.spec.timings.command_timeout)
+    senders: list[Any] = [mailer]
+    chosen = spec.spec.adapters
+    if spec.spec.xapi.messages and "xapi" in (chosen.role_source, chosen.hypervisor):
+        from adapters.factory import xapi_client
+        from adapters.xapi.messages import PoolMessageAlerter
+
+        senders.append(PoolMessageAlerter(xapi_client(spec), node=node))
 
     def notify(report: TickReport) -> None:
         raised = alerts_for(report)
         for alert in raised:
             log.warning(alert.message)
         admitted = gate.admit(raised, manual_mode=report.observed.operator.manual_mode)
-        failure = mailer.send(admitted)
-        if failure:
-            log.error(failure)
+        for sender in senders:
+            failure = sender.send(admitted)
+            if failure:
+                log.error(failure)
 
     return notify
 
@@ -540,6 +548,108 @@ def _echo_outcome(
     click.echo(json.dumps(body, sort_keys=True))
 
 
+# --- backup and restore (XAPI pool database) --------------------------------------------------
+@main.command("backup")
+@_SPEC_OPT
+@click.option(
+    "--include",
+    "includes",
+    multiple=True,
+    type=click.Path(dir_okay=False),
+    help="Another file tandem needs on this host (repeatable).",
+)
+@click.option(
+    "--output",
+    type=click.Path(dir_okay=False),
+    help="Also write the backup to this JSON file.",
+)
+def backup(spec_path: str | None, includes: tuple[str, ...], output: str | None) -> None:
+    """Keep the spec (and --include files) in the pool database, base64-encoded in pool
+    other-config keys: dom0 upgrades and reinstalls wipe the host's files, the pool keeps
+    them. Uses the spec's 'xapi' section to reach XAPI."""
+    from adapters.factory import xapi_client
+    from adapters.xapi import XapiError
+    from adapters.xapi import backup as store
+    from adapters.xapi.pooldb import PoolDatabase
+
+    if spec_path is None:
+        _fail("backup needs the spec file (-f/--file or TANDEM_SPEC)")
+    spec, _ = read_spec(spec_path)
+    try:
+        files = store.read_files([spec_path, *includes])
+    except OSError as exc:
+        _fail(f"cannot read {exc.filename}: {exc.strerror or exc}")
+    try:
+        db = PoolDatabase(xapi_client(spec))
+        store.save_to_pool(db, files)
+    except (XapiError, AdapterError) as exc:
+        _fail(f"backup not stored in the pool database: {exc}", EXIT_BLOCKED)
+    if output:
+        Path(output).write_text(store.to_json(files))
+    for f in files:
+        click.echo(f"backed up {f.path} ({len(f.data)} bytes)")
+
+
+@main.command("restore")
+@click.option("--url", help="XAPI URL (default: the local socket of this pool host).")
+@click.option(
+    "--credentials-file",
+    type=click.Path(dir_okay=False),
+    help="Username and password on two lines (mode 0600); default: root on the local socket.",
+)
+@click.option("--timeout", type=float, default=13.0, show_default=True, help="Per XAPI call.")
+@click.option(
+    "--input",
+    "input_file",
+    type=click.Path(dir_okay=False, exists=True),
+    help="Restore from this JSON file (written by backup --output) instead of the pool.",
+)
+@click.option("--yes", is_flag=True, help="Write without asking.")
+def restore(
+    url: str | None,
+    credentials_file: str | None,
+    timeout: float,
+    input_file: str | None,
+    yes: bool,
+) -> None:
+    """Put the backed-up files back on this host: shows each file's diff, then asks before it
+    writes. Needs no spec (the spec is what it restores)."""
+    from adapters.xapi import XapiClient, XapiError, read_credentials
+    from adapters.xapi import backup as store
+    from adapters.xapi.pooldb import PoolDatabase
+
+    try:
+        if input_file:
+            files = store.from_json(Path(input_file).read_text())
+        else:
+            creds = read_credentials(credentials_file=credentials_file)
+            client = XapiClient(url=url, credentials=creds, timeout=timeout)
+            files = store.load_from_pool(PoolDatabase(client))
+    except (XapiError, AdapterError) as exc:
+        _fail(f"cannot read the backup: {exc}", EXIT_BLOCKED)
+    except ValueError as exc:
+        _fail(f"the backup is unreadable: {exc}", EXIT_BLOCKED)
+    if not files:
+        _fail("no backup found", EXIT_BLOCKED)
+    changed = []
+    for f in files:
+        text = store.diff(f, store.current_bytes(f.path))
+        if text:
+            changed.append(f)
+            click.echo(text, nl=False)
+    if not changed:
+        click.echo(f"nothing to restore: {len(files)} file(s) match the backup")
+        return
+    if not yes and not click.confirm(f"write {len(changed)} file(s)?", default=False):
+        _fail("nothing was written", EXIT_BLOCKED)
+    for f in changed:
+        try:
+            store.write_file(f)
+        except OSError as exc:
+            _fail(f"cannot write {f.path}: {exc.strerror or exc}", EXIT_BLOCKED)
+        click.echo(f"restored {f.path}")
+
+
 @main.command("manual-mode")
 @click.argument("state", type=click.Choice(["enable", "disable", "show"]))
 @_SPEC_OPT
@@ -567,6 +677,7 @@ def manual_mode(
             click.echo(json.dumps(shown, sort_keys=True))
             return
         click.echo(describe_operator_state(the_node, current))
+        _show_pool_manual_mode(adapters.operator)
         return
     outcome = operations.manual_mode(spec, the_node, adapters, enable=state == "enable")
     if not outcome.accepted:
@@ -575,6 +686,22 @@ def manual_mode(
         _echo_outcome(command, the_node, outcome, spec=spec)
         return
     click.echo(outcome.message)
+
+
+def _show_pool_manual_mode(store: object) -> None:
+    """With XAPI: every host's entry in the pool database, and a disagreement warning."""
+    from adapters.xapi.pooldb import PoolOperatorStore
+
+    if not isinstance(store, PoolOperatorStore):
+        return
+    view = store.pool_view()
+    if view is None:
+        click.echo("pool database: unreachable")
+    else:
+        shown = ", ".join(f"{host}={word}" for host, word in sorted(view.items()))
+        click.echo(f"pool database MANUAL_MODE: {shown or 'none'}")
+    if store.warning:
+        click.echo(f"warning: {store.warning}")
 
 
 @main.command("become-primary")

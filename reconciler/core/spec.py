@@ -86,6 +86,13 @@ SAFE_NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
 
 # Strict numbers and booleans: YAML says what a value is, and `minor: true` (1), `tickInterval:
 # yes` or `lun: '1'` are mistakes to report, not values to coerce. A float accepts an integer.
+XapiUrl = Annotated[
+    str,
+    StringConstraints(pattern=r"^https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?/?$"),
+    Field(description="An http:// or https:// URL of a pool host (no path, no credentials)."),
+]
+
+
 Seconds = Annotated[
     float, Strict(), Field(gt=0, le=3600, allow_inf_nan=False, description="A duration in seconds.")
 ]
@@ -176,6 +183,7 @@ PATTERN_HELP: dict[str, str] = dict(
         MailAddress,
         HeaderText,
         HostName,
+        XapiUrl,
     )
 )
 
@@ -467,12 +475,22 @@ class Adapters(_Model):
     target: Literal["sim", "tgt"] = Field(
         default="tgt", description="'tgt': tgtd/tgtadm; 'sim': the simulated target."
     )
-    role_source: Literal["sim", "pool-conf", "state"] = Field(
+    role_source: Literal["sim", "pool-conf", "xapi", "state"] = Field(
         default="pool-conf",
         description=(
             "'sim': the simulated pool; 'pool-conf': XenServer's pool.conf; "
+            "'xapi': the pool master from XAPI (pool.get_master, see 'xapi'), pool.conf when "
+            "XAPI cannot be reached; "
             "'state': the agent's own state (manual / static role sources). "
             "Default: 'pool-conf' for roleSource.type pool-master, else 'state'."
+        ),
+    )
+    hypervisor: Literal["none", "sim", "xapi"] = Field(
+        default="none",
+        description=(
+            "The hypervisor storage this node's agent keeps attached (its own host's PBDs of "
+            "the SRs served through the VIP and IQN): 'none' (default), 'xapi' (XenServer / "
+            "XCP-ng through the XenAPI SDK, see 'xapi'), 'sim' (the simulated pool)."
         ),
     )
 
@@ -484,8 +502,64 @@ class Adapters(_Model):
             "vip": self.vip,
             "target": self.target,
             "roleSource": self.role_source,
+            "hypervisor": self.hypervisor,
         }
         return tuple(name for name, value in chosen.items() if value == "sim")
+
+
+class Xapi(_Model):
+    """How the agent reaches XAPI (role source 'xapi', hypervisor adapter 'xapi')."""
+
+    url: XapiUrl | None = Field(
+        default=None,
+        description="A pool host's XAPI, e.g. https://10.0.0.1/; absent: the local socket "
+        "(XenAPI.xapi_local(), on the pool host itself). A slave's address is followed to "
+        "the master (HOST_IS_SLAVE).",
+    )
+    local_socket: FilePath = Field(
+        default="/var/lib/xcp/xapi",
+        description="XAPI's unix socket on a pool host, used when 'url' is absent.",
+    )
+    credentials_file: FilePath | None = Field(
+        default=None,
+        description="Username on the first line, password on the second; refused unless only "
+        "its owner can read it (mode 0600). Absent: usernameFile/passwordFile, or root with an "
+        "empty password on the local socket.",
+    )
+    username_file: FilePath | None = Field(
+        default=None, description="A file holding the username (mode 0600)."
+    )
+    password_file: FilePath | None = Field(
+        default=None, description="A file holding the password (mode 0600)."
+    )
+    timeout: Seconds = Field(
+        default=13.0, description="Timeout of any one XAPI call (reference: xe's 13 s)."
+    )
+    host_names: dict[SafeName, HostName] = Field(
+        default_factory=dict,
+        description="XAPI host name (name_label) per node, where it differs from the node name.",
+    )
+    messages: StrictBool = Field(
+        default=True,
+        description="Alerts also go to the pool as messages (message.create: XenCenter and Xen "
+        "Orchestra show them), when XAPI is used (role source or hypervisor 'xapi').",
+    )
+
+    @model_validator(mode="after")
+    def _one_kind_of_credentials(self) -> Xapi:
+        if self.credentials_file and (self.username_file or self.password_file):
+            raise cross_field_error(
+                "use either credentialsFile or usernameFile/passwordFile", "credentialsFile"
+            )
+        if bool(self.username_file) != bool(self.password_file):
+            raise cross_field_error(
+                "usernameFile and passwordFile go together",
+                "usernameFile" if self.username_file is None else "passwordFile",
+            )
+        return self
+
+    def host_name(self, node: str) -> str:
+        return self.host_names.get(node, node)
 
 
 class ClusterSpec(_Model):
@@ -498,6 +572,7 @@ class ClusterSpec(_Model):
     timings: Timings = Field(default_factory=Timings)
     alerts: Alerts = Field(default_factory=Alerts)
     adapters: Adapters = Field(default_factory=Adapters)
+    xapi: Xapi = Field(default_factory=Xapi)
 
     @model_validator(mode="before")
     @classmethod
@@ -605,6 +680,14 @@ class ClusterSpec(_Model):
                     "promotion",
                     "heuristics",
                     i,
+                )
+        for name in self.xapi.host_names:
+            if name not in (a.name, b.name):
+                raise cross_field_error(
+                    f"xapi.hostNames names {name!r}, which is not one of the nodes "
+                    f"({a.name}, {b.name})",
+                    "xapi",
+                    "hostNames",
                 )
         if self.role_source.preferred is not None and self.role_source.preferred not in (
             a.name,

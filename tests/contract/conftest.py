@@ -28,6 +28,7 @@ from tests.contract.envs import (
     TargetEnv,
     VipEnv,
 )
+from tests.contract.xapi_envs import XAPI, XapiHypervisorEnv, XapiRoleEnv
 from tests.lab.conftest import (  # noqa: F401  (the lab fixtures and their failure hook)
     lab,
     lab_factory,
@@ -78,11 +79,30 @@ def target_env(
         env.close()
 
 
-@pytest.fixture(params=[SIM, REAL])
-def role_env(request: pytest.FixtureRequest, cluster: StorageCluster, tmp_path: Path) -> RoleEnv:
+@pytest.fixture(params=[SIM, REAL, XAPI])
+def role_env(
+    request: pytest.FixtureRequest, cluster: StorageCluster, tmp_path: Path
+) -> Iterator[RoleEnv]:
     if request.param == SIM:
-        return SimRoleEnv(cluster)
-    return RealRoleEnv(tmp_path / "pool")
+        yield SimRoleEnv(cluster)
+    elif request.param == REAL:
+        yield RealRoleEnv(tmp_path / "pool")
+    else:
+        env = XapiRoleEnv()
+        try:
+            yield env
+        finally:
+            env.close()
+
+
+# The simulated hypervisor's environment joins this list with the simulated PBD model.
+@pytest.fixture(params=[XAPI])
+def hypervisor_env(cluster: StorageCluster) -> Iterator[XapiHypervisorEnv]:
+    env = XapiHypervisorEnv(cluster.spec.target, cluster.spec.vips)
+    try:
+        yield env
+    finally:
+        env.close()
 
 
 @pytest.fixture(params=[SIM, REAL_DRBD])
