@@ -28,6 +28,7 @@ import click
 from rich.console import Console
 from rich.markup import escape
 
+from adapters.redact import redacting_streams
 from reconciler import __version__, loop, operations
 from reconciler.agent import (
     EXIT_BLOCKED,
@@ -313,6 +314,9 @@ def main(
       reconcile --once --node node2
       reconcile --watch --node node1 --interval 0.5
     """
+    # Every line this command prints, on stdout and stderr, has the secrets the spec's files
+    # hold (CHAP) masked: adapters.redact is the one place that knows them.
+    ctx.with_resource(redacting_streams())
     if ctx.invoked_subcommand is not None:
         if once or watch:
             raise click.UsageError("--once/--watch cannot be combined with a subcommand")

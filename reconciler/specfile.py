@@ -41,7 +41,7 @@ def read_spec(path: str | None) -> tuple[StorageCluster, str]:
             sys.exit(EXIT_USAGE)
         name = path
     try:
-        return load_spec_bytes(data, filename=name), name
+        spec = load_spec_bytes(data, filename=name)
     except SpecError as exc:
         for line in exc.render().splitlines():
             _errors.print(line, markup=False, soft_wrap=True)
@@ -49,6 +49,24 @@ def read_spec(path: str | None) -> tuple[StorageCluster, str]:
         _errors.print(
             f"{name}: {n} problem{'s' if n != 1 else ''}; nothing was changed", markup=False
         )
+        sys.exit(EXIT_USAGE)
+    _check_chap(spec, name)
+    return spec, name
+
+
+def _check_chap(spec: StorageCluster, name: str) -> None:
+    """The CHAP secrets file the spec names must be usable before any command acts (the pure
+    spec model cannot look at files): exit 2 naming the file and what is wrong. Reading it
+    also registers its secrets for redaction in every output of this process."""
+    chap = spec.spec.target.chap
+    if chap is None:
+        return
+    from adapters.tgt.chap import ChapFileError, load_chap_secrets
+
+    try:
+        load_chap_secrets(chap)
+    except ChapFileError as exc:
+        _errors.print(f"[bold red]error:[/] {escape(f'{name}: target.chap: {exc}')}")
         sys.exit(EXIT_USAGE)
 
 
