@@ -43,7 +43,7 @@ class MailAlerter:
         worst = "critical" if any(a.severity == "critical" for a in alerts) else alerts[0].severity
         # Redacted before the subject's cut: a secret cut in two would no longer match.
         first = redact(alerts[0].message)
-        msg["Subject"] = f"{self.mail.subject} [{worst}] {first[:80]}"
+        msg["Subject"] = redact(f"{self.mail.subject} [{worst}] {first[:80]}")
         body = redact("\n".join(f"[{a.severity}] {a.message}" for a in alerts))
         msg.set_content(f"{body}\n\nsent by tandem on {socket.gethostname()}\n")
         try:
