@@ -3,7 +3,9 @@ directory is, for the commands.
 
 ``read_spec`` is the one way a command gets its spec: it validates it and, when the file cannot
 be read or is invalid, prints file:line:column messages on stderr and exits 2 (the CLI's usage
-exit code), having changed nothing.
+exit code), having changed nothing. A spec with ``target.chap`` also needs a usable secrets
+file (root's, mode 0600, valid secrets: ``adapters.tgt.chap``), checked here because the pure
+spec model cannot look at files; reading it registers the secrets for redaction.
 """
 
 from __future__ import annotations

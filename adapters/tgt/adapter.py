@@ -24,6 +24,10 @@ Invariants:
   bounded: offline, force-delete every target (drops sessions), ask tgtd to exit, wait for the
   PID, SIGKILL as the last resort.
 - Parsing is ``adapters.tgt.parse`` (pure and total).
+- CHAP (``target.chap``, secrets read by ``adapters.tgt.chap``): accounts are bound before the
+  ACL admits anyone, and compared by user name only (tgtadm shows no password); a target with
+  other accounts observes as not running, like one with other ACLs. A password reaches tgtadm
+  in argv only (tgtadm has no other way) and never an error this adapter raises.
 
 tgtadm facts this relies on (tgt 1.0.85, Debian 12; see tests/fixtures/tgt/SOURCES.md):
 
