@@ -99,6 +99,11 @@ class RedactingStream:
         self.inner.flush()
 
     def __getattr__(self, name: str) -> Any:  # fileno, isatty, encoding, ...
+        if name == "buffer":
+            # No way around the redaction: click writes to a text stream's binary buffer
+            # when it finds the stream's encoding unsuitable (ASCII); without one it uses
+            # the text stream as it is.
+            raise AttributeError(name)
         return getattr(self.inner, name)
 
 

@@ -181,6 +181,7 @@ def test_redaction_helpers() -> None:
     assert out.getvalue() == f"one {REDACTED} two\n"
     stream.flush()
     assert out.getvalue() == f"one {REDACTED} two\nthree"
+    assert not hasattr(stream, "buffer")  # nothing can write around it
     # the logging filter redacts the formatted message for every handler of the logger
     log = logging.getLogger("tests.redact")
     buf = io.StringIO()
