@@ -8,6 +8,8 @@ or in ``LIBISCSI_CHAP_USERNAME``/``LIBISCSI_CHAP_PASSWORD``, the target's (mutua
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,9 +17,12 @@ import pytest
 
 from adapters.runner import CommandResult
 from adapters.tgt import TgtAdapter, parse_tgtadm_show
-from adapters.tgt.chap import ChapSecrets
+from adapters.tgt.chap import ChapSecrets, load_chap_secrets
 from reconciler.core.spec import Chap, Target
+from tests.lab.agents import AgentCluster, reconcile_command
 from tests.lab.netns import VIP, VIP_IP, Lab
+from tests.lab.specs import IQN as CLUSTER_IQN
+from tests.lab.specs import LabCluster
 from tests.lab.test_tgt_lab import IQN, LUN1, R0, make_adapter
 
 pytestmark = pytest.mark.lab
@@ -132,3 +137,52 @@ def test_dropping_chap_from_the_spec_unbinds_the_account(
     tgt.start(open_spec)
     assert tgt.observe(open_spec).running is True
     assert inq(lab).ok
+
+
+@pytest.fixture
+def chap_agents(lab: Lab) -> Iterator[AgentCluster]:
+    """The end-to-end lab cluster (both agents, real tgt and VIP) with CHAP required, the
+    secrets in one root-only file both agents read (identical on both nodes by construction)."""
+    try:
+        reconcile_command()
+    except RuntimeError as exc:
+        pytest.skip(str(exc))
+    root = Path(tempfile.mkdtemp(prefix="tdmchap"))  # short: tgtd's socket path limit
+    try:
+        files = LabCluster.create(root)
+        secrets = root / "chap.yaml"
+        secrets.write_text(f"username: {USER}\npassword: '{PASSWORD}'\n")
+        secrets.chmod(0o600)
+        text = files.spec_path.read_text()
+        chap = f"    initiators: [ALL]\n    chap:\n      secretsFile: {secrets}\n"
+        files.spec_path.write_text(text.replace("    initiators: [ALL]\n", chap))
+        cluster = AgentCluster(lab, files)
+        assert cluster.target.chap is not None
+        for observer in cluster._tgt.values():  # the test's own view of each tgtd
+            observer.chap = load_chap_secrets(cluster.target.chap)
+        try:
+            yield cluster
+        finally:
+            cluster.close()
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def test_agents_serve_with_chap_on_either_node(chap_agents: AgentCluster, lab: Lab) -> None:
+    agents = chap_agents
+    url = f"iscsi://{VIP_IP}/{CLUSTER_IQN}/1"
+    agents.start("node1")
+    agents.start("node2")
+    for node in ("node1", "node2"):
+        if node == "node2":
+            agents.files.set_master("node2")  # a planned swap: the secret works there too
+        agents.wait_serving(node)
+        ok = inq(lab, url, LIBISCSI_CHAP_USERNAME=USER, LIBISCSI_CHAP_PASSWORD=PASSWORD)
+        assert ok.ok, f"{node}: {ok.stdout}{ok.stderr}"
+        refused = inq(lab, url)
+        assert not refused.ok and "Authentication failure" in refused.stdout + refused.stderr
+    for node in ("node1", "node2"):
+        assert PASSWORD not in agents.log_text(node)
+    for path in agents.files.state_dir.rglob("*"):
+        if path.is_file() and not path.is_socket():
+            assert PASSWORD.encode() not in path.read_bytes(), path
