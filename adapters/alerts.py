@@ -13,6 +13,7 @@ import socket
 from email.message import EmailMessage
 
 from adapters.base import Alert
+from adapters.redact import redact
 from reconciler.core.spec import Mail
 
 log = logging.getLogger("tandem")
@@ -40,8 +41,10 @@ class MailAlerter:
         msg["From"] = self.mail.sender
         msg["To"] = ", ".join(self.mail.to)
         worst = "critical" if any(a.severity == "critical" for a in alerts) else alerts[0].severity
-        msg["Subject"] = f"{self.mail.subject} [{worst}] {alerts[0].message[:80]}"
-        body = "\n".join(f"[{a.severity}] {a.message}" for a in alerts)
+        # Redacted before the subject's cut: a secret cut in two would no longer match.
+        first = redact(alerts[0].message)
+        msg["Subject"] = redact(f"{self.mail.subject} [{worst}] {first[:80]}")
+        body = redact("\n".join(f"[{a.severity}] {a.message}" for a in alerts))
         msg.set_content(f"{body}\n\nsent by tandem on {socket.gethostname()}\n")
         try:
             with smtplib.SMTP(self.mail.server, self.mail.port, timeout=self.timeout) as smtp:

@@ -40,6 +40,7 @@ from adapters.runner import Transport as CommandTransport
 from adapters.sim.adapters import SimDrbd, SimPoolMaster, SimTarget, SimVip, sim_liveness
 from adapters.sim.world import FileWorldStore, WorldStore
 from adapters.state import FileOperatorStore
+from adapters.tgt.chap import ChapSecrets, load_chap_secrets
 from adapters.tools import describe as describe_missing
 from adapters.tools import missing_tools
 from adapters.wake import FileWake
@@ -101,11 +102,12 @@ def build_adapters(
         vip = _real_vip(spec, node, runner, state_dir)
 
     target: TargetAdapter
+    chap = _chap_secrets(spec)
     if chosen.target == "sim":
         assert world is not None
-        target = SimTarget(world, node)
+        target = SimTarget(world, node, chap=chap)
     else:
-        target = _real_target(spec, node, runner, state_dir)
+        target = _real_target(spec, node, runner, state_dir, chap)
 
     # One XAPI session per agent, shared by the role source and the hypervisor adapter.
     client = xapi_client(spec) if "xapi" in (chosen.role_source, chosen.hypervisor) else None
@@ -255,7 +257,16 @@ def _real_vip(spec: StorageCluster, node: str, runner: Runner, state_dir: Path) 
     )
 
 
-def _real_target(spec: StorageCluster, node: str, runner: Runner, state_dir: Path) -> TargetAdapter:
+def _chap_secrets(spec: StorageCluster) -> ChapSecrets | None:
+    """The target's CHAP secrets, read (and registered for redaction) once per agent run: a
+    changed file is used after a restart of the agent (``ChapFileError`` when unusable)."""
+    chap = spec.spec.target.chap
+    return None if chap is None else load_chap_secrets(chap)
+
+
+def _real_target(
+    spec: StorageCluster, node: str, runner: Runner, state_dir: Path, chap: ChapSecrets | None
+) -> TargetAdapter:
     """One tgtd per node with its control socket in the state directory; its portal is the
     first VIP (tgtd binds it even before the VIP exists where ``ip_nonlocal_bind=1``; the
     planner adds the VIP before it starts the target anyway)."""
@@ -264,7 +275,7 @@ def _real_target(spec: StorageCluster, node: str, runner: Runner, state_dir: Pat
     portal = spec.spec.vips[0].ip if spec.spec.vips else None
     control_dir = tgt_control_dir(state_dir.absolute(), node)
     try:
-        return TgtAdapter(runner, control_dir=str(control_dir), portal=portal)
+        return TgtAdapter(runner, control_dir=str(control_dir), portal=portal, chap=chap)
     except ValueError as exc:
         raise TerminalError(
             f"node {node}: cannot use {control_dir} for tgtd's control socket ({exc}); "

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from adapters.base import NodeAdapters
+from adapters.redact import redact_data
 from reconciler import __version__
 from reconciler.core.observed import ObservedState
 from reconciler.core.plan import Plan, PlanWarning, WarningKind
@@ -181,7 +182,7 @@ def write_status(
     state_dir: Path, report: TickReport, *, after: ObservedState | None = None
 ) -> None:
     """Write ``status_record(report, after=after)`` atomically."""
-    record = status_record(report, after=after).to_json()
+    record = redact_data(status_record(report, after=after).to_json())
     state_dir.mkdir(parents=True, exist_ok=True)
     path = status_path(state_dir, report.plan.node)
     fd, tmp = tempfile.mkstemp(dir=state_dir, prefix=".status-")

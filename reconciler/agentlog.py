@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+from adapters.redact import RedactFilter
 from reconciler.agent import TickReport
 from reconciler.record import simulated_note
 
@@ -159,6 +160,9 @@ def setup(
                 log.addHandler(new)
         log.setLevel(logging.INFO)
         log.propagate = False
+        for stale in [f for f in log.filters if isinstance(f, RedactFilter)]:
+            log.removeFilter(stale)
+        log.addFilter(RedactFilter())  # on the logger: every handler gets the redacted text
         return log
 
     stderr = stream_handler(sys.stderr)

@@ -29,6 +29,7 @@ import click
 from rich.console import Console
 from rich.markup import escape
 
+from adapters.redact import redacting_streams
 from reconciler import __version__, loop, operations
 from reconciler.agent import (
     EXIT_BLOCKED,
@@ -45,7 +46,7 @@ from reconciler.core.errors import AdapterError
 from reconciler.core.operator import describe_state as describe_operator_state
 from reconciler.core.spec import StorageCluster
 from reconciler.core.specload import SpecError
-from reconciler.specfile import DEMO, SpecUnreadable, default_state_dir, load_spec_file, read_spec
+from reconciler.specfile import DEMO, SpecFileError, default_state_dir, load_spec_file, read_spec
 
 # emoji=False: a spec value like ':smile:' must print verbatim, not as a smiley.
 console = Console(highlight=False, soft_wrap=True, emoji=False)
@@ -391,6 +392,9 @@ def main(
       reconcile --once --node node2
       reconcile --watch --node node1 --interval 0.5
     """
+    # Every line this command prints, on stdout and stderr, has the secrets the spec's files
+    # hold (CHAP) masked: adapters.redact is the one place that knows them.
+    ctx.with_resource(redacting_streams())
     if ctx.invoked_subcommand is not None:
         if once or watch:
             raise click.UsageError("--once/--watch cannot be combined with a subcommand")
@@ -468,7 +472,7 @@ def _validate_json(spec_path: str | None) -> int:
     name = spec_path or DEMO
     try:
         spec, name = load_spec_file(spec_path)
-    except SpecUnreadable as exc:
+    except SpecFileError as exc:
         click.echo(json.dumps(jsonout.validate_unreadable(name, str(exc)), sort_keys=True))
         return EXIT_USAGE
     except SpecError as exc:

@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from adapters.redact import redact
 from reconciler.agent import TickReport
 
 EVENTS_KEPT = 1000
@@ -126,7 +127,7 @@ class EventLog:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if self._lines is None:
             self._lines = _count_lines(self.path)
-        blob = "".join(json.dumps(e.to_json(), sort_keys=True) + "\n" for e in events)
+        blob = redact("".join(json.dumps(e.to_json(), sort_keys=True) + "\n" for e in events))
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try:
             os.write(fd, blob.encode("utf-8"))

@@ -3,7 +3,9 @@ directory is, for the commands.
 
 ``read_spec`` is the one way a command gets its spec: it validates it and, when the file cannot
 be read or is invalid, prints file:line:column messages on stderr and exits 2 (the CLI's usage
-exit code), having changed nothing.
+exit code), having changed nothing. A spec with ``target.chap`` also needs a usable secrets
+file (root's, mode 0600, valid secrets: ``adapters.tgt.chap``), checked here because the pure
+spec model cannot look at files; reading it registers the secrets for redaction.
 """
 
 from __future__ import annotations
@@ -25,29 +27,49 @@ DEMO = "embedded:demo.yaml"
 _errors = Console(stderr=True, highlight=False, soft_wrap=True, emoji=False)
 
 
-class SpecUnreadable(Exception):
-    """The spec file could not be read at all (missing, a directory, no permission)."""
+class SpecFileError(Exception):
+    """The spec file could not be read at all (missing, a directory, no permission), or a file
+    it points to is unusable (the CHAP secrets file)."""
 
 
 def load_spec_file(path: str | None) -> tuple[StorageCluster, str]:
     """The validated spec and its name (``path``, or the embedded demo when None). Raises
-    ``SpecUnreadable`` or ``SpecError``; reads at most one byte over the size limit."""
+    ``SpecFileError`` or ``SpecError``; reads at most one byte over the size limit."""
     if path is None:
         data = importlib_resources.files("reconciler").joinpath("demo.yaml").read_bytes()
-        return load_spec_bytes(data, filename=DEMO), DEMO
+        name = DEMO
+    else:
+        try:
+            with open(path, "rb") as fh:  # one byte over the limit is enough to refuse it
+                data = fh.read(MAX_SPEC_BYTES + 1)
+        except OSError as exc:
+            raise SpecFileError(f"cannot read spec {path}: {exc.strerror or exc}") from exc
+        name = path
+    spec = load_spec_bytes(data, filename=name)
+    _check_chap(spec, name)
+    return spec, name
+
+
+def _check_chap(spec: StorageCluster, name: str) -> None:
+    """The CHAP secrets file the spec names must be usable before any command acts (the pure
+    spec model cannot look at files): ``SpecFileError`` naming the file and what is wrong.
+    Reading it also registers its secrets for redaction in every output of this process."""
+    chap = spec.spec.target.chap
+    if chap is None:
+        return
+    from adapters.tgt.chap import ChapFileError, load_chap_secrets
+
     try:
-        with open(path, "rb") as fh:  # one byte over the limit is enough to refuse it
-            data = fh.read(MAX_SPEC_BYTES + 1)
-    except OSError as exc:
-        raise SpecUnreadable(f"cannot read spec {path}: {exc.strerror or exc}") from exc
-    return load_spec_bytes(data, filename=path), path
+        load_chap_secrets(chap)
+    except ChapFileError as exc:
+        raise SpecFileError(f"{name}: target.chap: {exc}") from exc
 
 
 def read_spec(path: str | None) -> tuple[StorageCluster, str]:
     """Load and validate the spec; exit 2 with file:line:column messages when it is wrong."""
     try:
         return load_spec_file(path)
-    except SpecUnreadable as exc:
+    except SpecFileError as exc:
         # The message holds user text (the file name): never interpret it as markup.
         _errors.print(f"[bold red]error:[/] {escape(str(exc))}")
         sys.exit(EXIT_USAGE)

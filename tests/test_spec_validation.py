@@ -1106,6 +1106,7 @@ def _complete_document() -> dict[str, Any]:
     doc["spec"]["roleSource"].update(type="static", preferred="node1")
     doc["spec"]["alerts"]["mail"]["to"] = ["ops@example.com"]
     doc["spec"]["resources"][0]["devicePath"] = "/srv/iscsi1.img"
+    doc["spec"]["target"]["chap"] = {"secretsFile": "/etc/tandem/chap.yaml", "mutual": True}
     load_spec(_yaml_text(doc))  # still valid
     return doc
 

@@ -15,6 +15,7 @@ from enum import StrEnum
 from typing import TypeVar
 
 from adapters.base import NodeAdapters
+from adapters.tgt.chap import ChapSecrets
 from reconciler.core.observed import (
     ConnState,
     DiskState,
@@ -178,7 +179,24 @@ def _discard(items: list[str], item: str) -> None:
         items.remove(item)
 
 
+@dataclass
 class SimTarget(_SimBase):
+    """tgt on a simulated node. With ``chap`` (the secrets the factory read from the spec's
+    secrets file) it models tgt's accounts as tgtadm shows them: the world records the user
+    names bound to the target (never a password), and a target whose accounts differ from the
+    spec's is not running as specified, as ``TgtAdapter`` reports it. Without ``chap`` (the
+    simulation engine, which reads no files) accounts are not modelled."""
+
+    chap: ChapSecrets | None = None
+
+    def _accounts(self, target: Target) -> list[str] | None:
+        """The user names to bind, as tgtadm shows them; None: not modelled (no secrets)."""
+        if target.chap is None:
+            return []
+        if self.chap is None:
+            return None
+        return sorted(f"{u} (outgoing)" if out else u for u, out in self.chap.accounts)
+
     def observe(self, target: Target) -> TargetObs:
         self._hang("target-observe")
         with self.store.transaction() as world:
@@ -187,13 +205,21 @@ class SimTarget(_SimBase):
                 return TargetObs(running=None, error="node is down")
             if world.check_fault(self.node, "target-observe") == "garbage":
                 return TargetObs(running=None, error="unparseable `tgtadm --op show` output")
+            wanted = self._accounts(target)
+            if nd.target_running and wanted is not None and nd.target_accounts != wanted:
+                have = ", ".join(nd.target_accounts) or "none"
+                return TargetObs(
+                    running=False,
+                    error=f"target {target.tid} has CHAP accounts {have}, the spec wants "
+                    f"{', '.join(wanted) or 'none'}",
+                )
             return TargetObs(running=nd.target_running, exported_luns=frozenset(nd.exported))
 
     def start(self, target: Target) -> None:
         self._hang("target-start")
         with self.store.transaction() as world:
             world.check_fault(self.node, "target-start")
-            world.target_start(self.node)
+            world.target_start(self.node, accounts=self._accounts(target))
 
     def export_lun(self, target: Target, lun: Lun, resource: Resource) -> None:
         self._hang("target-export")

@@ -116,6 +116,7 @@ class SimNode(BaseModel):
     # own operations, so an address added by hand is not "announced".
     announced: list[str] = Field(default_factory=list)
     target_running: bool = False
+    target_accounts: list[str] = Field(default_factory=list)  # CHAP user names bound (tgtadm)
     exported: dict[int, str] = Field(default_factory=dict)
     heuristics_reachable: bool = True
     isolated: bool = False  # this node's port on the management/client switch is cut
@@ -617,9 +618,12 @@ class World(BaseModel):
 
     # --- target --------------------------------------------------------------------------
 
-    def target_start(self, node: str) -> None:
+    def target_start(self, node: str, *, accounts: list[str] | None = None) -> None:
+        """``accounts``: the CHAP user names to bind (None: leave them as they are)."""
         self._require_alive(node, "tgtd")
         self.nodes[node].target_running = True
+        if accounts is not None:
+            self.nodes[node].target_accounts = list(accounts)
 
     def target_export(self, node: str, lun: int, resource: str) -> None:
         self._require_alive(node, "tgtadm")
@@ -639,6 +643,7 @@ class World(BaseModel):
         self._require_alive(node, "tgtd stop")
         nd = self.nodes[node]
         nd.target_running = False
+        nd.target_accounts = []
         nd.exported = {}
 
     # --- faults of the environment ------------------------------------------------------
@@ -660,6 +665,7 @@ class World(BaseModel):
                 res.disk = DiskState.CONSISTENT
         nd.vips = []
         nd.target_running = False
+        nd.target_accounts = []
         nd.exported = {}
 
     def crash(self, node: str) -> None:
@@ -986,7 +992,7 @@ _BOOKKEEPING = (
     "arp_owner",
 )
 """World fields a node's own actions change that never concern its agent's next decision."""
-_OWN = ("resources", "vips", "announced", "target_running", "exported")
+_OWN = ("resources", "vips", "announced", "target_running", "target_accounts", "exported")
 """A node's own fields that only its own actions change (or the peer's together with the
 peer's fields); the rest of its entry (alive, isolated, disk_broken, operator state) is
 changed from outside and still wakes it."""

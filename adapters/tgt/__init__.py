@@ -3,9 +3,11 @@
 - ``parse``: pure, total parsers of ``tgtadm`` output.
 - ``process``: ``ProcessHost``, the node's files and process table (local or via the runner).
 - ``adapter``: ``TgtAdapter``, the real ``TargetAdapter`` over one tgtd it starts and stops.
+- ``chap``: the CHAP secrets file (checked, read, its passwords registered for redaction).
 """
 
 from adapters.tgt.adapter import ISCSI_PORT, NOT_RUNNING_RC, TgtAdapter
+from adapters.tgt.chap import ChapFileError, ChapSecrets, load_chap_secrets
 from adapters.tgt.parse import (
     TgtAccount,
     TgtConnection,
@@ -23,6 +25,8 @@ from adapters.tgt.process import CommandProcessHost, LocalProcessHost, ProcessHo
 __all__ = [
     "ISCSI_PORT",
     "NOT_RUNNING_RC",
+    "ChapFileError",
+    "ChapSecrets",
     "CommandProcessHost",
     "LocalProcessHost",
     "ProcessHost",
@@ -34,6 +38,7 @@ __all__ = [
     "TgtShow",
     "TgtSystem",
     "TgtTarget",
+    "load_chap_secrets",
     "parse_tgtadm_portals",
     "parse_tgtadm_show",
     "parse_tgtadm_sys",

@@ -24,6 +24,10 @@ Invariants:
   bounded: offline, force-delete every target (drops sessions), ask tgtd to exit, wait for the
   PID, SIGKILL as the last resort.
 - Parsing is ``adapters.tgt.parse`` (pure and total).
+- CHAP (``target.chap``, secrets read by ``adapters.tgt.chap``): accounts are bound before the
+  ACL admits anyone, and compared by user name only (tgtadm shows no password); a target with
+  other accounts observes as not running, like one with other ACLs. A password reaches tgtadm
+  in argv only (tgtadm has no other way) and never an error this adapter raises.
 
 tgtadm facts this relies on (tgt 1.0.85, Debian 12; see tests/fixtures/tgt/SOURCES.md):
 
@@ -52,8 +56,11 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from adapters.redact import REDACTED, redact
 from adapters.runner import CommandResult, Process, Runner
+from adapters.tgt.chap import ChapSecrets
 from adapters.tgt.parse import (
+    TgtAccount,
     TgtShow,
     parse_tgtadm_portals,
     parse_tgtadm_show,
@@ -96,6 +103,7 @@ class TgtAdapter:
         stop_timeout: float = 1.0,
         poll_interval: float = 0.002,
         observe_timeout: float = 5.0,
+        chap: ChapSecrets | None = None,
     ) -> None:
         self.runner = runner
         self.control_dir = os.path.abspath(control_dir)
@@ -113,6 +121,7 @@ class TgtAdapter:
         self.poll_interval = poll_interval
         self.observe_timeout = observe_timeout
         self.env = {"TGT_IPC_SOCKET": self.socket}
+        self.chap = chap
         self.timings: dict[str, float] = {}
         # The handle of the tgtd child this adapter spawned: a resource it owns (to reap it
         # and to know its PID exactly), not a belief about the world. No call trusts it for a
@@ -188,12 +197,17 @@ class TgtAdapter:
         if not show.ok:
             why = "unreadable tgtadm target show output: " + "; ".join(show.problems[:3])
             return TargetObs(running=None, error=why)
-        return _target_obs(show, target)
+        try:
+            accounts = self._wanted_accounts(target)
+        except TerminalError as exc:
+            return TargetObs(running=None, error=str(exc))
+        return _target_obs(show, target, accounts)
 
     # ------------------------------------------------------------------ start
     def start(self, target: Target) -> None:
         """tgtd running (started if needed), system State ready, target ``tid``/``iqn``
-        defined and State ready, ACLs exactly ``target.initiators``. Idempotent."""
+        defined and State ready, CHAP accounts bound as the spec's ``chap`` says, ACLs exactly
+        ``target.initiators``. Idempotent."""
         began = time.monotonic()
         tid = str(target.tid)
         verify = self._ensure_daemon(
@@ -215,7 +229,10 @@ class TgtAdapter:
         """Target defined with State ready and the spec's ACLs; ``fresh``: on a tgtd just
         started whose first request defined it."""
         tid = str(target.tid)
+        # Accounts before ACLs: until an ACL admits initiators nobody can log in, so a target
+        # that requires CHAP never accepts a login without it, not even while it is set up.
         if fresh:
+            self._sync_accounts(target, ())
             self._sync_acls(target, ())
             return
         show = self._show()
@@ -228,13 +245,69 @@ class TgtAdapter:
                 )
             self._iscsi("target", "new", "--tid", tid, "-T", target.iqn)
             acls: tuple[str, ...] = ()
+            accounts: tuple[TgtAccount, ...] = ()
         elif current.iqn != target.iqn:
             raise TerminalError(f"tid {target.tid} carries {current.iqn}, expected {target.iqn}")
         else:
-            acls = current.acls
+            acls, accounts = current.acls, current.accounts
             if current.state and current.state != "ready":
                 self._iscsi("target", "update", "--tid", tid, "--name", "state", "--value", "ready")
+        self._sync_accounts(target, accounts)
         self._sync_acls(target, acls)
+
+    def _wanted_accounts(self, target: Target) -> frozenset[tuple[str, bool]]:
+        """(user, outgoing) pairs the target should have bound: none without ``chap``."""
+        if target.chap is None:
+            return frozenset()
+        if self.chap is None:
+            raise TerminalError(
+                f"the spec requires CHAP on target {target.tid} but no secrets were loaded "
+                f"from {target.chap.secrets_file}"
+            )
+        return self.chap.accounts
+
+    def _sync_accounts(self, target: Target, current: Sequence[TgtAccount]) -> None:
+        """Bind the spec's accounts, each (re)created with the secrets file's password, then
+        unbind the others: a target that required CHAP never stops requiring it on the way
+        from one account to another. tgt allows one outgoing account per target, so an
+        outgoing account to replace is unbound first (the initiators' check of the target,
+        not the target's check of them, lapses for that moment).
+
+        tgtadm shows no passwords: an account already bound under the right name is kept as
+        it is (a password changed in the file is applied when the account is next created:
+        docs/operations.md)."""
+        wanted = self._wanted_accounts(target)
+        have = {(a.user, a.outgoing) for a in current}
+        tid = str(target.tid)
+        for user, outgoing in sorted(have - wanted, key=lambda a: not a[1]):
+            if outgoing:
+                self._iscsi("account", "unbind", "--tid", tid, "--user", user, "--outgoing")
+        for user, outgoing in sorted(wanted - have):
+            assert self.chap is not None  # wanted is empty without secrets
+            password = self.chap.mutual_password if outgoing else self.chap.password
+            assert password is not None
+            self._create_account(user, password)
+            extra = ("--outgoing",) if outgoing else ()
+            self._iscsi("account", "bind", "--tid", tid, "--user", user, *extra)
+        for user, outgoing in sorted(have - wanted):
+            if not outgoing:
+                self._iscsi("account", "unbind", "--tid", tid, "--user", user)
+
+    def _create_account(self, user: str, password: str) -> None:
+        """The tgt account ``user`` with ``password``, replacing one of that name (its password
+        may be an old one). tgtadm takes the password only in argv: the process is visible in
+        /proc for its few milliseconds. Its errors never carry the password: message, command
+        and output are redacted, and the runner's error (whose cause holds the whole argv) is
+        not chained."""
+        self._iscsi("account", "delete", "--user", user, check=False)
+        try:
+            self._iscsi("account", "new", "--user", user, "--password", password)
+        except AdapterError as exc:
+            raise type(exc)(
+                redact(str(exc)).replace(password, REDACTED),
+                command=tuple(REDACTED if a == password else a for a in exc.command),
+                output=redact(exc.output).replace(password, REDACTED),
+            ) from None
 
     def _sync_acls(self, target: Target, current: Sequence[str]) -> None:
         """Bind what is missing first, then unbind what the spec does not list."""
@@ -503,8 +576,12 @@ class TgtAdapter:
 # ---------------------------------------------------------------------------------- helpers
 
 
-def _target_obs(show: TgtShow, target: Target) -> TargetObs:
-    """Map a parsed show to the observation of ``target`` (see ``TgtAdapter.observe``)."""
+def _target_obs(
+    show: TgtShow, target: Target, accounts: frozenset[tuple[str, bool]] = frozenset()
+) -> TargetObs:
+    """Map a parsed show to the observation of ``target`` (see ``TgtAdapter.observe``);
+    ``accounts``: the (user, outgoing) pairs that should be bound (user names only: tgtadm
+    never shows a password)."""
     current = show.target(target.tid)
     if current is None:
         # tgtd answers but our target is not there: a start interrupted before `target new`
@@ -519,6 +596,16 @@ def _target_obs(show: TgtShow, target: Target) -> TargetObs:
             error=(
                 f"target {target.tid} allows {', '.join(current.acls) or 'no initiator'}, the "
                 f"spec says {', '.join(target.initiators)} (an interrupted start?)"
+            ),
+        )
+    bound = {(a.user, a.outgoing) for a in current.accounts}
+    if bound != accounts:
+        return TargetObs(
+            running=False,
+            error=(
+                f"target {target.tid} has CHAP accounts {_accounts_text(bound)}, the spec "
+                f"wants {_accounts_text(accounts)} (an interrupted start, or the secrets "
+                "file changed?)"
             ),
         )
     if current.iqn != target.iqn:
@@ -538,6 +625,11 @@ def _target_obs(show: TgtShow, target: Target) -> TargetObs:
     return TargetObs(
         running=True, exported_luns=frozenset(exported), error="; ".join(wrong) or None
     )
+
+
+def _accounts_text(accounts: set[tuple[str, bool]] | frozenset[tuple[str, bool]]) -> str:
+    names = [f"{u} (outgoing)" if out else u for u, out in sorted(accounts)]
+    return ", ".join(names) or "none"
 
 
 def _acl_option(item: str) -> list[str]:

@@ -359,6 +359,24 @@ class Lun(_Model):
     scsi_sn: ScsiWord = Field(description="SCSI serial number, identical on both nodes.")
 
 
+class Chap(_Model):
+    """CHAP authentication on the target: initiators must log in with the secrets file's
+    ``username``/``password`` (and, when ``mutual``, the target answers with
+    ``mutualUsername``/``mutualPassword``, so initiators can check they reached the real
+    target). The secrets never appear in the spec: only where they are."""
+
+    secrets_file: FilePath = Field(
+        description="The file holding the CHAP user names and passwords (YAML keys "
+        "'username', 'password', and with mutual also 'mutualUsername', 'mutualPassword'). "
+        "Refused unless owned by root with mode 0600; it must be identical on both nodes.",
+    )
+    mutual: StrictBool = Field(
+        default=False,
+        description="Also authenticate the target to the initiator (mutual CHAP, tgt's "
+        "outgoing account).",
+    )
+
+
 class Target(_Model):
     driver: Annotated[TargetDriver, BeforeValidator(_driver_implemented)] = Field(
         default=TargetDriver.TGT, description="The iSCSI target implementation ('tgt')."
@@ -369,6 +387,10 @@ class Target(_Model):
     initiators: tuple[str, ...] = Field(
         default=("ALL",),
         description="Allowed initiators: 'ALL', IPv4 addresses/networks, or initiator IQNs.",
+    )
+    chap: Chap | None = Field(
+        default=None,
+        description="Require CHAP logins (default: none, any initiator the ACL admits logs in).",
     )
 
     @field_validator("initiators")
