@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from reconciler.core.observed import (
+    Leftovers,
     Liveness,
     OperatorState,
     ResourceObs,
@@ -57,6 +58,15 @@ class VipAdapter(Protocol):
         """Gratuitous ARP for the VIP; must not block the tick."""
         ...
 
+    def leftovers(self, vips: Sequence[Vip]) -> Leftovers:
+        """Addresses this adapter added (its inventory) that ``vips`` no longer declares
+        (``Leftovers.vips``); never one it did not add. Cheap, never raises."""
+        ...
+
+    def remove_old(self, address: str, interface: str) -> None:
+        """Remove a leftover address (as added, ``A/P``) and drop it from the inventory."""
+        ...
+
 
 class TargetAdapter(Protocol):
     def observe(self, target: Target) -> TargetObs: ...
@@ -72,6 +82,15 @@ class TargetAdapter(Protocol):
     def stop(self, target: Target) -> None:
         """Stop fast and surely: sessions dropped, daemon gone."""
         ...
+
+    def leftovers(self, target: Target) -> Leftovers:
+        """Targets and LUNs this adapter created (its inventory) that ``target`` no longer
+        declares (``Leftovers.targets``/``.luns``). Cheap, never raises."""
+        ...
+
+    def unexport_old_lun(self, tid: int, iqn: str, lun: int) -> None: ...
+
+    def delete_old_target(self, tid: int, iqn: str) -> None: ...
 
 
 class RoleSourceAdapter(Protocol):

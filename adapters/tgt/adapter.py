@@ -24,6 +24,11 @@ Invariants:
   bounded: offline, force-delete every target (drops sessions), ask tgtd to exit, wait for the
   PID, SIGKILL as the last resort.
 - Parsing is ``adapters.tgt.parse`` (pure and total).
+- What this adapter created is kept in its ``Inventory`` (targets tid+IQN, LUNs): recorded
+  after a successful ``target new`` / ``logicalunit new``, dropped after a successful delete
+  or ``stop`` (the daemon's targets go with it). ``leftovers`` names only inventory entries the
+  spec no longer declares; ``unexport_old_lun``/``delete_old_target`` remove them, and never a
+  target whose IQN is not the recorded one.
 
 tgtadm facts this relies on (tgt 1.0.85, Debian 12; see tests/fixtures/tgt/SOURCES.md):
 
@@ -52,6 +57,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from adapters.inventory import FileInventory
 from adapters.runner import CommandResult, Process, Runner
 from adapters.tgt.parse import (
     TgtShow,
@@ -61,7 +67,7 @@ from adapters.tgt.parse import (
 )
 from adapters.tgt.process import LocalProcessHost, ProcessHost, failure_text
 from reconciler.core.errors import AdapterError, TerminalError, TransientError
-from reconciler.core.observed import TargetObs
+from reconciler.core.observed import Leftovers, TargetObs
 from reconciler.core.spec import Lun, Resource, Target
 
 NOT_RUNNING_RC = 107  # ENOTCONN: nothing listens on the control socket
@@ -96,8 +102,10 @@ class TgtAdapter:
         stop_timeout: float = 1.0,
         poll_interval: float = 0.002,
         observe_timeout: float = 5.0,
+        inventory: FileInventory | None = None,
     ) -> None:
         self.runner = runner
+        self.inventory = FileInventory() if inventory is None else inventory
         self.control_dir = os.path.abspath(control_dir)
         self.socket = os.path.join(self.control_dir, "socket")
         if len(self.socket) + 6 > _SOCKET_PATH_MAX:
@@ -200,6 +208,9 @@ class TgtAdapter:
             first=("--mode", "target", "--op", "new", "--tid", tid, "-T", target.iqn)
         )
         fresh = verify is not None
+        if fresh:  # the new tgtd's first request defined the target
+            self.inventory.change("drop_all_targets")
+            self.inventory.change("add_target", target.tid, target.iqn)
         try:
             self._define(target, fresh)
         except BaseException:
@@ -227,6 +238,7 @@ class TgtAdapter:
                     f"{target.iqn} is already defined as tid {other.tid}, not {target.tid}"
                 )
             self._iscsi("target", "new", "--tid", tid, "-T", target.iqn)
+            self.inventory.change("add_target", target.tid, target.iqn)
             acls: tuple[str, ...] = ()
         elif current.iqn != target.iqn:
             raise TerminalError(f"tid {target.tid} carries {current.iqn}, expected {target.iqn}")
@@ -355,6 +367,7 @@ class TgtAdapter:
         if have is None:
             flags = ("--bsoflags", "direct") if self.direct_io else ()
             self._iscsi("logicalunit", "new", *where, "-b", path, *flags)
+            self.inventory.change("add_lun", target.tid, lun.lun)
         if have is None or (have.scsi_id, have.scsi_sn) != (lun.scsi_id, lun.scsi_sn):
             params = f"scsi_id={lun.scsi_id},scsi_sn={lun.scsi_sn}"
             self._iscsi("logicalunit", "update", *where, "--params", params)
@@ -363,20 +376,52 @@ class TgtAdapter:
     def unexport_lun(self, target: Target, lun: Lun) -> None:
         """Remove the LUN (sessions stay; initiators get LOGICAL UNIT NOT SUPPORTED).
         Idempotent: nothing to do when tgtd, the target or the LUN is absent."""
+        self.unexport_old_lun(target.tid, target.iqn, lun.lun)
+
+    def unexport_old_lun(self, tid: int, iqn: str, lun: int) -> None:
+        """Remove LUN ``lun`` of target ``tid`` when that target carries ``iqn``; drop it from
+        the inventory. Idempotent (see ``unexport_lun``)."""
         res = self._iscsi("target", "show", check=False)
         if res.rc == NOT_RUNNING_RC:
+            self.inventory.change("drop_all_targets")
             return
         if not res.ok:
             raise TransientError(failure_text("tgtadm target show", res), command=res.argv)
         show = parse_tgtadm_show(res.stdout)
-        current = show.target(target.tid)
-        if current is None or current.iqn != target.iqn or current.lun(lun.lun) is None:
+        current = show.target(tid)
+        if current is None or current.iqn != iqn or current.lun(lun) is None:
             if not show.ok:
                 raise TransientError(
                     "unreadable tgtadm target show output", output=res.stdout[:2000]
                 )
+            self.inventory.change("drop_lun", tid, lun)
             return
-        self._iscsi("logicalunit", "delete", "--tid", str(target.tid), "--lun", str(lun.lun))
+        self._iscsi("logicalunit", "delete", "--tid", str(tid), "--lun", str(lun))
+        self.inventory.change("drop_lun", tid, lun)
+
+    def delete_old_target(self, tid: int, iqn: str) -> None:
+        """Delete target ``tid`` (``--force``: its sessions drop) when it carries ``iqn``, the
+        IQN this adapter recorded; a tid now carrying another IQN is left alone. Drops the entry
+        from the inventory. Idempotent: nothing to do when tgtd or the target is absent."""
+        res = self._iscsi("target", "show", check=False)
+        if res.rc == NOT_RUNNING_RC:
+            self.inventory.change("drop_all_targets")
+            return
+        if not res.ok:
+            raise TransientError(failure_text("tgtadm target show", res), command=res.argv)
+        show = parse_tgtadm_show(res.stdout)
+        if not show.ok:
+            raise TransientError("unreadable tgtadm target show output", output=res.stdout[:2000])
+        current = show.target(tid)
+        if current is not None and current.iqn == iqn:
+            self._iscsi("target", "delete", "--force", "--tid", str(tid))
+        self.inventory.change("drop_target", tid)
+
+    def leftovers(self, target: Target) -> Leftovers:
+        """Targets and LUNs this adapter created that ``target`` no longer declares (no command
+        runs: the inventory alone)."""
+        targets, luns = self.inventory.read().target_leftovers(target)
+        return Leftovers(targets=targets, luns=luns, error=self.inventory.error)
 
     # ------------------------------------------------------------------ stop
     def stop(self, target: Target) -> None:
@@ -411,6 +456,7 @@ class TgtAdapter:
             raise TerminalError(f"tgtd pid {pid} survived SIGKILL")
         if pid is not None:
             self._forget_pid(pid)
+        self.inventory.change("drop_all_targets")  # no tgtd of ours runs: its targets are gone
         self.timings["stop"] = time.monotonic() - began
 
     def _wait_exit(self, pid: int, killer: Process | None) -> bool:
