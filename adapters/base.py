@@ -112,12 +112,15 @@ class OperatorStore(Protocol):
 @dataclass(frozen=True, slots=True)
 class Alert:
     """``refusal``: raised because a safety rule refused a change (the alert gate holds such
-    alerts back for ``alerts.blockedGrace``); the key is for screening repeats only."""
+    alerts back for ``alerts.blockedGrace``); ``repair``: raised because the agent repaired a
+    part that was serving (the gate counts them per key over ``alerts.repairWindow``); the
+    key is for screening repeats only."""
 
     key: str
     severity: str
     message: str
     refusal: bool = False
+    repair: bool = False
 
 
 class Alerter(Protocol):
