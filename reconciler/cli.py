@@ -42,7 +42,7 @@ from reconciler.cli_simulate import simulate_command
 from reconciler.core.errors import AdapterError
 from reconciler.core.operator import describe_state as describe_operator_state
 from reconciler.core.spec import StorageCluster
-from reconciler.specfile import default_state_dir, read_spec
+from reconciler.specfile import SpecWatch, default_state_dir, read_spec
 
 # emoji=False: a spec value like ':smile:' must print verbatim, not as a smiley.
 console = Console(highlight=False, soft_wrap=True, emoji=False)
@@ -173,7 +173,13 @@ def _history(state_dir: Path, report: TickReport) -> None:
 
 
 def _watch(
-    spec: StorageCluster, node: str, state_dir: Path, *, interval: float, as_json: bool
+    spec: StorageCluster,
+    node: str,
+    state_dir: Path,
+    *,
+    interval: float,
+    as_json: bool,
+    spec_path: str | None = None,
 ) -> int:
     stop = threading.Event()
 
@@ -206,29 +212,47 @@ def _watch(
             sys.stdout.flush()
         write_status(state_dir, report)
 
+    # The spec file is reloaded under --watch (not the embedded demo: it never changes).
+    spec_watch = SpecWatch(spec_path, spec) if spec_path is not None else None
+
+    def on_spec(new: StorageCluster) -> None:
+        alert_log.warning(f"{spec_path}: spec reloaded", extra={"node": node})
+
     # The per-tick observers, in order: one list, so another (metrics) is one more entry.
     # The systemd notifier comes last: WATCHDOG=1 means the whole tick, records included, ran.
     observers: list[loop.TickObserver] = [
         report_tick,
         agentlog.TickLogger(tick_log),
         events.TickEvents(events.EventLog(events.events_path(state_dir, node))),
-        _alerting(spec, alert_log),
+        _alerting(spec, alert_log, spec_watch=spec_watch),
         sd,
     ]
     pace = loop.Pace.from_spec(spec, interval)
     try:
-        loop.run(spec, adapters, stop=stop, on_report=loop.each(observers), pace=pace)
+        loop.run(
+            spec,
+            adapters,
+            stop=stop,
+            on_report=loop.each(observers),
+            pace=pace,
+            spec_watch=spec_watch,
+            rebuild=lambda new: _adapters(new, node, state_dir),
+            on_spec=on_spec,
+        )
     finally:
         sd.stopping()
     return EXIT_OK
 
 
-def _alerting(spec: StorageCluster, log: Any) -> Any:
+def _alerting(spec: StorageCluster, log: Any, *, spec_watch: SpecWatch | None = None) -> Any:
     """Log every alert (``log``: stderr, and syslog when enabled); mail the ones the gate
-    admits."""
+    admits. With ``spec_watch`` (``--watch`` on a spec file), a refused spec edit raises
+    ``NODE:spec-invalid`` at every tick until a valid edit comes (the gate screens repeats).
+    The alert settings stay the ones the agent started with."""
     import time
 
     from adapters.alerts import MailAlerter
+    from adapters.base import Alert
     from reconciler.alerts import AlertGate, alerts_for
 
     gate = AlertGate(spec.spec.alerts, clock=time.monotonic)
@@ -236,6 +260,16 @@ def _alerting(spec: StorageCluster, log: Any) -> Any:
 
     def notify(report: TickReport) -> None:
         raised = alerts_for(report)
+        problem = spec_watch.problem if spec_watch is not None else None
+        if problem:
+            raised.append(
+                Alert(
+                    f"{report.plan.node}:spec-invalid",
+                    "error",
+                    f"{report.plan.node}: spec edit refused, still serving the last good "
+                    f"spec: {problem}",
+                )
+            )
         for alert in raised:
             log.warning(alert.message)
         admitted = gate.admit(raised, manual_mode=report.observed.operator.manual_mode)
@@ -331,7 +365,7 @@ def main(
         if once:
             ctx.exit(_run_once(spec, the_node, sdir, dry_run=dry_run, as_json=as_json))
         every = interval if interval is not None else spec.spec.timings.tick_interval
-        ctx.exit(_watch(spec, the_node, sdir, interval=every, as_json=as_json))
+        ctx.exit(_watch(spec, the_node, sdir, interval=every, as_json=as_json, spec_path=spec_path))
 
 
 @main.command()
