@@ -45,6 +45,9 @@ tgtadm facts this relies on (tgt 1.0.85, Debian 12; see tests/fixtures/tgt/SOURC
   ``Backing store flags: direct``.
 - When the portal address cannot be bound (VIP absent, ``ip_nonlocal_bind=0``) tgtd silently
   falls back to listening on ``0.0.0.0:3260`` and ``[::]:3260``; ``start`` checks the portal list.
+- tgtd takes its portal at start only. With a portal configured, ``observe`` asks for the
+  portal list too (one more ``tgtadm`` call) and reports a tgtd listening elsewhere (the VIP's
+  address was changed in the spec) as not running; ``start`` then restarts it on the portal.
 """
 
 from __future__ import annotations
@@ -196,7 +199,28 @@ class TgtAdapter:
         if not show.ok:
             why = "unreadable tgtadm target show output: " + "; ".join(show.problems[:3])
             return TargetObs(running=None, error=why)
+        elsewhere = self._listens_elsewhere(timeout=quick)
+        if elsewhere is not None:
+            return TargetObs(running=False, error=elsewhere)
         return _target_obs(show, target)
+
+    def _listens_elsewhere(self, *, timeout: float | None = None) -> str | None:
+        """Why our running tgtd does not listen on the configured portal, or None (it does,
+        no portal is configured, or the question could not be answered: that is observed
+        again at the next tick)."""
+        if not self.portal:
+            return None
+        try:
+            res = self._iscsi("portal", "show", check=False, timeout=timeout)
+        except AdapterError:
+            return None
+        if not res.ok:
+            return None
+        portals = parse_tgtadm_portals(res.stdout)
+        if self.portal in portals:
+            return None
+        listening = ", ".join(portals) or "nothing"
+        return f"tgtd listens on {listening}, not on the portal {self.portal}: restart it there"
 
     # ------------------------------------------------------------------ start
     def start(self, target: Target) -> None:
@@ -204,6 +228,8 @@ class TgtAdapter:
         defined and State ready, ACLs exactly ``target.initiators``. Idempotent."""
         began = time.monotonic()
         tid = str(target.tid)
+        if self._listens_elsewhere() is not None:
+            self.stop(target)  # tgtd binds its portal at start only: start it again there
         verify = self._ensure_daemon(
             first=("--mode", "target", "--op", "new", "--tid", tid, "-T", target.iqn)
         )
