@@ -17,6 +17,7 @@ from typing import Protocol
 
 from reconciler.core.observed import (
     HypervisorObs,
+    Leftovers,
     Liveness,
     OperatorState,
     ResourceObs,
@@ -58,6 +59,15 @@ class VipAdapter(Protocol):
         """Gratuitous ARP for the VIP; must not block the tick."""
         ...
 
+    def leftovers(self, vips: Sequence[Vip]) -> Leftovers:
+        """Addresses this adapter added (its inventory) that ``vips`` no longer declares
+        (``Leftovers.vips``); never one it did not add. Cheap, never raises."""
+        ...
+
+    def remove_old(self, address: str, interface: str) -> None:
+        """Remove a leftover address (as added, ``A/P``) and drop it from the inventory."""
+        ...
+
 
 class TargetAdapter(Protocol):
     def observe(self, target: Target) -> TargetObs: ...
@@ -73,6 +83,15 @@ class TargetAdapter(Protocol):
     def stop(self, target: Target) -> None:
         """Stop fast and surely: sessions dropped, daemon gone."""
         ...
+
+    def leftovers(self, target: Target) -> Leftovers:
+        """Targets and LUNs this adapter created (its inventory) that ``target`` no longer
+        declares (``Leftovers.targets``/``.luns``). Cheap, never raises."""
+        ...
+
+    def unexport_old_lun(self, tid: int, iqn: str, lun: int) -> None: ...
+
+    def delete_old_target(self, tid: int, iqn: str) -> None: ...
 
 
 class RoleSourceAdapter(Protocol):
@@ -107,12 +126,15 @@ class OperatorStore(Protocol):
 @dataclass(frozen=True, slots=True)
 class Alert:
     """``refusal``: raised because a safety rule refused a change (the alert gate holds such
-    alerts back for ``alerts.blockedGrace``); the key is for screening repeats only."""
+    alerts back for ``alerts.blockedGrace``); ``repair``: raised because the agent repaired a
+    part that was serving (the gate counts them per key over ``alerts.repairWindow``); the
+    key is for screening repeats only."""
 
     key: str
     severity: str
     message: str
     refusal: bool = False
+    repair: bool = False
 
 
 class Alerter(Protocol):

@@ -240,11 +240,19 @@ def announce_record_path(state_dir: Path, node: str) -> Path:
     return state_dir / f"vip-announced-{node}.json"
 
 
+def inventory_path(state_dir: Path, node: str, concern: str) -> Path:
+    """Where the ``concern`` ("vip" or "tgt") adapter of ``node`` keeps its inventory of what
+    it created (``adapters.inventory``); one file per adapter, so neither overwrites the
+    other's entries."""
+    return state_dir / f"{concern}-inventory-{node}.json"
+
+
 def _real_vip(spec: StorageCluster, node: str, runner: Runner, state_dir: Path) -> VipAdapter:
     """iproute2 for addresses; ARP in-process when the agent runs on the node (transport
     'local', which includes an agent started inside the node's namespace), else through
     ``arping`` run by the runner (transport 'netns': the agent is outside the namespace, and an
     in-process packet socket would probe and announce on the wrong network)."""
+    from adapters.inventory import FileInventory
     from adapters.vip import AnnounceRecord, ArpTool, CommandArp, InProcessArp, IpVip
 
     netns = spec.node(node).transport is Transport.NETNS
@@ -254,6 +262,7 @@ def _real_vip(spec: StorageCluster, node: str, runner: Runner, state_dir: Path) 
         arp=arp,
         command_timeout=spec.spec.timings.command_timeout,
         record=AnnounceRecord(announce_record_path(state_dir.absolute(), node)),
+        inventory=FileInventory(inventory_path(state_dir.absolute(), node, "vip")),
     )
 
 
@@ -270,12 +279,19 @@ def _real_target(
     """One tgtd per node with its control socket in the state directory; its portal is the
     first VIP (tgtd binds it even before the VIP exists where ``ip_nonlocal_bind=1``; the
     planner adds the VIP before it starts the target anyway)."""
+    from adapters.inventory import FileInventory
     from adapters.tgt import TgtAdapter
 
     portal = spec.spec.vips[0].ip if spec.spec.vips else None
     control_dir = tgt_control_dir(state_dir.absolute(), node)
     try:
-        return TgtAdapter(runner, control_dir=str(control_dir), portal=portal, chap=chap)
+        return TgtAdapter(
+            runner,
+            control_dir=str(control_dir),
+            portal=portal,
+            chap=chap,
+            inventory=FileInventory(inventory_path(state_dir.absolute(), node, "tgt")),
+        )
     except ValueError as exc:
         raise TerminalError(
             f"node {node}: cannot use {control_dir} for tgtd's control socket ({exc}); "

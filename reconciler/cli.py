@@ -46,7 +46,14 @@ from reconciler.core.errors import AdapterError
 from reconciler.core.operator import describe_state as describe_operator_state
 from reconciler.core.spec import StorageCluster
 from reconciler.core.specload import SpecError
-from reconciler.specfile import DEMO, SpecFileError, default_state_dir, load_spec_file, read_spec
+from reconciler.specfile import (
+    DEMO,
+    SpecFileError,
+    SpecWatch,
+    default_state_dir,
+    load_spec_file,
+    read_spec,
+)
 
 # emoji=False: a spec value like ':smile:' must print verbatim, not as a smiley.
 console = Console(highlight=False, soft_wrap=True, emoji=False)
@@ -218,6 +225,7 @@ def _watch(
     interval: float,
     as_json: bool,
     metrics_address: Any = None,
+    spec_path: str | None = None,
 ) -> int:
     stop = threading.Event()
     endpoint = _endpoint(spec, node, state_dir, metrics_address)
@@ -251,19 +259,34 @@ def _watch(
             sys.stdout.flush()
         write_status(state_dir, report)
 
+    # The spec file is reloaded under --watch (not the embedded demo: it never changes).
+    spec_watch = SpecWatch(spec_path, spec) if spec_path is not None else None
+
+    def on_spec(new: StorageCluster) -> None:
+        alert_log.warning(f"{spec_path}: spec reloaded", extra={"node": node})
+
     # The per-tick observers, in order, in one list. The systemd notifier comes last:
     # WATCHDOG=1 means the whole tick, records and metrics included, ran.
     observers: list[loop.TickObserver] = [
         report_tick,
         agentlog.TickLogger(tick_log),
         events.TickEvents(events.EventLog(events.events_path(state_dir, node))),
-        _alerting(spec, alert_log, node),
+        _alerting(spec, alert_log, node, spec_watch=spec_watch),
         endpoint,
         sd,
     ]
     pace = loop.Pace.from_spec(spec, interval)
     try:
-        loop.run(spec, adapters, stop=stop, on_report=loop.each(observers), pace=pace)
+        loop.run(
+            spec,
+            adapters,
+            stop=stop,
+            on_report=loop.each(observers),
+            pace=pace,
+            spec_watch=spec_watch,
+            rebuild=lambda new: _adapters(new, node, state_dir),
+            on_spec=on_spec,
+        )
     finally:
         endpoint.close()
         sd.stopping()
@@ -282,12 +305,18 @@ def _endpoint(spec: StorageCluster, node: str, state_dir: Path, address: Any) ->
         _fail(f"--metrics-address {address}: cannot listen there: {exc.strerror or exc}")
 
 
-def _alerting(spec: StorageCluster, log: Any, node: str) -> Any:
+def _alerting(
+    spec: StorageCluster, log: Any, node: str, *, spec_watch: SpecWatch | None = None
+) -> Any:
     """Log every alert (``log``: stderr, and syslog when enabled); mail the ones the gate
-    admits, and post them as pool messages when XAPI is used."""
+    admits, and post them as pool messages when XAPI is used. With ``spec_watch``
+    (``--watch`` on a spec file), a refused spec edit raises ``NODE:spec-invalid`` at every
+    tick until a valid edit comes (the gate screens repeats). The alert settings stay the ones
+    the agent started with."""
     import time
 
     from adapters.alerts import MailAlerter
+    from adapters.base import Alert
     from reconciler.alerts import AlertGate, alerts_for
 
     gate = AlertGate(spec.spec.alerts, clock=time.monotonic)
@@ -302,6 +331,16 @@ def _alerting(spec: StorageCluster, log: Any, node: str) -> Any:
 
     def notify(report: TickReport) -> None:
         raised = alerts_for(report)
+        problem = spec_watch.problem if spec_watch is not None else None
+        if problem:
+            raised.append(
+                Alert(
+                    f"{report.plan.node}:spec-invalid",
+                    "error",
+                    f"{report.plan.node}: spec edit refused, still serving the last good "
+                    f"spec: {problem}",
+                )
+            )
         for alert in raised:
             log.warning(alert.message)
         admitted = gate.admit(raised, manual_mode=report.observed.operator.manual_mode)
@@ -432,6 +471,7 @@ def main(
                 interval=every,
                 as_json=as_json,
                 metrics_address=metrics_address,
+                spec_path=spec_path,
             )
         )
 

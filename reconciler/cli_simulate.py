@@ -17,6 +17,7 @@ from reconciler.simulation import (
     DEFAULT_FENCING,
     LoadedScenario,
     ScenarioError,
+    check_scenario,
     load_scenario,
     render_text,
     result_json,
@@ -89,6 +90,7 @@ def simulate_command(
                 loaded = LoadedScenario(
                     loaded.scenario.model_copy(update={"world": world}), loaded.lines
                 )
+            check_scenario(spec, loaded, filename=scenario)
             result = run_scenario(spec, loaded)
         except SpecError as exc:
             for line in exc.render().splitlines():

@@ -175,6 +175,15 @@ def _dispatch(action: Action, spec: StorageCluster, a: NodeAdapters) -> None:
             a.vip.remove(vip)
         else:
             a.vip.announce(vip)
+    elif kind is ActionKind.REMOVE_OLD_VIP:
+        assert action.vip is not None and action.interface is not None
+        a.vip.remove_old(action.vip, action.interface)
+    elif kind is ActionKind.UNEXPORT_OLD_LUN:
+        assert action.tid is not None and action.iqn is not None and action.lun is not None
+        a.target.unexport_old_lun(action.tid, action.iqn, action.lun)
+    elif kind is ActionKind.DELETE_OLD_TARGET:
+        assert action.tid is not None and action.iqn is not None
+        a.target.delete_old_target(action.tid, action.iqn)
     elif kind is ActionKind.START_TARGET:
         a.target.start(s.target)
     elif kind is ActionKind.STOP_TARGET:

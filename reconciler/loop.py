@@ -11,6 +11,10 @@ Like an operator's work queue, a tick comes
   never converges cannot spin the agent);
 - else after the tick interval (the periodic resync that catches what no wake source shows).
 
+Under ``--watch`` the spec file is a wake source too (``spec_watch``): a valid edit is taken
+at the start of the next tick (the adapters rebuilt when what they are built from changed); an
+invalid one keeps the last good spec (``reconciler.specfile.SpecWatch``).
+
 Waking early never changes a decision: every tick observes everything afresh.
 Invariants: the loop never raises out of a tick (``tick`` does not raise); it ends after the
 current tick once ``stop`` is set, never in the middle of one.
@@ -28,6 +32,7 @@ from adapters.base import NodeAdapters, WakeSource
 from reconciler.agent import TickReport, tick
 from reconciler.core.spec import StorageCluster
 from reconciler.executor import RetryPolicy
+from reconciler.specfile import SpecWatch
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,11 +143,18 @@ def run(
     on_report: Callable[[TickReport], None],
     pace: Pace | None = None,
     retry: RetryPolicy | None = None,
+    spec_watch: SpecWatch | None = None,
+    rebuild: Callable[[StorageCluster], NodeAdapters] | None = None,
+    on_spec: Callable[[StorageCluster], None] | None = None,
 ) -> None:
     """Tick until ``stop`` is set. ``on_report`` gets every tick's report (print, status
-    record, alerts); an exception from it is the caller's bug and ends the loop."""
+    record, alerts); an exception from it is the caller's bug and ends the loop.
+
+    ``spec_watch``: reload the spec file before each tick; ``rebuild`` makes the adapters for
+    a new spec whose adapter settings changed; ``on_spec`` is told of every spec taken."""
     pace = pace or Pace.from_spec(spec)
-    watcher = Watcher(adapters.wake)
+    extra: tuple[WakeSource, ...] = (spec_watch.wake,) if spec_watch is not None else ()
+    watcher = Watcher(adapters.wake + extra)
     streak = 0
     acting = 0
     last_blocked: tuple[object, ...] = ()
@@ -152,6 +164,13 @@ def run(
             # demoting while this node observes) wakes the next one instead of being missed.
             # A wake source must therefore not fire on this node's own changes (the simulated
             # world leaves them out): those are checked by the verify tick, later.
+            if spec_watch is not None and (fresh := spec_watch.poll()) is not None:
+                if rebuild is not None and adapter_settings(fresh) != adapter_settings(spec):
+                    adapters = rebuild(fresh)
+                    watcher = Watcher(adapters.wake + extra)
+                spec = fresh
+                if on_spec is not None:
+                    on_spec(fresh)
             watcher.remember()
             report = tick(spec, adapters, retry=retry, executor=pool)
             on_report(report)
@@ -165,3 +184,18 @@ def run(
             last_blocked = blocked
             acting = acting + 1 if report.result is not None and report.result.applied else 0
             wait_for_next(watcher, stop, pace.delay(streak, acting), pace.wake_poll)
+
+
+def adapter_settings(spec: StorageCluster) -> object:
+    """What ``adapters.factory`` builds a node's adapters from: a spec edit that changes any
+    of it rebuilds them (the tgt portal is the first VIP, the liveness probes name the peer's
+    addresses and the heuristics, the runners take the nodes' transports and timeouts)."""
+    s = spec.spec
+    return (
+        s.adapters,
+        s.nodes,
+        s.role_source,
+        s.vips[:1],
+        s.promotion.heuristics,
+        s.timings.command_timeout,
+    )

@@ -13,6 +13,7 @@ from typing import TypeVar
 
 from adapters.base import NodeAdapters
 from reconciler.core.observed import (
+    Leftovers,
     Liveness,
     ObservedState,
     OperatorState,
@@ -65,6 +66,7 @@ def observe(
     )
     liveness = start("liveness", adapters.liveness.observe, lambda exc: Liveness())
     slow = (tuple(resources()), tuple(vips()), target(), liveness())
+    leftovers = _leftovers(spec, adapters)
     # The role source and the operator's choices are read last, once the slower reads are in:
     # they are what a wake source watches (pool.conf, the operator file), so a change that
     # arrives while this node reads DRBD or probes ARP counts in this tick instead of the next
@@ -87,6 +89,29 @@ def observe(
         role_source=verdict,
         operator=operator,
         liveness=slow[3],
+        leftovers=leftovers,
+    )
+
+
+def _leftovers(spec: StorageCluster, adapters: NodeAdapters) -> Leftovers:
+    """What the VIP and target adapters created that the spec no longer declares (their
+    inventories: a file read, no command). An unreadable inventory reports nothing from it."""
+    s = spec.spec
+    vip = _guarded(
+        "inventory",
+        lambda: adapters.vip.leftovers(s.vips),
+        lambda exc: Leftovers(error=_err("VIP inventory", exc)),
+        None,
+    )
+    tgt = _guarded(
+        "inventory",
+        lambda: adapters.target.leftovers(s.target),
+        lambda exc: Leftovers(error=_err("target inventory", exc)),
+        None,
+    )
+    errors = [e for e in (vip.error, tgt.error) if e]
+    return Leftovers(
+        vips=vip.vips, targets=tgt.targets, luns=tgt.luns, error="; ".join(errors) or None
     )
 
 

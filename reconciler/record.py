@@ -48,6 +48,10 @@ class ActionRecord(_Model):
     vip: str | None = None
     lun: int | None = None
     force: bool = False
+    tid: int | None = None
+    iqn: str | None = None
+    interface: str | None = None
+    repair: bool = False
 
     @classmethod
     def of(cls, action: Action) -> ActionRecord:
@@ -58,13 +62,18 @@ class ActionRecord(_Model):
             vip=action.vip,
             lun=action.lun,
             force=action.force,
+            tid=action.tid,
+            iqn=action.iqn,
+            interface=action.interface,
+            repair=action.repair,
         )
 
     @model_serializer(mode="wrap")
     def _compact(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
         # The spelling of Action.to_json: only the facets an action has.
         out: dict[str, Any] = handler(self)
-        return {k: v for k, v in out.items() if v is not None and (k != "force" or v)}
+        flags = ("force", "repair")
+        return {k: v for k, v in out.items() if v is not None and (k not in flags or v)}
 
 
 class BlockedRecord(_Model):

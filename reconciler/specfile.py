@@ -91,3 +91,62 @@ def default_state_dir() -> Path:
         return Path(env)
     base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
     return Path(base) / "tandem"
+
+
+class SpecWatch:
+    """The spec file of a running ``--watch`` agent: ``poll`` returns a new spec when the file
+    changed and the new content is valid, else None.
+
+    Invariants:
+    - the file is read, then validated, and only then swapped in: an invalid edit keeps the
+      last good spec (``problem`` says why, with file:line:column, until a valid edit comes);
+    - a file that changed while it was being read (its inode, size or mtime differ before and
+      after the read) is "unchanged" for now and read again at the next poll: a file being
+      written is never half taken. (An editor or ``mv`` replaces the file at once; a writer
+      that stops half-way leaves a prefix, which must still validate as a whole spec to be
+      taken, so a cut-off file shows as invalid unless it is a complete spec by itself.)
+    - renaming the nodes is refused (``problem``): a running agent acts for one of them;
+    - never raises: an unreadable file is a ``problem`` too.
+    ``wake`` is the file's fingerprint for the watch loop, so an edit starts a tick at once.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], spec: StorageCluster) -> None:
+        from adapters.wake import FileWake
+
+        self.path = Path(path)
+        self.spec = spec
+        self.wake = FileWake(self.path, name="spec file")
+        self._seen = self.wake.fingerprint()
+        self.problem: str | None = None
+
+    def poll(self) -> StorageCluster | None:
+        before = self.wake.fingerprint()
+        if before == self._seen:
+            return None
+        try:
+            with open(self.path, "rb") as fh:
+                data = fh.read(MAX_SPEC_BYTES + 1)
+        except OSError as exc:
+            self._seen = before
+            self.problem = f"cannot read spec {self.path}: {exc.strerror or exc}"
+            return None
+        if self.wake.fingerprint() != before:
+            return None  # written while read: take it once it holds still
+        self._seen = before
+        try:
+            new = load_spec_bytes(data, filename=str(self.path))
+        except SpecError as exc:
+            self.problem = exc.render()
+            return None
+        if new.node_names != self.spec.node_names:
+            self.problem = (
+                f"{self.path}: the edit renames the nodes {', '.join(self.spec.node_names)} to "
+                f"{', '.join(new.node_names)}; refused while this agent runs (stop it, then "
+                "start it on the new spec)"
+            )
+            return None
+        self.problem = None
+        if new == self.spec:
+            return None
+        self.spec = new
+        return new

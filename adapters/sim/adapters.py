@@ -15,10 +15,12 @@ from enum import StrEnum
 from typing import TypeVar
 
 from adapters.base import NodeAdapters
+from adapters.inventory import InventoryData
 from adapters.tgt.chap import ChapSecrets
 from reconciler.core.observed import (
     ConnState,
     DiskState,
+    Leftovers,
     Liveness,
     OperatorState,
     ResourceObs,
@@ -29,7 +31,7 @@ from reconciler.core.observed import (
 )
 from reconciler.core.spec import Lun, Resource, StorageCluster, Target, Vip
 
-from .world import WorldStore
+from .world import World, WorldStore
 
 HANG_POLL = 0.05  # how often a hung call checks whether it was released
 _E = TypeVar("_E", bound=StrEnum)
@@ -55,6 +57,17 @@ class _SimBase:
             with self.store.transaction() as world:
                 if not world.hang_held(self.node, op):
                     return  # released
+
+
+def _inventory(world: World, node: str) -> InventoryData:
+    return InventoryData.from_json(world.nodes[node].inventory)
+
+
+def _record(world: World, node: str, how: str, *args: object) -> None:
+    """Change the node's inventory (kept in the world, like the real agent's state file)."""
+    data = _inventory(world, node)
+    getattr(data, how)(*args)
+    world.nodes[node].inventory = data.to_json()
 
 
 class SimDrbd(_SimBase):
@@ -155,7 +168,10 @@ class SimVip(_SimBase):
         with self.store.transaction() as world:
             _discard(world.nodes[self.node].announced, vip.ip)  # as IpVip: before the add
             world.check_fault(self.node, "vip-add")
+            created = vip.ip not in world.nodes[self.node].vips
             world.vip_add(self.node, vip.ip)
+            if created:  # as IpVip: an address found already there is not ours
+                _record(world, self.node, "add_vip", str(vip.address), vip.interface)
 
     def remove(self, vip: Vip) -> None:
         self._hang("vip-remove")
@@ -163,6 +179,20 @@ class SimVip(_SimBase):
             world.check_fault(self.node, "vip-remove")
             world.vip_remove(self.node, vip.ip)
             _discard(world.nodes[self.node].announced, vip.ip)
+            _record(world, self.node, "drop_vip", str(vip.address))
+
+    def remove_old(self, address: str, interface: str) -> None:
+        self._hang("vip-remove")
+        ip = address.split("/", 1)[0]
+        with self.store.transaction() as world:
+            world.check_fault(self.node, "vip-remove")
+            world.vip_remove(self.node, ip)
+            _discard(world.nodes[self.node].announced, ip)
+            _record(world, self.node, "drop_vip", address)
+
+    def leftovers(self, vips: Sequence[Vip]) -> Leftovers:
+        with self.store.transaction() as world:
+            return Leftovers(vips=_inventory(world, self.node).vip_leftovers(vips))
 
     def announce(self, vip: Vip) -> None:
         self._hang("vip-announce")
@@ -219,25 +249,55 @@ class SimTarget(_SimBase):
         self._hang("target-start")
         with self.store.transaction() as world:
             world.check_fault(self.node, "target-start")
+            created = not world.nodes[self.node].target_running
             world.target_start(self.node, accounts=self._accounts(target))
+            if created:
+                _record(world, self.node, "drop_all_targets")
+                _record(world, self.node, "add_target", target.tid, target.iqn)
 
     def export_lun(self, target: Target, lun: Lun, resource: Resource) -> None:
         self._hang("target-export")
         with self.store.transaction() as world:
             world.check_fault(self.node, "target-export")
             world.target_export(self.node, lun.lun, resource.name)
+            _record(world, self.node, "add_lun", target.tid, lun.lun)
 
     def unexport_lun(self, target: Target, lun: Lun) -> None:
         self._hang("target-unexport")
         with self.store.transaction() as world:
             world.check_fault(self.node, "target-unexport")
             world.target_unexport(self.node, lun.lun)
+            _record(world, self.node, "drop_lun", target.tid, lun.lun)
+
+    def unexport_old_lun(self, tid: int, iqn: str, lun: int) -> None:
+        self._hang("target-unexport")
+        with self.store.transaction() as world:
+            world.check_fault(self.node, "target-unexport")
+            world.target_unexport(self.node, lun)
+            _record(world, self.node, "drop_lun", tid, lun)
+
+    def delete_old_target(self, tid: int, iqn: str) -> None:
+        """The simulated world models one target per node: deleting the old one (a changed
+        IQN or tid) takes its LUNs with it and leaves no target defined, so the daemon counts
+        as stopped until ``start`` defines the declared one."""
+        self._hang("target-stop")
+        with self.store.transaction() as world:
+            world.check_fault(self.node, "target-stop")
+            if tid in _inventory(world, self.node).targets:
+                world.target_stop(self.node)
+            _record(world, self.node, "drop_target", tid)
+
+    def leftovers(self, target: Target) -> Leftovers:
+        with self.store.transaction() as world:
+            targets, luns = _inventory(world, self.node).target_leftovers(target)
+            return Leftovers(targets=targets, luns=luns)
 
     def stop(self, target: Target) -> None:
         self._hang("target-stop")
         with self.store.transaction() as world:
             world.check_fault(self.node, "target-stop")
             world.target_stop(self.node)
+            _record(world, self.node, "drop_all_targets")
 
 
 class SimPoolMaster(_SimBase):

@@ -71,7 +71,7 @@ import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field, field_validator
 
@@ -115,6 +115,9 @@ class SimNode(BaseModel):
     # state directory, see adapters.vip.AnnounceRecord): kept by SimVip, not by the world's
     # own operations, so an address added by hand is not "announced".
     announced: list[str] = Field(default_factory=list)
+    # The agent's inventory of what it created (adapters.inventory.InventoryData's JSON; a
+    # file in the real state directory): kept by SimVip/SimTarget, survives a crash.
+    inventory: dict[str, Any] = Field(default_factory=dict)
     target_running: bool = False
     target_accounts: list[str] = Field(default_factory=list)  # CHAP user names bound (tgtadm)
     exported: dict[int, str] = Field(default_factory=dict)
@@ -992,7 +995,15 @@ _BOOKKEEPING = (
     "arp_owner",
 )
 """World fields a node's own actions change that never concern its agent's next decision."""
-_OWN = ("resources", "vips", "announced", "target_running", "target_accounts", "exported")
+_OWN = (
+    "resources",
+    "vips",
+    "announced",
+    "inventory",
+    "target_running",
+    "target_accounts",
+    "exported",
+)
 """A node's own fields that only its own actions change (or the peer's together with the
 peer's fields); the rest of its entry (alive, isolated, disk_broken, operator state) is
 changed from outside and still wakes it."""

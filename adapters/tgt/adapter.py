@@ -28,6 +28,11 @@ Invariants:
   ACL admits anyone, and compared by user name only (tgtadm shows no password); a target with
   other accounts observes as not running, like one with other ACLs. A password reaches tgtadm
   in argv only (tgtadm has no other way) and never an error this adapter raises.
+- What this adapter created is kept in its ``Inventory`` (targets tid+IQN, LUNs): recorded
+  after a successful ``target new`` / ``logicalunit new``, dropped after a successful delete
+  or ``stop`` (the daemon's targets go with it). ``leftovers`` names only inventory entries the
+  spec no longer declares; ``unexport_old_lun``/``delete_old_target`` remove them, and never a
+  target whose IQN is not the recorded one.
 
 tgtadm facts this relies on (tgt 1.0.85, Debian 12; see tests/fixtures/tgt/SOURCES.md):
 
@@ -44,6 +49,9 @@ tgtadm facts this relies on (tgt 1.0.85, Debian 12; see tests/fixtures/tgt/SOURC
   ``Backing store flags: direct``.
 - When the portal address cannot be bound (VIP absent, ``ip_nonlocal_bind=0``) tgtd silently
   falls back to listening on ``0.0.0.0:3260`` and ``[::]:3260``; ``start`` checks the portal list.
+- tgtd takes its portal at start only. With a portal configured, ``observe`` asks for the
+  portal list too (one more ``tgtadm`` call) and reports a tgtd listening elsewhere (the VIP's
+  address was changed in the spec) as not running; ``start`` then restarts it on the portal.
 """
 
 from __future__ import annotations
@@ -56,6 +64,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from adapters.inventory import FileInventory
 from adapters.redact import REDACTED, redact
 from adapters.runner import CommandResult, Process, Runner
 from adapters.tgt.chap import ChapSecrets
@@ -68,7 +77,7 @@ from adapters.tgt.parse import (
 )
 from adapters.tgt.process import LocalProcessHost, ProcessHost, failure_text
 from reconciler.core.errors import AdapterError, TerminalError, TransientError
-from reconciler.core.observed import TargetObs
+from reconciler.core.observed import Leftovers, TargetObs
 from reconciler.core.spec import Lun, Resource, Target
 
 NOT_RUNNING_RC = 107  # ENOTCONN: nothing listens on the control socket
@@ -104,8 +113,10 @@ class TgtAdapter:
         poll_interval: float = 0.002,
         observe_timeout: float = 5.0,
         chap: ChapSecrets | None = None,
+        inventory: FileInventory | None = None,
     ) -> None:
         self.runner = runner
+        self.inventory = FileInventory() if inventory is None else inventory
         self.control_dir = os.path.abspath(control_dir)
         self.socket = os.path.join(self.control_dir, "socket")
         if len(self.socket) + 6 > _SOCKET_PATH_MAX:
@@ -197,11 +208,32 @@ class TgtAdapter:
         if not show.ok:
             why = "unreadable tgtadm target show output: " + "; ".join(show.problems[:3])
             return TargetObs(running=None, error=why)
+        elsewhere = self._listens_elsewhere(timeout=quick)
+        if elsewhere is not None:
+            return TargetObs(running=False, error=elsewhere)
         try:
             accounts = self._wanted_accounts(target)
         except TerminalError as exc:
             return TargetObs(running=None, error=str(exc))
         return _target_obs(show, target, accounts)
+
+    def _listens_elsewhere(self, *, timeout: float | None = None) -> str | None:
+        """Why our running tgtd does not listen on the configured portal, or None (it does,
+        no portal is configured, or the question could not be answered: that is observed
+        again at the next tick)."""
+        if not self.portal:
+            return None
+        try:
+            res = self._iscsi("portal", "show", check=False, timeout=timeout)
+        except AdapterError:
+            return None
+        if not res.ok:
+            return None
+        portals = parse_tgtadm_portals(res.stdout)
+        if self.portal in portals:
+            return None
+        listening = ", ".join(portals) or "nothing"
+        return f"tgtd listens on {listening}, not on the portal {self.portal}: restart it there"
 
     # ------------------------------------------------------------------ start
     def start(self, target: Target) -> None:
@@ -210,10 +242,15 @@ class TgtAdapter:
         ``target.initiators``. Idempotent."""
         began = time.monotonic()
         tid = str(target.tid)
+        if self._listens_elsewhere() is not None:
+            self.stop(target)  # tgtd binds its portal at start only: start it again there
         verify = self._ensure_daemon(
             first=("--mode", "target", "--op", "new", "--tid", tid, "-T", target.iqn)
         )
         fresh = verify is not None
+        if fresh:  # the new tgtd's first request defined the target
+            self.inventory.change("drop_all_targets")
+            self.inventory.change("add_target", target.tid, target.iqn)
         try:
             self._define(target, fresh)
         except BaseException:
@@ -244,6 +281,7 @@ class TgtAdapter:
                     f"{target.iqn} is already defined as tid {other.tid}, not {target.tid}"
                 )
             self._iscsi("target", "new", "--tid", tid, "-T", target.iqn)
+            self.inventory.change("add_target", target.tid, target.iqn)
             acls: tuple[str, ...] = ()
             accounts: tuple[TgtAccount, ...] = ()
         elif current.iqn != target.iqn:
@@ -428,6 +466,7 @@ class TgtAdapter:
         if have is None:
             flags = ("--bsoflags", "direct") if self.direct_io else ()
             self._iscsi("logicalunit", "new", *where, "-b", path, *flags)
+            self.inventory.change("add_lun", target.tid, lun.lun)
         if have is None or (have.scsi_id, have.scsi_sn) != (lun.scsi_id, lun.scsi_sn):
             params = f"scsi_id={lun.scsi_id},scsi_sn={lun.scsi_sn}"
             self._iscsi("logicalunit", "update", *where, "--params", params)
@@ -436,20 +475,52 @@ class TgtAdapter:
     def unexport_lun(self, target: Target, lun: Lun) -> None:
         """Remove the LUN (sessions stay; initiators get LOGICAL UNIT NOT SUPPORTED).
         Idempotent: nothing to do when tgtd, the target or the LUN is absent."""
+        self.unexport_old_lun(target.tid, target.iqn, lun.lun)
+
+    def unexport_old_lun(self, tid: int, iqn: str, lun: int) -> None:
+        """Remove LUN ``lun`` of target ``tid`` when that target carries ``iqn``; drop it from
+        the inventory. Idempotent (see ``unexport_lun``)."""
         res = self._iscsi("target", "show", check=False)
         if res.rc == NOT_RUNNING_RC:
+            self.inventory.change("drop_all_targets")
             return
         if not res.ok:
             raise TransientError(failure_text("tgtadm target show", res), command=res.argv)
         show = parse_tgtadm_show(res.stdout)
-        current = show.target(target.tid)
-        if current is None or current.iqn != target.iqn or current.lun(lun.lun) is None:
+        current = show.target(tid)
+        if current is None or current.iqn != iqn or current.lun(lun) is None:
             if not show.ok:
                 raise TransientError(
                     "unreadable tgtadm target show output", output=res.stdout[:2000]
                 )
+            self.inventory.change("drop_lun", tid, lun)
             return
-        self._iscsi("logicalunit", "delete", "--tid", str(target.tid), "--lun", str(lun.lun))
+        self._iscsi("logicalunit", "delete", "--tid", str(tid), "--lun", str(lun))
+        self.inventory.change("drop_lun", tid, lun)
+
+    def delete_old_target(self, tid: int, iqn: str) -> None:
+        """Delete target ``tid`` (``--force``: its sessions drop) when it carries ``iqn``, the
+        IQN this adapter recorded; a tid now carrying another IQN is left alone. Drops the entry
+        from the inventory. Idempotent: nothing to do when tgtd or the target is absent."""
+        res = self._iscsi("target", "show", check=False)
+        if res.rc == NOT_RUNNING_RC:
+            self.inventory.change("drop_all_targets")
+            return
+        if not res.ok:
+            raise TransientError(failure_text("tgtadm target show", res), command=res.argv)
+        show = parse_tgtadm_show(res.stdout)
+        if not show.ok:
+            raise TransientError("unreadable tgtadm target show output", output=res.stdout[:2000])
+        current = show.target(tid)
+        if current is not None and current.iqn == iqn:
+            self._iscsi("target", "delete", "--force", "--tid", str(tid))
+        self.inventory.change("drop_target", tid)
+
+    def leftovers(self, target: Target) -> Leftovers:
+        """Targets and LUNs this adapter created that ``target`` no longer declares (no command
+        runs: the inventory alone)."""
+        targets, luns = self.inventory.read().target_leftovers(target)
+        return Leftovers(targets=targets, luns=luns, error=self.inventory.error)
 
     # ------------------------------------------------------------------ stop
     def stop(self, target: Target) -> None:
@@ -484,6 +555,7 @@ class TgtAdapter:
             raise TerminalError(f"tgtd pid {pid} survived SIGKILL")
         if pid is not None:
             self._forget_pid(pid)
+        self.inventory.change("drop_all_targets")  # no tgtd of ours runs: its targets are gone
         self.timings["stop"] = time.monotonic() - began
 
     def _wait_exit(self, pid: int, killer: Process | None) -> bool:

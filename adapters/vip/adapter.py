@@ -17,6 +17,9 @@ Invariants:
   (``InProcessArp``) or a detached ``arping`` (``CommandArp``); it never sleeps in the tick.
 - A local VIP is ``announced`` only when ``announce`` ran after the last ``add`` (see
   ``AnnounceRecord``): a VIP added but never announced is reported ``announced=False``.
+- What ``add`` created is kept in the ``Inventory`` (address, interface) and dropped by
+  ``remove``/``remove_old``: ``leftovers`` names only those addresses, so the agent never removes
+  an address it did not add (one found already there, e.g. added by hand, is not recorded).
 - Commands go through ``adapters.runner.Runner`` only; the in-process ARP tool uses an
   ``AF_PACKET`` socket in the namespace of the process that calls it, so it is only correct when
   the agent runs on the node (or inside the node's network namespace, as in the lab).
@@ -28,12 +31,13 @@ import re
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 
+from adapters.inventory import FileInventory
 from adapters.runner import Runner
 from adapters.vip.parse import IpAddrParseError, parse_ip_addr_json
 from adapters.vip.record import AnnounceRecord
 from adapters.vip.tools import DEFAULT_PROBE_TIMEOUT, ArpTool, ProbeResult
 from reconciler.core.errors import AdapterError, TerminalError
-from reconciler.core.observed import VipObs
+from reconciler.core.observed import Leftovers, VipObs
 from reconciler.core.spec import Vip
 
 _EXISTS_RE = re.compile(r"File exists|already assigned", re.IGNORECASE)
@@ -57,6 +61,7 @@ class IpVip:
         probe_timeout: float = DEFAULT_PROBE_TIMEOUT,
         command_timeout: float | None = None,
         record: AnnounceRecord | None = None,
+        inventory: FileInventory | None = None,
     ) -> None:
         if probe_timeout <= 0:
             raise ValueError("probe_timeout must be positive")
@@ -65,6 +70,7 @@ class IpVip:
         self.probe_timeout = probe_timeout
         self.command_timeout = command_timeout
         self.record = AnnounceRecord() if record is None else record
+        self.inventory = FileInventory() if inventory is None else inventory
         # VIPs the last observation did not find here: their probes start together with the
         # `ip` call (a probe costs probe_timeout, the call a process start); a VIP found here
         # after all just has its probe result dropped. A scheduling hint, not a belief: the
@@ -145,25 +151,45 @@ class IpVip:
         leaves the announcement record first: it counts as announced only once ``announce``
         ran after this."""
         self.record.forget(vip.ip)
-        self._ip_addr("add", vip, already=_EXISTS_RE, what="add VIP {addr} on {dev}")
+        if self._ip_addr("add", str(vip.address), vip.interface, already=_EXISTS_RE, what="add"):
+            self.inventory.change("add_vip", str(vip.address), vip.interface)
 
     def remove(self, vip: Vip) -> None:
         """``ip addr del ADDR/PREFIX dev IF``; an address (or interface) that is not there is
         success: the VIP is not configured on that interface either way. This node's own
         announcements of the VIP end first: a gratuitous ARP round still due after the peer
         took the address over would drag the initiators' ARP caches back here."""
-        self.arp.cancel(vip.interface, vip.ip)
-        self._ip_addr("del", vip, already=_ABSENT_RE, what="remove VIP {addr} from {dev}")
-        self.record.forget(vip.ip)
+        self.remove_old(str(vip.address), vip.interface)
 
-    def _ip_addr(self, verb: str, vip: Vip, *, already: re.Pattern[str], what: str) -> None:
-        argv = ["ip", "addr", verb, str(vip.address), "dev", vip.interface]
+    def remove_old(self, address: str, interface: str) -> None:
+        """Remove ``address`` (as added: ``A/P``) from ``interface`` and drop it from the
+        inventory; absent is success (see ``remove``)."""
+        ip = address.split("/", 1)[0]
+        self.arp.cancel(interface, ip)
+        self._ip_addr("del", address, interface, already=_ABSENT_RE, what="remove")
+        self.record.forget(ip)
+        self.inventory.change("drop_vip", address)
+
+    def leftovers(self, vips: Sequence[Vip]) -> Leftovers:
+        """Addresses this adapter added that ``vips`` no longer declares (no command runs)."""
+        found = self.inventory.read().vip_leftovers(vips)
+        return Leftovers(vips=found, error=self.inventory.error)
+
+    def _ip_addr(
+        self, verb: str, address: str, dev: str, *, already: re.Pattern[str], what: str
+    ) -> bool:
+        """Run ``ip addr VERB``; True when it changed something, False when ``already``."""
+        argv = ["ip", "addr", verb, address, "dev", dev]
         res = self.runner.run(argv, check=False, timeout=self.command_timeout)
-        if res.ok or already.search(res.stderr):
-            return
-        action = what.format(addr=vip.address, dev=vip.interface)
+        if res.ok:
+            return True
+        if already.search(res.stderr):
+            return False
+        where = "on" if verb == "add" else "from"
         raise TerminalError(
-            f"cannot {action}: {res.stderr.strip()}", command=res.argv, output=res.stderr
+            f"cannot {what} VIP {address} {where} {dev}: {res.stderr.strip()}",
+            command=res.argv,
+            output=res.stderr,
         )
 
     def announce(self, vip: Vip) -> None:

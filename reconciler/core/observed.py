@@ -251,6 +251,48 @@ class HypervisorObs:
 
 
 @dataclass(frozen=True, slots=True)
+class LeftoverVip:
+    """An address this node's agent added (its inventory says so) that the spec no longer
+    declares: ``address`` as it was added, on ``interface``."""
+
+    address: str
+    interface: str
+
+
+@dataclass(frozen=True, slots=True)
+class LeftoverTarget:
+    """A target (tid + IQN) this node's agent defined that the spec no longer declares."""
+
+    tid: int
+    iqn: str
+
+
+@dataclass(frozen=True, slots=True)
+class LeftoverLun:
+    """A LUN this node's agent exported on the declared target that the spec no longer lists."""
+
+    tid: int
+    iqn: str
+    lun: int
+
+
+@dataclass(frozen=True, slots=True)
+class Leftovers:
+    """What this node's agent created and the spec no longer declares (from the adapters'
+    inventories in the state directory). Only inventory entries appear here: an address or a
+    target the agent did not create is never a leftover, so it is never removed. ``error``:
+    an inventory could not be read (then nothing is reported from it)."""
+
+    vips: tuple[LeftoverVip, ...] = ()
+    targets: tuple[LeftoverTarget, ...] = ()
+    luns: tuple[LeftoverLun, ...] = ()
+    error: str | None = None
+
+    def __bool__(self) -> bool:
+        return bool(self.vips or self.targets or self.luns)
+
+
+@dataclass(frozen=True, slots=True)
 class ObservedState:
     node: str
     resources: tuple[ResourceObs, ...] = ()
@@ -259,6 +301,7 @@ class ObservedState:
     role_source: RoleVerdict = field(default_factory=RoleVerdict)
     operator: OperatorState = field(default_factory=OperatorState)
     liveness: Liveness = field(default_factory=Liveness)
+    leftovers: Leftovers = field(default_factory=Leftovers)
 
     def resource(self, name: str) -> ResourceObs:
         for r in self.resources:

@@ -34,6 +34,11 @@ class ActionKind(StrEnum):
     EXPORT_LUN = "export-lun"
     UNEXPORT_LUN = "unexport-lun"
     STOP_TARGET = "stop-target"
+    # Tear-down of what this agent created and the spec no longer declares (its inventory):
+    # in this order, on any node. Never planned for anything outside the inventory.
+    UNEXPORT_OLD_LUN = "unexport-old-lun"
+    DELETE_OLD_TARGET = "delete-old-target"
+    REMOVE_OLD_VIP = "remove-old-vip"
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +49,16 @@ class Action:
     vip: str | None = None
     lun: int | None = None
     force: bool = False
+    # What a leftover action removes (``ActionKind.*_OLD_*``): the IQN of the old target (its
+    # tid is ``lun``'s tid or ``tid``), the interface of the old address (``vip``).
+    tid: int | None = None
+    iqn: str | None = None
+    interface: str | None = None
+    # Watchdog repair work: this restores a part that was already meant to be serving here
+    # (tgtd restarted on a serving primary, a VIP re-added, DRBD restarted or reconnected),
+    # as opposed to a bring-up. Decided by the planner from the observation; the alert gate
+    # counts repairs over time (reconciler.alerts).
+    repair: bool = False
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"kind": self.kind.value, "reason": self.reason}
@@ -55,11 +70,19 @@ class Action:
             out["lun"] = self.lun
         if self.force:
             out["force"] = True
+        for key in ("tid", "iqn", "interface"):
+            value = getattr(self, key)
+            if value is not None:
+                out[key] = value
+        if self.repair:
+            out["repair"] = True
         return out
 
     def describe(self) -> str:
         if self.lun is not None:
             subject = f"LUN {self.lun}" + (f" ({self.resource})" if self.resource else "")
+        elif self.iqn is not None:
+            subject = f"{self.iqn} (tid {self.tid})"
         else:
             subject = self.resource or self.vip or ""
         return f"{self.kind.value} {subject}".rstrip()

@@ -19,6 +19,15 @@ announce-vip -> start-target -> export-lun on the way up; stop-target -> remove-
 the way down. After ``start-drbd`` nothing else is chained for that resource: the connection
 must be observed before a promotion can be judged safe.
 
+Leftovers: what this node's agent created and the spec no longer declares
+(``ObservedState.leftovers``, from the adapters' inventories) is removed first, on any node, in
+tear-down order: unexport-old-lun -> delete-old-target -> remove-old-vip. Nothing outside the
+inventory is ever a leftover, so nothing the agent did not create is removed.
+
+Repairs: an action that restores a part that was already meant to serve here (``start-target``
+or ``add-vip`` on a node that is Primary and serving, ``start-drbd`` on a serving node,
+``connect`` of a StandAlone resource) carries ``repair=True``: the alert gate counts them.
+
 Minimality: every facet (each VIP, the daemon, each LUN) is compared with the observation and
 an action is recorded only when it differs, so a converged node gets an empty plan.
 """
@@ -125,18 +134,35 @@ class _Recorder:
 
 
 class _ResourceModel:
-    """One resource's phase for this tick; callbacks record, never act."""
+    """One resource's phase for this tick; callbacks record, never act. ``serving``: the node
+    serves (VIP local or target running) as observed, so a restart is a repair."""
 
-    def __init__(self, obs: ResourceObs, verdict: safety.Verdict, rec: _Recorder) -> None:
+    def __init__(
+        self,
+        obs: ResourceObs,
+        verdict: safety.Verdict,
+        rec: _Recorder,
+        *,
+        serving: bool = False,
+    ) -> None:
         self.obs = obs
         self.verdict = verdict
         self.rec = rec
+        self.serving = serving
         self.state = _resource_phase(obs)
 
     def promotion_allowed(self) -> bool:
         return self.verdict.ok
 
     def record_start(self) -> None:
+        if self.serving:
+            self.rec.act(
+                ActionKind.START_DRBD,
+                f"repair: DRBD resource {self.obs.name} stopped on this serving node; start it",
+                resource=self.obs.name,
+                repair=True,
+            )
+            return
         self.rec.act(
             ActionKind.START_DRBD,
             f"DRBD resource {self.obs.name} is not running; start it so it can replicate",
@@ -190,6 +216,9 @@ class _ServingModel:
         self.rec = rec
         serving = bool(obs.target.running) or any(bool(v.local) for v in obs.vips)
         self.state = "serving" if serving else "idle"
+        # Already serving before this plan: Primary here (observed, not promoted by this plan)
+        # with a VIP local or the target running. Restoring a part then is a repair.
+        self.was_serving = serving and any(r.role is Role.PRIMARY for r in obs.resources)
 
     def has_primary(self) -> bool:
         return any(self.primary.values())
@@ -215,7 +244,15 @@ class _ServingModel:
                 rec.block(verdict.refusal, "add-vip", verdict.reason)
                 vips_ok = False
                 continue
-            rec.act(ActionKind.ADD_VIP, f"primary here and {verdict.reason}", vip=vip.ip)
+            if self.was_serving:
+                rec.act(
+                    ActionKind.ADD_VIP,
+                    f"repair: the VIP is gone from this serving primary; {verdict.reason}",
+                    vip=vip.ip,
+                    repair=True,
+                )
+            else:
+                rec.act(ActionKind.ADD_VIP, f"primary here and {verdict.reason}", vip=vip.ip)
             rec.act(
                 ActionKind.ANNOUNCE_VIP,
                 "gratuitous ARP so initiators' ARP caches move to this node at once",
@@ -231,9 +268,20 @@ class _ServingModel:
                 f"target state unknown ({obs.target.error})",
             )
             return
-        if not obs.target.running:
-            rec.act(ActionKind.START_TARGET, "primary here and the target is not running")
-        exported = obs.target.exported_luns if obs.target.running else frozenset()
+        # A leftover target on the declared tid (a changed IQN) is deleted first in this plan:
+        # the declared one must then be defined, as if the daemon ran without it.
+        replaced = any(t.tid == spec.target.tid for t in obs.leftovers.targets)
+        running = bool(obs.target.running) and not replaced
+        if not running:
+            if self.was_serving and not replaced:
+                rec.act(
+                    ActionKind.START_TARGET,
+                    "repair: the target stopped on this serving primary; start it again",
+                    repair=True,
+                )
+            else:
+                rec.act(ActionKind.START_TARGET, "primary here and the target is not running")
+        exported = obs.target.exported_luns if running else frozenset()
         for lun in spec.target.luns:
             verdict = self.guards.may_export(lun.resource, primary=self.primary)
             if lun.lun in exported:
@@ -318,8 +366,10 @@ def plan(
         role = Role.PRIMARY if holding else Role.SECONDARY
         role_reason = f"{role_reason} ({role.value.lower()})"
 
+    _plan_leftovers(observed, rec)
     policy: DisconnectedPolicy = spec.promotion.when_disconnected
     vip_elsewhere = any(bool(v.answered_elsewhere) for v in observed.vips)
+    node_serving = bool(observed.target.running) or any(bool(v.local) for v in observed.vips)
     models: list[_ResourceModel] = []
     for res in spec.resources:
         robs = observed.resource(res.name)
@@ -330,7 +380,7 @@ def plan(
             override=observed.operator.force,
             vip_answered_elsewhere=vip_elsewhere,
         )
-        model = _ResourceModel(robs, verdict, rec)
+        model = _ResourceModel(robs, verdict, rec, serving=node_serving)
         models.append(model)
         if model.state == "unknown":
             rec.block(
@@ -356,8 +406,9 @@ def plan(
             else:
                 rec.act(
                     ActionKind.CONNECT,
-                    f"{res.name} is StandAlone without split brain: reconnect to the peer",
+                    f"repair: {res.name} is StandAlone without split brain: reconnect to the peer",
                     resource=res.name,
+                    repair=True,
                 )
         promoting = role is Role.PRIMARY and model.state == "secondary"
         if promoting and not _fire(RESOURCE_MACHINE, "promote", model):
@@ -405,6 +456,37 @@ def plan(
         warnings=tuple(warnings),
         serving=serving.state == "serving",
     )
+
+
+def _plan_leftovers(observed: ObservedState, rec: _Recorder) -> None:
+    """Remove what this agent created that the spec no longer declares, in tear-down order
+    (LUNs, then targets, then addresses), on any node: nothing here serves a declared item."""
+    left = observed.leftovers
+    for lun in left.luns:
+        rec.act(
+            ActionKind.UNEXPORT_OLD_LUN,
+            f"LUN {lun.lun} of {lun.iqn} was exported by this agent and the spec no longer "
+            "lists it: unexport it",
+            lun=lun.lun,
+            tid=lun.tid,
+            iqn=lun.iqn,
+        )
+    for target in left.targets:
+        rec.act(
+            ActionKind.DELETE_OLD_TARGET,
+            f"target {target.iqn} (tid {target.tid}) was defined by this agent and the spec "
+            "no longer declares it: delete it",
+            tid=target.tid,
+            iqn=target.iqn,
+        )
+    for vip in left.vips:
+        rec.act(
+            ActionKind.REMOVE_OLD_VIP,
+            f"{vip.address} on {vip.interface} was added by this agent and the spec no longer "
+            "declares it: remove it",
+            vip=vip.address,
+            interface=vip.interface,
+        )
 
 
 def _fire(machine: Machine, trigger: str, model: Any) -> bool:

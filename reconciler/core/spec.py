@@ -481,6 +481,18 @@ class Alerts(_Model):
         "second for the old one to demote in a planned swap mails nothing, a refusal that "
         "lasts does. Logged at every tick either way; 0 mails at once.",
     )
+    repair_count: StrictInt = Field(
+        default=3,
+        ge=1,
+        le=1000,
+        description="A repair (tgtd restarted on the serving primary, a VIP re-added, DRBD "
+        "restarted or reconnected) is mailed once the same part was repaired this many times "
+        "within repairWindow: one alert with the count, then muted for screenTime. Logged at "
+        "every repair either way; 1 mails every repair.",
+    )
+    repair_window: Seconds = Field(
+        default=600.0, description="The window (seconds) over which repairs of a part count."
+    )
 
 
 class Adapters(_Model):

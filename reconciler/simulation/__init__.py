@@ -43,6 +43,7 @@ from reconciler.simulation.runner import (
     StepOutcome,
     StepResult,
     StepStatus,
+    check_scenario,
     run_scenario,
 )
 
@@ -62,6 +63,7 @@ __all__ = [
     "StepOutcome",
     "StepResult",
     "StepStatus",
+    "check_scenario",
     "load_scenario",
     "new_simulation",
     "random_fault",

@@ -33,10 +33,11 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from adapters.base import NodeAdapters
+from adapters.base import Alert, NodeAdapters
 from adapters.sim.adapters import sim_node_adapters
 from adapters.sim.world import Fencing, World, WorldStore
 from reconciler import agent, operations
+from reconciler.alerts import AlertGate, alerts_for
 from reconciler.core.observed import DiskState, Role
 from reconciler.core.plan import Action, ActionKind, Plan
 from reconciler.core.planner import DEFAULT_GUARDS, Guards
@@ -120,6 +121,12 @@ class Simulation:
     last_plans: dict[str, Plan] = field(default_factory=dict)
     last_write: int | None = None
     repairing: bool = False  # after heal(): the operator re-attaches disks until it works
+    # The simulated clock (seconds): only ``wait`` moves it. Each agent's alert gate reads it,
+    # so alert grace and screen times play out in simulated time.
+    clock: float = 0.0
+    sent_alerts: list[tuple[str, Alert]] = field(default_factory=list)  # (node, alert) mailed
+    last_writes: dict[str, int | None] = field(default_factory=dict)  # per resource
+    acked_per_resource: dict[str, int] = field(default_factory=dict)  # of the last write step
 
     def __post_init__(self) -> None:
         if self.world is None:
@@ -136,6 +143,9 @@ class Simulation:
         self.hand_vips: set[tuple[str, str]] = set()
         self._accepted: set[tuple[ViolationKind, str | None, str | None]] = set()
         self.resources = [r.name for r in self.spec.spec.resources]
+        self.gates = {
+            n: AlertGate(self.spec.spec.alerts, clock=lambda: self.clock) for n in self.names
+        }
 
     def _build_adapters(self) -> None:
         self.adapters = {n: sim_node_adapters(self.store, n, self.spec) for n in self.names}
@@ -243,10 +253,11 @@ class Simulation:
         return after
 
     def _client_write(self) -> None:
-        last = None
-        for r in self.resources:
-            last = self.w.client_write(r)
-        self.last_write = last
+        """One client write to every resource; ``last_writes`` keeps each resource's outcome
+        (``last_write``: the last one, None when any resource's write was not acknowledged)."""
+        self.last_writes = {r: self.w.client_write(r) for r in self.resources}
+        outcomes = list(self.last_writes.values())
+        self.last_write = None if None in outcomes else (outcomes[-1] if outcomes else None)
 
     # --- agents -----------------------------------------------------------------------------
 
@@ -273,6 +284,10 @@ class Simulation:
         if not dry_run:
             self.check(f"{node}: end of tick", by_agent=True)
             self._world_after(index)  # the timeline shows the world after the whole tick
+            manual = report.observed.operator.manual_mode
+            for alert in self.gates[node].admit(alerts_for(report), manual_mode=manual):
+                self.sent_alerts.append((node, alert))
+                self._note("alert", node, f"alert sent: {alert.message}")
         return report.plan
 
     def tick(self, node: str) -> Plan:
@@ -317,14 +332,19 @@ class Simulation:
 
     # --- faults -------------------------------------------------------------------------------
 
-    def fault(self, name: str, node: str | None = None, **kw: Any) -> None:
-        """Apply one fault of the environment (see ``FAULTS``)."""
+    def fault(
+        self, name: str, node: str | None = None, *, resource: str | None = None, **kw: Any
+    ) -> None:
+        """Apply one fault of the environment (see ``FAULTS``); ``resource``: only to that
+        DRBD resource (disconnect, detachDisk, failDisk, replaceDisk), else to every one."""
         entry: dict[str, Any] = {name: node if node is not None else kw.get("value", True)}
+        if resource is not None:
+            entry = {name: {"node": node, "resource": resource}}
         if name == "inject":
             entry = {"inject": {"node": node, **kw}}
         label = fault_label(name, kw)
         self._begin(label, entry)
-        text = apply_fault(self, name, node, kw)
+        text = apply_fault(self, name, node, kw, resource=resource)
         self._note("fault", node, text)
         self.check(text, by_agent=False)
 
@@ -372,6 +392,34 @@ class Simulation:
         self._note("role", None, f"pool split: {shown}")
         self.check("pool split", by_agent=False)
 
+    def wait(self, seconds: float) -> None:
+        """Simulated time passes (nothing else happens): alert grace and screen times."""
+        self._begin("wait", {"wait": f"{seconds:g}s"})
+        self.clock += seconds
+        self._note("time", None, f"{seconds:g} s pass (simulated clock at {self.clock:g} s)")
+
+    def split_brain_recovery(self, node: str, *, resource: str, survivor: str) -> tuple[bool, str]:
+        """The guided split-brain recovery on ``node`` (``reconcile split-brain RES --survivor
+        S --node N --yes``), through the CLI's use case, invariants checked after each step."""
+        self._begin(
+            "split-brain recovery",
+            {"splitBrain": {"node": node, "resource": resource, "survivor": survivor}},
+        )
+        out = operations.split_brain_recovery(
+            self.spec,
+            node,
+            self.adapters[node],
+            resource=resource,
+            survivor=survivor,
+            confirmed=True,
+            retry=SIM_RETRY,
+            sleep=_no_sleep,
+            after_step=self._after_step(node),
+        )
+        self._note("operator", node, f"split-brain recovery: {out.message}")
+        self.check(f"{node}: split-brain recovery", by_agent=False)
+        return out.accepted, out.message
+
     def edit_spec(self, changes: Mapping[str, Any]) -> None:
         """Merge ``changes`` (YAML keys, below ``spec``) into the spec; the agents see the new
         spec from their next tick on."""
@@ -380,17 +428,24 @@ class Simulation:
         _merge(data["spec"], dict(changes))
         self.spec = StorageCluster.model_validate(data)
         self._build_adapters()
+        for gate in self.gates.values():
+            gate.settings = self.spec.spec.alerts
         self._note("spec", None, f"spec edited: {_compact(changes)}")
         self.check("spec edit", by_agent=False)
 
     def write(self, count: int = 1) -> int:
-        """``count`` client writes through the VIP; returns how many were acknowledged."""
+        """``count`` client writes through the VIP to every resource; returns how many were
+        acknowledged on every resource (``acked_per_resource`` says it per resource)."""
         self._begin("client-write", {"write": count})
         acked = 0
+        self.acked_per_resource = {r: 0 for r in self.resources}
         for _ in range(count):
             self._client_write()
             acked += self.last_write is not None
-        self._note("write", None, f"{acked}/{count} client write(s) acknowledged")
+            for r, outcome in self.last_writes.items():
+                self.acked_per_resource[r] += outcome is not None
+        per = ", ".join(f"{r} {n}/{count}" for r, n in self.acked_per_resource.items())
+        self._note("write", None, f"client writes acknowledged: {per}")
         self.check("client write", by_agent=False)
         return acked
 

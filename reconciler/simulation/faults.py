@@ -27,10 +27,20 @@ def fault_label(name: str, kw: Mapping[str, Any]) -> str:
     return name
 
 
-def apply_fault(sim: Simulation, name: str, node: str | None, kw: Mapping[str, Any]) -> str:
-    """Apply fault ``name`` (on ``node``, with ``kw``) to the world; returns what happened."""
+def apply_fault(
+    sim: Simulation,
+    name: str,
+    node: str | None,
+    kw: Mapping[str, Any],
+    *,
+    resource: str | None = None,
+) -> str:
+    """Apply fault ``name`` (on ``node``, with ``kw``) to the world; returns what happened.
+    ``resource``: the DRBD resource a disk or connection fault is restricted to (None: all)."""
     w = sim.w
     n = node or ""
+    resources = [resource] if resource is not None else sim.resources
+    of = f" ({resource})" if resource is not None else ""
     if name == "crash":
         w.crash(n)
         sim.pending[n] = []
@@ -69,22 +79,22 @@ def apply_fault(sim: Simulation, name: str, node: str | None, kw: Mapping[str, A
         w.strangers = [v.ip for v in sim.spec.spec.vips] if kw["value"] else []
         return "another host answers on the VIP" if kw["value"] else "the VIP stranger left"
     if name == "disconnect":
-        for r in sim.resources:
+        for r in resources:
             if w.nodes[n].alive and w.nodes[n].resources[r].up:
                 w.drbd_disconnect(n, r)
-        return f"DRBD disconnected by hand on {n} (StandAlone)"
+        return f"DRBD disconnected by hand on {n}{of} (StandAlone)"
     if name == "detachDisk":
-        for r in sim.resources:
+        for r in resources:
             w.detach_disk(n, r)
-        return f"disk detached on {n} (Diskless)"
+        return f"disk detached on {n}{of} (Diskless)"
     if name == "failDisk":
-        for r in sim.resources:
+        for r in resources:
             w.fail_disk(n, r)
-        return f"disk failed on {n} (Failed, data gone)"
+        return f"disk failed on {n}{of} (Failed, data gone)"
     if name == "replaceDisk":
-        for r in sim.resources:
+        for r in resources:
             w.replace_disk(n, r)
-        return f"disk attached again / replaced on {n}"
+        return f"disk attached again / replaced on {n}{of}"
     if name == "inject":
         op, kind, count = kw["op"], kw.get("kind", "transient"), int(kw.get("count", 1))
         w.faults.append(Fault(node=n, op=op, kind=kind, count=count))

@@ -9,11 +9,19 @@ nothing here runs a simulation.
 from __future__ import annotations
 
 import io
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic.alias_generators import to_camel
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
@@ -82,6 +90,41 @@ class OperatorStep(_Model):
     expect: Literal["accepted", "refused"] | None = None
 
 
+class ResourceFault(_Model):
+    """A disk or connection fault restricted to one DRBD resource (``resource`` omitted: all)."""
+
+    node: NodeRef
+    resource: str | None = None
+
+
+class SplitBrainStep(_Model):
+    """The guided recovery (``reconcile split-brain RESOURCE --survivor S --node N --yes``)."""
+
+    node: NodeRef
+    resource: str
+    survivor: NodeRef
+    expect: Literal["accepted", "refused"] | None = None
+
+
+def parse_duration(value: object) -> float:
+    """``30s``, ``10m``, ``1h``, ``250ms`` or a number of seconds -> seconds (> 0)."""
+    if isinstance(value, bool):
+        raise ValueError("a duration, e.g. 30s, 10m or 1h")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    elif isinstance(value, str) and (m := _DURATION.fullmatch(value.strip())):
+        seconds = float(m.group(1)) * _UNITS[m.group(2) or "s"]
+    else:
+        raise ValueError(f"not a duration: {value!r} (write e.g. 30s, 10m or 1h)")
+    if not 0 < seconds <= 366 * 86400:
+        raise ValueError("a duration between 1 ms and a year")
+    return seconds
+
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h)?")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
 class InjectStep(_Model):
     node: NodeRef
     op: str = Field(description="Adapter operation, e.g. drbd-primary, vip-add, drbd-observe.")
@@ -95,6 +138,13 @@ class InjectStep(_Model):
             raise ValueError(f"unknown operation {self.op!r}; known: {known}")
         if self.count == 0:
             raise ValueError("count 0 injects nothing; use 1.. or -1 (forever)")
+        if self.kind == "garbage" and self.op in ACTION_OPS:
+            # An action's fault raises; "garbage" is what an observation reads: on an action
+            # it would be silently ignored.
+            raise ValueError(
+                f"kind garbage applies to an observation ({', '.join(OBSERVE_OPS)}), not to "
+                f"the action {self.op}; use transient, terminal or timeout"
+            )
         return self
 
 
@@ -129,6 +179,41 @@ class Expect(_Model):
         default=None, description="Whose last tick 'blocked'/'reported' reads (default: any)."
     )
     alive: list[NodeRef] | None = None
+    resource: str | None = Field(
+        default=None,
+        description="The DRBD resource disk/peerDisk/lastWrite read (default: every one).",
+    )
+    disk: dict[NodeRef, str] | None = Field(
+        default=None, description="Each node's own disk state (UpToDate, Outdated, ...)."
+    )
+    peer_disk: dict[NodeRef, str] | None = Field(
+        default=None, description="The peer's disk state as each node's DRBD reports it."
+    )
+    luns: dict[NodeRef, list[int]] | None = Field(
+        default=None, description="The LUN numbers each node's target exports."
+    )
+    vips: dict[NodeRef, list[str]] | None = Field(
+        default=None, description="The addresses configured on each node (any address)."
+    )
+    alerted: str | None = Field(
+        default=None,
+        description="Text an alert mailed so far contains (of 'node' when given; the alert "
+        "gate's rules apply: quiet ticks, grace and screen times in simulated time).",
+    )
+    not_alerted: str | None = Field(
+        default=None, description="Text no alert mailed so far contains."
+    )
+
+    @model_validator(mode="after")
+    def _checks_something(self) -> Expect:
+        checks = [
+            k
+            for k in type(self).model_fields
+            if k not in ("node", "resource") and getattr(self, k) is not None
+        ]
+        if not checks:
+            raise ValueError("expect checks nothing: name at least one expectation")
+        return self
 
 
 class Step(_Model):
@@ -154,11 +239,15 @@ class Step(_Model):
     remove_vip: NodeRef | None = None
     add_vip: NodeRef | None = None
     stranger: bool | None = None
-    disconnect: NodeRef | None = None
-    detach_disk: NodeRef | None = None
-    fail_disk: NodeRef | None = None
-    replace_disk: NodeRef | None = None
+    disconnect: NodeRef | ResourceFault | None = None
+    detach_disk: NodeRef | ResourceFault | None = None
+    fail_disk: NodeRef | ResourceFault | None = None
+    replace_disk: NodeRef | ResourceFault | None = None
     inject: InjectStep | None = None
+    wait: float | None = Field(
+        default=None, description="Simulated time passes: 30s, 10m, 1h (alert grace, screens)."
+    )
+    split_brain: SplitBrainStep | None = None
     clear_faults: bool | None = None
     operator: OperatorStep | None = None
     pool_master: NodeRef | Literal["none"] | None = None
@@ -166,6 +255,11 @@ class Step(_Model):
     spec: dict[str, Any] | None = None
     heal: bool | None = None
     expect: Expect | None = None
+
+    @field_validator("wait", mode="before")
+    @classmethod
+    def _duration(cls, value: object) -> object:
+        return None if value is None else parse_duration(value)
 
     @model_validator(mode="after")
     def _exactly_one(self) -> Step:

@@ -16,8 +16,15 @@ from pydantic import ValidationError
 from pydantic.alias_generators import to_camel
 
 from reconciler.core.spec import StorageCluster
-from reconciler.simulation.engine import Simulation, new_simulation
-from reconciler.simulation.model import Expect, LoadedScenario, ScenarioError, Step
+from reconciler.core.specload import SpecError, SpecProblem
+from reconciler.simulation.engine import Simulation, _merge, new_simulation
+from reconciler.simulation.model import (
+    Expect,
+    LoadedScenario,
+    ResourceFault,
+    ScenarioError,
+    Step,
+)
 
 
 class StepStatus(StrEnum):
@@ -95,6 +102,76 @@ def _resolve(spec: StorageCluster, ref: str | None) -> str | None:
             "or write 'first' / 'second')"
         )
     return ref
+
+
+def check_scenario(spec: StorageCluster, loaded: LoadedScenario, *, filename: str) -> None:
+    """Refuse, before anything runs, what cannot play on ``spec``: unknown node names,
+    unknown resources, spec edits that are invalid or rename the nodes. ``SpecError`` with the
+    step's line for each (the CLI exits 2)."""
+    problems: list[SpecProblem] = []
+    current = spec
+    for i, (step, line) in enumerate(zip(loaded.scenario.steps, loaded.lines, strict=True), 1):
+        where = f"steps[{i - 1}]"
+        try:
+            if step.kind == "spec":
+                current = _edited(current, step.spec or {})
+            for ref in _node_refs(step):
+                _resolve(current, ref)
+            for res in _resource_refs(step):
+                if res not in {r.name for r in current.spec.resources}:
+                    names = ", ".join(r.name for r in current.spec.resources)
+                    raise ScenarioError(f"{res!r} is not a resource of the spec ({names})")
+        except ScenarioError as exc:
+            problems.append(SpecProblem(line, 1, where, str(exc)))
+    if problems:
+        raise SpecError(problems, filename)
+
+
+def _edited(spec: StorageCluster, changes: dict[str, Any]) -> StorageCluster:
+    data = spec.model_dump(mode="json", by_alias=True)
+    _merge(data["spec"], dict(changes))
+    try:
+        new = StorageCluster.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        at = ".".join(str(x) for x in first["loc"])
+        raise ScenarioError(f"the spec edit is invalid: {at}: {first['msg']}") from None
+    if new.node_names != spec.node_names:
+        raise ScenarioError(
+            f"the spec edit renames the nodes {', '.join(spec.node_names)} to "
+            f"{', '.join(new.node_names)}; a running agent acts for one of them"
+        )
+    return new
+
+
+def _node_refs(step: Step) -> list[str]:
+    value = getattr(step, step.kind)
+    if step.kind in ("ticks", "converge", "write", "wait", "replication", "management"):
+        return []
+    if step.kind in ("stranger", "clear_faults", "spec", "heal"):
+        return []
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, list):
+        return [v for v in value if isinstance(v, str)]
+    if step.kind == "pool_views":
+        return [*value.keys(), *value.values()]
+    if step.kind == "split_brain":
+        return [value.node, value.survivor]
+    if step.kind == "expect":
+        e: Expect = value
+        refs = [r for r in (e.primary, e.vip, e.serving, e.frozen, e.node) if r is not None]
+        for table in (e.disk, e.peer_disk, e.luns, e.vips):
+            refs.extend(table or {})
+        return refs + list(e.alive or [])
+    node = getattr(value, "node", None)
+    return [node] if isinstance(node, str) else []
+
+
+def _resource_refs(step: Step) -> list[str]:
+    value = getattr(step, step.kind)
+    res = getattr(value, "resource", None)
+    return [res] if isinstance(res, str) else []
 
 
 def run_scenario(spec: StorageCluster, loaded: LoadedScenario) -> RunResult:
@@ -178,8 +255,22 @@ def _run_step(sim: Simulation, spec: StorageCluster, step: Step, result: RunResu
         "replace_disk": "replaceDisk",
     }
     if kind in simple:
-        sim.fault(simple[kind], node(value))
+        if isinstance(value, ResourceFault):
+            sim.fault(simple[kind], node(value.node), resource=value.resource)
+        else:
+            sim.fault(simple[kind], node(value))
         return _ok("done")
+    if kind == "wait":
+        sim.wait(value)
+        return _ok(f"{value:g} s passed")
+    if kind == "split_brain":
+        ok, text = sim.split_brain_recovery(
+            node(value.node), resource=value.resource, survivor=node(value.survivor)
+        )
+        want = value.expect or "accepted"
+        if (want == "accepted") != ok:
+            return _failed(f"expected the recovery to be {want}: {text}")
+        return _ok(text)
     if kind in ("replication", "management"):
         up = value if isinstance(value, bool) else value == "up"
         sim.fault(kind, value=up)
@@ -266,7 +357,42 @@ def _expect(sim: Simulation, spec: StorageCluster, e: Expect) -> StepResult:
     if e.split_brain is not None:
         want("split brain detected", e.split_brain, bool(sim.split_brain) or sim.diverged())
     if e.last_write is not None:
-        want("last write", e.last_write, "acked" if sim.last_write is not None else "not-acked")
+        if e.resource is not None:
+            outcome = sim.last_writes.get(e.resource)
+            label = f"last write to {e.resource}"
+        else:
+            outcome = sim.last_write
+            label = "last write (every resource)"
+        want(label, e.last_write, "acked" if outcome is not None else "not-acked")
+    res_names = [e.resource] if e.resource is not None else sim.resources
+    for table, field_name, label in (
+        (e.disk, "disk", "disk"),
+        (e.peer_disk, "peer_disk", "peer disk seen by"),
+    ):
+        for ref, state in (table or {}).items():
+            n = _resolve(spec, ref) or ""
+            for r in res_names:
+                seen = w.drbd_view(n, r)[field_name] if w.nodes[n].alive else "Unknown"
+                want(f"{label} {n} ({r})", state, str(seen))
+    for ref, luns in (e.luns or {}).items():
+        n = _resolve(spec, ref) or ""
+        exported = sorted(w.nodes[n].exported) if w.nodes[n].alive else []
+        want(f"LUNs exported on {n}", sorted(luns), exported)
+    for ref, addresses in (e.vips or {}).items():
+        n = _resolve(spec, ref) or ""
+        want(f"addresses on {n}", sorted(addresses), sorted(w.nodes[n].vips))
+    if e.alerted is not None or e.not_alerted is not None:
+        who = _resolve(spec, e.node) if e.node else None
+        sent = [a.message for n, a in sim.sent_alerts if who is None or n == who]
+        if e.alerted is not None:
+            checked.append(f"alerted {e.alerted!r}")
+            if not any(e.alerted in m for m in sent):
+                failures.append(f"no alert sent mentions {e.alerted!r} (sent: {sent or 'none'})")
+        if e.not_alerted is not None:
+            checked.append(f"not alerted {e.not_alerted!r}")
+            hits = [m for m in sent if e.not_alerted in m]
+            if hits:
+                failures.append(f"an alert sent mentions {e.not_alerted!r}: {hits[0]}")
     if e.blocked is not None:
         who = _resolve(spec, e.node) if e.node else None
         plans = [sim.last_plans[n] for n in ([who] if who else sim.names) if n in sim.last_plans]

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from reconciler.core.errors import AdapterError, TerminalError, TransientError
-from reconciler.core.observed import VipObs
+from reconciler.core.observed import Leftovers, LeftoverVip, VipObs
 from reconciler.core.spec import Vip
 
 REPO = Path(__file__).resolve().parents[2]
@@ -124,6 +124,13 @@ class RemoteVip:
     def announce(self, vip: Vip) -> None:
         self._call("announce", [vip])
 
+    def leftovers(self, vips: Sequence[Vip]) -> Leftovers:
+        found = self._call("leftovers", vips)
+        return Leftovers(vips=tuple(LeftoverVip(**item) for item in found))
+
+    def remove_old(self, address: str, interface: str) -> None:
+        self._call("remove_old", [Vip.model_validate({"address": address, "interface": interface})])
+
     # --- lifecycle ----------------------------------------------------------------------
     def drain(self) -> bool:
         """Wait (up to 5 s) until every gratuitous ARP round the server scheduled is due and
@@ -189,6 +196,12 @@ def _dispatch(adapter: Any, arp: Any, op: str, vips: list[Vip]) -> Any:
         return [dataclasses.asdict(o) for o in adapter.observe(vips)]
     if op == "drain":
         return arp.drain(5.0)
+    if op == "leftovers":
+        return [dataclasses.asdict(o) for o in adapter.leftovers(vips).vips]
+    if op == "remove_old":
+        (vip,) = vips
+        adapter.remove_old(str(vip.address), vip.interface)
+        return None
     if op in ("add", "remove", "announce"):
         (vip,) = vips
         getattr(adapter, op)(vip)
