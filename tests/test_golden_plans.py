@@ -181,7 +181,11 @@ def test_split_brain_is_reported_and_nothing_is_discarded(tmp_path: Path) -> Non
     histories = {n: list(c.world.nodes[n].resources["iscsi1"].history) for n in ("node1", "node2")}
     c.world.pool_master = "node2"
     r1 = c.tick("node1")
-    assert steps(r1) == TEAR_DOWN
+    # node2 could not promote split-brained data: node1 holds (never demote into an outage).
+    assert steps(r1) == [] and r1.exit_code == EXIT_BLOCKED
+    assert [(b.kind, b.what) for b in r1.plan.blocked] == [(BlockKind.HOLDING, "step-down")]
+    assert "holding: node2 cannot take over: iscsi1 is StandAlone" in r1.plan.blocked[0].reason
+    assert c.world.serving_node("iscsi1") == "node1"
     assert [(w.kind, w.resource) for w in r1.plan.warnings] == [(WarningKind.SPLIT_BRAIN, "iscsi1")]
     assert "split brain" in r1.plan.warnings[0].message
     r2 = c.tick("node2")

@@ -42,7 +42,7 @@ from reconciler.core.plan import Action, ActionKind, Plan
 from reconciler.core.planner import DEFAULT_GUARDS, Guards
 from reconciler.core.safety import Violation, ViolationKind, data_violations, invariant_violations
 from reconciler.core.spec import RoleSourceType, StorageCluster
-from reconciler.executor import RetryPolicy, StepReport, apply
+from reconciler.executor import RetryPolicy, StepReport, apply, skipped_step
 from reconciler.simulation.faults import apply_fault, fault_label
 from reconciler.simulation.model import DEFAULT_FENCING, scenario_yaml
 from reconciler.simulation.render import plan_text, world_line
@@ -131,6 +131,9 @@ class Simulation:
         self._build_adapters()
         self.pending: dict[str, list[Action]] = {n: [] for n in self.names}
         self._pending_plan: dict[str, Plan] = {}  # the plan ``pending`` came from
+        # Outcomes of the kept plan's actions so far (indices into it): its dependency chains.
+        self._pending_failed: dict[str, set[int]] = {n: set() for n in self.names}
+        self._pending_done: dict[str, set[int]] = {n: set() for n in self.names}
         self.known: set[Violation] = set(invariant_violations(self.w.facts()))
         # VIPs an operator configured by hand (a fault), while they stay configured.
         self.hand_vips: set[tuple[str, str]] = set()
@@ -288,6 +291,8 @@ class Simulation:
         p = self._tick(node, dry_run=True, kind="plan")
         self.pending[node] = list(p.actions)
         self._pending_plan[node] = p
+        self._pending_failed[node] = set()
+        self._pending_done[node] = set()
         return p
 
     def apply_next(self, node: str) -> None:
@@ -296,7 +301,18 @@ class Simulation:
         if not self.pending[node]:
             self._note("action", node, "nothing pending")
             return
+        kept = self._pending_plan[node]
+        index = len(kept.actions) - len(self.pending[node])
         action = self.pending[node].pop(0)
+        failed, done = self._pending_failed[node], self._pending_done[node]
+        blocker = action.waits_for(index, failed=failed, done=done)
+        if blocker is not None:
+            # The executor's rule, one action at a time: a dependency failed, skip it.
+            failed.add(index)
+            if action.after is None:
+                self.pending[node] = []
+            self._note("action", node, skipped_step(action, kept.actions[blocker]).error or "")
+            return
         report = apply(
             _one_action(self._pending_plan[node], action),
             self.spec,
@@ -305,8 +321,12 @@ class Simulation:
             sleep=_no_sleep,
             after_step=self._after_step(node),
         )
-        if report.failed is not None:
-            self.pending[node] = []  # the executor stops at the first failed step
+        if report.failed is None:
+            done.add(index)
+        else:
+            failed.add(index)  # what depends on it is skipped (within its chain only)
+            if action.after is None:
+                self.pending[node] = []  # a plan without chains stops at the first failure
 
     def agent_crash(self, node: str) -> None:
         """The agent process dies mid-apply: the rest of its plan never runs."""
@@ -320,8 +340,10 @@ class Simulation:
     def fault(self, name: str, node: str | None = None, **kw: Any) -> None:
         """Apply one fault of the environment (see ``FAULTS``)."""
         entry: dict[str, Any] = {name: node if node is not None else kw.get("value", True)}
+        if kw.get("resource") is not None and name != "inject":
+            entry["resource"] = kw["resource"]  # a per-resource fault (see faults.PER_RESOURCE)
         if name == "inject":
-            entry = {"inject": {"node": node, **kw}}
+            entry = {"inject": {"node": node, **{k: v for k, v in kw.items() if v is not None}}}
         label = fault_label(name, kw)
         self._begin(label, entry)
         text = apply_fault(self, name, node, kw)
@@ -425,12 +447,15 @@ class Simulation:
         self._note("fault", None, "faults stop: everything healed, the role source agrees")
         self.check("heal", by_agent=False)
 
-    def peer_has_data(self, node: str) -> bool:
-        """The peer holds an UpToDate copy of every resource on a working disk: failing
-        ``node``'s disk now loses nothing (the fault model's one-disk-at-a-time rule)."""
+    def peer_has_data(self, node: str, resource: str | None = None) -> bool:
+        """The peer holds an UpToDate copy of every resource (or of ``resource``) on a working
+        disk: failing ``node``'s disk now loses nothing (the fault model's one-disk-at-a-time
+        rule)."""
         peer = self.w.nodes[self.w.peer(node)]
-        return not peer.disk_broken and all(
-            peer.resources[r].disk is DiskState.UPTODATE for r in self.resources
+        names = self.resources if resource is None else [resource]
+        return all(
+            not peer.resources[r].disk_broken and peer.resources[r].disk is DiskState.UPTODATE
+            for r in names
         )
 
     def _repair_disks(self) -> None:
@@ -440,7 +465,7 @@ class Simulation:
         for n in self.names:
             for r in self.resources:
                 res = w.nodes[n].resources[r]
-                if w.nodes[n].disk_broken or res.disk in _NO_DATA:
+                if res.disk_broken or res.disk in _NO_DATA:
                     w.replace_disk(n, r)
 
     def primaries(self) -> list[str]:
@@ -567,7 +592,8 @@ def _no_sleep(_: float) -> None:
 
 def _one_action(plan: Plan, action: Action) -> Plan:
     """``plan`` cut down to one of its actions (what ``apply_next`` hands the executor)."""
-    return replace(plan, actions=(action,), blocked=())
+    # Its dependencies were checked by ``apply_next`` against the kept plan's indices.
+    return replace(plan, actions=(replace(action, after=(), after_any=()),), blocked=())
 
 
 def _merge(base: dict[str, Any], changes: dict[str, Any]) -> None:
