@@ -118,6 +118,7 @@ class Simulation:
     override_promotions: int = 0
     history: list[dict[str, Any]] = field(default_factory=list)
     last_plans: dict[str, Plan] = field(default_factory=dict)
+    k_served: int | None = None  # set by converge(): rounds until every servable resource served
     last_write: int | None = None
     repairing: bool = False  # after heal(): the operator re-attaches disks until it works
 
@@ -534,19 +535,34 @@ class Simulation:
     ) -> tuple[int | None, int | None]:
         """Tick both agents in rounds until one Primary serves where the role source says.
         Returns (K, K_sync): rounds until serving, and until replication is healthy too
-        (None: not within ``max_rounds``)."""
+        (None: not within ``max_rounds``).
+
+        Also sets ``k_served``: rounds until every resource that some node could serve when
+        the rounds began (alive, on the switch, its disk UpToDate) is served through the VIP,
+        wherever (the liveness property "storage is served"; None: not within the rounds)."""
         nodes = list(order or self.names)
         k = k_sync = None
+        servable = [
+            r
+            for r in self.resources
+            if any(
+                self.w.on_switch(n) and self.w.nodes[n].resources[r].disk is DiskState.UPTODATE
+                for n in self.names
+            )
+        ]
+        self.k_served = None if servable else 0
         for i in range(1, max_rounds + 1):
             if self.repairing:
                 self._repair_disks()
             for n in nodes:
                 self.tick(n)
             self._client_write()  # a client keeps writing (and re-ARPs when it times out)
+            if self.k_served is None and all(self.w.serving_node(r) for r in servable):
+                self.k_served = i
             expected = self.expected_primary()
             if k is None and expected is not None and self.serving_ok(expected) is None:
                 k = i
-            if k is not None and self.replication_ok():
+            if k is not None and self.replication_ok() and self.k_served is not None:
                 k_sync = i
                 break
         return k, k_sync
