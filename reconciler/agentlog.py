@@ -195,6 +195,8 @@ def tick_lines(report: TickReport) -> list[tuple[int, str, dict[str, str]]]:
             level, mark = logging.WARNING, "not run"
         elif step.ok:
             level, mark = logging.INFO, "ok"
+        elif step.skipped:  # a dependency of its chain failed
+            level, mark = logging.WARNING, step.error or "not run"
         else:
             level, mark = logging.ERROR, f"FAILED: {step.error or ''}"
         out.append((level, f"{action.describe()} - {action.reason}: {mark}", fields))

@@ -164,7 +164,12 @@ def print_report(
         step = steps.get(id(action))
         mark = ""
         if step is not None:
-            mark = " [green]ok[/]" if step.ok else f" [red]FAILED[/]: {e(step.error or '')}"
+            if step.ok:
+                mark = " [green]ok[/]"
+            elif step.skipped:  # a dependency failed (its chain), see executor.apply
+                mark = f" [yellow]{e(step.error or 'not run')}[/]"
+            else:
+                mark = f" [red]FAILED[/]: {e(step.error or '')}"
         elif report.result is not None:
             mark = " [yellow]not run[/]"
         line(f"  {i}. [cyan]{e(action.describe())}[/] - {e(action.reason)}{mark}")

@@ -82,6 +82,8 @@ def from_report(
         error: str | None
         if step is None:
             result, error = "not-run", "an earlier step failed"
+        elif step.skipped:  # a dependency of its chain failed
+            result, error = "not-run", step.error
         else:
             result, error = ("ok", None) if step.ok else ("failed", step.error)
         out.append(

@@ -3,7 +3,11 @@
 Invariants:
 - the only place with retries: tenacity retries ``TransientError`` with exponential backoff;
   ``TerminalError`` (and anything unexpected) fails the step at once;
-- stops at the first failed step, so a failed promote never leads to a VIP or a target;
+- runs the plan per dependency chain (``Action.after``/``after_any``, set by the planner): an
+  action whose dependency failed is skipped (reported, never run) while the other chains go on,
+  so a failed promote never leads to a VIP or a target that needs it, and one failing resource
+  does not keep the others unserved; within a chain it stops at the first failed step (a plan
+  without explicit chains is one chain: it stops at the first failure);
 - never raises: the report says what ran, what failed and why; the next tick re-observes;
 - sleeping is a parameter (tests pass a recorder and never sleep for real).
 """
@@ -47,6 +51,7 @@ class StepReport:
     attempts: int
     seconds: float
     error: str | None = None
+    skipped: bool = False  # not run: an action it depends on failed (``error`` says which)
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,7 +64,12 @@ class ApplyReport:
 
     @property
     def failed(self) -> StepReport | None:
-        return next((s for s in self.steps if not s.ok), None)
+        """The first step that ran and failed (skipped steps are its consequences)."""
+        return next((s for s in self.steps if not s.ok and not s.skipped), None)
+
+    @property
+    def skipped(self) -> tuple[StepReport, ...]:
+        return tuple(s for s in self.steps if s.skipped)
 
     @property
     def errors(self) -> tuple[str, ...]:
@@ -78,14 +88,30 @@ def apply(
 ) -> ApplyReport:
     policy = retry or RetryPolicy.from_spec(spec)
     steps: list[StepReport] = []
-    for action in plan.actions:
+    failed: set[int] = set()
+    done: set[int] = set()
+    for index, action in enumerate(plan.actions):
+        blocker = action.waits_for(index, failed=failed, done=done)
+        if blocker is not None:
+            failed.add(index)
+            if action.after is None:
+                break  # one chain (a hand-built plan): stop at the first failure, as always
+            steps.append(skipped_step(action, plan.actions[blocker]))
+            continue
         report = _run_step(action, spec, adapters, policy, sleep, clock)
         steps.append(report)
         if after_step is not None:
             after_step(report)
-        if not report.ok:
-            break
+        (done if report.ok else failed).add(index)
     return ApplyReport(tuple(steps))
+
+
+def skipped_step(action: Action, blocker: Action) -> StepReport:
+    """The report of an action not run because ``blocker`` (a dependency) failed or was
+    itself skipped."""
+    return StepReport(
+        action, False, 0, 0.0, f"not run: it depends on {blocker.describe()}, which failed", True
+    )
 
 
 def _run_step(

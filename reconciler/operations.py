@@ -106,11 +106,16 @@ def become_primary(
 
 
 def become_secondary(spec: StorageCluster, node: str, adapters: NodeAdapters) -> Outcome:
-    """Record the operator's choice Secondary (manual mode only); the caller ticks."""
-    del spec  # no rule of become-secondary reads the spec or an observation
-    verdict = rules.become_secondary(node, adapters.operator.load())
+    """Record the operator's choice Secondary (manual mode only); the caller ticks. Observes
+    (when in manual mode) only so the message can say whether the peer can take over."""
+    current = adapters.operator.load()
+    if (refused := rules.require_manual_mode(node, current)) is not None:
+        return Outcome(refused)
+    obs = observe(spec, adapters)
+    peer = next((n for n in spec.node_names if n != node), "the peer")
+    verdict = rules.become_secondary(node, current, obs, peer=peer)
     _persist(adapters, verdict)
-    return Outcome(verdict)
+    return Outcome(verdict, obs)
 
 
 OPERATOR_COMMANDS = (

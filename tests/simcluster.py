@@ -21,6 +21,32 @@ def demo_spec(**_: object) -> StorageCluster:
     return load_spec(DEMO_TEXT, filename="specs/demo.yaml")
 
 
+TWO_RESOURCE_TEXT = DEMO_TEXT.replace(
+    """      disk: /dev/vdb
+""",
+    """      disk: /dev/vdb
+    - name: iscsi2
+      minor: 2
+      disk: /dev/vdc
+""",
+).replace(
+    """        scsiSn: TANDEM0001
+""",
+    """        scsiSn: TANDEM0001
+      - lun: 2
+        resource: iscsi2
+        scsiId: tandem-iscsi2
+        scsiSn: TANDEM0002
+""",
+)
+
+
+def two_resource_spec() -> StorageCluster:
+    """The demo spec with a second resource (iscsi2, exported as LUN 2)."""
+    assert TWO_RESOURCE_TEXT.count("resource: iscsi2") == 1, "specs/demo.yaml changed shape"
+    return load_spec(TWO_RESOURCE_TEXT, filename="two-resources.yaml")
+
+
 NO_SLEEP_RETRY = RetryPolicy(attempts=3, backoff=0.01, backoff_max=0.01)
 
 

@@ -64,8 +64,9 @@ TABLE: dict[tuple[str, str, str], str] = {
     ("secondary", "secondary", "peer-alive-disconnected"): "! -",
     ("secondary", "primary", "peer-secondary"): f"{DOWN} ! -",
     ("secondary", "primary", "peer-primary"): f"{DOWN} ! -",
-    ("secondary", "primary", "peer-dead"): f"{DOWN} ! -",
-    ("secondary", "primary", "peer-alive-disconnected"): f"{DOWN} ! -",
+    # Never demote into an outage: a disconnected peer cannot take over, so the primary holds.
+    ("secondary", "primary", "peer-dead"): "! step-down:holding",
+    ("secondary", "primary", "peer-alive-disconnected"): "! step-down:holding",
     ("secondary", "unreadable", "peer-secondary"): "! observe:drbd-unknown",
     ("secondary", "unreadable", "peer-primary"): "! observe:drbd-unknown",
     ("secondary", "unreadable", "peer-dead"): "! observe:drbd-unknown",

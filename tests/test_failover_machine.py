@@ -3,9 +3,16 @@
 Both agents act exactly as the CLI does (observe -> plan -> apply), through
 ``reconciler.simulation.Simulation``, while faults of every class land between their ticks and
 between the actions of one tick. The invariants of reconciler.core.safety are checked after
-every executed action (inside ``Simulation``); the liveness property is checked at the end of
-every run: once faults stop and the role source agrees, one Primary serves the VIP and the
-target where the role source says within K_MAX rounds of both agents.
+every executed action (inside ``Simulation``); the liveness properties are checked at the end of
+every run and every HEAL_EVERY steps: once faults stop and the role source agrees, one Primary
+serves the VIP and the target where the role source says within K_MAX rounds of both agents;
+and every resource some node holds UpToDate (on the switch, so it may serve) is served through
+the VIP, wherever, within K_MAX rounds (``Simulation.k_served``).
+
+Every other run of the main test uses a two-resource spec (``TwoResourceMachine``), whose extra
+rule makes per-resource faults (disconnect, detach, fail or replace one resource's disk, inject
+a command fault for one resource): one failing resource must not keep the other unserved, and
+the holding rule (never demote into an outage) must not break liveness.
 
 Depth is a hypothesis profile chosen by ``TANDEM_SIM_PROFILE``: ``ci`` (the default: >= 100,000
 state-machine steps, a few minutes on 2 cores) or ``deep`` (long runs). The step count, how often
@@ -53,9 +60,10 @@ from reconciler.simulation import (
     Simulation,
     new_simulation,
 )
-from tests.simcluster import demo_spec
+from tests.simcluster import demo_spec, two_resource_spec
 
 SPEC = demo_spec()
+SPEC2 = two_resource_spec()
 NODES = SPEC.node_names
 K_MAX = 3  # the liveness goal: converged within 3 rounds of both agents
 K_SYNC_MAX = 6  # ... and replication healthy (resync done) within 6
@@ -119,6 +127,17 @@ FAULT_CLASSES = (
     "client-write",
     "heal",
 )
+# The per-resource fault classes (the two-resource machine's extra rule).
+RESOURCE_FAULT_CLASSES = (
+    "disconnect (one resource)",
+    "detachDisk (one resource)",
+    "failDisk (one resource)",
+    "replaceDisk (one resource)",
+    "inject transient (one resource)",
+    "inject terminal (one resource)",
+    "inject garbage (one resource)",
+)
+RESOURCE_OPS = ("drbd-up", "drbd-primary", "drbd-secondary", "drbd-connect", "target-export")
 
 
 class Stats:
@@ -131,6 +150,8 @@ class Stats:
     classes: ClassVar[Counter[str]] = Counter()
     k: ClassVar[Counter[int]] = Counter()
     k_sync: ClassVar[Counter[int]] = Counter()
+    k_served: ClassVar[Counter[int]] = Counter()
+    two_resource_runs = 0
     split_brain_runs = 0
     override_runs = 0
     destroyed_writes = 0
@@ -240,6 +261,36 @@ class FailoverMachine(RuleBasedStateMachine):
             kind = "replaceDisk"  # one disk at a time: losing the only current copy is out of scope
         self.sim.fault(kind, node)
 
+    @precondition(lambda self: len(self.sim.resources) > 1)
+    @rule(
+        kind=st.sampled_from(
+            ["disconnect", "detachDisk", "failDisk", "replaceDisk", "inject", "garbage"]
+        ),
+        node=st.sampled_from(NODES),
+        which=st.integers(0, 1),
+        terminal=st.booleans(),
+        op=st.sampled_from(RESOURCE_OPS),
+        count=st.sampled_from([1, 2, -1]),
+    )
+    def resource_fault(
+        self, kind: str, node: str, which: int, terminal: bool, op: str, count: int
+    ) -> None:
+        """One resource only: disconnected, its disk detached/failed/replaced, or one of its
+        commands (or its part of the DRBD observation) failing."""
+        self._count("resource fault")
+        resource = self.sim.resources[which % len(self.sim.resources)]
+        if kind in ("detachDisk", "failDisk") and not self.sim.peer_has_data(node, resource):
+            kind = "replaceDisk"  # one disk at a time: losing the only current copy is out of scope
+        if kind == "garbage":
+            self.sim.fault(
+                "inject", node, op="drbd-observe", kind="garbage", count=1, resource=resource
+            )
+        elif kind == "inject":
+            fault = "terminal" if terminal else "transient"
+            self.sim.fault("inject", node, op=op, kind=fault, count=count, resource=resource)
+        else:
+            self.sim.fault(kind, node, resource=resource)
+
     @rule(
         node=st.sampled_from(NODES),
         op=st.sampled_from(ACTION_OPS + OBSERVE_OPS),
@@ -345,9 +396,15 @@ class FailoverMachine(RuleBasedStateMachine):
         assert k_sync is not None and k_sync <= K_SYNC_MAX, (
             f"replication not healthy within {K_SYNC_MAX} rounds\n{sim.to_scenario_yaml()}"
         )
+        served = sim.k_served
+        assert served is not None and served <= K_MAX, (
+            f"storage some node holds UpToDate not served within {K_MAX} rounds (K={served})\n"
+            f"{sim.world_line()}\n{replay}"
+        )
         if self.record:
             Stats.k[k] += 1
             Stats.k_sync[k_sync] += 1
+            Stats.k_served[served] += 1
 
     def teardown(self) -> None:
         # Hypothesis tears down failed runs too: keep their own failure, check nothing more.
@@ -356,12 +413,19 @@ class FailoverMachine(RuleBasedStateMachine):
         self.check_liveness(NODES[self.since_heal % 2])
         if self.record:
             Stats.runs += 1
+            Stats.two_resource_runs += len(self.sim.resources) > 1
             Stats.steps += sum(self.rules.values())
             Stats.rules.update(self.rules)
             Stats.classes.update(self.sim.counts)
             Stats.split_brain_runs += bool(self.sim.split_brain)
             Stats.override_runs += bool(self.sim.override_promotions)
             Stats.destroyed_writes += sum(len(v) for v in self.sim.w.destroyed.values())
+
+
+class TwoResourceMachine(FailoverMachine):
+    """The main machine over a two-resource spec, with per-resource faults."""
+
+    spec = SPEC2
 
 
 # --- the terminal summary (shown by a plain `pytest` run, no -s needed) --------------------------
@@ -395,6 +459,9 @@ def _summarise() -> list[str]:
         + f"; max K = {max(Stats.k)} (goal <= {K_MAX})",
         "K_sync (until replication is healthy too): "
         + ", ".join(f"{k}: {n}" for k, n in sorted(Stats.k_sync.items())),
+        "K_served (until every resource some node holds UpToDate is served, anywhere): "
+        + ", ".join(f"K={k}: {n}" for k, n in sorted(Stats.k_served.items()))
+        + f"; runs on the two-resource spec: {Stats.two_resource_runs}",
         f"runs with a split brain (all forced by an operator override, all reported): "
         f"{Stats.split_brain_runs}; runs with an override promotion: {Stats.override_runs}; "
         f"writes lost to a failed disk holding their only copy: {Stats.destroyed_writes}",
@@ -410,15 +477,19 @@ def test_failover_state_machine_keeps_every_invariant() -> None:
     profile = settings.get_profile(f"tandem-sim-{PROFILE}")
     rounds = 0
     while Stats.steps < MIN_STEPS and rounds < 10:
-        # Hypothesis ends runs at random lengths; repeat until the step budget is spent.
+        # Hypothesis ends runs at random lengths; repeat until the step budget is spent. Every
+        # other round runs the two-resource machine (per-resource faults).
         rounds += 1
-        run_state_machine_as_test(FailoverMachine, settings=profile)
+        machine = FailoverMachine if rounds % 2 else TwoResourceMachine
+        run_state_machine_as_test(machine, settings=profile)
+    if not Stats.two_resource_runs:
+        run_state_machine_as_test(TwoResourceMachine, settings=profile)
     Stats.seconds = time.monotonic() - started
     Stats.lines[:0] = _summarise()
-    missing = [c for c in FAULT_CLASSES if not Stats.classes[c]]
+    missing = [c for c in FAULT_CLASSES + RESOURCE_FAULT_CLASSES if not Stats.classes[c]]
     assert not missing, f"fault classes that never fired: {missing}"
     assert Stats.steps >= MIN_STEPS, f"only {Stats.steps} steps"
-    assert max(Stats.k) <= K_MAX
+    assert max(Stats.k) <= K_MAX and max(Stats.k_served) <= K_MAX
 
 
 # --- the property runs tick through the production tick ----------------------------------------

@@ -181,7 +181,11 @@ def test_split_brain_is_reported_and_nothing_is_discarded(tmp_path: Path) -> Non
     histories = {n: list(c.world.nodes[n].resources["iscsi1"].history) for n in ("node1", "node2")}
     c.world.pool_master = "node2"
     r1 = c.tick("node1")
-    assert steps(r1) == TEAR_DOWN
+    # node2 could not promote split-brained data: node1 holds (never demote into an outage).
+    assert steps(r1) == [] and r1.exit_code == EXIT_BLOCKED
+    assert [(b.kind, b.what) for b in r1.plan.blocked] == [(BlockKind.HOLDING, "step-down")]
+    assert "holding: node2 cannot take over: iscsi1 is StandAlone" in r1.plan.blocked[0].reason
+    assert c.world.serving_node("iscsi1") == "node1"
     assert [(w.kind, w.resource) for w in r1.plan.warnings] == [(WarningKind.SPLIT_BRAIN, "iscsi1")]
     assert "split brain" in r1.plan.warnings[0].message
     r2 = c.tick("node2")
@@ -220,3 +224,32 @@ def test_one_unreadable_drbd_status_does_not_tear_down_the_primary(tmp_path: Pat
     assert r.plan.serving, "the hold keeps serving: the recorded expectation says so"
     assert c.world.serving_node("iscsi1") == "node1"
     assert_idempotent(c)
+
+
+def test_bring_up_and_tear_down_plans_carry_their_dependency_chains(tmp_path: Path) -> None:
+    """Golden chains (``Action.after``/``after_any``): each resource's promote is its own chain;
+    the VIP needs one of them; VIP -> announce -> target in one chain; each LUN needs the target
+    and its own resource. On the way down: target -> VIP -> each demote."""
+    from tests.simcluster import two_resource_spec
+
+    c = SimCluster.create(two_resource_spec(), tmp_path)
+    up = c.tick("node1", dry_run=True).plan
+    assert [(a.describe(), a.after, a.after_any) for a in up.actions] == [
+        ("promote iscsi1", (), ()),
+        ("promote iscsi2", (), ()),
+        ("add-vip 198.51.100.3", (), (0, 1)),
+        ("announce-vip 198.51.100.3", (2,), ()),
+        ("start-target", (3,), ()),
+        ("export-lun LUN 1 (iscsi1)", (4, 0), ()),
+        ("export-lun LUN 2 (iscsi2)", (4, 1), ()),
+    ]
+    assert up.actions[2].to_json()["afterAny"] == [0, 1]
+    c.converge()
+    c.world.pool_master = "node2"
+    down = c.tick("node1", dry_run=True).plan
+    assert [(a.describe(), a.after) for a in down.actions] == [
+        ("stop-target", ()),
+        ("remove-vip 198.51.100.3", (0,)),
+        ("demote iscsi1", (1,)),
+        ("demote iscsi2", (1,)),
+    ]

@@ -330,3 +330,17 @@ def test_the_simulator_speaks_with_the_cli_rules_and_words() -> None:
     accepted, text = sim.operator("node1", "become-primary")
     assert not accepted and not direct.accepted
     assert text == direct.message and "manual-mode enable" in text
+
+
+def test_become_secondary_says_plainly_when_nobody_can_take_over(sim: Sim) -> None:
+    """Allowed (the reference design's rule), and obeyed by the planner, but the operator is
+    told that stepping down now stops all service."""
+    sim.world.set_links(replication=False)
+    sim.manual("node1")
+    out = operations.become_secondary(SPEC, "node1", sim.adapters["node1"])
+    assert out.accepted and out.observed is not None
+    assert out.message.startswith("node1: accepted: becoming Secondary; WARNING: nobody can take")
+    assert "node2 cannot take over: iscsi1 is WFConnection" in out.message
+    sim.tick("node1")
+    assert sim.serving() == []  # obeyed: an operator's explicit choice is not held
+    assert sim.world.nodes["node1"].resources["iscsi1"].role is Role.SECONDARY

@@ -223,7 +223,7 @@ def test_per_resource_faults_and_writes(tmp_path: Path) -> None:
     )
     r = simulate("-f", spec, "--scenario", path)
     assert r.returncode == 0, r.stdout[-3000:]
-    assert "disk detached on node1 (iscsi2)" in r.stdout
+    assert "disk detached on node1 for iscsi2" in r.stdout
     # The resource named is the one checked: iscsi1 keeps its disk, so this must fail.
     wrong = path.read_text().replace(
         "{resource: iscsi1, disk: {first: UpToDate", "{resource: iscsi1, disk: {first: Diskless"

@@ -87,6 +87,10 @@ class SimDrbd(_SimBase):
                 if r.name not in world.nodes[self.node].resources:
                     out.append(ResourceObs.down(r.name))
                     continue
+                if world.check_fault(self.node, "drbd-observe", r.name) == "garbage":
+                    # A fault scoped to this resource: only its part of the output is garbage.
+                    out.append(ResourceObs.unknown(r.name, "unparseable drbdsetup status output"))
+                    continue
                 view = world.drbd_view(self.node, r.name)
                 if not view["up"]:
                     out.append(ResourceObs.down(r.name))
@@ -109,31 +113,31 @@ class SimDrbd(_SimBase):
     def up(self, resource: Resource) -> None:
         self._hang("drbd-up")
         with self.store.transaction() as world:
-            world.check_fault(self.node, "drbd-up")
+            world.check_fault(self.node, "drbd-up", resource.name)
             world.drbd_up(self.node, resource.name)
 
     def primary(self, resource: Resource, *, force: bool = False) -> None:
         self._hang("drbd-primary")
         with self.store.transaction() as world:
-            world.check_fault(self.node, "drbd-primary")
+            world.check_fault(self.node, "drbd-primary", resource.name)
             world.drbd_primary(self.node, resource.name, force=force)
 
     def secondary(self, resource: Resource) -> None:
         self._hang("drbd-secondary")
         with self.store.transaction() as world:
-            world.check_fault(self.node, "drbd-secondary")
+            world.check_fault(self.node, "drbd-secondary", resource.name)
             world.drbd_secondary(self.node, resource.name)
 
     def connect(self, resource: Resource, *, discard_my_data: bool = False) -> None:
         self._hang("drbd-connect")
         with self.store.transaction() as world:
-            world.check_fault(self.node, "drbd-connect")
+            world.check_fault(self.node, "drbd-connect", resource.name)
             world.drbd_connect(self.node, resource.name, discard_my_data=discard_my_data)
 
     def disconnect(self, resource: Resource) -> None:
         self._hang("drbd-disconnect")
         with self.store.transaction() as world:
-            world.check_fault(self.node, "drbd-disconnect")
+            world.check_fault(self.node, "drbd-disconnect", resource.name)
             world.drbd_disconnect(self.node, resource.name)
 
 
@@ -258,7 +262,7 @@ class SimTarget(_SimBase):
     def export_lun(self, target: Target, lun: Lun, resource: Resource) -> None:
         self._hang("target-export")
         with self.store.transaction() as world:
-            world.check_fault(self.node, "target-export")
+            world.check_fault(self.node, "target-export", resource.name)
             world.target_export(self.node, lun.lun, resource.name)
             _record(world, self.node, "add_lun", target.tid, lun.lun)
 

@@ -37,7 +37,12 @@ DRBD rules kept (8.4 semantics, protocol C, single-primary):
   (Inconsistent) that resyncs from the peer.
 
 Fencing (``fencing``, DRBD's ``fencing`` option plus its fence-peer handler), run when a Primary
-loses its peer and when a disconnected node promotes:
+loses its peer and when a disconnected node promotes. Every branch follows DRBD 8.4's kernel code
+(``drbd_nl.c``: ``highest_fencing_policy``, ``conn_try_outdate_peer``, ``drbd_set_role``;
+``drbd_receiver.c``: ``conn_disconnect``), cited at each branch in ``_fence_peer``:
+- a node whose own disk is not at least Consistent (Diskless, Failed, Inconsistent, Outdated)
+  never runs the handler: "Not fencing peer, I'm not even Consistent myself." It neither
+  outdates nor powers off its peer, and its I/O is not frozen by fencing;
 - ``none`` (``dont-care``): nothing is fenced; a lone Primary keeps writing.
 - ``resource-only``: the handler outdates the peer over the management network when it can;
   when it cannot reach the peer it reports "peer unreachable, assumed dead" and DRBD carries on
@@ -105,6 +110,7 @@ class SimResource(BaseModel):
     conflict: str | None = None  # why the last connection attempt was dropped
     detached_from: DiskState | None = None  # the disk state when it was detached (data kept)
     exposed: list[int] = Field(default_factory=list)  # while Primary: the data it serves
+    disk_broken: bool = False  # this resource's backing disk failed and was not replaced
 
 
 class SimNode(BaseModel):
@@ -123,7 +129,9 @@ class SimNode(BaseModel):
     exported: dict[int, str] = Field(default_factory=dict)
     heuristics_reachable: bool = True
     isolated: bool = False  # this node's port on the management/client switch is cut
-    disk_broken: bool = False  # the backing disk failed and was not replaced
+    # Some resource's backing disk failed and was not replaced (each resource says which:
+    # ``SimResource.disk_broken``); kept on the node too so the node's agent wakes on it.
+    disk_broken: bool = False
     manual_mode: bool = False  # the operator's state (kept in the world by SimOperatorStore)
     chosen_role: Role | None = None
     force: bool = False
@@ -131,6 +139,9 @@ class SimNode(BaseModel):
 
 class Fault(BaseModel):
     """An injected failure: the next ``count`` calls of ``op`` on ``node`` fail (-1: forever).
+
+    ``resource``: only the calls about that DRBD resource fail (``drbd-*`` operations, a LUN
+    export of it, its part of a DRBD observation); None: every call of ``op``, as before.
 
     ``hang``: each such call blocks (a command that never returns) until the fault is removed
     from the world (released) or for ``seconds``, then goes on normally; what it then does
@@ -142,6 +153,7 @@ class Fault(BaseModel):
     kind: FaultKind = "transient"
     count: int = 1
     seconds: float = 30.0  # hang only
+    resource: str | None = None
 
 
 class World(BaseModel):
@@ -227,22 +239,27 @@ class World(BaseModel):
 
     # --- faults -------------------------------------------------------------------------
 
-    def check_fault(self, node: str, op: str) -> FaultKind | None:
-        """Consume a matching injected fault; raise for action faults, return observe faults."""
+    def check_fault(self, node: str, op: str, resource: str | None = None) -> FaultKind | None:
+        """Consume a matching injected fault; raise for action faults, return observe faults.
+        A fault scoped to a resource matches only a call about that resource; an unscoped one
+        matches every call of ``op``."""
         if not self.faults:
             return None
         for fault in self.faults:
             if fault.kind == "hang":
                 continue  # taken before the call (take_hang), never raised
+            if fault.resource is not None and fault.resource != resource:
+                continue
             if fault.node == node and fault.op == op and fault.count != 0:
                 if fault.count > 0:
                     fault.count -= 1
                 if fault.kind == "garbage":
                     return "garbage"
+                what = f"{op} {resource}" if resource else op
                 if fault.kind == "terminal":
-                    raise TerminalError(f"{op} on {node} failed (injected terminal fault)")
+                    raise TerminalError(f"{what} on {node} failed (injected terminal fault)")
                 text = "timed out" if fault.kind == "timeout" else "failed"
-                raise TransientError(f"{op} on {node} {text} (injected transient fault)")
+                raise TransientError(f"{what} on {node} {text} (injected transient fault)")
         self.faults = [f for f in self.faults if f.count != 0]
         return None
 
@@ -318,6 +335,10 @@ class World(BaseModel):
                 if not me.frozen:
                     continue
                 if me.connected or me.role is not Role.PRIMARY or not me.up:
+                    me.frozen = False
+                elif not _may_fence(me):
+                    # The disk dropped below Consistent while frozen: conn_try_outdate_peer()
+                    # takes its FP_NOT_AVAIL branch, which clears susp_fen (drbd_nl.c).
                     me.frozen = False
                 elif self.nodes[n].alive and self._fence_peer(n, r):
                     me.frozen = False
@@ -418,7 +439,17 @@ class World(BaseModel):
                 x.disk = DiskState.INCONSISTENT
         for n in names:
             me = self.nodes[n].resources[r]
+            # drbd_receiver.c conn_disconnect(): only a Primary whose peer disk is not already
+            # known Outdated (pdsk >= D_UNKNOWN) calls the fence-peer handler on a lost link.
             if not (self.nodes[n].alive and me.up and me.role is Role.PRIMARY):
+                continue
+            if not _may_fence(me):
+                # drbd_nl.c highest_fencing_policy(): only a disk >= D_CONSISTENT counts, so
+                # FP_NOT_AVAIL: "Not fencing peer, I'm not even Consistent myself." No
+                # freeze either: the policy comes from a disk this node does not have, and
+                # conn_try_outdate_peer() clears susp_fen on that branch.
+                if self.fencing != "none" and not me.peer_outdated:
+                    self.event(f"{n}/{r}: not fencing peer, I'm not even Consistent myself")
                 continue
             if self.fencing == "resource-and-stonith":
                 me.frozen = True
@@ -434,20 +465,46 @@ class World(BaseModel):
         not to promote with newer-looking data: outdated, or (stonith) powered off."""
         me = self.nodes[node].resources[r]
         if me.peer_outdated:
+            # conn_try_outdate_peer() returns conn_highest_pdsk() <= D_OUTDATED: known already.
             return True
+        if self.fencing == "none":
+            return True  # FP_DONT_CARE: conn_try_outdate_peer() returns true, no handler
+        if not _may_fence(me):
+            # drbd_nl.c highest_fencing_policy() -> FP_NOT_AVAIL ("Not fencing peer, I'm not
+            # even Consistent myself."): no handler runs; the peer is not known Outdated.
+            return False
         peer = self.peer(node)
         pr = self.nodes[peer].resources[r]
         if self.nodes[peer].alive and self.management_path(node, peer):
             if pr.up and pr.role is Role.PRIMARY:
-                return False  # a Primary cannot be outdated (handler exit 6)
+                # Handler exit 6, "peer is active": conn_try_outdate_peer() outdates THIS
+                # node's disk ("Peer is primary, outdating myself."), for the unconnected
+                # Secondary asked to promote; a Primary cannot be Outdated (its state change
+                # is refused), so a frozen Primary just stays frozen.
+                if me.role is not Role.PRIMARY and me.disk in (
+                    DiskState.UPTODATE,
+                    DiskState.CONSISTENT,
+                ):
+                    me.disk = DiskState.OUTDATED
+                return False
+            # Exit 4, "peer was fenced" (outdated, or already Outdated); exit 3 "peer is
+            # inconsistent or worse" for a peer without good data: both leave pdsk <=
+            # D_OUTDATED, so the handler succeeded.
             if pr.disk in (DiskState.UPTODATE, DiskState.CONSISTENT):
                 pr.disk = DiskState.OUTDATED
             me.peer_outdated = True
             return True
         if self.fencing == "resource-only":
-            # Exit 5: "peer is unreachable, assumed to be dead": DRBD believes it Outdated.
+            # Exit 5, "peer was down": only when conn_highest_disk() == D_UP_TO_DATE is it
+            # "peer is unreachable, assumed to be dead" (pdsk Outdated); a Consistent node
+            # gets "peer unreachable, doing nothing since disk != UpToDate".
+            if me.disk is not DiskState.UPTODATE:
+                return False
             me.peer_outdated = True
             return True
+        # resource-and-stonith, peer unreachable: the handler powers it off through its BMC
+        # (exit 7, "peer was stonithed": pdsk Outdated); a node cut off from the switch cannot
+        # reach the BMC, the handler fails and I/O stays frozen ("Eventually leave IO frozen").
         if self.fencing == "resource-and-stonith" and self.on_switch(node):
             if self.nodes[peer].alive:
                 self.event(f"{node}/{r}: STONITH: powered {peer} off through its BMC")
@@ -512,7 +569,7 @@ class World(BaseModel):
             me.role = Role.SECONDARY
             me.standalone = False
             me.frozen = False
-            if self.nodes[node].disk_broken:
+            if me.disk_broken:
                 me.disk = DiskState.DISKLESS
         self.settle()
 
@@ -708,6 +765,7 @@ class World(BaseModel):
         me.history = []
         me.sync_left = 0
         me.detached_from = None
+        me.disk_broken = True
         self.nodes[node].disk_broken = True
         gone = [
             g for g in self.acked.get(resource, []) if g in lost and not self._held(resource, g)
@@ -729,8 +787,9 @@ class World(BaseModel):
         nd = self.nodes[node]
         me = self.res(node, resource)
         other = self.nodes[self.peer(node)].resources[resource]
-        if nd.disk_broken or me.disk is DiskState.FAILED:
-            nd.disk_broken = False
+        if me.disk_broken or me.disk is DiskState.FAILED:
+            me.disk_broken = False
+            nd.disk_broken = any(x.disk_broken for x in nd.resources.values())
             me.history = []
             me.disk = DiskState.INCONSISTENT
         elif me.disk is DiskState.DISKLESS:
@@ -861,6 +920,14 @@ class World(BaseModel):
             serves=serves,
             disks=disks,
         )
+
+
+def _may_fence(res: SimResource) -> bool:
+    """drbd_nl.c highest_fencing_policy(): the fencing policy is read only from a local disk in
+    state >= D_CONSISTENT (``get_ldev_if_state(device, D_CONSISTENT)``); below that DRBD takes
+    the FP_NOT_AVAIL branch and never fences. (Outdated sorts below Consistent in DRBD's
+    ``enum drbd_disk_state``, so an Outdated node does not fence either.)"""
+    return res.disk in (DiskState.UPTODATE, DiskState.CONSISTENT)
 
 
 def _holds_data(res: SimResource) -> bool:

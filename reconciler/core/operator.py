@@ -25,6 +25,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
+from reconciler.core import safety
 from reconciler.core.observed import ConnState, ObservedState, OperatorState, Role
 from reconciler.core.plan import Action, ActionKind, Plan
 from reconciler.core.spec import StorageCluster
@@ -164,13 +165,30 @@ def become_primary(
     )
 
 
-def become_secondary(node: str, current: OperatorState) -> Verdict:
-    """Manual mode only; otherwise always allowed (stepping down never risks two primaries)."""
+def become_secondary(
+    node: str,
+    current: OperatorState,
+    observed: ObservedState | None = None,
+    *,
+    peer: str = "the peer",
+) -> Verdict:
+    """Manual mode only; otherwise always allowed (stepping down never risks two primaries,
+    the reference design's rule). With the ``observed`` state, the message says plainly when
+    nobody can take over (``safety.peer_can_take_over``): the operator then stops all service
+    until the peer can promote, and is told so."""
     if (refused := require_manual_mode(node, current)) is not None:
         return refused
+    message = f"{node}: accepted: becoming Secondary"
+    if observed is not None:
+        takeover = safety.peer_can_take_over(observed, peer=peer)
+        if not takeover.ok:
+            message += (
+                f"; WARNING: nobody can take over ({takeover.reason}): storage is not served "
+                "until the peer can promote"
+            )
     return Verdict(
         True,
-        f"{node}: accepted: becoming Secondary",
+        message,
         new_state=OperatorState(manual_mode=True, chosen_role=Role.SECONDARY),
     )
 

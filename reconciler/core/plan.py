@@ -3,6 +3,13 @@
 Invariants: a Plan is immutable; actions are in execution order; ``blocked`` entries are refusals
 by a safety rule and are never executed; reasons never drive decisions.
 
+Dependency chains. Each action says what it needs (``Action.after``: indices of earlier actions
+of the same plan that must all have succeeded; ``after_any``: at least one of them must have).
+``after=None`` (the default, for hand-built plans such as the guided recovery) means "after every
+earlier action": the whole plan is one chain, stopped at its first failure. The planner sets
+explicit chains so that one failing resource does not hold back the others (docs/architecture.md,
+"Dependency chains"); the executor skips, and never runs, an action whose dependency failed.
+
 Everything a decision reads is typed: the desired role is a ``Role``, a refusal carries a
 ``BlockKind`` and a warning a ``WarningKind`` (plus the resource it is about). ``what``,
 ``reason`` and ``message`` are text for people; code that reacts to a plan (alerts, the watch
@@ -59,6 +66,10 @@ class Action:
     # as opposed to a bring-up. Decided by the planner from the observation; the alert gate
     # counts repairs over time (reconciler.alerts).
     repair: bool = False
+    # Indices (into the plan's actions, all earlier) that must all have succeeded; None: every
+    # earlier action (one chain). ``after_any``: at least one of these must have succeeded.
+    after: tuple[int, ...] | None = None
+    after_any: tuple[int, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"kind": self.kind.value, "reason": self.reason}
@@ -76,7 +87,25 @@ class Action:
                 out[key] = value
         if self.repair:
             out["repair"] = True
+        if self.after is not None:
+            out["after"] = list(self.after)
+        if self.after_any:
+            out["afterAny"] = list(self.after_any)
         return out
+
+    def waits_for(
+        self, index: int, *, failed: set[int] | frozenset[int], done: set[int] | frozenset[int]
+    ) -> int | None:
+        """For this action at position ``index`` of its plan: the earlier action whose failure
+        (or skip) holds it back, or None when it may run. ``failed``: indices that failed or
+        were skipped; ``done``: indices that succeeded."""
+        needs = range(index) if self.after is None else self.after
+        for i in needs:
+            if i in failed:
+                return i
+        if self.after_any and not any(i in done for i in self.after_any):
+            return self.after_any[0]
+        return None
 
     def describe(self) -> str:
         if self.lun is not None:
@@ -103,6 +132,9 @@ class BlockKind(StrEnum):
     NOT_PRIMARY_HERE = "not-primary-here"  # a VIP or LUN needs a Primary resource here
     VIP_UNKNOWN = "vip-unknown"  # the VIP's state (or who else answers) is unreadable
     TARGET_UNKNOWN = "target-unknown"  # the target's state is unreadable
+    # The role source moved the primary role away, but the peer cannot take over (disconnected,
+    # its disk not UpToDate, a SyncTarget, unreachable): this node keeps serving.
+    HOLDING = "holding"
 
 
 @dataclass(frozen=True, slots=True)

@@ -119,11 +119,50 @@ DEFAULT_GUARDS = Guards()
 
 @dataclass
 class _Recorder:
+    """Records actions with their dependency chains (``Action.after``/``after_any``): each
+    resource's DRBD actions form one chain (``res_tail``); the VIP + target actions form the
+    serving chain (``serve_tail``), which needs at least one resource Primary; a LUN needs the
+    serving chain and its own resource's chain."""
+
     actions: list[Action] = field(default_factory=list)
     blocked: list[Blocked] = field(default_factory=list)
+    res_tail: dict[str, int] = field(default_factory=dict)  # last action of each resource
+    promotes: dict[str, int] = field(default_factory=dict)  # resource -> its promote
+    serve_tail: int | None = None  # last action of the serving chain (VIP, target)
+    leftover_tail: int | None = None  # last removal of what the spec no longer declares
+    deleted_targets: dict[int, int] = field(default_factory=dict)  # tid -> its delete action
 
-    def act(self, kind: ActionKind, reason: str, **where: Any) -> None:
-        self.actions.append(Action(kind=kind, reason=reason, **where))
+    def act(
+        self,
+        kind: ActionKind,
+        reason: str,
+        *,
+        after: tuple[int, ...] = (),
+        after_any: tuple[int, ...] = (),
+        **where: Any,
+    ) -> int:
+        index = len(self.actions)
+        self.actions.append(
+            Action(kind=kind, reason=reason, after=after, after_any=after_any, **where)
+        )
+        return index
+
+    def act_resource(self, kind: ActionKind, reason: str, resource: str, **more: Any) -> int:
+        """An action of ``resource``'s chain (after its earlier actions in this plan)."""
+        index = self.act(kind, reason, after=self._res_after(resource), resource=resource, **more)
+        self.res_tail[resource] = index
+        return index
+
+    def act_serving(self, kind: ActionKind, reason: str, **where: Any) -> int:
+        """The next action of the serving chain (VIP, target): after the previous one."""
+        after = () if self.serve_tail is None else (self.serve_tail,)
+        index = self.act(kind, reason, after=after, **where)
+        self.serve_tail = index
+        return index
+
+    def _res_after(self, resource: str) -> tuple[int, ...]:
+        tail = self.res_tail.get(resource)
+        return () if tail is None else (tail,)
 
     def block(
         self, kind: BlockKind | None, what: str, reason: str, resource: str | None = None
@@ -156,34 +195,37 @@ class _ResourceModel:
 
     def record_start(self) -> None:
         if self.serving:
-            self.rec.act(
+            self.rec.act_resource(
                 ActionKind.START_DRBD,
                 f"repair: DRBD resource {self.obs.name} stopped on this serving node; start it",
-                resource=self.obs.name,
+                self.obs.name,
                 repair=True,
             )
             return
-        self.rec.act(
+        self.rec.act_resource(
             ActionKind.START_DRBD,
             f"DRBD resource {self.obs.name} is not running; start it so it can replicate",
-            resource=self.obs.name,
+            self.obs.name,
         )
 
     def record_promote(self) -> None:
         # A promotion the operator's override allowed must also pass DRBD's own fencing
         # ("Refusing to be Primary while peer is not outdated"): force it, knowingly.
-        self.rec.act(
-            ActionKind.PROMOTE,
-            self.verdict.reason,
-            resource=self.obs.name,
-            force=self.verdict.override,
+        self.rec.promotes[self.obs.name] = self.rec.act_resource(
+            ActionKind.PROMOTE, self.verdict.reason, self.obs.name, force=self.verdict.override
         )
 
     def record_demote(self) -> None:
-        self.rec.act(
+        # After the whole tear-down chain (target stopped, VIPs released): a demote under a
+        # running target fails anyway, and the VIP must never outlive the Primary. Other
+        # resources' demotes do not wait for this one.
+        rec, name = self.rec, self.obs.name
+        after = rec._res_after(name) + (() if rec.serve_tail is None else (rec.serve_tail,))
+        rec.res_tail[name] = rec.act(
             ActionKind.DEMOTE,
-            f"this node should be secondary; demote {self.obs.name} so the peer can promote",
-            resource=self.obs.name,
+            f"this node should be secondary; demote {name} so the peer can promote",
+            after=after,
+            resource=name,
         )
 
 
@@ -226,12 +268,20 @@ class _ServingModel:
     def record_serve(self) -> None:
         spec, obs, rec = self.spec.spec, self.obs, self.rec
         serving = [name for name, is_primary in self.primary.items() if is_primary]
+        if not any(name not in rec.promotes for name in serving):
+            # Nothing is Primary yet: the serving chain needs one of this plan's promotions
+            # to succeed (whichever: one failing resource must not keep the others unserved).
+            rec.serve_tail = None
+            first_needs: tuple[int, ...] = tuple(rec.promotes[name] for name in serving)
+        else:
+            first_needs = ()
         vips_ok = True
         for vip in spec.vips:
             vobs = obs.vip(vip.ip)
             if vobs.local:
                 if vobs.announced is False:
-                    rec.act(
+                    self._serving_act(
+                        first_needs,
                         ActionKind.ANNOUNCE_VIP,
                         "the VIP is here but was not announced after it was added (an agent "
                         "stopped in between, or the announcement failed): gratuitous ARP so "
@@ -245,15 +295,22 @@ class _ServingModel:
                 vips_ok = False
                 continue
             if self.was_serving:
-                rec.act(
+                self._serving_act(
+                    first_needs,
                     ActionKind.ADD_VIP,
                     f"repair: the VIP is gone from this serving primary; {verdict.reason}",
                     vip=vip.ip,
                     repair=True,
                 )
             else:
-                rec.act(ActionKind.ADD_VIP, f"primary here and {verdict.reason}", vip=vip.ip)
-            rec.act(
+                self._serving_act(
+                    first_needs,
+                    ActionKind.ADD_VIP,
+                    f"primary here and {verdict.reason}",
+                    vip=vip.ip,
+                )
+            self._serving_act(
+                first_needs,
                 ActionKind.ANNOUNCE_VIP,
                 "gratuitous ARP so initiators' ARP caches move to this node at once",
                 vip=vip.ip,
@@ -269,48 +326,98 @@ class _ServingModel:
             )
             return
         # A leftover target on the declared tid (a changed IQN) is deleted first in this plan:
-        # the declared one must then be defined, as if the daemon ran without it.
+        # the declared one must then be defined, as if the daemon ran without it (and only
+        # once that deletion succeeded: the tid is taken until then).
         replaced = any(t.tid == spec.target.tid for t in obs.leftovers.targets)
         running = bool(obs.target.running) and not replaced
         if not running:
-            if self.was_serving and not replaced:
-                rec.act(
+            start_after = rec.deleted_targets.get(spec.target.tid) if replaced else None
+            if start_after is not None and rec.serve_tail is not None:
+                rec.serve_tail = rec.act(
+                    ActionKind.START_TARGET,
+                    "the old target on this tid was deleted: define the declared one",
+                    after=(rec.serve_tail, start_after),
+                )
+            elif start_after is not None:
+                rec.serve_tail = rec.act(
+                    ActionKind.START_TARGET,
+                    "the old target on this tid was deleted: define the declared one",
+                    after=(start_after,),
+                    after_any=first_needs,
+                )
+            elif self.was_serving:
+                self._serving_act(
+                    first_needs,
                     ActionKind.START_TARGET,
                     "repair: the target stopped on this serving primary; start it again",
                     repair=True,
                 )
             else:
-                rec.act(ActionKind.START_TARGET, "primary here and the target is not running")
+                self._serving_act(
+                    first_needs,
+                    ActionKind.START_TARGET,
+                    "primary here and the target is not running",
+                )
         exported = obs.target.exported_luns if running else frozenset()
         for lun in spec.target.luns:
             verdict = self.guards.may_export(lun.resource, primary=self.primary)
+            # A LUN needs the serving chain (the target) and its own resource's chain (its
+            # promotion), not the other resources: their failures leave it exported.
+            after = () if rec.serve_tail is None else (rec.serve_tail,)
+            needs = after + rec._res_after(lun.resource)
+            any_of = first_needs if rec.serve_tail is None else ()
             if lun.lun in exported:
                 if not verdict.ok:
                     rec.act(
-                        ActionKind.UNEXPORT_LUN, verdict.reason, lun=lun.lun, resource=lun.resource
+                        ActionKind.UNEXPORT_LUN,
+                        verdict.reason,
+                        after=after,
+                        lun=lun.lun,
+                        resource=lun.resource,
                     )
                 continue
             if verdict.ok:
                 rec.act(
                     ActionKind.EXPORT_LUN,
                     f"{lun.resource} is Primary here; export it as LUN {lun.lun}",
+                    after=needs,
+                    after_any=any_of,
                     lun=lun.lun,
                     resource=lun.resource,
                 )
+            else:
+                rec.block(
+                    verdict.refusal,
+                    "export-lun",
+                    f"LUN {lun.lun} is not exported: {verdict.reason} (the other resources "
+                    "are served)",
+                    lun.resource,
+                )
+
+    def _serving_act(
+        self, first_needs: tuple[int, ...], kind: ActionKind, reason: str, **where: Any
+    ) -> None:
+        """The next serving-chain action; the chain's first action needs one promotion of
+        ``first_needs`` (when nothing is Primary yet)."""
+        rec = self.rec
+        if rec.serve_tail is None and first_needs:
+            rec.serve_tail = rec.act(kind, reason, after_any=first_needs, **where)
+        else:
+            rec.act_serving(kind, reason, **where)
 
     def record_unserve(self) -> None:
         obs, rec = self.obs, self.rec
         # A target left half-stopped (agent killed mid-stop: tgtd offline, reported not running
         # with an error) must still be stopped, or its daemon leaks on the secondary.
         if obs.target.running is not False or obs.target.error is not None:
-            rec.act(
+            rec.act_serving(
                 ActionKind.STOP_TARGET,
                 "this node must not serve: stop the target first so no initiator writes here",
             )
         for vip in self.spec.spec.vips:
             vobs = obs.vip(vip.ip)
             if vobs.local or vobs.local is None:
-                rec.act(
+                rec.act_serving(
                     ActionKind.REMOVE_VIP,
                     "this node must not serve: release the VIP for the primary",
                     vip=vip.ip,
@@ -365,6 +472,18 @@ def plan(
         holding = any(r.role is Role.PRIMARY for r in observed.resources)
         role = Role.PRIMARY if holding else Role.SECONDARY
         role_reason = f"{role_reason} ({role.value.lower()})"
+    elif role is Role.SECONDARY and not _operator_chose(desired, observed):
+        # Never demote into an outage: the role source moved the primary role away, but if
+        # the peer could not promote (DRBD would refuse it too), stepping down only stops all
+        # service. Hold, say why, and step down on the first tick the peer could take over
+        # (its resync done: the hand-over then has no second gap). Level-based: judged anew
+        # each tick. An operator's become-secondary is obeyed (the reference design's rule).
+        holds = any(r.known and r.up and r.role is Role.PRIMARY for r in observed.resources)
+        takeover = safety.peer_can_take_over(observed, peer=_peer_name(desired, observed.node))
+        if holds and not takeover.ok:
+            rec.block(BlockKind.HOLDING, "step-down", f"holding: {takeover.reason}")
+            role = Role.PRIMARY
+            role_reason = f"{role_reason}; but holding: {takeover.reason}"
 
     _plan_leftovers(observed, rec)
     policy: DisconnectedPolicy = spec.promotion.when_disconnected
@@ -404,10 +523,10 @@ def plan(
                     )
                 )
             else:
-                rec.act(
+                rec.act_resource(
                     ActionKind.CONNECT,
                     f"repair: {res.name} is StandAlone without split brain: reconnect to the peer",
-                    resource=res.name,
+                    res.name,
                     repair=True,
                 )
         promoting = role is Role.PRIMARY and model.state == "secondary"
@@ -460,10 +579,19 @@ def plan(
 
 def _plan_leftovers(observed: ObservedState, rec: _Recorder) -> None:
     """Remove what this agent created that the spec no longer declares, in tear-down order
-    (LUNs, then targets, then addresses), on any node: nothing here serves a declared item."""
+    (LUNs, then targets, then addresses), on any node: nothing here serves a declared item.
+    One chain of its own: a failed removal stops the removals after it (the next tick retries)
+    and nothing else. A deleted target on the declared tid is remembered
+    (``rec.deleted_targets``): the declared target is defined only after it."""
     left = observed.leftovers
+
+    def chained(kind: ActionKind, reason: str, **where: Any) -> int:
+        after = () if rec.leftover_tail is None else (rec.leftover_tail,)
+        rec.leftover_tail = rec.act(kind, reason, after=after, **where)
+        return rec.leftover_tail
+
     for lun in left.luns:
-        rec.act(
+        chained(
             ActionKind.UNEXPORT_OLD_LUN,
             f"LUN {lun.lun} of {lun.iqn} was exported by this agent and the spec no longer "
             "lists it: unexport it",
@@ -472,21 +600,31 @@ def _plan_leftovers(observed: ObservedState, rec: _Recorder) -> None:
             iqn=lun.iqn,
         )
     for target in left.targets:
-        rec.act(
+        index = chained(
             ActionKind.DELETE_OLD_TARGET,
             f"target {target.iqn} (tid {target.tid}) was defined by this agent and the spec "
             "no longer declares it: delete it",
             tid=target.tid,
             iqn=target.iqn,
         )
+        rec.deleted_targets[target.tid] = index
     for vip in left.vips:
-        rec.act(
+        chained(
             ActionKind.REMOVE_OLD_VIP,
             f"{vip.address} on {vip.interface} was added by this agent and the spec no longer "
             "declares it: remove it",
             vip=vip.address,
             interface=vip.interface,
         )
+
+
+def _operator_chose(spec: StorageCluster, obs: ObservedState) -> bool:
+    """The role comes from an operator (manual mode), not from an automatic role source."""
+    return obs.operator.manual_mode or spec.spec.role_source.type is RoleSourceType.MANUAL
+
+
+def _peer_name(spec: StorageCluster, node: str) -> str:
+    return next((n for n in spec.node_names if n != node), "the peer")
 
 
 def _fire(machine: Machine, trigger: str, model: Any) -> bool:

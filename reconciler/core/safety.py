@@ -38,6 +38,7 @@ from reconciler.core.observed import (
     ConnState,
     DiskState,
     Liveness,
+    ObservedState,
     ResourceObs,
     Role,
     VipObs,
@@ -170,6 +171,47 @@ def _quorum(where: str, liveness: Liveness) -> Verdict:
         f"{where}, but the peer is unreachable and {liveness.heuristics_ok}/"
         f"{liveness.heuristics_total} heuristic addresses answer (quorum)",
     )
+
+
+def peer_can_take_over(observed: ObservedState, *, peer: str = "the peer") -> Verdict:
+    """Could the peer promote every resource that is Primary here, once this node demoted?
+
+    The rule "never demote into an outage": when the role source moves the primary role to the
+    peer, this node steps down only when the answer is yes. DRBD itself would refuse the peer's
+    promotion otherwise (no UpToDate data over there, or a disconnected peer that cannot know
+    it has our last writes), so stepping down would gain no safety and stop all service.
+    Judged from this node's view: the connection, the peer's disk as we see it
+    (``peer_disk``), a resync towards the peer, and peer liveness. A resource this node cannot
+    serve itself (disconnected, its own disk not UpToDate: reads fail) gives no reason to hold.
+    """
+    node_peer = peer
+    for res in observed.resources:
+        if not (res.known and res.up and res.role is Role.PRIMARY):
+            continue
+        name = res.name
+        if not res.conn.is_connected and res.disk is not DiskState.UPTODATE:
+            continue  # this node serves nothing of it (I/O errors): holding it gains nothing
+        if not res.conn.is_connected:
+            return _no(
+                BlockKind.HOLDING,
+                f"{node_peer} cannot take over: {name} is {res.conn.value} (replication to "
+                "the peer is cut, so it does not have our last writes)",
+            )
+        if res.conn in (ConnState.SYNC_SOURCE, ConnState.PAUSED_SYNC_S):
+            done = f", {res.sync_percent:.1f}% done" if res.sync_percent is not None else ""
+            return _no(
+                BlockKind.HOLDING,
+                f"{node_peer} cannot take over: its disk of {name} is still a SyncTarget "
+                f"(resyncing from this node{done})",
+            )
+        if res.peer_disk is not DiskState.UPTODATE:
+            return _no(
+                BlockKind.HOLDING,
+                f"{node_peer} cannot take over: its disk of {name} is {res.peer_disk.value}",
+            )
+    if observed.liveness.peer_reachable is False:
+        return _no(BlockKind.HOLDING, f"{node_peer} cannot take over: it is unreachable")
+    return Verdict(True, "the peer holds UpToDate data of every resource and can take over")
 
 
 def may_add_vip(vip: VipObs, *, serving_resources: Iterable[str]) -> Verdict:

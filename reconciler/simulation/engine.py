@@ -43,7 +43,7 @@ from reconciler.core.plan import Action, ActionKind, Plan
 from reconciler.core.planner import DEFAULT_GUARDS, Guards
 from reconciler.core.safety import Violation, ViolationKind, data_violations, invariant_violations
 from reconciler.core.spec import RoleSourceType, StorageCluster
-from reconciler.executor import RetryPolicy, StepReport, apply
+from reconciler.executor import RetryPolicy, StepReport, apply, skipped_step
 from reconciler.simulation.faults import apply_fault, fault_label
 from reconciler.simulation.model import DEFAULT_FENCING, scenario_yaml
 from reconciler.simulation.render import plan_text, world_line
@@ -119,6 +119,7 @@ class Simulation:
     override_promotions: int = 0
     history: list[dict[str, Any]] = field(default_factory=list)
     last_plans: dict[str, Plan] = field(default_factory=dict)
+    k_served: int | None = None  # set by converge(): rounds until every servable resource served
     last_write: int | None = None
     repairing: bool = False  # after heal(): the operator re-attaches disks until it works
     # The simulated clock (seconds): only ``wait`` moves it. Each agent's alert gate reads it,
@@ -138,6 +139,9 @@ class Simulation:
         self._build_adapters()
         self.pending: dict[str, list[Action]] = {n: [] for n in self.names}
         self._pending_plan: dict[str, Plan] = {}  # the plan ``pending`` came from
+        # Outcomes of the kept plan's actions so far (indices into it): its dependency chains.
+        self._pending_failed: dict[str, set[int]] = {n: set() for n in self.names}
+        self._pending_done: dict[str, set[int]] = {n: set() for n in self.names}
         self.known: set[Violation] = set(invariant_violations(self.w.facts()))
         # VIPs an operator configured by hand (a fault), while they stay configured.
         self.hand_vips: set[tuple[str, str]] = set()
@@ -303,6 +307,8 @@ class Simulation:
         p = self._tick(node, dry_run=True, kind="plan")
         self.pending[node] = list(p.actions)
         self._pending_plan[node] = p
+        self._pending_failed[node] = set()
+        self._pending_done[node] = set()
         return p
 
     def apply_next(self, node: str) -> None:
@@ -311,7 +317,18 @@ class Simulation:
         if not self.pending[node]:
             self._note("action", node, "nothing pending")
             return
+        kept = self._pending_plan[node]
+        index = len(kept.actions) - len(self.pending[node])
         action = self.pending[node].pop(0)
+        failed, done = self._pending_failed[node], self._pending_done[node]
+        blocker = action.waits_for(index, failed=failed, done=done)
+        if blocker is not None:
+            # The executor's rule, one action at a time: a dependency failed, skip it.
+            failed.add(index)
+            if action.after is None:
+                self.pending[node] = []
+            self._note("action", node, skipped_step(action, kept.actions[blocker]).error or "")
+            return
         report = apply(
             _one_action(self._pending_plan[node], action),
             self.spec,
@@ -320,8 +337,12 @@ class Simulation:
             sleep=_no_sleep,
             after_step=self._after_step(node),
         )
-        if report.failed is not None:
-            self.pending[node] = []  # the executor stops at the first failed step
+        if report.failed is None:
+            done.add(index)
+        else:
+            failed.add(index)  # what depends on it is skipped (within its chain only)
+            if action.after is None:
+                self.pending[node] = []  # a plan without chains stops at the first failure
 
     def agent_crash(self, node: str) -> None:
         """The agent process dies mid-apply: the rest of its plan never runs."""
@@ -336,15 +357,18 @@ class Simulation:
         self, name: str, node: str | None = None, *, resource: str | None = None, **kw: Any
     ) -> None:
         """Apply one fault of the environment (see ``FAULTS``); ``resource``: only to that
-        DRBD resource (disconnect, detachDisk, failDisk, replaceDisk), else to every one."""
+        DRBD resource (``faults.PER_RESOURCE``: disconnect, detachDisk, failDisk, replaceDisk,
+        inject), else to every one."""
         entry: dict[str, Any] = {name: node if node is not None else kw.get("value", True)}
         if resource is not None:
-            entry = {name: {"node": node, "resource": resource}}
+            kw = dict(kw, resource=resource)
+            if name != "inject":  # the scenario format's per-resource step
+                entry = {name: {"node": node, "resource": resource}}
         if name == "inject":
-            entry = {"inject": {"node": node, **kw}}
+            entry = {"inject": {"node": node, **{k: v for k, v in kw.items() if v is not None}}}
         label = fault_label(name, kw)
         self._begin(label, entry)
-        text = apply_fault(self, name, node, kw, resource=resource)
+        text = apply_fault(self, name, node, kw)
         self._note("fault", node, text)
         self.check(text, by_agent=False)
 
@@ -480,12 +504,15 @@ class Simulation:
         self._note("fault", None, "faults stop: everything healed, the role source agrees")
         self.check("heal", by_agent=False)
 
-    def peer_has_data(self, node: str) -> bool:
-        """The peer holds an UpToDate copy of every resource on a working disk: failing
-        ``node``'s disk now loses nothing (the fault model's one-disk-at-a-time rule)."""
+    def peer_has_data(self, node: str, resource: str | None = None) -> bool:
+        """The peer holds an UpToDate copy of every resource (or of ``resource``) on a working
+        disk: failing ``node``'s disk now loses nothing (the fault model's one-disk-at-a-time
+        rule)."""
         peer = self.w.nodes[self.w.peer(node)]
-        return not peer.disk_broken and all(
-            peer.resources[r].disk is DiskState.UPTODATE for r in self.resources
+        names = self.resources if resource is None else [resource]
+        return all(
+            not peer.resources[r].disk_broken and peer.resources[r].disk is DiskState.UPTODATE
+            for r in names
         )
 
     def _repair_disks(self) -> None:
@@ -495,7 +522,7 @@ class Simulation:
         for n in self.names:
             for r in self.resources:
                 res = w.nodes[n].resources[r]
-                if w.nodes[n].disk_broken or res.disk in _NO_DATA:
+                if res.disk_broken or res.disk in _NO_DATA:
                     w.replace_disk(n, r)
 
     def primaries(self) -> list[str]:
@@ -564,19 +591,34 @@ class Simulation:
     ) -> tuple[int | None, int | None]:
         """Tick both agents in rounds until one Primary serves where the role source says.
         Returns (K, K_sync): rounds until serving, and until replication is healthy too
-        (None: not within ``max_rounds``)."""
+        (None: not within ``max_rounds``).
+
+        Also sets ``k_served``: rounds until every resource that some node could serve when
+        the rounds began (alive, on the switch, its disk UpToDate) is served through the VIP,
+        wherever (the liveness property "storage is served"; None: not within the rounds)."""
         nodes = list(order or self.names)
         k = k_sync = None
+        servable = [
+            r
+            for r in self.resources
+            if any(
+                self.w.on_switch(n) and self.w.nodes[n].resources[r].disk is DiskState.UPTODATE
+                for n in self.names
+            )
+        ]
+        self.k_served = None if servable else 0
         for i in range(1, max_rounds + 1):
             if self.repairing:
                 self._repair_disks()
             for n in nodes:
                 self.tick(n)
             self._client_write()  # a client keeps writing (and re-ARPs when it times out)
+            if self.k_served is None and all(self.w.serving_node(r) for r in servable):
+                self.k_served = i
             expected = self.expected_primary()
             if k is None and expected is not None and self.serving_ok(expected) is None:
                 k = i
-            if k is not None and self.replication_ok():
+            if k is not None and self.replication_ok() and self.k_served is not None:
                 k_sync = i
                 break
         return k, k_sync
@@ -622,7 +664,8 @@ def _no_sleep(_: float) -> None:
 
 def _one_action(plan: Plan, action: Action) -> Plan:
     """``plan`` cut down to one of its actions (what ``apply_next`` hands the executor)."""
-    return replace(plan, actions=(action,), blocked=())
+    # Its dependencies were checked by ``apply_next`` against the kept plan's indices.
+    return replace(plan, actions=(replace(action, after=(), after_any=()),), blocked=())
 
 
 def _merge(base: dict[str, Any], changes: dict[str, Any]) -> None:

@@ -3,6 +3,10 @@
 Each fault changes the world the way the real event would (power loss, a cut link, a disk
 failing, a VIP added by hand...), and returns its timeline text. No invariant is checked here:
 the engine checks them after every fault.
+
+Per-resource faults: ``disconnect``, ``detachDisk``, ``failDisk``, ``replaceDisk`` and ``inject``
+take ``resource=NAME`` (one DRBD resource; None: every resource, as before). An unknown
+resource is a ``ValueError`` (a caller's bug, or a scenario the loader should have refused).
 """
 
 from __future__ import annotations
@@ -20,11 +24,28 @@ def fault_label(name: str, kw: Mapping[str, Any]) -> str:
     """The fault class a step counts as (``Simulation.counts``)."""
     if name in ("replication", "management", "stranger"):
         return f"{name} {'up' if kw['value'] else 'down'}"
+    one = " (one resource)" if kw.get("resource") is not None else ""
     if name == "inject":
         count = int(kw.get("count", 1))
         kind = kw.get("kind", "transient")
-        return f"inject {kind}{' persistent' if count < 0 else ''}"
-    return name
+        return f"inject {kind}{' persistent' if count < 0 else ''}{one}"
+    return name + one
+
+
+PER_RESOURCE = ("disconnect", "detachDisk", "failDisk", "replaceDisk", "inject")
+"""The faults that take ``resource=``."""
+
+
+def _resources(sim: Simulation, name: str, kw: Mapping[str, Any]) -> tuple[list[str], str]:
+    """The resources a fault applies to, and the words naming them in its timeline text."""
+    resource = kw.get("resource")
+    if resource is None:
+        return list(sim.resources), ""
+    if name not in PER_RESOURCE:
+        raise ValueError(f"fault {name!r} does not take a resource")
+    if resource not in sim.resources:
+        raise ValueError(f"fault {name!r}: no resource {resource!r} in the spec")
+    return [str(resource)], f" for {resource}"
 
 
 def apply_fault(
@@ -32,15 +53,13 @@ def apply_fault(
     name: str,
     node: str | None,
     kw: Mapping[str, Any],
-    *,
-    resource: str | None = None,
 ) -> str:
     """Apply fault ``name`` (on ``node``, with ``kw``) to the world; returns what happened.
-    ``resource``: the DRBD resource a disk or connection fault is restricted to (None: all)."""
+    ``kw["resource"]``: the DRBD resource a disk, connection or injected fault is restricted
+    to (absent or None: every resource; see ``PER_RESOURCE``)."""
     w = sim.w
     n = node or ""
-    resources = [resource] if resource is not None else sim.resources
-    of = f" ({resource})" if resource is not None else ""
+    targets, which = _resources(sim, name, kw)
     if name == "crash":
         w.crash(n)
         sim.pending[n] = []
@@ -79,27 +98,28 @@ def apply_fault(
         w.strangers = [v.ip for v in sim.spec.spec.vips] if kw["value"] else []
         return "another host answers on the VIP" if kw["value"] else "the VIP stranger left"
     if name == "disconnect":
-        for r in resources:
+        for r in targets:
             if w.nodes[n].alive and w.nodes[n].resources[r].up:
                 w.drbd_disconnect(n, r)
-        return f"DRBD disconnected by hand on {n}{of} (StandAlone)"
+        return f"DRBD disconnected by hand on {n}{which} (StandAlone)"
     if name == "detachDisk":
-        for r in resources:
+        for r in targets:
             w.detach_disk(n, r)
-        return f"disk detached on {n}{of} (Diskless)"
+        return f"disk detached on {n}{which} (Diskless)"
     if name == "failDisk":
-        for r in resources:
+        for r in targets:
             w.fail_disk(n, r)
-        return f"disk failed on {n}{of} (Failed, data gone)"
+        return f"disk failed on {n}{which} (Failed, data gone)"
     if name == "replaceDisk":
-        for r in resources:
+        for r in targets:
             w.replace_disk(n, r)
-        return f"disk attached again / replaced on {n}{of}"
+        return f"disk attached again / replaced on {n}{which}"
     if name == "inject":
         op, kind, count = kw["op"], kw.get("kind", "transient"), int(kw.get("count", 1))
-        w.faults.append(Fault(node=n, op=op, kind=kind, count=count))
+        resource = kw.get("resource")
+        w.faults.append(Fault(node=n, op=op, kind=kind, count=count, resource=resource))
         times = "every time" if count < 0 else f"{count} time(s)"
-        return f"{op} on {n} will fail: {kind}, {times}"
+        return f"{op}{which} on {n} will fail: {kind}, {times}"
     if name == "clearFaults":
         w.faults = []
         return "injected command faults cleared"

@@ -130,6 +130,9 @@ class InjectStep(_Model):
     op: str = Field(description="Adapter operation, e.g. drbd-primary, vip-add, drbd-observe.")
     kind: Literal["transient", "terminal", "timeout", "garbage"] = "transient"
     count: int = Field(default=1, ge=-1, description="How many calls fail; -1: every call.")
+    resource: str | None = Field(
+        default=None, description="Only the calls for this DRBD resource fail (default: any)."
+    )
 
     @model_validator(mode="after")
     def _known_op(self) -> InjectStep:

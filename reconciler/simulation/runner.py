@@ -279,7 +279,14 @@ def _run_step(sim: Simulation, spec: StorageCluster, step: Step, result: RunResu
         sim.fault("stranger", value=bool(value))
         return _ok("done")
     if kind == "inject":
-        sim.fault("inject", node(value.node), op=value.op, kind=value.kind, count=value.count)
+        sim.fault(
+            "inject",
+            node(value.node),
+            op=value.op,
+            kind=value.kind,
+            count=value.count,
+            resource=value.resource,
+        )
         return _ok("injected")
     if kind == "clear_faults":
         sim.fault("clearFaults")
