@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from reconciler.core.observed import (
+    HypervisorObs,
     Liveness,
     OperatorState,
     ResourceObs,
@@ -78,6 +79,19 @@ class RoleSourceAdapter(Protocol):
     def observe(self) -> RoleVerdict: ...
 
 
+class HypervisorAdapter(Protocol):
+    def observe(self, target: Target, vips: Sequence[Vip]) -> HypervisorObs:
+        """This host's PBDs of the SRs served through one of ``vips`` and ``target.iqn``
+        (SR device-config ``target`` / ``targetIQN``). Never raises."""
+        ...
+
+    def plug(self, pbd_uuid: str) -> None: ...
+
+    def replug(self, pbd_uuid: str) -> None:
+        """Unplug, then plug (an attached PBD whose SR is unusable on the host)."""
+        ...
+
+
 class LivenessAdapter(Protocol):
     def observe(self) -> Liveness: ...
 
@@ -129,3 +143,4 @@ class NodeAdapters:
     liveness: LivenessAdapter
     operator: OperatorStore
     wake: tuple[WakeSource, ...] = ()
+    hypervisor: HypervisorAdapter | None = None

@@ -231,6 +231,26 @@ class Liveness:
 
 
 @dataclass(frozen=True, slots=True)
+class PbdObs:
+    uuid: str  # the PBD's uuid (XAPI opaque refs never leave the adapter)
+    sr_uuid: str
+    sr_name: str
+    attached: bool | None  # XAPI currently_attached; None: unknown
+    # the SR's volume group VG_XenStorage-<sr-uuid> exists on this host;
+    # None: unknown / not checked
+    usable: bool | None = None
+    error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class HypervisorObs:
+    enabled: bool = False  # False: no hypervisor adapter configured (nothing to plug)
+    pbds: tuple[PbdObs, ...] = ()
+    error: str | None = None  # XAPI unreachable / garbage: an observation with a reason
+    source: str = ""  # who answered, e.g. "xapi (local socket)", "sim"
+
+
+@dataclass(frozen=True, slots=True)
 class ObservedState:
     node: str
     resources: tuple[ResourceObs, ...] = ()
@@ -239,6 +259,7 @@ class ObservedState:
     role_source: RoleVerdict = field(default_factory=RoleVerdict)
     operator: OperatorState = field(default_factory=OperatorState)
     liveness: Liveness = field(default_factory=Liveness)
+    hypervisor: HypervisorObs = HypervisorObs()
 
     def resource(self, name: str) -> ResourceObs:
         for r in self.resources:

@@ -34,6 +34,10 @@ class ActionKind(StrEnum):
     EXPORT_LUN = "export-lun"
     UNEXPORT_LUN = "unexport-lun"
     STOP_TARGET = "stop-target"
+    # This host's attachment (PBD) of an SR served through the VIP: plugged only once the
+    # target serves (on this node, or the VIP answers from the peer).
+    PLUG_PBD = "plug-pbd"
+    REPLUG_PBD = "replug-pbd"
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +48,7 @@ class Action:
     vip: str | None = None
     lun: int | None = None
     force: bool = False
+    pbd: str | None = None  # the PBD uuid (plug-pbd / replug-pbd)
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"kind": self.kind.value, "reason": self.reason}
@@ -55,11 +60,15 @@ class Action:
             out["lun"] = self.lun
         if self.force:
             out["force"] = True
+        if self.pbd is not None:
+            out["pbd"] = self.pbd
         return out
 
     def describe(self) -> str:
         if self.lun is not None:
             subject = f"LUN {self.lun}" + (f" ({self.resource})" if self.resource else "")
+        elif self.pbd is not None:
+            subject = f"PBD {self.pbd}"
         else:
             subject = self.resource or self.vip or ""
         return f"{self.kind.value} {subject}".rstrip()

@@ -460,6 +460,14 @@ class Adapters(_Model):
             "'state': the agent's own state (manual / static role sources)."
         ),
     )
+    hypervisor: Literal["none", "sim", "xapi"] = Field(
+        default="none",
+        description=(
+            "Who keeps this host's SR attachments (PBDs) plugged: 'none': nobody (no "
+            "hypervisor integration); 'sim': the simulated pool; 'xapi': XenServer / XCP-ng "
+            "through the XenAPI SDK."
+        ),
+    )
 
 
 class ClusterSpec(_Model):
