@@ -89,6 +89,7 @@ class BlockKind(StrEnum):
     NOT_PRIMARY_HERE = "not-primary-here"  # a VIP or LUN needs a Primary resource here
     VIP_UNKNOWN = "vip-unknown"  # the VIP's state (or who else answers) is unreadable
     TARGET_UNKNOWN = "target-unknown"  # the target's state is unreadable
+    STORAGE_NOT_SERVED = "storage-not-served"  # a PBD plug needs the target serving the LUN
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,6 +113,7 @@ class WarningKind(StrEnum):
     DEGRADED = "degraded"  # replication of a resource is degraded
     SPLIT_BRAIN = "split-brain"  # a resource is split-brained; only the operator resolves it
     DRBD_UNREADABLE = "drbd-unreadable"  # DRBD unreadable: holding the VIP and the target
+    HYPERVISOR_UNREADABLE = "hypervisor-unreadable"  # XAPI unreadable: no PBD is touched
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,6 +17,12 @@ Invariants stated here:
    write (so no promotion ever exposed older data), and every acknowledged write stays on some
    disk (nothing is overwritten or discarded behind the operator's back). Writes destroyed with
    a failed disk that was their only copy are hardware loss, reported separately.
+5. No PBD plug while the target is not served: a node plugs (or re-plugs) its host's PBD of an
+   SR only when the storage is served, by its own target (running, every LUN exported and every
+   VIP here once the plan's earlier steps ran) or by the peer (every VIP answers from another
+   host). A plug against a dead target fails (SR_BACKEND_FAILURE_141) at best and, retried in a
+   loop, keeps XAPI busy in the middle of a failover. A PBD that *stays* attached through a
+   planned swap is normal (XAPI keeps it; I/O stalls): the invariant is about the plug action.
 
 Cluster-wide checks (``invariant_violations``, ``data_violations``) take ground-truth facts from
 the simulator and return typed ``Violation`` values (a ``ViolationKind`` and the nodes, resource,
@@ -198,6 +204,22 @@ def may_export(resource: str, *, primary: Mapping[str, bool]) -> Verdict:
         return Verdict(True, f"{resource} is Primary here")
     return _no(
         BlockKind.NOT_PRIMARY_HERE, f"{resource} is not Primary here; its LUN is not exported"
+    )
+
+
+def may_plug_pbd(*, served_here: bool, served_elsewhere: bool) -> Verdict:
+    """May this node plug (or re-plug) a PBD of an SR served through the VIP? (invariant 5)
+
+    ``served_here``: this node's target serves every LUN on every VIP once the plan's earlier
+    steps ran; ``served_elsewhere``: every VIP answers from another host (the peer serves)."""
+    if served_here:
+        return Verdict(True, "the target serves the LUNs on the VIP here")
+    if served_elsewhere:
+        return Verdict(True, "the VIP answers from the peer, which serves the target")
+    return _no(
+        BlockKind.STORAGE_NOT_SERVED,
+        "the target does not serve the LUNs on the VIP (not here, and the VIP does not answer "
+        "from the peer); a plug would fail with SR_BACKEND_FAILURE_141",
     )
 
 
