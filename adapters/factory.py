@@ -24,6 +24,7 @@ from typing import cast
 
 from adapters.base import (
     DrbdAdapter,
+    HypervisorAdapter,
     LivenessAdapter,
     NodeAdapters,
     RoleSourceAdapter,
@@ -34,7 +35,14 @@ from adapters.base import (
 from adapters.poolconf import NoRoleSource, PoolConfRoleSource
 from adapters.runner import Local, Netns, Runner
 from adapters.runner import Transport as CommandTransport
-from adapters.sim.adapters import SimDrbd, SimPoolMaster, SimTarget, SimVip, sim_liveness
+from adapters.sim.adapters import (
+    SimDrbd,
+    SimPoolMaster,
+    SimTarget,
+    SimVip,
+    sim_hypervisor,
+    sim_liveness,
+)
 from adapters.sim.world import FileWorldStore, WorldStore
 from adapters.state import FileOperatorStore
 from adapters.wake import FileWake
@@ -69,7 +77,8 @@ def build_adapters(
 ) -> NodeAdapters:
     chosen = spec.spec.adapters
     world = store
-    if world is None and "sim" in (chosen.drbd, chosen.vip, chosen.target, chosen.role_source):
+    concerns = (chosen.drbd, chosen.vip, chosen.target, chosen.role_source, chosen.hypervisor)
+    if world is None and "sim" in concerns:
         world = world_store(spec, state_dir, read_only=dry_run)
     runner = node_runner(spec, node)
 
@@ -121,6 +130,16 @@ def build_adapters(
             peer_addresses=addresses,
             heuristics=[str(h) for h in spec.spec.promotion.heuristics],
         )
+    hypervisor: HypervisorAdapter | None = None
+    if chosen.hypervisor == "sim":
+        assert world is not None
+        hypervisor = sim_hypervisor(world, node, spec)
+    elif chosen.hypervisor == "xapi":
+        # The XenAPI adapter (adapters/xapi, issue 12's XAPI side) plugs in here.
+        raise TerminalError(
+            f"node {node}: adapters.hypervisor 'xapi' needs the XenAPI adapter, "
+            "which this build does not have"
+        )
     operator = operator_store(state_dir, node)
     return NodeAdapters(
         node=node,
@@ -131,6 +150,7 @@ def build_adapters(
         liveness=liveness,
         operator=operator,
         wake=wake_sources(role, operator, world, node=node),
+        hypervisor=hypervisor,
     )
 
 

@@ -47,6 +47,7 @@ class ActionRecord(_Model):
     vip: str | None = None
     lun: int | None = None
     force: bool = False
+    pbd: str | None = None
 
     @classmethod
     def of(cls, action: Action) -> ActionRecord:
@@ -57,6 +58,7 @@ class ActionRecord(_Model):
             vip=action.vip,
             lun=action.lun,
             force=action.force,
+            pbd=action.pbd,
         )
 
     @model_serializer(mode="wrap")

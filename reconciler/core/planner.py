@@ -459,9 +459,13 @@ def _plan_pbds(
         and all(lun.lun in exported and lun.lun not in unexported for lun in spec.target.luns)
         and all(observed.vip(v.ip).local is True or v.ip in added for v in spec.vips)
     )
-    served_elsewhere = all(observed.vip(v.ip).answered_elsewhere is True for v in spec.vips)
+    # The VIP answering from another host is the peer serving only if the peer is Primary for
+    # every exported resource (DRBD says so): a stranger on the VIP serves none of our LUNs.
+    served_elsewhere = all(
+        observed.vip(v.ip).answered_elsewhere is True for v in spec.vips
+    ) and all(observed.resource(lun.resource).peer_role is Role.PRIMARY for lun in spec.target.luns)
     for pbd in hyp.pbds:
-        sr = f"SR {pbd.sr_name} ({pbd.sr_uuid})"
+        sr = f"SR {pbd.sr_name}"
         if pbd.error is not None or pbd.attached is None:
             warnings.append(
                 PlanWarning(

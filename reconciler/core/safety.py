@@ -20,8 +20,9 @@ Invariants stated here:
 5. No PBD plug while the target is not served: a node plugs (or re-plugs) its host's PBD of an
    SR only when the storage is served, by its own target (running, every LUN exported and every
    VIP here once the plan's earlier steps ran) or by the peer (every VIP answers from another
-   host). A plug against a dead target fails (SR_BACKEND_FAILURE_141) at best and, retried in a
-   loop, keeps XAPI busy in the middle of a failover. A PBD that *stays* attached through a
+   host, and DRBD says the peer is Primary). A plug against a dead target fails
+   (SR_BACKEND_FAILURE_141) at best and, retried in a loop, keeps XAPI busy in the middle of a
+   failover. A PBD that *stays* attached through a
    planned swap is normal (XAPI keeps it; I/O stalls): the invariant is about the plug action.
 
 Cluster-wide checks (``invariant_violations``, ``data_violations``) take ground-truth facts from
@@ -211,11 +212,12 @@ def may_plug_pbd(*, served_here: bool, served_elsewhere: bool) -> Verdict:
     """May this node plug (or re-plug) a PBD of an SR served through the VIP? (invariant 5)
 
     ``served_here``: this node's target serves every LUN on every VIP once the plan's earlier
-    steps ran; ``served_elsewhere``: every VIP answers from another host (the peer serves)."""
+    steps ran; ``served_elsewhere``: every VIP answers from another host and that host is the
+    peer, Primary for every exported resource (the peer serves)."""
     if served_here:
         return Verdict(True, "the target serves the LUNs on the VIP here")
     if served_elsewhere:
-        return Verdict(True, "the VIP answers from the peer, which serves the target")
+        return Verdict(True, "the VIP answers from another host (the peer serves)")
     return _no(
         BlockKind.STORAGE_NOT_SERVED,
         "the target does not serve the LUNs on the VIP (not here, and the VIP does not answer "
