@@ -246,7 +246,7 @@ class NodeFacts:
 
 
 class ViolationKind(StrEnum):
-    """What broke: invariants 1 and 3 (structural) and 4 (data)."""
+    """What broke: invariants 1 and 3 (structural), 4 (data) and 5 (a PBD plug action)."""
 
     TWO_PRIMARIES = "two-primaries"
     VIP_ON_TWO_NODES = "vip-on-two-nodes"
@@ -254,6 +254,7 @@ class ViolationKind(StrEnum):
     LUN_NOT_ON_PRIMARY = "lun-not-on-primary"
     SERVES_STALE_DATA = "serves-stale-data"  # a serving node lacks acknowledged writes
     WRITES_ON_NO_DISK = "writes-on-no-disk"  # acknowledged writes are on no disk any more
+    PBD_PLUG_NOT_SERVED = "pbd-plug-not-served"  # a PBD plugged while the target served nowhere
 
 
 @dataclass(frozen=True, slots=True)

@@ -38,8 +38,16 @@ ACTION_OPS = (
     "target-start",
     "target-stop",
     "target-export",
+    "pbd-plug",
+    "pbd-replug",
 )
-OBSERVE_OPS = ("drbd-observe", "vip-observe", "target-observe", "role-observe")
+OBSERVE_OPS = (
+    "drbd-observe",
+    "vip-observe",
+    "target-observe",
+    "role-observe",
+    "hypervisor-observe",
+)
 
 
 class ScenarioError(Exception):
@@ -129,6 +137,14 @@ class Expect(_Model):
         default=None, description="Whose last tick 'blocked'/'reported' reads (default: any)."
     )
     alive: list[NodeRef] | None = None
+    pbd_attached: dict[NodeRef, bool] | None = Field(
+        default=None,
+        description="Per node: every PBD of its host attached (adapters.hypervisor: sim).",
+    )
+    sr_usable: dict[NodeRef, bool] | None = Field(
+        default=None,
+        description="Per node: every PBD of its host attached and its SR usable.",
+    )
 
 
 class Step(_Model):
@@ -158,6 +174,10 @@ class Step(_Model):
     detach_disk: NodeRef | None = None
     fail_disk: NodeRef | None = None
     replace_disk: NodeRef | None = None
+    unplug_pbd: NodeRef | None = None
+    break_sr: NodeRef | None = None
+    xapi_down: NodeRef | None = None
+    xapi_up: NodeRef | None = None
     inject: InjectStep | None = None
     clear_faults: bool | None = None
     operator: OperatorStep | None = None
