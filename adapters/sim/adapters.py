@@ -350,5 +350,6 @@ def sim_node_adapters(store: WorldStore, node: str, spec: StorageCluster) -> Nod
 
 
 def sim_hypervisor(store: WorldStore, node: str, spec: StorageCluster) -> SimHypervisor | None:
-    """The simulated pool's XAPI when the spec asks for it (``adapters.hypervisor: sim``)."""
-    return SimHypervisor(store, node) if spec.spec.adapters.hypervisor == "sim" else None
+    """The simulated pool's XAPI when the spec names a hypervisor (in a simulation every concern
+    is simulated: 'xapi' too)."""
+    return SimHypervisor(store, node) if spec.spec.adapters.hypervisor != "none" else None

@@ -233,7 +233,7 @@ class World(BaseModel):
             pool_master=pool_master if pool_master is not None else names[0],
             acked={r.name: [] for r in spec.spec.resources},
             fencing=fencing,
-            srs=_srs(spec) if spec.spec.adapters.hypervisor == "sim" else [],
+            srs=_srs(spec) if spec.spec.adapters.hypervisor != "none" else [],
         )
         world.settle()
         return world
@@ -682,6 +682,12 @@ class World(BaseModel):
         nd.exported = {}
 
     # --- hypervisor storage (XAPI's PBDs) ----------------------------------------------
+
+    def ensure_srs(self, spec: StorageCluster) -> None:
+        """A spec that (now) names a hypervisor gets the pool's SRs, every PBD unplugged (the
+        hosts booted before anything served); a world that has them keeps them."""
+        if spec.spec.adapters.hypervisor != "none" and not self.srs:
+            self.srs = _srs(spec)
 
     def lun_served(self, node: str, lun: int) -> bool:
         """What an iSCSI login from ``node``'s host through the VIP finds: a node it reaches
@@ -1132,6 +1138,7 @@ class FileWorldStore(WorldStore):
                 f"simulated world {self.path} has nodes {sorted(world.nodes)}, the spec has "
                 f"{sorted(names)}; use another --state-dir or delete the file"
             )
+        world.ensure_srs(self.spec)  # a world file from before the spec named a hypervisor
         return world
 
     def _save(self, world: World) -> None:

@@ -419,6 +419,7 @@ class Simulation:
         data = self.spec.model_dump(mode="json", by_alias=True)
         _merge(data["spec"], dict(changes))
         self.spec = StorageCluster.model_validate(data)
+        self.w.ensure_srs(self.spec)  # adapters.hypervisor switched on: the pool's SRs appear
         self._build_adapters()
         self._note("spec", None, f"spec edited: {_compact(changes)}")
         self.check("spec edit", by_agent=False)
