@@ -130,6 +130,24 @@ class TargetRecord(_Model):
     error: str | None = None
 
 
+class PbdRecord(_Model):
+    uuid: str
+    sr_uuid: str
+    sr_name: str
+    attached: bool | None = None
+    usable: bool | None = None
+    error: str | None = None
+
+
+class HypervisorRecord(_Model):
+    """This host's PBDs (issue 12); ``enabled`` False: no hypervisor adapter configured."""
+
+    enabled: bool = False
+    source: str = ""
+    pbds: list[PbdRecord] = Field(default_factory=list)
+    error: str | None = None
+
+
 class RoleSourceRecord(_Model):
     role: Role = Role.UNKNOWN
     detail: str = ""
@@ -143,6 +161,7 @@ class ObservedRecord(_Model):
     manual_mode: bool = False
     chosen_role: Role | None = None
     peer_reachable: bool | None = None
+    hypervisor: HypervisorRecord = Field(default_factory=HypervisorRecord)
 
     @classmethod
     def of(cls, obs: ObservedState) -> ObservedRecord:
@@ -181,6 +200,22 @@ class ObservedRecord(_Model):
             manual_mode=obs.operator.manual_mode,
             chosen_role=obs.operator.chosen_role,
             peer_reachable=obs.liveness.peer_reachable,
+            hypervisor=HypervisorRecord(
+                enabled=obs.hypervisor.enabled,
+                source=obs.hypervisor.source,
+                pbds=[
+                    PbdRecord(
+                        uuid=p.uuid,
+                        sr_uuid=p.sr_uuid,
+                        sr_name=p.sr_name,
+                        attached=p.attached,
+                        usable=p.usable,
+                        error=p.error,
+                    )
+                    for p in obs.hypervisor.pbds
+                ],
+                error=obs.hypervisor.error,
+            ),
         )
 
 

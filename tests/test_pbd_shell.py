@@ -82,3 +82,15 @@ def test_a_plug_the_world_refuses_fails_the_tick_with_141(tmp_path: Path) -> Non
     again = c.tick("node2")
     assert [a.kind for a in again.plan.actions] == [ActionKind.PLUG_PBD]
     assert again.exit_code != EXIT_FAILED and c.world.pbds_attached("node2")
+
+
+def test_the_tick_record_shows_this_hosts_pbds(tmp_path: Path) -> None:
+    c = SimCluster.create(demo_spec(), tmp_path)
+    first = c.tick("node1").to_json()
+    hyp = first["observed"]["hypervisor"]
+    assert hyp["enabled"] is True and hyp["source"] == "sim" and hyp.get("error") is None
+    (pbd,) = hyp["pbds"]
+    assert pbd["attached"] is False and pbd["uuid"] == c.world.srs[0].pbds["node1"].uuid
+    assert [a.get("pbd") for a in first["actions"]][-1] == pbd["uuid"]
+    again = c.tick("node1").to_json()
+    assert again["observed"]["hypervisor"]["pbds"][0]["attached"] is True
