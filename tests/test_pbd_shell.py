@@ -8,6 +8,7 @@ from pathlib import Path
 
 from adapters.sim.world import Fault
 from reconciler.agent import EXIT_FAILED
+from reconciler.alerts import alerts_for
 from reconciler.core.observed import HypervisorObs, Role
 from reconciler.core.plan import Action, ActionKind, Plan
 from reconciler.core.spec import Target, Vip
@@ -94,3 +95,11 @@ def test_the_tick_record_shows_this_hosts_pbds(tmp_path: Path) -> None:
     assert [a.get("pbd") for a in first["actions"]][-1] == pbd["uuid"]
     again = c.tick("node1").to_json()
     assert again["observed"]["hypervisor"]["pbds"][0]["attached"] is True
+
+
+def test_xapi_unreachable_raises_an_alert(tmp_path: Path) -> None:
+    c = SimCluster.create(demo_spec(), tmp_path)
+    c.world.nodes["node1"].xapi_reachable = False
+    alerts = alerts_for(c.tick("node1"))
+    (alert,) = [a for a in alerts if "hypervisor-unreadable" in a.key]
+    assert "XAPI unreachable" in alert.message and not alert.refusal
