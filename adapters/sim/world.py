@@ -766,8 +766,8 @@ class World(BaseModel):
 
     def storage_served(self, node: str) -> tuple[bool, bool]:
         """Ground truth for the PBD plug invariant (``safety.may_plug_pbd``): (``node`` serves
-        every LUN on every VIP itself; the peer, on the switch with ``node``, holds every VIP
-        and is Primary for what it exports)."""
+        every LUN on every VIP itself; every VIP answers ``node``'s ARP from another host and
+        the peer is Primary)."""
         nd = self.nodes[node]
         vips = sorted({sr.target for sr in self.srs})
         luns = {sr.lun for sr in self.srs}
@@ -779,11 +779,12 @@ class World(BaseModel):
         )
         peer = self.peer(node)
         pd = self.nodes[peer]
+        # What the node's ARP probe says (a stranger on the VIP answers too: the node cannot
+        # tell it from the peer, and its plug then fails with 141) and DRBD's peer role.
         elsewhere = (
             bool(vips)
-            and self.on_switch(node)
-            and self.on_switch(peer)
-            and all(ip in pd.vips for ip in vips)
+            and pd.alive
+            and all(self.vip_answered_elsewhere(node, ip) for ip in vips)
             and all(r.up and r.role is Role.PRIMARY for r in pd.resources.values())
         )
         return here, elsewhere
