@@ -37,7 +37,14 @@ from adapters.base import (
 from adapters.poolconf import NoRoleSource, PoolConfRoleSource
 from adapters.runner import Local, Netns, Runner
 from adapters.runner import Transport as CommandTransport
-from adapters.sim.adapters import SimDrbd, SimPoolMaster, SimTarget, SimVip, sim_liveness
+from adapters.sim.adapters import (
+    SimDrbd,
+    SimPoolMaster,
+    SimTarget,
+    SimVip,
+    sim_hypervisor,
+    sim_liveness,
+)
 from adapters.sim.world import FileWorldStore, WorldStore
 from adapters.state import FileOperatorStore
 from adapters.tgt.chap import ChapSecrets, load_chap_secrets
@@ -78,7 +85,8 @@ def build_adapters(
 ) -> NodeAdapters:
     chosen = spec.spec.adapters
     world = store
-    if world is None and "sim" in (chosen.drbd, chosen.vip, chosen.target, chosen.role_source):
+    concerns = (chosen.drbd, chosen.vip, chosen.target, chosen.role_source, chosen.hypervisor)
+    if world is None and "sim" in concerns:
         world = world_store(spec, state_dir, read_only=dry_run)
     runner = node_runner(spec, node)
     if missing := missing_tools(tools_needed(spec, node)):
@@ -146,7 +154,10 @@ def build_adapters(
             heuristics=[str(h) for h in spec.spec.promotion.heuristics],
         )
     hypervisor: HypervisorAdapter | None = None
-    if chosen.hypervisor == "xapi":
+    if chosen.hypervisor == "sim":
+        assert world is not None
+        hypervisor = sim_hypervisor(world, node, spec)
+    elif chosen.hypervisor == "xapi":
         from adapters.xapi import XapiHypervisor
 
         assert client is not None

@@ -33,6 +33,7 @@ _WARNING_ALERTS: dict[WarningKind, bool] = {
     WarningKind.DEGRADED: True,
     WarningKind.SPLIT_BRAIN: False,
     WarningKind.DRBD_UNREADABLE: False,
+    WarningKind.HYPERVISOR_UNREADABLE: True,  # XAPI unreachable: nothing else raises it
 }
 
 

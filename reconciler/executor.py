@@ -27,7 +27,7 @@ from tenacity import (
 )
 
 from adapters.base import NodeAdapters
-from reconciler.core.errors import TransientError
+from reconciler.core.errors import TerminalError, TransientError
 from reconciler.core.plan import Action, ActionKind, Plan
 from reconciler.core.spec import StorageCluster
 
@@ -221,5 +221,12 @@ def _dispatch(action: Action, spec: StorageCluster, a: NodeAdapters) -> None:
             a.target.export_lun(s.target, lun, res)
         else:
             a.target.unexport_lun(s.target, lun)
+    elif kind in (ActionKind.PLUG_PBD, ActionKind.REPLUG_PBD):
+        if a.hypervisor is None or action.pbd is None:
+            raise TerminalError(f"{kind.value}: no hypervisor adapter configured on this node")
+        if kind is ActionKind.PLUG_PBD:
+            a.hypervisor.plug(action.pbd)
+        else:
+            a.hypervisor.replug(action.pbd)
     else:  # pragma: no cover - ActionKind is exhaustive above
         raise AssertionError(f"no dispatch for {kind}")

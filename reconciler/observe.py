@@ -13,6 +13,7 @@ from typing import TypeVar
 
 from adapters.base import NodeAdapters
 from reconciler.core.observed import (
+    HypervisorObs,
     Leftovers,
     Liveness,
     ObservedState,
@@ -40,7 +41,8 @@ def observe(
     probe or a ping to a dead peer, not their sum); without one, in order (deterministic, for
     simulations that share one in-memory world); either way the role source and the operator's
     choices are read last (see below). ``timings``, when given, receives the seconds
-    each concern's read took (keys: drbd, vip, target, role, operator, liveness)."""
+    each concern's read took (keys: drbd, vip, target, role, operator, liveness, and
+    hypervisor when one is configured)."""
     s = spec.spec
 
     def drbd_unknown(exc: Exception) -> tuple[ResourceObs, ...]:
@@ -65,7 +67,17 @@ def observe(
         lambda exc: TargetObs(running=None, error=_err("target", exc)),
     )
     liveness = start("liveness", adapters.liveness.observe, lambda exc: Liveness())
-    slow = (tuple(resources()), tuple(vips()), target(), liveness())
+    hyper = adapters.hypervisor
+    hypervisor = (
+        start(
+            "hypervisor",
+            lambda: hyper.observe(s.target, s.vips),
+            lambda exc: HypervisorObs(enabled=True, error=_err("hypervisor", exc)),
+        )
+        if hyper is not None
+        else lambda: HypervisorObs()
+    )
+    slow = (tuple(resources()), tuple(vips()), target(), liveness(), hypervisor())
     leftovers = _leftovers(spec, adapters)
     # The role source and the operator's choices are read last, once the slower reads are in:
     # they are what a wake source watches (pool.conf, the operator file), so a change that
@@ -89,6 +101,7 @@ def observe(
         role_source=verdict,
         operator=operator,
         liveness=slow[3],
+        hypervisor=slow[4],
         leftovers=leftovers,
     )
 

@@ -52,6 +52,7 @@ class ActionRecord(_Model):
     iqn: str | None = None
     interface: str | None = None
     repair: bool = False
+    pbd: str | None = None
 
     @classmethod
     def of(cls, action: Action) -> ActionRecord:
@@ -66,6 +67,7 @@ class ActionRecord(_Model):
             iqn=action.iqn,
             interface=action.interface,
             repair=action.repair,
+            pbd=action.pbd,
         )
 
     @model_serializer(mode="wrap")
@@ -138,6 +140,24 @@ class TargetRecord(_Model):
     error: str | None = None
 
 
+class PbdRecord(_Model):
+    uuid: str
+    sr_uuid: str
+    sr_name: str
+    attached: bool | None = None
+    usable: bool | None = None
+    error: str | None = None
+
+
+class HypervisorRecord(_Model):
+    """This host's PBDs (issue 12); ``enabled`` False: no hypervisor adapter configured."""
+
+    enabled: bool = False
+    source: str = ""
+    pbds: list[PbdRecord] = Field(default_factory=list)
+    error: str | None = None
+
+
 class RoleSourceRecord(_Model):
     role: Role = Role.UNKNOWN
     detail: str = ""
@@ -151,6 +171,7 @@ class ObservedRecord(_Model):
     manual_mode: bool = False
     chosen_role: Role | None = None
     peer_reachable: bool | None = None
+    hypervisor: HypervisorRecord = Field(default_factory=HypervisorRecord)
 
     @classmethod
     def of(cls, obs: ObservedState) -> ObservedRecord:
@@ -189,6 +210,22 @@ class ObservedRecord(_Model):
             manual_mode=obs.operator.manual_mode,
             chosen_role=obs.operator.chosen_role,
             peer_reachable=obs.liveness.peer_reachable,
+            hypervisor=HypervisorRecord(
+                enabled=obs.hypervisor.enabled,
+                source=obs.hypervisor.source,
+                pbds=[
+                    PbdRecord(
+                        uuid=p.uuid,
+                        sr_uuid=p.sr_uuid,
+                        sr_name=p.sr_name,
+                        attached=p.attached,
+                        usable=p.usable,
+                        error=p.error,
+                    )
+                    for p in obs.hypervisor.pbds
+                ],
+                error=obs.hypervisor.error,
+            ),
         )
 
 

@@ -42,9 +42,13 @@ TWO_RESOURCE_TEXT = DEMO_TEXT.replace(
 
 
 def two_resource_spec() -> StorageCluster:
-    """The demo spec with a second resource (iscsi2, exported as LUN 2)."""
+    """The demo spec with a second resource (iscsi2, exported as LUN 2), without the simulated
+    hypervisor: its tests are about the DRBD / VIP / target chains (the PBDs are covered on the
+    one-resource demo)."""
     assert TWO_RESOURCE_TEXT.count("resource: iscsi2") == 1, "specs/demo.yaml changed shape"
-    return load_spec(TWO_RESOURCE_TEXT, filename="two-resources.yaml")
+    assert TWO_RESOURCE_TEXT.count("hypervisor: sim") == 1, "specs/demo.yaml changed shape"
+    text = TWO_RESOURCE_TEXT.replace("hypervisor: sim", "hypervisor: none")
+    return load_spec(text, filename="two-resources.yaml")
 
 
 NO_SLEEP_RETRY = RetryPolicy(attempts=3, backoff=0.01, backoff_max=0.01)

@@ -46,6 +46,11 @@ def test_readme_story_on_the_embedded_demo(tmp_path: Path) -> None:
     data = json.loads(node2.stdout)
     assert node2.returncode == 0
     assert data["node"] == "node2" and data["desired_role"] == "Secondary"
+    # node2's host plugs its PBD of the demo's SR: the VIP answers from node1, which serves.
+    assert [a["kind"] for a in data["actions"]] == ["plug-pbd"]
+    assert data["actions"][0]["pbd"] and data["applied"] == data["actions"]
+    node2 = run(tmp_path, "--once", "--node", "node2", "--json")
+    data = json.loads(node2.stdout)
     assert data["actions"] == [] and data["converged"] is True
     assert {"node", "actions", "blocked", "applied", "errors", "converged"} <= set(data)
     status = json.loads((tmp_path / "status-node2.json").read_text())
@@ -61,6 +66,7 @@ def test_json_lists_actions_with_kind_resource_reason(tmp_path: Path) -> None:
         "announce-vip",
         "start-target",
         "export-lun",
+        "plug-pbd",
     ]
     assert data["actions"][0]["resource"] == "iscsi1"
     assert all(a["reason"] for a in data["actions"])
@@ -68,6 +74,7 @@ def test_json_lists_actions_with_kind_resource_reason(tmp_path: Path) -> None:
     # Timings for the operator: each step, and each concern's read.
     assert [st["kind"] for st in data["steps"]] == [a["kind"] for a in data["actions"]]
     assert set(data["observe_parts_ms"]) == {
+        "hypervisor",
         "drbd", "vip", "target", "role", "operator", "liveness"
     }  # fmt: skip
     again = json.loads(run(tmp_path, "--once", "--node", "node1", "--json").stdout)

@@ -64,7 +64,7 @@ def test_dry_run_changes_nothing(tmp_path: Path) -> None:
     c = SimCluster.create(demo_spec(), tmp_path)
     before = c.world.model_dump_json(exclude={"step_count"})
     r = c.tick("node1", dry_run=True)
-    assert r.result is None and len(r.plan.actions) == 5
+    assert r.result is None and len(r.plan.actions) == 6  # the bring-up and plug-pbd
     assert c.world.model_dump_json(exclude={"step_count"}) == before
 
 
@@ -73,7 +73,8 @@ def test_garbage_observation_blocks_instead_of_acting(tmp_path: Path) -> None:
     c.world.faults.append(Fault(node="node1", op="drbd-observe", kind="garbage", count=1))
     r = c.tick("node1")
     assert kinds(r.plan.actions) == []
-    assert [b.what for b in r.plan.blocked] == ["observe"]
+    # Nothing serves yet either: the host's unplugged PBD waits.
+    assert [b.what for b in r.plan.blocked] == ["observe", "plug-pbd"]
     assert "unparseable" in r.plan.blocked[0].reason
 
 

@@ -115,6 +115,10 @@ FAULT_CLASSES = (
     "inject terminal",
     "inject garbage",
     "clearFaults",
+    "unplugPbd",
+    "breakSr",
+    "xapiDown",
+    "xapiUp",
     "agent-crash-mid-apply",
     "operator manual-mode enable",
     "operator manual-mode disable",
@@ -249,6 +253,16 @@ class FailoverMachine(RuleBasedStateMachine):
     def service(self, kind: str, node: str) -> None:
         """tgtd crash, VIP removed/added by hand, DRBD disconnected by hand (StandAlone)."""
         self._count("service fault")
+        self.sim.fault(kind, node)
+
+    @rule(
+        kind=st.sampled_from(["unplugPbd", "breakSr", "xapiDown", "xapiUp"]),
+        node=st.sampled_from(NODES),
+    )
+    def hypervisor(self, kind: str, node: str) -> None:
+        """The host's PBDs unplugged, its SR broken (attached, VG missing), XAPI unreachable
+        or back."""
+        self._count("hypervisor fault")
         self.sim.fault(kind, node)
 
     @rule(
@@ -401,6 +415,12 @@ class FailoverMachine(RuleBasedStateMachine):
             f"storage some node holds UpToDate not served within {K_MAX} rounds (K={served})\n"
             f"{sim.world_line()}\n{replay}"
         )
+        # PBD liveness: one more round and every host's SR is attached and usable (the primary
+        # plugs in its serving tick, the secondary once it sees the VIP answer from the peer).
+        for n in order:
+            sim.tick(n)
+        unplugged = [n for n in NODES if sim.w.srs_usable(n) is False]
+        assert not unplugged, f"PBDs not plugged/usable on {unplugged} after converging\n{replay}"
         if self.record:
             Stats.k[k] += 1
             Stats.k_sync[k_sync] += 1
@@ -589,6 +609,30 @@ class _GuardOffMachine(_NoFencingMachine):
 def test_the_disconnected_promotion_guard_is_what_keeps_one_primary() -> None:
     """Control: with the guard on, the weak world (no fencing) keeps every invariant."""
     run_state_machine_as_test(_NoFencingMachine, settings=_quiet(max_examples=150))
+
+
+def _plug_always(**_: Any) -> safety.Verdict:
+    """The guard "no PBD plug while the target is not served" switched off."""
+    return safety.Verdict(True, "guard switched off")
+
+
+class _PlugGuardOffMachine(FailoverMachine):
+    guards = Guards(may_plug_pbd=_plug_always)
+    spec_edits = False
+    overrides = False
+    record = False
+
+
+def test_switching_off_the_plug_guard_is_caught() -> None:
+    """Without ``may_plug_pbd`` the planner plugs while nothing serves: invariant 5 fires."""
+    with pytest.raises(InvariantViolation) as caught:
+        run_state_machine_as_test(_PlugGuardOffMachine, settings=_quiet(max_examples=400))
+    exc = caught.value
+    assert {p.kind for p in exc.problems} == {ViolationKind.PBD_PLUG_NOT_SERVED}, exc.problems
+    Stats.lines.append(
+        f"plug guard switched off: found in {exc.replay.count(chr(10) + '- ')} steps: "
+        f"{exc.problems[0]}"
+    )
 
 
 def test_switching_off_a_guard_is_caught_and_shrunk() -> None:

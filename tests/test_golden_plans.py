@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from adapters.sim.world import Fault, World
-from reconciler.agent import EXIT_BLOCKED, EXIT_OK
+from reconciler.agent import EXIT_BLOCKED, EXIT_DEGRADED, EXIT_OK
 from reconciler.core.observed import DiskState, Role
 from reconciler.core.plan import BlockKind, PlanWarning, WarningKind
 from reconciler.core.safety import invariant_violations
@@ -27,6 +27,12 @@ TEAR_DOWN = ["stop-target", "remove-vip 198.51.100.3", "demote iscsi1"]
 
 def steps(report) -> list[str]:  # type: ignore[no-untyped-def]
     return [a.describe() for a in report.plan.actions]
+
+
+def plug(c: SimCluster, node: str, kind: str = "plug-pbd") -> str:
+    """The step that plugs ``node``'s host's PBD of the demo's one SR."""
+    (sr,) = c.world.srs
+    return f"{kind} PBD {sr.pbds[node].uuid}"
 
 
 @pytest.fixture
@@ -49,11 +55,16 @@ def assert_idempotent(c: SimCluster) -> None:
 
 
 def test_fresh_cluster_brings_node1_up_in_order(cluster: SimCluster) -> None:
+    # A fresh pool booted before anything served: both hosts' PBDs are unplugged. node1 plugs
+    # its own last, once its target serves; node2 once the VIP answers from node1.
     r1 = cluster.tick("node1")
-    assert steps(r1) == BRING_UP
+    assert steps(r1) == [*BRING_UP, plug(cluster, "node1")]
     assert r1.exit_code == EXIT_OK and r1.result is not None and r1.result.failed is None
     r2 = cluster.tick("node2")
-    assert steps(r2) == [] and r2.plan.desired_role is Role.SECONDARY and not r2.plan.serving
+    assert steps(r2) == [plug(cluster, "node2")]
+    assert r2.plan.desired_role is Role.SECONDARY and not r2.plan.serving
+    assert "VIP answers from another host" in r2.plan.actions[0].reason
+    assert cluster.world.pbds_attached("node1") and cluster.world.pbds_attached("node2")
     assert cluster.world.serving_node("iscsi1") == "node1"
     assert_idempotent(cluster)
 
@@ -65,10 +76,16 @@ def test_cold_cluster_starts_drbd_then_waits_for_the_connection(tmp_path: Path) 
     # Alone and not connected, node1 must not promote: the peer may hold newer data.
     lonely = c.tick("node1")
     assert steps(lonely) == [] and lonely.exit_code == EXIT_BLOCKED
-    assert [b.kind for b in lonely.plan.blocked] == [BlockKind.NO_QUORUM]
+    # Nothing serves yet: the unplugged PBD waits (a plug would fail with 141).
+    assert [b.kind for b in lonely.plan.blocked] == [
+        BlockKind.NO_QUORUM,
+        BlockKind.STORAGE_NOT_SERVED,
+    ]
     assert "may still be Primary" in lonely.plan.blocked[0].reason
+    assert "SR_BACKEND_FAILURE_141" in lonely.plan.blocked[1].reason
     assert steps(c.tick("node2")) == ["start-drbd iscsi1"]
-    assert steps(c.tick("node1")) == BRING_UP
+    assert steps(c.tick("node1")) == [*BRING_UP, plug(c, "node1")]
+    assert steps(c.tick("node2")) == [plug(c, "node2")]
     assert_idempotent(c)
 
 
@@ -110,7 +127,8 @@ def test_vip_held_by_a_stranger_is_never_taken_over(cluster: SimCluster) -> None
     r = cluster.tick("node1")
     assert steps(r) == ["promote iscsi1"]
     assert [(b.kind, b.what) for b in r.plan.blocked] == [
-        (BlockKind.VIP_ANSWERS_ELSEWHERE, "add-vip")
+        (BlockKind.VIP_ANSWERS_ELSEWHERE, "add-vip"),
+        (BlockKind.STORAGE_NOT_SERVED, "plug-pbd"),  # a stranger serves none of our LUNs
     ]
     assert "answered by another host" in r.plan.blocked[0].reason
     again = cluster.tick("node1")
@@ -155,8 +173,9 @@ def test_failed_announcement_is_retried_next_tick(tmp_path: Path) -> None:
     first = cluster.tick("node1")
     assert first.result is not None and first.result.failed is not None
     assert first.result.failed.action.kind.value == "announce-vip"
-    assert steps(cluster.tick("node1")) == BRING_UP[2:]
+    assert steps(cluster.tick("node1")) == [*BRING_UP[2:], plug(cluster, "node1")]
     assert cluster.world.serving_node("iscsi1") == "node1"
+    assert steps(cluster.tick("node2")) == [plug(cluster, "node2")]
     assert_idempotent(cluster)
 
 
@@ -234,7 +253,8 @@ def test_bring_up_and_tear_down_plans_carry_their_dependency_chains(tmp_path: Pa
 
     c = SimCluster.create(two_resource_spec(), tmp_path)
     up = c.tick("node1", dry_run=True).plan
-    assert [(a.describe(), a.after, a.after_any) for a in up.actions] == [
+    shown = [(a.kind.value if a.pbd else a.describe(), a.after, a.after_any) for a in up.actions]
+    assert shown == [
         ("promote iscsi1", (), ()),
         ("promote iscsi2", (), ()),
         ("add-vip 198.51.100.3", (), (0, 1)),
@@ -253,3 +273,66 @@ def test_bring_up_and_tear_down_plans_carry_their_dependency_chains(tmp_path: Pa
         ("demote iscsi1", (1,)),
         ("demote iscsi2", (1,)),
     ]
+
+
+# --- PBDs (issue 12) -------------------------------------------------------------------------
+
+
+def test_host_booted_with_the_sr_unplugged_plugs_it_once_served(tmp_path: Path) -> None:
+    c = serving(tmp_path)
+    c.world.unplug_pbds("node2")
+    r = c.tick("node2")
+    assert steps(r) == [plug(c, "node2")] and r.result is not None and r.result.failed is None
+    assert c.world.pbds_attached("node2")
+    assert_idempotent(c)
+
+
+def test_planned_swap_keeps_the_pbds_attached(tmp_path: Path) -> None:
+    """XAPI keeps a PBD attached while its target moves (I/O stalls): no PBD step at all."""
+    c = serving(tmp_path)
+    c.world.pool_master = "node2"
+    assert steps(c.tick("node1")) == TEAR_DOWN
+    assert c.world.pbds_attached("node1") and c.world.pbds_attached("node2")
+    assert steps(c.tick("node2")) == BRING_UP
+    assert_idempotent(c)
+
+
+def test_sr_broken_after_a_failover_is_replugged(tmp_path: Path) -> None:
+    c = serving(tmp_path)
+    c.world.pool_master = "node2"
+    c.converge()
+    c.world.break_sr("node1")  # attached, but VG_XenStorage-<sr> is gone on node1's host
+    r = c.tick("node1")
+    assert steps(r) == [plug(c, "node1", "replug-pbd")]
+    assert "VG_XenStorage-" in r.plan.actions[0].reason
+    assert c.world.srs_usable("node1")
+    assert_idempotent(c)
+
+
+def test_no_plug_while_the_target_is_down(tmp_path: Path) -> None:
+    """node1 stays Primary but its VIP and target are gone (the pool has no master, so nobody
+    moves): nothing serves, node2's unplugged PBD waits, refused."""
+    c = serving(tmp_path)
+    c.world.pool_master = None
+    c.world.unplug_pbds("node2")
+    c.world.target_stop("node1")
+    c.world.vip_remove("node1", "198.51.100.3")
+    r = c.tick("node2")
+    assert steps(r) == [] and r.exit_code == EXIT_BLOCKED
+    assert [b.kind for b in r.plan.blocked] == [BlockKind.STORAGE_NOT_SERVED]
+    assert not c.world.pbds_attached("node2")
+
+
+def test_xapi_unreachable_warns_and_keeps_serving(tmp_path: Path) -> None:
+    c = serving(tmp_path)
+    c.world.nodes["node1"].xapi_reachable = False
+    c.world.unplug_pbds("node1")
+    r = c.tick("node1")
+    # Served as before, but not healthy: converged-but-degraded (exit 4), the reason a warning.
+    assert steps(r) == [] and r.exit_code == EXIT_DEGRADED
+    assert [w.kind for w in r.plan.warnings] == [WarningKind.HYPERVISOR_UNREADABLE]
+    assert "XAPI unreachable" in r.plan.warnings[0].message
+    assert c.world.serving_node("iscsi1") == "node1"
+    c.world.nodes["node1"].xapi_reachable = True
+    assert steps(c.tick("node1")) == [plug(c, "node1")]
+    assert_idempotent(c)

@@ -17,12 +17,15 @@ from typing import TypeVar
 from adapters.base import NodeAdapters
 from adapters.inventory import InventoryData
 from adapters.tgt.chap import ChapSecrets
+from reconciler.core.errors import AdapterError
 from reconciler.core.observed import (
     ConnState,
     DiskState,
+    HypervisorObs,
     Leftovers,
     Liveness,
     OperatorState,
+    PbdObs,
     ResourceObs,
     Role,
     RoleVerdict,
@@ -322,6 +325,61 @@ class SimPoolMaster(_SimBase):
             return RoleVerdict(Role.SECONDARY, f"pool slave of {master}")
 
 
+class SimHypervisor(_SimBase):
+    """The simulated pool's XAPI as this host sees it: its PBDs of the SRs served through the
+    spec's VIPs and IQN, and ``PBD.plug``/``unplug`` with XAPI's rules (``World.pbd_plug``)."""
+
+    SOURCE = "sim"
+
+    def observe(self, target: Target, vips: Sequence[Vip]) -> HypervisorObs:
+        self._hang("hypervisor-observe")
+        try:
+            with self.store.transaction() as world:
+                nd = world.nodes[self.node]
+                if not nd.alive:
+                    return self._unknown("node is down")
+                if not nd.xapi_reachable:
+                    return self._unknown("XAPI unreachable (connection refused)")
+                if world.check_fault(self.node, "hypervisor-observe") == "garbage":
+                    return self._unknown("garbage answer from XAPI (unparseable XML-RPC)")
+                ips = {v.ip for v in vips}
+                pbds = tuple(
+                    PbdObs(
+                        uuid=pbd.uuid,
+                        sr_uuid=sr.uuid,
+                        sr_name=sr.name,
+                        attached=pbd.attached,
+                        usable=pbd.usable if pbd.attached else None,
+                    )
+                    for sr in world.srs
+                    if sr.target in ips and sr.iqn == target.iqn
+                    for host, pbd in sr.pbds.items()
+                    if host == self.node
+                )
+                return HypervisorObs(enabled=True, pbds=pbds, source=self.SOURCE)
+        except AdapterError as exc:  # an injected transient/terminal observe fault
+            return self._unknown(str(exc))
+
+    def _unknown(self, why: str) -> HypervisorObs:
+        return HypervisorObs(enabled=True, error=why, source=self.SOURCE)
+
+    def plug(self, pbd_uuid: str) -> None:
+        self._hang("pbd-plug")
+        with self.store.transaction() as world:
+            world.check_fault(self.node, "pbd-plug")
+            world.pbd_plug(self.node, pbd_uuid)
+
+    def replug(self, pbd_uuid: str) -> None:
+        self._hang("pbd-replug")
+        with self.store.transaction() as world:
+            world.check_fault(self.node, "pbd-replug")
+            world.pbd_unplug(self.node, pbd_uuid)
+        # Two XAPI calls, two transactions: a plug that fails leaves the PBD unplugged, as
+        # on a real host (the next tick plans a plain plug).
+        with self.store.transaction() as world:
+            world.pbd_plug(self.node, pbd_uuid)
+
+
 @dataclass
 class SimLiveness(_SimBase):
     heuristics_total: int = 0
@@ -377,4 +435,11 @@ def sim_node_adapters(store: WorldStore, node: str, spec: StorageCluster) -> Nod
         role_source=SimPoolMaster(store, node),
         liveness=sim_liveness(store, node, spec),
         operator=SimOperatorStore(store, node),
+        hypervisor=sim_hypervisor(store, node, spec),
     )
+
+
+def sim_hypervisor(store: WorldStore, node: str, spec: StorageCluster) -> SimHypervisor | None:
+    """The simulated pool's XAPI when the spec names a hypervisor (in a simulation every concern
+    is simulated: 'xapi' too)."""
+    return SimHypervisor(store, node) if spec.spec.adapters.hypervisor != "none" else None

@@ -61,6 +61,23 @@ reached the switch); the node must really serve (VIP, target, LUN, Primary, I/O 
 With protocol C a write is acknowledged once every connected replica with a disk has it.
 ``acked`` remembers acknowledged writes so the invariants can check that none is ever lost.
 
+Hypervisor storage (``srs``, when the spec says ``adapters.hypervisor: sim``): one SR per LUN of
+the target, served through the first VIP, with one PBD per host (``SimPbd``: attached, usable).
+The rules XAPI keeps:
+- ``PBD.plug`` fails with SR_BACKEND_FAILURE_141 ("Unable to connect to ISCSI service on
+  target", a ``TransientError``) unless some node this host reaches holds the VIP with its
+  target running and the SR's LUN exported; plug and unplug are no-ops when already so;
+- a PBD stays attached when the target goes away (a planned swap, a crash of the primary):
+  XAPI keeps it and I/O stalls, nothing unplugs it;
+- a host boots with its PBDs plugged only if the storage is served at that moment (XAPI plugs
+  at boot and gives up otherwise); a fresh world is a pool whose hosts booted before anything
+  served, so every PBD starts unplugged;
+- an SR can be broken on a host (``break_sr``: attached while the volume group is missing, the
+  SR_BACKEND_FAILURE_40/46 story after a failover): only an unplug and a plug (a re-plug)
+  make it usable again;
+- XAPI can be unreachable on a host (``SimNode.xapi_reachable``): observations come back with
+  an error, plugs fail transient.
+
 Invariants: every mutation goes through a method here and ends with ``settle()``, which
 re-derives connections and retries fencing; the world never raises on observation, only on
 refused actions (``TransientError``/``TerminalError`` as the real tools would fail).
@@ -74,6 +91,7 @@ import functools
 import json
 import os
 import tempfile
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
@@ -113,6 +131,25 @@ class SimResource(BaseModel):
     disk_broken: bool = False  # this resource's backing disk failed and was not replaced
 
 
+class SimPbd(BaseModel):
+    """One host's attachment of an SR. ``usable``: the SR's volume group exists on the host."""
+
+    uuid: str
+    attached: bool = False
+    usable: bool = True
+
+
+class SimSr(BaseModel):
+    """An lvmoiscsi SR on one LUN of the target (device-config ``target``/``targetIQN``)."""
+
+    uuid: str
+    name: str
+    target: str  # the VIP address in the SR's device-config
+    iqn: str
+    lun: int
+    pbds: dict[str, SimPbd] = Field(default_factory=dict)  # host -> its PBD
+
+
 class SimNode(BaseModel):
     alive: bool = True
     resources: dict[str, SimResource] = Field(default_factory=dict)
@@ -135,6 +172,7 @@ class SimNode(BaseModel):
     manual_mode: bool = False  # the operator's state (kept in the world by SimOperatorStore)
     chosen_role: Role | None = None
     force: bool = False
+    xapi_reachable: bool = True  # XAPI answers on this host (local socket / URL)
 
 
 class Fault(BaseModel):
@@ -176,6 +214,7 @@ class World(BaseModel):
     events: list[str] = Field(default_factory=list)
     # The events above that report a split brain (a typed mark for the simulator's report).
     split_brain_events: list[str] = Field(default_factory=list)
+    srs: list[SimSr] = Field(default_factory=list)  # hypervisor storage (adapters.hypervisor)
 
     @field_validator("fencing", mode="before")
     @classmethod
@@ -210,6 +249,7 @@ class World(BaseModel):
             pool_master=pool_master if pool_master is not None else names[0],
             acked={r.name: [] for r in spec.spec.resources},
             fencing=fencing,
+            srs=_srs(spec) if spec.spec.adapters.hypervisor != "none" else [],
         )
         world.settle()
         return world
@@ -706,6 +746,114 @@ class World(BaseModel):
         nd.target_accounts = []
         nd.exported = {}
 
+    # --- hypervisor storage (XAPI's PBDs) ----------------------------------------------
+
+    def ensure_srs(self, spec: StorageCluster) -> None:
+        """A spec that (now) names a hypervisor gets the pool's SRs, every PBD unplugged (the
+        hosts booted before anything served); a world that has them keeps them."""
+        if spec.spec.adapters.hypervisor != "none" and not self.srs:
+            self.srs = _srs(spec)
+
+    def lun_served(self, node: str, lun: int) -> bool:
+        """What an iSCSI login from ``node``'s host through the VIP finds: a node it reaches
+        holds the VIP, its target runs and exports ``lun`` (a stranger on the VIP serves
+        nothing of ours)."""
+        for n, nd in self.nodes.items():
+            reaches = n == node or (self.on_switch(node) and self.on_switch(n))
+            vip = any(sr.target in nd.vips for sr in self.srs if sr.lun == lun)
+            if nd.alive and reaches and vip and nd.target_running and lun in nd.exported:
+                return True
+        return False
+
+    def pbd(self, node: str, pbd_uuid: str) -> tuple[SimSr, SimPbd]:
+        for sr in self.srs:
+            pbd = sr.pbds.get(node)
+            if pbd is not None and pbd.uuid == pbd_uuid:
+                return sr, pbd
+        raise TerminalError(f"UUID_INVALID: no PBD {pbd_uuid} on host {node}")
+
+    def _require_xapi(self, node: str, op: str) -> None:
+        self._require_alive(node, op)
+        if not self.nodes[node].xapi_reachable:
+            raise TransientError(f"{op}: XAPI unreachable on {node} (connection refused)")
+
+    def pbd_plug(self, node: str, pbd_uuid: str) -> None:
+        """``PBD.plug``: a no-op when attached; else it needs the LUN served on the VIP."""
+        self._require_xapi(node, "PBD.plug")
+        sr, pbd = self.pbd(node, pbd_uuid)
+        if pbd.attached:
+            return
+        if not self.lun_served(node, sr.lun):
+            raise TransientError(
+                f"SR_BACKEND_FAILURE_141: Unable to connect to ISCSI service on target "
+                f"{sr.target} ({sr.iqn}, SR {sr.name})"
+            )
+        pbd.attached = True
+        pbd.usable = True
+
+    def pbd_unplug(self, node: str, pbd_uuid: str) -> None:
+        """``PBD.unplug``: a no-op when not attached."""
+        self._require_xapi(node, "PBD.unplug")
+        _, pbd = self.pbd(node, pbd_uuid)
+        pbd.attached = False
+
+    def unplug_pbds(self, node: str) -> None:
+        """Every PBD of ``node``'s host unplugged (by hand, or a host booted too early)."""
+        for sr in self.srs:
+            if node in sr.pbds:
+                sr.pbds[node].attached = False
+
+    def break_sr(self, node: str) -> None:
+        """The SR's volume group disappears on ``node``'s host while XAPI keeps the PBD
+        attached (SR_BACKEND_FAILURE_40/46 after a failover)."""
+        for sr in self.srs:
+            pbd = sr.pbds.get(node)
+            if pbd is not None and pbd.attached:
+                pbd.usable = False
+
+    def _boot_pbds(self, node: str) -> None:
+        """XAPI plugs a booting host's PBDs and gives up on those whose LUN is not served."""
+        for sr in self.srs:
+            pbd = sr.pbds.get(node)
+            if pbd is not None:
+                pbd.attached = self.lun_served(node, sr.lun)
+                pbd.usable = True
+
+    def pbds_attached(self, node: str) -> bool | None:
+        """Every PBD of ``node``'s host attached (None: no SR is modelled)."""
+        pbds = [sr.pbds[node] for sr in self.srs if node in sr.pbds]
+        return all(p.attached for p in pbds) if pbds else None
+
+    def srs_usable(self, node: str) -> bool | None:
+        """Every PBD of ``node``'s host attached and its SR usable (None: no SR modelled)."""
+        pbds = [sr.pbds[node] for sr in self.srs if node in sr.pbds]
+        return all(p.attached and p.usable for p in pbds) if pbds else None
+
+    def storage_served(self, node: str) -> tuple[bool, bool]:
+        """Ground truth for the PBD plug invariant (``safety.may_plug_pbd``): (``node`` serves
+        every LUN on every VIP itself; every VIP answers ``node``'s ARP from another host and
+        the peer is Primary)."""
+        nd = self.nodes[node]
+        vips = sorted({sr.target for sr in self.srs})
+        luns = {sr.lun for sr in self.srs}
+        here = (
+            nd.alive
+            and nd.target_running
+            and all(ip in nd.vips for ip in vips)
+            and luns <= set(nd.exported)
+        )
+        peer = self.peer(node)
+        pd = self.nodes[peer]
+        # What the node's ARP probe says (a stranger on the VIP answers too: the node cannot
+        # tell it from the peer, and its plug then fails with 141) and DRBD's peer role.
+        elsewhere = (
+            bool(vips)
+            and pd.alive
+            and all(self.vip_answered_elsewhere(node, ip) for ip in vips)
+            and all(r.up and r.role is Role.PRIMARY for r in pd.resources.values())
+        )
+        return here, elsewhere
+
     # --- faults of the environment ------------------------------------------------------
 
     def _power_off(self, node: str) -> None:
@@ -727,6 +875,9 @@ class World(BaseModel):
         nd.target_running = False
         nd.target_accounts = []
         nd.exported = {}
+        for sr in self.srs:
+            if node in sr.pbds:
+                sr.pbds[node].attached = False  # the host is down: nothing is attached
 
     def crash(self, node: str) -> None:
         self._power_off(node)
@@ -735,6 +886,7 @@ class World(BaseModel):
     def boot(self, node: str) -> None:
         self.nodes[node].alive = True
         self.settle()
+        self._boot_pbds(node)
 
     def set_links(self, *, replication: bool | None = None, management: bool | None = None) -> None:
         if replication is not None:
@@ -930,6 +1082,26 @@ def _may_fence(res: SimResource) -> bool:
     return res.disk in (DiskState.UPTODATE, DiskState.CONSISTENT)
 
 
+_SR_NAMESPACE = uuid.UUID("7a9f3c1e-2b4d-4e6f-8a1b-3c5d7e9f0a2b")
+
+
+def _srs(spec: StorageCluster) -> list[SimSr]:
+    """One SR per LUN, served through the first VIP; uuids derived from the names, so a world
+    is the same every time it is built from the same spec."""
+    vip = spec.spec.vips[0].ip
+    iqn = spec.spec.target.iqn
+    out = []
+    for lun in spec.spec.target.luns:
+        sr = uuid.uuid5(_SR_NAMESPACE, f"{spec.metadata.name}/{iqn}/{lun.lun}")
+        pbds = {
+            n: SimPbd(uuid=str(uuid.uuid5(_SR_NAMESPACE, f"{sr}/{n}")), attached=False)
+            for n in spec.node_names
+        }
+        name = f"tandem {lun.resource} (LUN {lun.lun})"
+        out.append(SimSr(uuid=str(sr), name=name, target=vip, iqn=iqn, lun=lun.lun, pbds=pbds))
+    return out
+
+
 def _holds_data(res: SimResource) -> bool:
     """The resource's disk really holds its history (a detached disk keeps its data)."""
     if res.disk in HOLDS_DATA or res.sync_left:
@@ -1043,6 +1215,7 @@ class FileWorldStore(WorldStore):
                 f"simulated world {self.path} has nodes {sorted(world.nodes)}, the spec has "
                 f"{sorted(names)}; use another --state-dir or delete the file"
             )
+        world.ensure_srs(self.spec)  # a world file from before the spec named a hypervisor
         return world
 
     def _save(self, world: World) -> None:

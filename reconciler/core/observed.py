@@ -236,8 +236,8 @@ class PbdObs:
     sr_uuid: str
     sr_name: str
     attached: bool | None  # XAPI currently_attached; None: unknown
-    # the SR's volume group VG_XenStorage-<sr-uuid> exists on this host; None: unknown / not
-    # checked
+    # the SR's volume group VG_XenStorage-<sr-uuid> exists on this host;
+    # None: unknown / not checked
     usable: bool | None = None
     error: str | None = None
 
@@ -302,6 +302,7 @@ class ObservedState:
     operator: OperatorState = field(default_factory=OperatorState)
     liveness: Liveness = field(default_factory=Liveness)
     leftovers: Leftovers = field(default_factory=Leftovers)
+    hypervisor: HypervisorObs = HypervisorObs()
 
     def resource(self, name: str) -> ResourceObs:
         for r in self.resources:

@@ -46,6 +46,10 @@ class ActionKind(StrEnum):
     UNEXPORT_OLD_LUN = "unexport-old-lun"
     DELETE_OLD_TARGET = "delete-old-target"
     REMOVE_OLD_VIP = "remove-old-vip"
+    # This host's attachment (PBD) of an SR served through the VIP: plugged only once the
+    # target serves (on this node, or the VIP answers from the peer).
+    PLUG_PBD = "plug-pbd"
+    REPLUG_PBD = "replug-pbd"
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +74,7 @@ class Action:
     # earlier action (one chain). ``after_any``: at least one of these must have succeeded.
     after: tuple[int, ...] | None = None
     after_any: tuple[int, ...] = ()
+    pbd: str | None = None  # the PBD uuid (plug-pbd / replug-pbd)
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"kind": self.kind.value, "reason": self.reason}
@@ -91,6 +96,8 @@ class Action:
             out["after"] = list(self.after)
         if self.after_any:
             out["afterAny"] = list(self.after_any)
+        if self.pbd is not None:
+            out["pbd"] = self.pbd
         return out
 
     def waits_for(
@@ -112,6 +119,8 @@ class Action:
             subject = f"LUN {self.lun}" + (f" ({self.resource})" if self.resource else "")
         elif self.iqn is not None:
             subject = f"{self.iqn} (tid {self.tid})"
+        elif self.pbd is not None:
+            subject = f"PBD {self.pbd}"
         else:
             subject = self.resource or self.vip or ""
         return f"{self.kind.value} {subject}".rstrip()
@@ -135,6 +144,7 @@ class BlockKind(StrEnum):
     # The role source moved the primary role away, but the peer cannot take over (disconnected,
     # its disk not UpToDate, a SyncTarget, unreachable): this node keeps serving.
     HOLDING = "holding"
+    STORAGE_NOT_SERVED = "storage-not-served"  # a PBD plug needs the target serving the LUN
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,6 +168,7 @@ class WarningKind(StrEnum):
     DEGRADED = "degraded"  # replication of a resource is degraded
     SPLIT_BRAIN = "split-brain"  # a resource is split-brained; only the operator resolves it
     DRBD_UNREADABLE = "drbd-unreadable"  # DRBD unreadable: holding the VIP and the target
+    HYPERVISOR_UNREADABLE = "hypervisor-unreadable"  # XAPI unreadable: no PBD is touched
 
 
 @dataclass(frozen=True, slots=True)

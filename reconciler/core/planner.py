@@ -15,9 +15,11 @@ Each tick a fresh model is seeded with the *observed* phase, and the planner fir
 that lead to the desired role. Callbacks only *record* actions (transitions does not roll back
 a state change when a callback raises, so callbacks never do I/O). Because later steps read the
 machine's state after earlier triggers, the plan is ordered: start-drbd -> promote -> add-vip ->
-announce-vip -> start-target -> export-lun on the way up; stop-target -> remove-vip -> demote on
-the way down. After ``start-drbd`` nothing else is chained for that resource: the connection
-must be observed before a promotion can be judged safe.
+announce-vip -> start-target -> export-lun -> plug-pbd on the way up; stop-target -> remove-vip
+-> demote on the way down. PBD actions (``_plan_pbds``) always come last and only while the
+storage is served (here after this plan's earlier steps, or from the peer). After
+``start-drbd`` nothing else is chained for that resource: the connection must be observed before
+a promotion can be judged safe.
 
 Leftovers: what this node's agent created and the spec no longer declares
 (``ObservedState.leftovers``, from the adapters' inventories) is removed first, on any node, in
@@ -109,6 +111,7 @@ class Guards:
     may_promote: Callable[..., safety.Verdict] = safety.may_promote
     may_add_vip: Callable[..., safety.Verdict] = safety.may_add_vip
     may_export: Callable[..., safety.Verdict] = safety.may_export
+    may_plug_pbd: Callable[..., safety.Verdict] = safety.may_plug_pbd
 
 
 DEFAULT_GUARDS = Guards()
@@ -554,6 +557,14 @@ def plan(
             for model in models:
                 if model.state == "primary":
                     _fire(RESOURCE_MACHINE, "demote", model)
+    _plan_pbds(
+        desired,
+        observed,
+        serving=serving.state == "serving",
+        guards=guards,
+        rec=rec,
+        warnings=warnings,
+    )
     # Connect before promote/serve work is pointless to reorder; but CONNECT must never sit
     # between a stop-target and a demote either: keep the recorded order (it already is).
     for robs in observed.resources:
@@ -625,6 +636,94 @@ def _operator_chose(spec: StorageCluster, obs: ObservedState) -> bool:
 
 def _peer_name(spec: StorageCluster, node: str) -> str:
     return next((n for n in spec.node_names if n != node), "the peer")
+
+
+def _plan_pbds(
+    desired: StorageCluster,
+    observed: ObservedState,
+    *,
+    serving: bool,
+    guards: Guards,
+    rec: _Recorder,
+    warnings: list[PlanWarning],
+) -> None:
+    """This host's PBDs of the SRs served through the VIP: plug an unplugged one, re-plug an
+    attached one whose SR is unusable here (its volume group is missing: the
+    SR_BACKEND_FAILURE_40/46 story after a failover), only while the storage is served
+    (``safety.may_plug_pbd``). Runs after the target actions, so its actions come last in the
+    plan: after start-target / export-lun on the primary. An unreadable hypervisor touches no
+    PBD and changes nothing else in the plan (a warning says so)."""
+    hyp = observed.hypervisor
+    if not hyp.enabled:
+        return
+    if hyp.error is not None:
+        warnings.append(
+            PlanWarning(
+                WarningKind.HYPERVISOR_UNREADABLE,
+                f"hypervisor unreadable ({hyp.error}): no PBD is plugged or re-plugged",
+            )
+        )
+        return
+    spec = desired.spec
+    planned = {a.kind for a in rec.actions}
+    target_running = observed.target.running is True or ActionKind.START_TARGET in planned
+    exported = (observed.target.exported_luns if observed.target.running else frozenset()) | {
+        a.lun for a in rec.actions if a.kind is ActionKind.EXPORT_LUN and a.lun is not None
+    }
+    unexported = {a.lun for a in rec.actions if a.kind is ActionKind.UNEXPORT_LUN}
+    added = {a.vip for a in rec.actions if a.kind is ActionKind.ADD_VIP}
+    served_here = (
+        serving
+        and target_running
+        and ActionKind.STOP_TARGET not in planned
+        and all(lun.lun in exported and lun.lun not in unexported for lun in spec.target.luns)
+        and all(observed.vip(v.ip).local is True or v.ip in added for v in spec.vips)
+    )
+    # The VIP answering from another host is the peer serving only if the peer is Primary for
+    # every exported resource (DRBD says so): a stranger on the VIP serves none of our LUNs.
+    serving_steps = tuple(
+        i
+        for i, a in enumerate(rec.actions)
+        if a.kind
+        in (
+            ActionKind.PROMOTE,
+            ActionKind.ADD_VIP,
+            ActionKind.ANNOUNCE_VIP,
+            ActionKind.START_TARGET,
+            ActionKind.EXPORT_LUN,
+        )
+    )
+    served_elsewhere = all(
+        observed.vip(v.ip).answered_elsewhere is True for v in spec.vips
+    ) and all(observed.resource(lun.resource).peer_role is Role.PRIMARY for lun in spec.target.luns)
+    for pbd in hyp.pbds:
+        sr = f"SR {pbd.sr_name}"
+        if pbd.error is not None or pbd.attached is None:
+            warnings.append(
+                PlanWarning(
+                    WarningKind.HYPERVISOR_UNREADABLE,
+                    f"PBD {pbd.uuid} of {sr}: state unknown ({pbd.error or 'attachment unknown'})"
+                    "; not touched",
+                )
+            )
+            continue
+        if not pbd.attached:
+            kind, why = ActionKind.PLUG_PBD, f"this host's PBD of {sr} is unplugged"
+        elif pbd.usable is False:
+            kind = ActionKind.REPLUG_PBD
+            why = (
+                f"this host's PBD of {sr} is attached but the SR is unusable here "
+                f"(volume group VG_XenStorage-{pbd.sr_uuid} missing)"
+            )
+        else:
+            continue
+        verdict = guards.may_plug_pbd(served_here=served_here, served_elsewhere=served_elsewhere)
+        if not verdict.ok:
+            rec.block(verdict.refusal, kind.value, f"{why}, but {verdict.reason}")
+            continue
+        # Served through this plan's own actions: the plug waits for every one of them (a
+        # failed start-target or export leaves the PBD alone; PBD.plug would only fail).
+        rec.act(kind, f"{why} and {verdict.reason}", after=serving_steps, pbd=pbd.uuid)
 
 
 def _fire(machine: Machine, trigger: str, model: Any) -> bool:

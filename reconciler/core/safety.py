@@ -17,6 +17,13 @@ Invariants stated here:
    write (so no promotion ever exposed older data), and every acknowledged write stays on some
    disk (nothing is overwritten or discarded behind the operator's back). Writes destroyed with
    a failed disk that was their only copy are hardware loss, reported separately.
+5. No PBD plug while the target is not served: a node plugs (or re-plugs) its host's PBD of an
+   SR only when the storage is served, by its own target (running, every LUN exported and every
+   VIP here once the plan's earlier steps ran) or by the peer (every VIP answers from another
+   host, and DRBD says the peer is Primary). A plug against a dead target fails
+   (SR_BACKEND_FAILURE_141) at best and, retried in a loop, keeps XAPI busy in the middle of a
+   failover. A PBD that *stays* attached through a
+   planned swap is normal (XAPI keeps it; I/O stalls): the invariant is about the plug action.
 
 Cluster-wide checks (``invariant_violations``, ``data_violations``) take ground-truth facts from
 the simulator and return typed ``Violation`` values (a ``ViolationKind`` and the nodes, resource,
@@ -243,6 +250,23 @@ def may_export(resource: str, *, primary: Mapping[str, bool]) -> Verdict:
     )
 
 
+def may_plug_pbd(*, served_here: bool, served_elsewhere: bool) -> Verdict:
+    """May this node plug (or re-plug) a PBD of an SR served through the VIP? (invariant 5)
+
+    ``served_here``: this node's target serves every LUN on every VIP once the plan's earlier
+    steps ran; ``served_elsewhere``: every VIP answers from another host and that host is the
+    peer, Primary for every exported resource (the peer serves)."""
+    if served_here:
+        return Verdict(True, "the target serves the LUNs on the VIP here")
+    if served_elsewhere:
+        return Verdict(True, "the VIP answers from another host (the peer serves)")
+    return _no(
+        BlockKind.STORAGE_NOT_SERVED,
+        "the target does not serve the LUNs on the VIP (not here, and the VIP does not answer "
+        "from the peer); a plug would fail with SR_BACKEND_FAILURE_141",
+    )
+
+
 def _no(refusal: BlockKind, reason: str) -> Verdict:
     return Verdict(False, reason, refusal=refusal)
 
@@ -264,7 +288,7 @@ class NodeFacts:
 
 
 class ViolationKind(StrEnum):
-    """What broke: invariants 1 and 3 (structural) and 4 (data)."""
+    """What broke: invariants 1 and 3 (structural), 4 (data) and 5 (a PBD plug action)."""
 
     TWO_PRIMARIES = "two-primaries"
     VIP_ON_TWO_NODES = "vip-on-two-nodes"
@@ -272,6 +296,7 @@ class ViolationKind(StrEnum):
     LUN_NOT_ON_PRIMARY = "lun-not-on-primary"
     SERVES_STALE_DATA = "serves-stale-data"  # a serving node lacks acknowledged writes
     WRITES_ON_NO_DISK = "writes-on-no-disk"  # acknowledged writes are on no disk any more
+    PBD_PLUG_NOT_SERVED = "pbd-plug-not-served"  # a PBD plugged while the target served nowhere
 
 
 @dataclass(frozen=True, slots=True)

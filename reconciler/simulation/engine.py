@@ -15,6 +15,11 @@ fault, not only after whole ticks:
   acknowledged write is on some disk (writes destroyed with their only disk are hardware loss,
   counted apart).
 
+- the plug action (``safety.may_plug_pbd``): a PBD is plugged or re-plugged only while the
+  storage is served, by the acting node's target once its plan's earlier steps ran, or by the
+  peer as it was when the agent observed (a PBD that stays attached while the target moves is
+  normal: XAPI keeps it; only the plug is judged).
+
 Operator overrides are the one explicit exception: once a promotion that only the operator's
 ``become-primary --force`` allowed has run, two Primaries, a VIP on both nodes and a serving
 node missing acknowledged writes are what the operator accepted. They are then *reported* as
@@ -41,7 +46,13 @@ from reconciler.alerts import AlertGate, alerts_for
 from reconciler.core.observed import DiskState, Role
 from reconciler.core.plan import Action, ActionKind, Plan
 from reconciler.core.planner import DEFAULT_GUARDS, Guards
-from reconciler.core.safety import Violation, ViolationKind, data_violations, invariant_violations
+from reconciler.core.safety import (
+    Violation,
+    ViolationKind,
+    data_violations,
+    invariant_violations,
+    may_plug_pbd,
+)
 from reconciler.core.spec import RoleSourceType, StorageCluster
 from reconciler.executor import RetryPolicy, StepReport, apply, skipped_step
 from reconciler.simulation.faults import apply_fault, fault_label
@@ -142,6 +153,8 @@ class Simulation:
         # Outcomes of the kept plan's actions so far (indices into it): its dependency chains.
         self._pending_failed: dict[str, set[int]] = {n: set() for n in self.names}
         self._pending_done: dict[str, set[int]] = {n: set() for n in self.names}
+        # Per node: the storage was served (ground truth) when its last plan was made.
+        self._served_at_plan: dict[str, bool] = {}
         self.known: set[Violation] = set(invariant_violations(self.w.facts()))
         # VIPs an operator configured by hand (a fault), while they stay configured.
         self.hand_vips: set[tuple[str, str]] = set()
@@ -184,9 +197,10 @@ class Simulation:
 
     # --- invariants -------------------------------------------------------------------------
 
-    def check(self, what: str, *, by_agent: bool) -> None:
+    def check(self, what: str, *, by_agent: bool, extra: Sequence[Violation] = ()) -> None:
         """Check every invariant now. ``by_agent``: an executed action, which may not add any
-        structural violation; otherwise a fault, whose violations are remembered as its own."""
+        structural violation; otherwise a fault, whose violations are remembered as its own.
+        ``extra``: violations of the action itself (a PBD plug while nothing served)."""
         self._drain_events()
         current = invariant_violations(self.w.facts())
         data: list[Violation] = []
@@ -197,7 +211,7 @@ class Simulation:
         if new and self.hand_vips:
             new = [v for v in new if not self._hand_made(v)]
         self.known = self.known & set(current) if by_agent else set(current)
-        problems = new + data
+        problems = new + data + list(extra)
         if not problems:
             return
         if self.override_promotions:
@@ -234,6 +248,22 @@ class Simulation:
             for n, ip in self.hand_vips
         )
 
+    def _plug_violation(self, node: str, action: Action) -> Violation | None:
+        """Invariant 5 (``safety.may_plug_pbd``) on the ground truth: a PBD plug (or re-plug)
+        ran while the storage was served neither when the agent observed (what it planned
+        from; a fault since is the fault's) nor now (this node's own target, brought up by the
+        same plan's earlier steps)."""
+        here, elsewhere = self.w.storage_served(node)
+        if may_plug_pbd(served_here=here, served_elsewhere=elsewhere):
+            return None
+        if self._served_at_plan.get(node, False):
+            return None  # the world moved between the observation and the action (a race)
+        return Violation(
+            ViolationKind.PBD_PLUG_NOT_SERVED,
+            f"{node} ran {action.describe()} while the target served the LUNs nowhere",
+            nodes=(node,),
+        )
+
     def _after_step(self, node: str) -> Callable[[StepReport], None]:
         def after(step: StepReport) -> None:
             a = step.action
@@ -248,7 +278,12 @@ class Simulation:
                 f"{a.describe()}: {'ok' if step.ok else 'FAILED: ' + (step.error or '')}",
                 ok=True,
             )
-            self.check(f"{node}: {a.describe()}", by_agent=True)
+            plug = (
+                self._plug_violation(node, a)
+                if a.kind in (ActionKind.PLUG_PBD, ActionKind.REPLUG_PBD)
+                else None
+            )
+            self.check(f"{node}: {a.describe()}", by_agent=True, extra=[plug] if plug else [])
             for _ in range(self.writes_per_action):
                 self._client_write()
             if self.writes_per_action:
@@ -272,6 +307,11 @@ class Simulation:
 
         def planned(p: Plan) -> None:
             nonlocal index
+            # Nothing moved since the observation (one thread, one world): what served then.
+            here, elsewhere = self.w.storage_served(node)
+            self._served_at_plan[node] = may_plug_pbd(
+                served_here=here, served_elsewhere=elsewhere
+            ).ok
             self.last_plans[node] = p
             index = self._note(kind, node, plan_text(p))
 
@@ -451,6 +491,7 @@ class Simulation:
         data = self.spec.model_dump(mode="json", by_alias=True)
         _merge(data["spec"], dict(changes))
         self.spec = StorageCluster.model_validate(data)
+        self.w.ensure_srs(self.spec)  # adapters.hypervisor switched on: the pool's SRs appear
         self._build_adapters()
         for gate in self.gates.values():
             gate.settings = self.spec.spec.alerts
@@ -487,6 +528,7 @@ class Simulation:
             w.nodes[n].manual_mode = False
             w.nodes[n].chosen_role = None
             w.nodes[n].force = False
+            w.nodes[n].xapi_reachable = True
         w.faults = []
         w.strangers = []
         w.pool_views = {}

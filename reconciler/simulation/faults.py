@@ -114,6 +114,18 @@ def apply_fault(
         for r in targets:
             w.replace_disk(n, r)
         return f"disk attached again / replaced on {n}{which}"
+    if name == "unplugPbd":
+        w.unplug_pbds(n)
+        return f"{n}'s host: every PBD of the SR(s) unplugged"
+    if name == "breakSr":
+        w.break_sr(n)
+        return f"{n}'s host: SR volume group missing while the PBD stays attached (unusable)"
+    if name == "xapiDown":
+        w.nodes[n].xapi_reachable = False
+        return f"XAPI unreachable on {n}"
+    if name == "xapiUp":
+        w.nodes[n].xapi_reachable = True
+        return f"XAPI answers again on {n}"
     if name == "inject":
         op, kind, count = kw["op"], kw.get("kind", "transient"), int(kw.get("count", 1))
         resource = kw.get("resource")

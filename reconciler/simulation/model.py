@@ -46,8 +46,16 @@ ACTION_OPS = (
     "target-start",
     "target-stop",
     "target-export",
+    "pbd-plug",
+    "pbd-replug",
 )
-OBSERVE_OPS = ("drbd-observe", "vip-observe", "target-observe", "role-observe")
+OBSERVE_OPS = (
+    "drbd-observe",
+    "vip-observe",
+    "target-observe",
+    "role-observe",
+    "hypervisor-observe",
+)
 
 
 class ScenarioError(Exception):
@@ -207,6 +215,15 @@ class Expect(_Model):
         default=None, description="Text no alert mailed so far contains."
     )
 
+    pbd_attached: dict[NodeRef, bool] | None = Field(
+        default=None,
+        description="Per node: every PBD of its host attached (adapters.hypervisor: sim).",
+    )
+    sr_usable: dict[NodeRef, bool] | None = Field(
+        default=None,
+        description="Per node: every PBD of its host attached and its SR usable.",
+    )
+
     @model_validator(mode="after")
     def _checks_something(self) -> Expect:
         checks = [
@@ -246,6 +263,10 @@ class Step(_Model):
     detach_disk: NodeRef | ResourceFault | None = None
     fail_disk: NodeRef | ResourceFault | None = None
     replace_disk: NodeRef | ResourceFault | None = None
+    unplug_pbd: NodeRef | None = None
+    break_sr: NodeRef | None = None
+    xapi_down: NodeRef | None = None
+    xapi_up: NodeRef | None = None
     inject: InjectStep | None = None
     wait: float | None = Field(
         default=None, description="Simulated time passes: 30s, 10m, 1h (alert grace, screens)."

@@ -90,7 +90,7 @@ def random_fault(sim: Simulation, rng: random.Random, n: str) -> None:
         [
             "crash", "boot", "replication", "management", "isolate", "rejoin", "killTarget",
             "removeVip", "addVip", "stranger", "disconnect", "detachDisk", "failDisk",
-            "replaceDisk", "inject", "clearFaults",
+            "replaceDisk", "inject", "clearFaults", "unplugPbd", "breakSr", "xapiDown", "xapiUp",
         ]
     )  # fmt: skip
     if name in ("failDisk", "detachDisk") and not sim.peer_has_data(n):

@@ -45,6 +45,13 @@ def world_line(world: World, names: Sequence[str], resources: Sequence[str]) -> 
             bits.append("vip")
         if nd.target_running:
             bits.append(f"tgt{sorted(nd.exported)}")
+        pbds = [sr.pbds[n] for sr in w.srs if n in sr.pbds]
+        if pbds:
+            broken = any(p.attached and not p.usable for p in pbds)
+            plugged = all(p.attached for p in pbds)
+            bits.append("pbd:BROKEN" if broken else "pbd" if plugged else "pbd:unplugged")
+        if not nd.xapi_reachable:
+            bits.append("XAPI-DOWN")
         if nd.isolated:
             bits.append("ISOLATED")
         if nd.manual_mode:

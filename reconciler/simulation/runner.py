@@ -253,6 +253,10 @@ def _run_step(sim: Simulation, spec: StorageCluster, step: Step, result: RunResu
         "detach_disk": "detachDisk",
         "fail_disk": "failDisk",
         "replace_disk": "replaceDisk",
+        "unplug_pbd": "unplugPbd",
+        "break_sr": "breakSr",
+        "xapi_down": "xapiDown",
+        "xapi_up": "xapiUp",
     }
     if kind in simple:
         if isinstance(value, ResourceFault):
@@ -424,6 +428,15 @@ def _expect(sim: Simulation, spec: StorageCluster, e: Expect) -> StepResult:
             sorted(node for node in (_resolve(spec, a) for a in e.alive) if node),
             sorted(n for n in sim.names if w.nodes[n].alive),
         )
+    for label, wanted, read in (
+        ("PBDs attached", e.pbd_attached, w.pbds_attached),
+        ("SR usable", e.sr_usable, w.srs_usable),
+    ):
+        for ref, expected in (wanted or {}).items():
+            who = _resolve(spec, ref)
+            if who is None:
+                raise ScenarioError(f"{label}: name a node, not {ref!r}")
+            want(f"{label} on {who}", expected, read(who))
     text = "; ".join(failures) if failures else "ok: " + ", ".join(checked)
     sim._note("expect", None, text, ok=not failures)
     return _failed(text) if failures else _ok(text)

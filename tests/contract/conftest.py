@@ -28,7 +28,7 @@ from tests.contract.envs import (
     TargetEnv,
     VipEnv,
 )
-from tests.contract.xapi_envs import XAPI, XapiHypervisorEnv, XapiRoleEnv
+from tests.contract.xapi_envs import XAPI, XapiRoleEnv
 from tests.lab.conftest import (  # noqa: F401  (the lab fixtures and their failure hook)
     lab,
     lab_factory,
@@ -96,15 +96,6 @@ def role_env(
 
 
 # The simulated hypervisor's environment joins this list with the simulated PBD model.
-@pytest.fixture(params=[XAPI])
-def hypervisor_env(cluster: StorageCluster) -> Iterator[XapiHypervisorEnv]:
-    env = XapiHypervisorEnv(cluster.spec.target, cluster.spec.vips)
-    try:
-        yield env
-    finally:
-        env.close()
-
-
 @pytest.fixture(params=[SIM, REAL_DRBD])
 def drbd_env(request: pytest.FixtureRequest, cluster: StorageCluster) -> DrbdEnv:
     if request.param == SIM:

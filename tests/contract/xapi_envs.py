@@ -16,6 +16,7 @@ from tests.fakes.xapi import FakePool, FakeXapiPool, Pbd
 
 XAPI = "xapi"
 NODES = ("node1", "node2")
+OTHER_TARGET = "198.51.100.77"  # an SR of some other storage box: never tandem's business
 
 
 def _client(fake: FakeXapiPool, node: str) -> XapiClient:
@@ -34,7 +35,7 @@ class XapiHypervisorEnv:
         self.target = target
         self.vips = vips
         self.fake = FakeXapiPool.start(NODES)
-        self.serving = True
+        self.serving = False  # the hosts booted before anything served
         self.broken: set[str] = set()  # PBD uuids whose SR is unusable on their host
         self.fake.pool.probe = self._probe
         self.fake.pool.on_unplug = lambda pbd: self.broken.discard(pbd.uuid)
@@ -65,6 +66,26 @@ class XapiHypervisorEnv:
     def target_serves(self, serving: bool) -> None:
         self.serving = serving
 
+    # The contract suite's vocabulary (tests/contract/hypervisor_envs.py: HypervisorEnv).
+    def serve(self, node: str) -> None:
+        self.serving = True  # the fake's PBD.plug probe: the LUN answers on the VIP
+
+    def stop_serving(self) -> None:
+        self.serving = False
+
+    def unplug_by_hand(self, node: str) -> None:
+        pbd = self.fake.pool.pbd_of(node, self.sr)
+        pbd.currently_attached = False
+        self.broken.discard(pbd.uuid)
+
+    def break_sr(self, node: str) -> None:
+        self.sr_breaks(node)
+
+    def add_other_sr(self) -> None:
+        self.fake.pool.add_iscsi_sr(
+            "someone-else", target=OTHER_TARGET, iqn=self.target.iqn, attached=False
+        )
+
     def sr_breaks(self, node: str) -> None:
         pbd = self.fake.pool.pbd_of(node, self.sr)
         assert pbd.currently_attached, "only an attached SR can break"
@@ -73,9 +94,20 @@ class XapiHypervisorEnv:
     def attached(self, node: str) -> bool:
         return self.fake.pool.pbd_of(node, self.sr).currently_attached
 
-    def xapi_down(self) -> None:
-        for server in self.fake.servers.values():
-            server.set_mode("http-error")
+    def xapi_down(self, node: str | None = None) -> None:
+        """``node``'s adapter can no longer reach XAPI (a port nothing listens on); None:
+        every XAPI server answers HTTP errors."""
+        if node is None:
+            for server in self.fake.servers.values():
+                server.set_mode("http-error")
+            return
+        lvm = FakeLvmRunner(lookup=lambda name: self._vg_exists(node, name))
+        dead = XapiClient(
+            url="http://127.0.0.1:9/",
+            credentials=Credentials(self.fake.pool.username, self.fake.pool.password),
+            timeout=2.0,
+        )
+        self._adapters[node] = XapiHypervisor(dead, host_name=node, runner=lvm)
 
     def close(self) -> None:
         self.fake.stop()

@@ -57,7 +57,8 @@ class Lvm:
         self.run("vgcreate", name, self.loop)
 
     def exists(self) -> bool:
-        assert self.name is not None
+        if self.name is None:  # not made yet: the first successful plug makes it
+            return False
         return self.name in self.run("vgs", "--noheadings", "-o", "vg_name", check=False)
 
     def remove(self) -> None:

@@ -33,18 +33,18 @@ def test_events_list_the_bring_up_with_reasons(tmp_path: Path) -> None:
     got = [json.loads(line) for line in r.stdout.splitlines()]
     mine = [e for e in got if e["node"] == "node1"]
     assert [e["action"] for e in mine] == [
-        "promote", "add-vip", "announce-vip", "start-target", "export-lun"
+        "promote", "add-vip", "announce-vip", "start-target", "export-lun", "plug-pbd"
     ]  # fmt: skip
     assert all(e["result"] == "ok" and e["reason"] for e in mine)
     assert mine[0]["resource"] == "iscsi1"
     text = run(tmp_path, "events", "--node", "node1")
     assert "promote iscsi1: ok - " in text.stdout
     status = run(tmp_path, "status", "--node", "node1")
-    assert "last 5 event(s)" in status.stdout and "export-lun" in status.stdout
+    assert "last 5 event(s)" in status.stdout and "plug-pbd" in status.stdout
     # --since in the future: nothing; --last 2: the newest two.
     assert "no events" in run(tmp_path, "events", "--since", "@9999999999").stdout
     last = run(tmp_path, "events", "--node", "node1", "--json", "--last", "2").stdout
-    assert [json.loads(x)["action"] for x in last.splitlines()] == ["start-target", "export-lun"]
+    assert [json.loads(x)["action"] for x in last.splitlines()] == ["export-lun", "plug-pbd"]
 
 
 def test_refusals_are_recorded_when_they_start_not_every_tick(tmp_path: Path) -> None:
@@ -57,8 +57,9 @@ def test_refusals_are_recorded_when_they_start_not_every_tick(tmp_path: Path) ->
     got, problems = load([log.path])
     assert problems == []
     refused = [e for e in got if e.result == "refused"]
-    assert len(refused) == 1, refused
-    assert refused[0].action == "add-vip" and "answered" in refused[0].reason
+    # Two refusals, each recorded once: the VIP, and the host's PBD (nothing serves).
+    assert [e.action for e in refused] == ["add-vip", "plug-pbd"], refused
+    assert "answered" in refused[0].reason and "141" in refused[1].reason
     assert next(e.action for e in got if e.result == "ok") == "promote"
 
 
