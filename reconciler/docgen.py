@@ -21,8 +21,9 @@ from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 from pydantic_core import to_jsonable_python
 
-from reconciler.core.spec import PATTERN_HELP, StorageCluster
+from reconciler.core.spec import StorageCluster
 from reconciler.core.specload import MAX_SPEC_BYTES
+from reconciler.core.spectypes import PATTERN_HELP
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SCHEMA_FILE = Path("specs/schema.json")

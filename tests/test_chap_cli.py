@@ -154,14 +154,21 @@ def test_the_secret_reaches_no_output(tmp_path: Path, smtp: tuple[Inbox, int]) -
             if node == "node2":
                 _wait_for_file(state / "tandem-node2.log", "should be")
             else:
+                # node1's own refusal mail (node2's agent may have mailed already: its PBD
+                # plug is refused too while nothing serves)
                 deadline = time.monotonic() + 20
-                while not inbox.messages and time.monotonic() < deadline:
+                while time.monotonic() < deadline and not any(
+                    "node1" in str(m) for m in inbox.messages
+                ):
                     time.sleep(0.05)
         finally:
             watch.terminate()
             out, err = watch.communicate(timeout=20)
         outputs[f"--watch {node}"] = out + err
-    keep("--once --json", run(state, "--once", "--node", "node2", "--json", "-f", str(spec)))
+    # Any tick outcome but a crash or a usage error: with a stranger on the VIP the PBD plug
+    # of node2 is refused (3) or fails (1); what matters here is what the output contains.
+    once = run(state, "--once", "--node", "node2", "--json", "-f", str(spec))
+    keep("--once --json", once, 0, 1, 3, 4)
     keep("get", run(state, "get", "-f", str(spec)))
     for node in ("node1", "node2"):
         keep(f"status {node}", run(state, "status", "--node", node, "-f", str(spec)), 0, 1)

@@ -25,7 +25,8 @@ from ruamel.yaml.error import MarkedYAMLError, YAMLError
 from ruamel.yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 from ruamel.yaml.reader import ReaderError
 
-from reconciler.core.spec import PATTERN_HELP, StorageCluster
+from reconciler.core.spec import StorageCluster
+from reconciler.core.spectypes import PATTERN_HELP
 
 
 @dataclass(frozen=True, slots=True)
