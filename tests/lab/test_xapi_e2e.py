@@ -121,6 +121,9 @@ def test_agents_plug_after_the_target_serves_and_replug_a_broken_sr(lab: Lab, ro
             lambda: all(fake.pool.pbd_of(n, sr).currently_attached for n in ("node1", "node2")),
             timeout=20,
         )
+        # The fake marks the PBD attached during the plug; node1's tick report (what `applied`
+        # reads) is printed once that tick has finished: wait for it, then check the order.
+        wait_for("node1's report of its plug", lambda: "plug-pbd" in agents.applied("node1"))
         applied = agents.applied("node1")
         assert applied.index("plug-pbd") > applied.index("start-target"), applied
 
