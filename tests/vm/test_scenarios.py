@@ -18,6 +18,7 @@ import pytest
 from click.testing import CliRunner, Result
 
 import reconciler.cli as cli
+import reconciler.cli_common as cli_common
 from reconciler.core.observed import ConnState, DiskState, Role
 from reconciler.core.plan import BlockKind
 from tests.vm.cluster import (
@@ -48,6 +49,9 @@ def reconcile(c: VmCluster, node: str, *args: str) -> Result:
 
     argv = [*args, "-f", str(c.spec_path), "--node", node, "--state-dir", str(c.state_dir)]
     with c.agents_paused(node), pytest.MonkeyPatch.context() as mp:
+        # The commands build their adapters through reconciler.cli_common (the operator
+        # commands) and reconciler.cli (--once): both get the VM's.
+        mp.setattr(cli_common, "_adapters", build)
         mp.setattr(cli, "_adapters", build)
         return CliRunner().invoke(cli.main, argv, catch_exceptions=False)
 
