@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from adapters.factory import build_adapters, world_store
-from adapters.sim.world import World
+from adapters.sim.world import Fault, World
 from adapters.wake import DerivedFileWake, FileWake
 from reconciler import loop
 from reconciler.agent import TickReport
@@ -204,8 +204,24 @@ def test_two_agents_swap_on_wakes_alone_with_a_60s_interval(
 
         _wait(lambda: serving("node1"), 10, "node1 serving after the first ticks")
         ticks_before = {n: len(a.reports) for n, a in agents.items()}
+        # node1's demote blocks (a slow `drbdadm secondary`) until node2 was refused once:
+        # the refusal, and so the retry under test, no longer depends on thread timing.
         with store.transaction() as world:
+            world.faults.append(
+                Fault(node="node1", op="drbd-secondary", kind="hang", count=-1, seconds=30)
+            )
             world.pool_master = "node2"
+
+        def node2_refused() -> bool:
+            return any(
+                b.kind is BlockKind.PEER_PRIMARY
+                for r in agents["node2"].reports[ticks_before["node2"] :]
+                for b in r.plan.blocked
+            )
+
+        _wait(node2_refused, 10, "node2 refused while node1 is still Primary")
+        with store.transaction() as world:
+            world.faults = [f for f in world.faults if f.kind != "hang"]
         _wait(lambda: serving("node2") and not serving("node1"), 10, "the swap to node2")
         # node2 must have been refused while node1 was still Primary, then retried soon.
         refused = [
