@@ -11,10 +11,12 @@ Rules for every implementation:
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
+from adapters.wake import Wakeup
 from reconciler.core.observed import (
     HypervisorObs,
     Leftovers,
@@ -24,6 +26,7 @@ from reconciler.core.observed import (
     RoleVerdict,
     TargetObs,
     VipObs,
+    WitnessObs,
 )
 from reconciler.core.spec import Lun, Resource, Target, Vip
 
@@ -115,6 +118,22 @@ class LivenessAdapter(Protocol):
     def observe(self) -> Liveness: ...
 
 
+class WitnessAdapter(Protocol):
+    """The quorum witness (issue: etcd witness): one lease-backed key per cluster.
+
+    ``observe`` is read-only and never raises: an unreachable witness is
+    ``WitnessObs(reachable=False, error=...)``. ``claim`` creates the cluster's key with a
+    fresh lease of this node (only while it is absent) or refreshes this node's own lease;
+    it raises ``TransientError`` when the key is held by the other node or no majority
+    answers. ``release`` revokes this node's lease (a planned step-down), idempotent."""
+
+    def observe(self) -> WitnessObs: ...
+
+    def claim(self) -> None: ...
+
+    def release(self) -> None: ...
+
+
 class OperatorStore(Protocol):
     """The only state an agent keeps: manual mode and the operator's chosen role."""
 
@@ -155,7 +174,13 @@ class WakeSource(Protocol):
 
 @dataclass(slots=True)
 class NodeAdapters:
-    """Everything one agent needs to observe and act on its node."""
+    """Everything one agent needs to observe and act on its node.
+
+    ``wakeup`` is what event-fed adapters notify when what they watch changed (see
+    ``adapters.wake.Wakeup``); ``wake`` are the polled sources. ``close`` stops what the
+    adapters started in the agent's own process (stream readers, netlink sockets, watcher
+    threads), never a daemon on the node: the watch loop calls it when it rebuilds the
+    adapters for a new spec and when it ends."""
 
     node: str
     drbd: DrbdAdapter
@@ -166,3 +191,27 @@ class NodeAdapters:
     operator: OperatorStore
     wake: tuple[WakeSource, ...] = ()
     hypervisor: HypervisorAdapter | None = None
+    witness: WitnessAdapter | None = None
+    wakeup: Wakeup = field(default_factory=Wakeup)
+
+    def close(self) -> None:
+        """Call ``close()`` on every adapter that has one (once each; errors are ignored:
+        closing must not stop the agent from ending or rebuilding)."""
+        seen: set[int] = set()
+        for part in (
+            self.drbd,
+            self.vip,
+            self.target,
+            self.role_source,
+            self.liveness,
+            self.operator,
+            self.hypervisor,
+            self.witness,
+            *self.wake,
+        ):
+            closer = getattr(part, "close", None)
+            if part is None or id(part) in seen or not callable(closer):
+                continue
+            seen.add(id(part))
+            with contextlib.suppress(Exception):
+                closer()

@@ -8,8 +8,47 @@ next tick. A missed or spurious change costs at most one tick, never a wrong dec
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Callable
 from pathlib import Path
+
+
+class Wakeup:
+    """The push side of waking the watch loop: an event stream (DRBD ``events2``, netlink
+    address events, inotify on pool.conf or the operator file, tgtd's exit) calls ``notify``
+    from its own thread when what it watches changed; the loop ``wait``s on it between ticks.
+
+    Thread-safe. ``notify`` never blocks and never raises. A notification that arrives while
+    a tick runs is kept, so the next wait returns at once (the loop calls ``clear`` right
+    *before* each tick, never after it). Like every wake source it only says "look now": the
+    next tick observes everything afresh, so a spurious or lost notification costs at most
+    one tick, never a wrong decision."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._reason: str | None = None
+
+    def notify(self, reason: str) -> None:
+        with self._cond:
+            if self._reason is None:
+                self._reason = reason
+            self._cond.notify_all()
+
+    def clear(self) -> None:
+        with self._cond:
+            self._reason = None
+
+    def pending(self) -> str | None:
+        with self._cond:
+            return self._reason
+
+    def wait(self, timeout: float | None) -> str | None:
+        """Block until notified or ``timeout`` passed; the first pending reason, or None.
+        The reason stays pending until ``clear``."""
+        with self._cond:
+            if self._reason is None:
+                self._cond.wait_for(lambda: self._reason is not None, timeout=timeout)
+            return self._reason
 
 
 class FileWake:

@@ -231,6 +231,23 @@ class Liveness:
 
 
 @dataclass(frozen=True, slots=True)
+class WitnessObs:
+    """The quorum witness as this node sees it (``enabled`` False: no witness configured).
+
+    ``reachable``: a majority of the witness answered this observation (None: not asked).
+    ``holder``: the node whose lease holds the cluster's key (None: the key is free, or
+    unknown when not reachable). ``lease_left``: seconds this node can still count on its
+    own lease, measured conservatively from when its last successful claim was *sent*
+    (None: it holds none). ``error`` says why an observation is incomplete."""
+
+    enabled: bool = False
+    reachable: bool | None = None
+    holder: str | None = None
+    lease_left: float | None = None
+    error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class PbdObs:
     uuid: str  # the PBD's uuid (XAPI opaque refs never leave the adapter)
     sr_uuid: str
@@ -303,6 +320,7 @@ class ObservedState:
     liveness: Liveness = field(default_factory=Liveness)
     leftovers: Leftovers = field(default_factory=Leftovers)
     hypervisor: HypervisorObs = HypervisorObs()
+    witness: WitnessObs = WitnessObs()
 
     def resource(self, name: str) -> ResourceObs:
         for r in self.resources:

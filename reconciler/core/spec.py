@@ -296,6 +296,12 @@ class Timings(_Model):
         "effect and refreshes the status record) comes this soon, doubling while ticks keep "
         "acting, up to tickInterval; a wake source can start it earlier.",
     )
+    resync: Seconds = Field(
+        default=30.0,
+        description="Event-fed observations (DRBD's events2 stream, the resident tgtd's "
+        "target list) are re-listed in full at least this often, besides at start and "
+        "whenever a stream ends or stalls.",
+    )
 
 
 class Mail(_Model):
