@@ -130,9 +130,13 @@ class CommandResult:
 
 @dataclass
 class Runner:
+    """``spawned`` counts the processes this runner started (``run`` and ``spawn``, locally or
+    through an executing transport): the idle-cost benchmark and the metrics read it."""
+
     transport: Transport = field(default_factory=Local)
     timeout: float = 10.0
     env: Mapping[str, str] | None = None
+    spawned: int = 0
 
     def run(
         self,
@@ -147,6 +151,7 @@ class Runner:
         """Run ``argv`` to completion. See the module docstring for the error mapping."""
         full = self.transport.wrap(argv)
         limit = self.timeout if timeout is None else timeout
+        self.spawned += 1  # a counter for figures, never for decisions
         if isinstance(self.transport, ExecutingTransport):
             return self._execute(
                 self.transport, argv, full, limit, check, transient_codes, env, stdin
@@ -251,6 +256,7 @@ class Runner:
         return its handle without waiting. The caller owns it (wait/kill by PID). Through an
         executing transport the process runs there (always in a new session) and ``log_path``
         is a path there."""
+        self.spawned += 1
         if isinstance(self.transport, ExecutingTransport):
             try:
                 return self.transport.spawn(argv, env=_overrides(self.env, env), log_path=log_path)
