@@ -50,7 +50,7 @@ from adapters.state import FileOperatorStore
 from adapters.tgt.chap import ChapSecrets, load_chap_secrets
 from adapters.tools import describe as describe_missing
 from adapters.tools import missing_tools
-from adapters.wake import FileWake
+from adapters.wake import FileWake, Wakeup
 from reconciler.core.errors import TerminalError
 from reconciler.core.spec import StorageCluster, Transport
 
@@ -91,6 +91,7 @@ def build_adapters(
     runner = node_runner(spec, node)
     if missing := missing_tools(tools_needed(spec, node)):
         raise TerminalError(describe_missing(missing, node))
+    wakeup = Wakeup()  # what the event-fed adapters notify; the same object in NodeAdapters
 
     drbd: DrbdAdapter
     if chosen.drbd == "sim":
@@ -107,7 +108,7 @@ def build_adapters(
         assert world is not None
         vip = SimVip(world, node)
     else:
-        vip = _real_vip(spec, node, runner, state_dir)
+        vip = _real_vip(spec, node, runner, state_dir, wakeup=wakeup)
 
     target: TargetAdapter
     chap = _chap_secrets(spec)
@@ -180,6 +181,7 @@ def build_adapters(
         operator=operator,
         wake=wake_sources(role, local_operator, world, node=node),
         hypervisor=hypervisor,
+        wakeup=wakeup,
     )
 
 
@@ -207,10 +209,8 @@ def tools_needed(spec: StorageCluster, node: str) -> list[tuple[str, str]]:
     needed: list[tuple[str, str]] = []
     if chosen.drbd != "sim":
         needed += [("drbdsetup", "drbd"), ("drbdadm", "drbd"), ("ping", "peer liveness")]
-    if chosen.vip != "sim":
-        needed.append(("ip", "vip"))
-        if netns:
-            needed.append(("arping", "vip"))
+    if chosen.vip != "sim" and netns:
+        needed.append(("arping", "vip"))  # addresses go over netlink: no `ip` for the VIP
     if chosen.target != "sim":
         needed += [("tgtd", "target"), ("tgtadm", "target")]
     if netns and needed:
@@ -228,8 +228,9 @@ def wake_sources(
     """What the watch loop polls between ticks: pool.conf (a pool-master change starts the
     swap at once), the operator's choices (``become-primary`` acts at once), and the simulated
     world (the peer's promote/demote; for ``node``, not what its own actions changed). Real
-    DRBD, VIP and tgt changes are seen at the next tick (or the short retry after a blocked
-    tick, or the verify tick after an acting one)."""
+    VIP changes are pushed instead: ``NetlinkVip``'s address events notify the node's
+    ``Wakeup``. Real DRBD and tgt changes are seen at the next tick (or the short retry after a
+    blocked tick, or the verify tick after an acting one)."""
     sources: list[WakeSource] = [FileWake(operator.path, name="operator choices")]
     # The XAPI role source's fallback (read while XAPI is unreachable) is a pool.conf too.
     pool_conf = role if isinstance(role, PoolConfRoleSource) else getattr(role, "fallback", None)
@@ -258,20 +259,28 @@ def inventory_path(state_dir: Path, node: str, concern: str) -> Path:
     return state_dir / f"{concern}-inventory-{node}.json"
 
 
-def _real_vip(spec: StorageCluster, node: str, runner: Runner, state_dir: Path) -> VipAdapter:
-    """iproute2 for addresses; ARP in-process when the agent runs on the node (transport
-    'local', which includes an agent started inside the node's namespace), else through
-    ``arping`` run by the runner (transport 'netns': the agent is outside the namespace, and an
-    in-process packet socket would probe and announce on the wrong network)."""
+def _real_vip(
+    spec: StorageCluster, node: str, runner: Runner, state_dir: Path, *, wakeup: Wakeup
+) -> VipAdapter:
+    """Netlink (``NetlinkVip``) for addresses and their events, in the node's namespace for
+    transport 'netns'; ARP in-process when the agent runs on the node (transport 'local',
+    which includes an agent started inside the node's namespace), else through ``arping`` run
+    by the runner (transport 'netns': the agent is outside the namespace, and an in-process
+    packet socket would probe and announce on the wrong network). ``IpVip`` (iproute2 through
+    the runner) is for executing transports, where netlink cannot reach (the VM tier's
+    console; ``tests/vm/cluster.py`` builds those adapters itself)."""
     from adapters.inventory import FileInventory
-    from adapters.vip import AnnounceRecord, ArpTool, CommandArp, InProcessArp, IpVip
+    from adapters.vip import AnnounceRecord, ArpTool, CommandArp, InProcessArp
+    from adapters.vip.netlink import NetlinkVip
 
-    netns = spec.node(node).transport is Transport.NETNS
+    n = spec.node(node)
+    netns = n.transport is Transport.NETNS
     arp: ArpTool = CommandArp(runner) if netns else InProcessArp()
-    return IpVip(
-        runner,
+    return NetlinkVip(
         arp=arp,
-        command_timeout=spec.spec.timings.command_timeout,
+        namespace=n.namespace if netns else None,
+        wakeup=wakeup,
+        request_timeout=spec.spec.timings.command_timeout,
         record=AnnounceRecord(announce_record_path(state_dir.absolute(), node)),
         inventory=FileInventory(inventory_path(state_dir.absolute(), node, "vip")),
     )
