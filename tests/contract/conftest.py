@@ -12,11 +12,15 @@ import pytest
 
 from reconciler.core.spec import StorageCluster
 from tests.contract.envs import (
+    NETLINK_LOCAL,
+    NETLINK_NETNS,
     REAL,
     REAL_DRBD,
     REAL_LAB,
     SIM,
     DrbdEnv,
+    LocalNetlinkVipEnv,
+    NetlinkVipEnv,
     RealRoleEnv,
     RealTargetEnv,
     RealVipEnv,
@@ -53,12 +57,16 @@ def short_tmp() -> Iterator[Path]:
         shutil.rmtree(path, ignore_errors=True)
 
 
-@pytest.fixture(params=[SIM, REAL_LAB])
+@pytest.fixture(params=[SIM, REAL_LAB, NETLINK_NETNS, NETLINK_LOCAL])
 def vip_env(request: pytest.FixtureRequest, cluster: StorageCluster) -> Iterator[VipEnv]:
+    """sim: SimVip; real: IpVip in the node's namespace; netlink-netns / netlink-local:
+    NetlinkVip as built for transport netns (handle into the namespace, arping) and local
+    (inside the namespace, in-process ARP)."""
     if request.param == SIM:
         yield SimVipEnv(cluster)
         return
-    env = RealVipEnv(request.getfixturevalue("lab"))
+    kinds = {REAL: RealVipEnv, "netlink-netns": NetlinkVipEnv, "netlink-local": LocalNetlinkVipEnv}
+    env = kinds[request.param](request.getfixturevalue("lab"))
     try:
         yield env
     finally:
