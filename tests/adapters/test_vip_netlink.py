@@ -1,0 +1,163 @@
+"""``NetlinkVip`` without a kernel: the pure netlink dump parser (garbage is an error, never a
+crash), which address events wake the agent, and that building or closing the adapter starts
+nothing. The netlink requests themselves run in the namespace lab
+(tests/lab/test_vip_netlink_lab.py and the contract suite)."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from adapters.vip import NetlinkReplyError, parse_netlink_addrs
+from adapters.vip.netlink import NetlinkVip, _EventFilter
+from adapters.wake import Wakeup
+from tests.adapters.test_vip_parse import FakeArp
+
+
+def link(index: int, name: str) -> dict[str, Any]:
+    return {"index": index, "IFLA_IFNAME": name}
+
+
+def addr(index: int, ip: str, *, family: int = 2, label: str | None = None) -> dict[str, Any]:
+    return {"index": index, "family": family, "IFA_LOCAL": ip, "IFA_LABEL": label}
+
+
+LINKS = [link(1, "lo"), link(2, "eth0"), link(3, "repl0")]
+
+
+# ------------------------------------------------------------------------ the dump parser
+def test_parse_maps_every_link_to_its_ipv4_addresses() -> None:
+    addrs = [
+        addr(1, "127.0.0.1"),
+        addr(2, "198.51.100.1"),
+        addr(2, "198.51.100.3"),
+        addr(2, "fe80::1", family=10),  # IPv6 is ignored
+    ]
+    assert parse_netlink_addrs(LINKS, addrs) == {
+        "lo": {"127.0.0.1"},
+        "eth0": {"198.51.100.1", "198.51.100.3"},
+        "repl0": set(),
+    }
+
+
+def test_parse_takes_ifa_address_when_there_is_no_ifa_local() -> None:
+    msg = {"index": 2, "family": 2, "IFA_ADDRESS": "198.51.100.3"}
+    assert parse_netlink_addrs(LINKS, [msg])["eth0"] == {"198.51.100.3"}
+
+
+@pytest.mark.parametrize(
+    ("links", "addrs", "why"),
+    [
+        ([{"IFLA_IFNAME": "eth0"}], [], "without an interface index"),
+        ([{"index": "2", "IFLA_IFNAME": "eth0"}], [], "without an interface index"),
+        ([{"index": True, "IFLA_IFNAME": "eth0"}], [], "without an interface index"),
+        ([{"index": 2}], [], "without a name"),
+        ([{"index": 2, "IFLA_IFNAME": ""}], [], "without a name"),
+        (LINKS, [addr(7, "198.51.100.3")], "not in the link dump"),
+        (LINKS, [{"index": 2, "family": 2}], "without IFA_LOCAL"),
+        (LINKS, [addr(2, "198.51.100.300")], "bad IPv4 address"),
+        (LINKS, [addr(2, "nonsense")], "bad IPv4 address"),
+        (LINKS, [{"index": 2, "IFA_LOCAL": "198.51.100.3"}], "without a family"),
+    ],
+)
+def test_parse_refuses_garbage(links: list[Any], addrs: list[Any], why: str) -> None:
+    with pytest.raises(NetlinkReplyError, match=why):
+        parse_netlink_addrs(links, addrs)
+
+
+_values = st.one_of(
+    st.none(), st.booleans(), st.integers(-3, 12), st.text(max_size=20), st.just("198.51.100.3")
+)
+_messages = st.lists(
+    st.dictionaries(
+        st.sampled_from(["index", "family", "IFLA_IFNAME", "IFA_LOCAL", "IFA_ADDRESS"]), _values
+    ),
+    max_size=5,
+)
+
+
+@given(links=_messages, addrs=_messages)
+def test_parse_of_any_messages_gives_a_table_or_the_parse_error(
+    links: list[dict[str, Any]], addrs: list[dict[str, Any]]
+) -> None:
+    try:
+        table = parse_netlink_addrs(links, addrs)
+    except NetlinkReplyError:
+        return
+    assert all(isinstance(name, str) and name for name in table)
+    assert all(isinstance(ip, str) for ips in table.values() for ip in ips)
+
+
+# ------------------------------------------------------------------------ which events wake
+def event(kind: str, index: int, ip: str, *, label: str | None = None, family: int = 2) -> Any:
+    return {"event": kind, "index": index, "family": family, "IFA_LOCAL": ip, "IFA_LABEL": label}
+
+
+def test_events_on_the_vips_interface_wake() -> None:
+    events = _EventFilter()
+    events.watch_names({"eth0"})
+    events.watch_indices({2})
+    assert events.wakes(event("RTM_DELADDR", 2, "198.51.100.3", label="eth0"))
+    assert events.wakes(event("RTM_NEWADDR", 2, "198.51.100.4", label="eth0"))
+    assert events.wakes(event("RTM_DELADDR", 2, "198.51.100.3"))  # by index alone
+    assert events.wakes(event("RTM_NEWADDR", 9, "198.51.100.3", label="eth0:vip"))  # by label
+
+
+def test_other_interfaces_families_and_messages_do_not_wake() -> None:
+    events = _EventFilter()
+    events.watch_names({"eth0"})
+    events.watch_indices({2})
+    assert not events.wakes(event("RTM_NEWADDR", 3, "198.51.100.129", label="repl0"))
+    assert not events.wakes(event("RTM_NEWADDR", 2, "fe80::1", family=10))
+    assert not events.wakes({"event": "RTM_NEWLINK", "index": 2, "family": 0})
+
+
+def test_nothing_watched_nothing_wakes() -> None:
+    assert not _EventFilter().wakes(event("RTM_DELADDR", 2, "198.51.100.3", label="eth0"))
+
+
+def test_the_adapters_own_changes_do_not_wake_once_each() -> None:
+    events = _EventFilter()
+    events.watch_indices({2})
+    events.expect("RTM_NEWADDR", "198.51.100.3")
+    assert not events.wakes(event("RTM_NEWADDR", 2, "198.51.100.3"))  # our add
+    assert events.wakes(event("RTM_NEWADDR", 2, "198.51.100.3"))  # someone's, after it
+    events.expect("RTM_DELADDR", "198.51.100.3")
+    assert events.wakes(event("RTM_NEWADDR", 2, "198.51.100.3"))  # not what was expected
+    events.unexpect("RTM_DELADDR", "198.51.100.3")  # the request failed: no event will come
+    assert events.wakes(event("RTM_DELADDR", 2, "198.51.100.3"))
+
+
+def test_lost_events_forget_what_was_expected() -> None:
+    events = _EventFilter()
+    events.watch_indices({2})
+    events.expect("RTM_DELADDR", "198.51.100.3")
+    events.forget_expected()
+    assert events.wakes(event("RTM_DELADDR", 2, "198.51.100.3"))
+
+
+# ------------------------------------------------------------------------ lifecycle
+def netlink_threads() -> set[str]:
+    return {t.name for t in threading.enumerate() if t.name.startswith("netlink-vip")}
+
+
+def test_building_observing_nothing_and_closing_start_nothing() -> None:
+    before = netlink_threads()
+    vip = NetlinkVip(arp=FakeArp(), wakeup=Wakeup())
+    assert vip.observe([]) == ()
+    vip.close()
+    vip.close()
+    assert netlink_threads() == before
+    assert vip.opened == 0
+    assert not vip.monitoring
+
+
+def test_bad_timeouts_are_refused() -> None:
+    with pytest.raises(ValueError, match="request_timeout"):
+        NetlinkVip(arp=FakeArp(), request_timeout=0)
+    with pytest.raises(ValueError, match="probe_timeout"):
+        NetlinkVip(arp=FakeArp(), probe_timeout=0)
