@@ -361,7 +361,11 @@ class Adapters(_Model):
         default="drbd", description="'drbd': drbdsetup/drbdadm; 'sim': the simulated DRBD."
     )
     vip: Literal["sim", "iproute"] = Field(
-        default="iproute", description="'iproute': ip addr + ARP; 'sim': the simulated network."
+        default="iproute",
+        description=(
+            "'iproute': the node's real addresses (over netlink, as iproute2's ip addr) + ARP;"
+            " 'sim': the simulated network."
+        ),
     )
     target: Literal["sim", "tgt"] = Field(
         default="tgt", description="'tgt': tgtd/tgtadm; 'sim': the simulated target."
