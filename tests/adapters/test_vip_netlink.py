@@ -6,6 +6,7 @@ nothing. The netlink requests themselves run in the namespace lab
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,6 +16,7 @@ from hypothesis import strategies as st
 from adapters.vip import NetlinkReplyError, parse_netlink_addrs
 from adapters.vip.netlink import NetlinkVip, _EventFilter
 from adapters.wake import Wakeup
+from reconciler.core.errors import TerminalError
 from tests.adapters.test_vip_parse import FakeArp
 
 
@@ -161,3 +163,41 @@ def test_bad_timeouts_are_refused() -> None:
         NetlinkVip(arp=FakeArp(), request_timeout=0)
     with pytest.raises(ValueError, match="probe_timeout"):
         NetlinkVip(arp=FakeArp(), probe_timeout=0)
+
+
+# ------------------------------------------------------------------------ the factory
+@pytest.mark.parametrize("transport", ["local", "netns"])
+def test_the_factory_builds_netlinkvip_with_the_nodes_wakeup(
+    tmp_path: Path, transport: str
+) -> None:
+    """Real VIP adapters are NetlinkVip for transports local and netns, notifying the same
+    Wakeup the node's adapters expose; building them opens nothing."""
+    from adapters.factory import build_adapters
+    from adapters.vip import CommandArp, InProcessArp
+    from reconciler.core.spec import StorageCluster
+    from tests.lab.specs import LabCluster
+
+    cluster = LabCluster.create(tmp_path / "cluster")
+    data = cluster.spec().model_dump(mode="json", by_alias=True)
+    if transport == "netns":
+        data["spec"]["nodes"][0].update(transport="netns", namespace="tdmh2-absent")
+    spec = StorageCluster.model_validate(data)
+    before = netlink_threads()
+    try:
+        adapters = build_adapters(spec, "node1", cluster.state_dir)
+    except TerminalError as exc:  # a tool the real tgt adapter needs is not installed
+        pytest.skip(str(exc))
+    try:
+        vip = adapters.vip
+        assert isinstance(vip, NetlinkVip)
+        assert vip.wakeup is adapters.wakeup
+        if transport == "netns":
+            assert vip.namespace == "tdmh2-absent"
+            assert isinstance(vip.arp, CommandArp)
+        else:
+            assert vip.namespace is None
+            assert isinstance(vip.arp, InProcessArp)
+        assert netlink_threads() == before
+        assert vip.opened == 0
+    finally:
+        adapters.close()
