@@ -17,7 +17,8 @@ Invariants:
 
 - ONE request handle per adapter, opened lazily on the first request, kept open, closed and
   re-opened on the next request after any failure of the handle itself (socket error, timeout,
-  a reply pyroute2 cannot read); a refusal by the kernel (``NetlinkError``) keeps it.
+  a reply pyroute2 or ``parse_netlink_addrs`` cannot read); a refusal by the kernel
+  (``NetlinkError``) keeps it.
   ``opened`` counts the handles opened.
 - pyroute2 keeps its sockets and event loops per thread, so the handle lives on a private
   event-loop thread (``netlink-vip``) and every request is handed to it (one at a time, under a
@@ -130,11 +131,18 @@ async def _cancel_others() -> None:
     await asyncio.gather(*tasks, return_exceptions=True)
 
 
-def _open_handle(namespace: str | None, *, groups: int = 0) -> AsyncIPRoute:
+HandleFactory = Callable[[str | None], Any]
+"""Opens an (unconnected) pyroute2 ``AsyncIPRoute``-like handle for a namespace (None: this
+process's own); the default is ``open_handle``. Tests pass a fake netlink handle."""
+
+
+def open_handle(namespace: str | None) -> AsyncIPRoute:
+    """A pyroute2 handle in ``namespace`` (not connected until ``setup_endpoint``/``bind``)."""
     # flags=0: never create a missing namespace (pyroute2's default, O_CREAT, would).
+    # groups=0: the request handle joins no multicast group (the monitor binds its own).
     if namespace is None:
-        return AsyncIPRoute(groups=groups)
-    return AsyncIPRoute(netns=namespace, flags=0, groups=groups)
+        return AsyncIPRoute(groups=0)
+    return AsyncIPRoute(netns=namespace, flags=0, groups=0)
 
 
 async def _collect(result: Any) -> list[Any]:
@@ -151,7 +159,8 @@ class NetlinkVip(AddressVip):
     own namespace (transport ``local``). ``wakeup``: what address events notify (None: no
     monitor). ``arp``: ``InProcessArp`` when the agent runs in the node's namespace,
     ``CommandArp`` through the node's runner otherwise (a packet socket of this process would
-    probe the wrong network).
+    probe the wrong network). ``handles`` opens the netlink handles (``open_handle``; tests
+    pass a fake netlink).
     """
 
     def __init__(
@@ -164,6 +173,7 @@ class NetlinkVip(AddressVip):
         request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
         record: AnnounceRecord | None = None,
         inventory: FileInventory | None = None,
+        handles: HandleFactory = open_handle,
     ) -> None:
         super().__init__(arp=arp, probe_timeout=probe_timeout, record=record, inventory=inventory)
         if request_timeout <= 0:
@@ -171,6 +181,7 @@ class NetlinkVip(AddressVip):
         self.namespace = namespace
         self.wakeup = wakeup
         self.request_timeout = request_timeout
+        self.handles = handles
         self.opened = 0
         """Request handles opened so far (each is one fork when ``namespace`` is set)."""
         self._lock = threading.Lock()  # one request at a time; guards the fields below
@@ -209,7 +220,10 @@ class NetlinkVip(AddressVip):
                 self._loop = _LoopThread("netlink-vip")
             if self._monitor is None and self.wakeup is not None:
                 self._monitor = _AddressMonitor(
-                    namespace=self.namespace, wakeup=self.wakeup, events=self._events
+                    namespace=self.namespace,
+                    wakeup=self.wakeup,
+                    events=self._events,
+                    handles=self.handles,
                 )
             try:
                 # The outer bound only guards against a loop that does not run at all.
@@ -221,7 +235,7 @@ class NetlinkVip(AddressVip):
     async def _run(self, what: Callable[[AsyncIPRoute], Awaitable[T]]) -> T:
         try:
             if self._ipr is None:
-                ipr = _open_handle(self.namespace)
+                ipr = self.handles(self.namespace)
                 try:
                     await asyncio.wait_for(ipr.setup_endpoint(), self.request_timeout)
                 except BaseException:
@@ -250,18 +264,18 @@ class NetlinkVip(AddressVip):
         return super().observe(vips)
 
     def _read_addresses(self) -> dict[str, set[str]]:
-        async def dump(ipr: AsyncIPRoute) -> tuple[list[Any], list[Any]]:
+        async def dump(ipr: AsyncIPRoute) -> dict[str, set[str]]:
             links = await _collect(await ipr.link("dump"))
             addrs = await _collect(await ipr.addr("dump", family=_AF_INET))
-            return links, addrs
-
-        try:
-            links, addrs = self._request(dump)
+            # Parsed on the handle's side: a garbage reply drops the handle like a failure.
             table = parse_netlink_addrs(links, addrs)
             self._events.watch_indices(
                 {link.get("index") for link in links if link.get("IFLA_IFNAME") in table}
             )
             return table
+
+        try:
+            return self._request(dump)
         except NetlinkReplyError:
             raise
         except Exception as exc:  # a failed or unreadable dump is data, never a crash
@@ -401,8 +415,16 @@ class _AddressMonitor:
     """A netlink socket bound to the IPv4 address group, read on its own event-loop thread;
     started at construction, stopped by ``stop`` (see the module docstring)."""
 
-    def __init__(self, *, namespace: str | None, wakeup: Wakeup, events: _EventFilter) -> None:
+    def __init__(
+        self,
+        *,
+        namespace: str | None,
+        wakeup: Wakeup,
+        events: _EventFilter,
+        handles: HandleFactory,
+    ) -> None:
         self.namespace = namespace
+        self.handles = handles
         self.wakeup = wakeup
         self.events = events
         self.bound = threading.Event()
@@ -416,7 +438,7 @@ class _AddressMonitor:
     async def _watch(self) -> None:
         pause = MONITOR_RETRY
         while True:
-            mon = _open_handle(self.namespace)
+            mon = self.handles(self.namespace)
             try:
                 await mon.bind(groups=RTMGRP_IPV4_IFADDR)
                 self.bound.set()

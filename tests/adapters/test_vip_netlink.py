@@ -5,6 +5,7 @@ nothing. The netlink requests themselves run in the namespace lab
 
 from __future__ import annotations
 
+import errno
 import threading
 from pathlib import Path
 from typing import Any
@@ -12,12 +13,18 @@ from typing import Any
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from pyroute2.netlink.exceptions import NetlinkError
 
+from adapters.inventory import FileInventory
 from adapters.vip import NetlinkReplyError, parse_netlink_addrs
 from adapters.vip.netlink import NetlinkVip, _EventFilter
 from adapters.wake import Wakeup
-from reconciler.core.errors import TerminalError
+from reconciler.core.errors import TerminalError, TransientError
+from reconciler.core.observed import VipObs
+from reconciler.core.spec import Vip
 from tests.adapters.test_vip_parse import FakeArp
+from tests.fakes.netlink import FakeKernel
+from tests.waiting import wait_for
 
 
 def link(index: int, name: str) -> dict[str, Any]:
@@ -29,6 +36,10 @@ def addr(index: int, ip: str, *, family: int = 2, label: str | None = None) -> d
 
 
 LINKS = [link(1, "lo"), link(2, "eth0"), link(3, "repl0")]
+
+
+def the_vip(address: str = "198.51.100.3/24", interface: str = "eth0") -> Vip:
+    return Vip.model_validate({"address": address, "interface": interface})
 
 
 # ------------------------------------------------------------------------ the dump parser
@@ -201,3 +212,155 @@ def test_the_factory_builds_netlinkvip_with_the_nodes_wakeup(
         assert vip.opened == 0
     finally:
         adapters.close()
+
+
+# ------------------------------------------------------------------------ over a fake netlink
+def fake_vip(kernel: FakeKernel, **kw: Any) -> NetlinkVip:
+    return NetlinkVip(arp=FakeArp(), handles=kernel.open, **kw)
+
+
+def test_add_observe_remove_over_one_handle() -> None:
+    kernel = FakeKernel()
+    vip = fake_vip(kernel)
+    try:
+        assert vip.observe([the_vip()]) == (
+            VipObs(address="198.51.100.3", local=False, answered_elsewhere=False),
+        )
+        vip.add(the_vip())
+        assert (2, "198.51.100.3", 24) in kernel.addrs
+        assert vip.observe([the_vip()]) == (
+            VipObs(address="198.51.100.3", local=True, announced=False),
+        )
+        vip.add(the_vip())  # already there: success (EEXIST)
+        vip.remove(the_vip())
+        vip.remove(the_vip())  # not there: success (EADDRNOTAVAIL)
+        vip.remove(the_vip(interface="eth9"))  # no such interface: not there either
+        assert (2, "198.51.100.3", 24) not in kernel.addrs
+        assert vip.opened == kernel.opened == 1
+    finally:
+        vip.close()
+
+
+def test_only_what_add_created_is_in_the_inventory(tmp_path: Path) -> None:
+    kernel = FakeKernel()
+    kernel.add_by_hand(2, "198.51.100.3")  # an operator's address
+    vip = fake_vip(kernel, inventory=FileInventory(tmp_path / "inv.json"))
+    try:
+        vip.add(the_vip())
+        assert vip.leftovers([]).vips == ()
+        vip.add(the_vip("198.51.100.4/24"))
+        assert [v.address for v in vip.leftovers([]).vips] == ["198.51.100.4/24"]
+    finally:
+        vip.close()
+
+
+def test_a_garbage_dump_is_unknown_and_drops_the_handle() -> None:
+    kernel = FakeKernel(garbage=True)
+    vip = fake_vip(kernel)
+    try:
+        (seen,) = vip.observe([the_vip()])
+        assert seen.local is None
+        assert seen.error is not None and "without an interface index" in seen.error
+        kernel.garbage = False
+        assert vip.observe([the_vip()])[0].local is False
+        assert vip.opened == 2
+    finally:
+        vip.close()
+
+
+def test_a_socket_error_is_unknown_and_the_next_request_reopens() -> None:
+    kernel = FakeKernel(fail_next=[ConnectionResetError(errno.ECONNRESET, "reset")])
+    vip = fake_vip(kernel)
+    try:
+        (seen,) = vip.observe([the_vip()])
+        assert seen.local is None
+        assert seen.error is not None and "netlink socket failed" in seen.error
+        assert vip.observe([the_vip()])[0].local is False
+        assert vip.opened == 2
+        kernel.fail_next.append(OSError(errno.EBADF, "bad fd"))
+        with pytest.raises(TransientError, match="netlink socket failed"):
+            vip.add(the_vip())
+        vip.add(the_vip())
+        assert vip.opened == 3
+    finally:
+        vip.close()
+
+
+@pytest.mark.parametrize(
+    ("code", "error"),
+    [
+        (errno.EPERM, TerminalError),
+        (errno.EINVAL, TerminalError),
+        (errno.ENOBUFS, TransientError),
+        (errno.EBUSY, TransientError),
+    ],
+)
+def test_kernel_refusals_map_like_ipvip_and_keep_the_handle(
+    code: int, error: type[Exception]
+) -> None:
+    kernel = FakeKernel()
+    vip = fake_vip(kernel)
+    try:
+        vip.observe([the_vip()])
+        kernel.fail_next.append(NetlinkError(code))
+        with pytest.raises(error, match=f"cannot add VIP 198.51.100.3/24 on eth0: .Errno {code}"):
+            vip.add(the_vip())
+        kernel.fail_next.append(NetlinkError(code))
+        with pytest.raises(error, match="cannot remove VIP"):
+            vip.remove(the_vip())
+        kernel.fail_next.append(NetlinkError(code))
+        (seen,) = vip.observe([the_vip()])
+        assert seen.local is None and seen.error is not None and f"Errno {code}" in seen.error
+        assert vip.opened == 1
+    finally:
+        vip.close()
+
+
+def test_a_missing_interface_on_add_is_terminal_and_unknown_to_observe() -> None:
+    vip = fake_vip(FakeKernel())
+    try:
+        with pytest.raises(TerminalError, match="interface eth9 does not exist"):
+            vip.add(the_vip(interface="eth9"))
+        (seen,) = vip.observe([the_vip(interface="eth9")])
+        assert seen.local is False and seen.error is not None and "eth9" in seen.error
+    finally:
+        vip.close()
+
+
+def test_a_missing_namespace() -> None:
+    kernel = FakeKernel(open_error=FileNotFoundError(errno.ENOENT, "No such file or directory"))
+    vip = fake_vip(kernel, namespace="tdm-gone")
+    try:
+        (seen,) = vip.observe([the_vip()])
+        assert seen.local is None
+        assert seen.error == (
+            "cannot read local addresses: cannot dump the addresses: network namespace "
+            "tdm-gone does not exist"
+        )
+        with pytest.raises(TerminalError, match="network namespace tdm-gone does not exist"):
+            vip.add(the_vip())
+        assert vip.opened == 0
+        kernel.open_error = None  # the namespace came (back)
+        vip.add(the_vip())
+        assert vip.opened == 1
+    finally:
+        vip.close()
+
+
+def test_an_address_changed_behind_its_back_wakes_and_a_broken_monitor_wakes() -> None:
+    kernel = FakeKernel()
+    wakeup = Wakeup()
+    vip = fake_vip(kernel, wakeup=wakeup)
+    try:
+        vip.add(the_vip())
+        wait_for("the monitor to be bound", lambda: vip.monitoring, timeout=5)
+        wakeup.clear()
+        kernel.del_by_hand(2, "198.51.100.3")
+        assert wakeup.wait(5.0) == "address"
+        wakeup.clear()
+        kernel.break_events(OSError(errno.ENOBUFS, "No buffer space available"))
+        assert wakeup.wait(5.0) == "address"  # events may have been lost: look now
+        assert kernel.bound == 1
+    finally:
+        vip.close()
+    assert not vip.monitoring
