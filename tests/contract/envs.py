@@ -28,11 +28,12 @@ from typing import Any, Protocol
 import pytest
 
 from adapters.base import DrbdAdapter, RoleSourceAdapter, TargetAdapter, VipAdapter
-from adapters.drbd import RealDrbd
+from adapters.drbd import EventFedDrbd, RealDrbd
 from adapters.poolconf import PoolConfRoleSource
 from adapters.runner import Runner
 from adapters.sim.adapters import SimDrbd, SimPoolMaster, SimTarget, SimVip
 from adapters.sim.world import Fault, World, WorldStore
+from adapters.wake import Wakeup
 from reconciler.core.spec import Lun, Resource, StorageCluster, Target, Vip
 from tests.lab.netns import MACS, Lab
 from tests.lab.specs import NODES, LabCluster
@@ -341,23 +342,40 @@ class SimDrbdEnv:
 
 
 class RealDrbdEnv:
-    """``RealDrbd`` on each node's command runner (the VM tier: drbd.ko 8.4 in qemu, reached
-    through the VMs' console transport). Whoever builds it has configured ``resource`` on both
-    nodes and left it down with in-sync metadata (``tests/vm/test_drbd_contract_vm.py``);
-    ``reset`` brings it back there after a test."""
+    """The real DRBD adapter on each node's command runner (the VM tier: drbd.ko 8.4 in qemu,
+    reached through the VMs' console transport): ``RealDrbd`` (one status command per
+    observe), or with ``event_fed`` the ``EventFedDrbd`` over one ``drbdsetup events2`` stream
+    per node (which needs a transport that streams, ``Runner.can_stream``). Whoever builds it
+    has configured ``resource`` on both nodes and left it down with in-sync metadata
+    (``tests/vm/test_drbd_contract_vm.py``); ``reset`` brings it back there after a test, and
+    ``close`` stops the event streams."""
 
     kind = REAL
     settle = 30.0  # TCG VMs: a connect takes 0.5-3 s; the bound is only reached on a failure
 
-    def __init__(self, runners: Mapping[str, Runner], resource: Resource) -> None:
+    def __init__(
+        self, runners: Mapping[str, Runner], resource: Resource, *, event_fed: bool = False
+    ) -> None:
         self.runners = runners
         self.resource = resource
+        self.event_fed = event_fed
         self._adapters: dict[str, DrbdAdapter] = {}
 
     def adapter(self, node: str) -> DrbdAdapter:
         if node not in self._adapters:
-            self._adapters[node] = RealDrbd(self.runners[node])
+            runner = self.runners[node]
+            self._adapters[node] = (
+                EventFedDrbd(runner, real=RealDrbd(runner), wakeup=Wakeup())
+                if self.event_fed
+                else RealDrbd(runner)
+            )
         return self._adapters[node]
+
+    def close(self) -> None:
+        for adapter in self._adapters.values():
+            if isinstance(adapter, EventFedDrbd):
+                adapter.close()
+        self._adapters.clear()
 
     def reset(self) -> None:
         """Both nodes down again, cleanly: every Primary demoted first (a Primary that loses
