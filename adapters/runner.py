@@ -19,7 +19,9 @@ Invariants:
   from one reader thread, in order, for every stdout line without its newline (stderr is not
   delivered); ``on_end(rc)`` is called exactly once, after the last ``on_line``, when the
   command ended for any reason (``rc`` < 0: killed by signal -rc, also by ``kill()``); an
-  exception raised by a callback is logged and never stops the reader. The handle's ``kill``
+  exception raised by a callback is logged and never stops the reader. Callers must expect
+  ``on_line`` to start before ``stream`` returned, and ``on_end`` from any thread, also from
+  inside ``kill()``. The handle's ``kill``
   ends that one process (never a group); ``wait(timeout)`` raises ``TimeoutError``.
 - Nothing else in the product spawns processes (tests check that no other module imports
   ``subprocess`` or ``sh``).

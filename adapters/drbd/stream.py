@@ -128,7 +128,9 @@ class EventFedDrbd:
         self._backoff_first = restart_backoff
         self._backoff = restart_backoff
         self._clock = clock
-        self._lock = threading.Lock()
+        # Reentrant: a transport may call on_end from inside kill(), or on_line from inside
+        # stream(), in the calling thread.
+        self._lock = threading.RLock()
         self._stream: _Stream | None = None
         self._next_start = float("-inf")
         self._last_listing: float | None = None
@@ -257,6 +259,7 @@ class EventFedDrbd:
 
     def _start(self, now: float) -> _Stream | None:
         stream = _Stream(started=now)
+        self._stream = stream  # before it runs: its first lines may come before the handle
         try:
             stream.process = self.runner.stream(
                 list(EVENTS2),
@@ -273,7 +276,8 @@ class EventFedDrbd:
             self._stream = None
             self._next_start = now + self._backoff
             return None
-        self._stream = stream
+        if stream.killed is not None and stream.process is not None:
+            stream.process.kill()  # closed or distrusted while it was starting
         return stream
 
     def _kill(self, stream: _Stream, why: str) -> None:
