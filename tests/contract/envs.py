@@ -12,7 +12,8 @@ Real variants: VIP and target run in the namespace lab (marked ``lab``; skipped 
 with the reason, when not root or a package is missing); pool.conf needs only files. Real DRBD
 cannot run on this kernel: here its parameter is present and skipped; the VM tier runs the same
 DRBD test functions with ``RealDrbdEnv`` on its VMs' runners
-(``tests/vm/test_drbd_contract_vm.py``).
+(``tests/vm/test_drbd_contract_vm.py``). A third DRBD variant, ``fake-events2``, runs the
+event-fed adapter over the fake DRBD tools (``tests/fakes/drbd.py``) in tier 1.
 The fixtures that pick the variant are in ``conftest.py``.
 """
 
@@ -35,12 +36,14 @@ from adapters.sim.adapters import SimDrbd, SimPoolMaster, SimTarget, SimVip
 from adapters.sim.world import Fault, World, WorldStore
 from adapters.wake import Wakeup
 from reconciler.core.spec import Lun, Resource, StorageCluster, Target, Vip
+from tests.fakes.drbd import FakeDrbd
 from tests.lab.netns import MACS, Lab
 from tests.lab.specs import NODES, LabCluster
 from tests.waiting import wait_for
 
 SIM = "sim"
 REAL = "real"
+FAKE_EVENTS2 = "fake-events2"
 REAL_LAB = pytest.param(REAL, marks=pytest.mark.lab)
 REAL_DRBD = pytest.param(
     REAL,
@@ -376,6 +379,36 @@ class RealDrbdEnv:
             if isinstance(adapter, EventFedDrbd):
                 adapter.close()
         self._adapters.clear()
+
+
+class FakeDrbdEnv:
+    """``EventFedDrbd`` (events2 stream, ``RealDrbd`` for listings and actions) over the fake
+    ``drbdsetup``/``drbdadm`` of ``tests/fakes/drbd.py``, spawned by the real ``Runner`` from
+    PATH: tier 1's check that the event-fed adapter keeps the contract (the real adapter's
+    VM run is ``RealDrbdEnv(event_fed=True)``). The fake's stream shows a change within its
+    10 ms poll, so ``settle`` bounds an asynchronous arrival, not DRBD's timing."""
+
+    kind = FAKE_EVENTS2
+    settle = 10.0
+
+    def __init__(self, spec: StorageCluster, directory: Path) -> None:
+        self.resource = spec.spec.resources[0]
+        self.fake = FakeDrbd(directory, {self.resource.name: self.resource.minor}, up=False)
+        self._adapters: dict[str, EventFedDrbd] = {}
+
+    @property
+    def path_entry(self) -> str:
+        return str(self.fake.bin)
+
+    def adapter(self, node: str) -> DrbdAdapter:
+        if node not in self._adapters:
+            runner = Runner(env=self.fake.env(node))
+            self._adapters[node] = EventFedDrbd(runner, real=RealDrbd(runner), wakeup=Wakeup())
+        return self._adapters[node]
+
+    def close(self) -> None:
+        for adapter in self._adapters.values():
+            adapter.close()
 
     def reset(self) -> None:
         """Both nodes down again, cleanly: every Primary demoted first (a Primary that loses
