@@ -380,6 +380,23 @@ class RealDrbdEnv:
                 adapter.close()
         self._adapters.clear()
 
+    def reset(self) -> None:
+        """Both nodes down again, cleanly: every Primary demoted first (a Primary that loses
+        its peer starts a new data generation, and the next ``up`` would resync), then down;
+        each step on both nodes at once. Raises AssertionError when a node is not down."""
+        name = self.resource.name
+        with ThreadPoolExecutor(len(self.runners)) as pool:
+            for step in ("secondary", "down"):
+                runs = [
+                    pool.submit(r.run, ["drbdadm", step, name], check=False)
+                    for r in self.runners.values()
+                ]
+                for run in runs:
+                    run.result()
+        for node, runner in self.runners.items():
+            (obs,) = RealDrbd(runner, status_format="text").observe([self.resource])
+            assert obs.up is False, f"{name} is not down on {node} after the reset: {obs}"
+
 
 class FakeDrbdEnv:
     """``EventFedDrbd`` (events2 stream, ``RealDrbd`` for listings and actions) over the fake
@@ -409,20 +426,3 @@ class FakeDrbdEnv:
     def close(self) -> None:
         for adapter in self._adapters.values():
             adapter.close()
-
-    def reset(self) -> None:
-        """Both nodes down again, cleanly: every Primary demoted first (a Primary that loses
-        its peer starts a new data generation, and the next ``up`` would resync), then down;
-        each step on both nodes at once. Raises AssertionError when a node is not down."""
-        name = self.resource.name
-        with ThreadPoolExecutor(len(self.runners)) as pool:
-            for step in ("secondary", "down"):
-                runs = [
-                    pool.submit(r.run, ["drbdadm", step, name], check=False)
-                    for r in self.runners.values()
-                ]
-                for run in runs:
-                    run.result()
-        for node, runner in self.runners.items():
-            (obs,) = RealDrbd(runner, status_format="text").observe([self.resource])
-            assert obs.up is False, f"{name} is not down on {node} after the reset: {obs}"
