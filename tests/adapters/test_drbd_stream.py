@@ -474,3 +474,24 @@ def test_the_factory_builds_real_drbd_event_fed_sharing_the_agents_wakeup(
         assert proc is not None and proc.wait(timeout=10) == -signal.SIGKILL
     finally:
         built.close()
+
+
+def test_its_own_promote_does_not_wake_the_agent_the_peers_does(
+    fake: FakeDrbd, adapters: dict[str, EventFedDrbd]
+) -> None:
+    wakeup = Wakeup()
+    adapter = streaming_after_first(make(fake, adapters, wakeup=wakeup))
+    wakeup.clear()
+    adapter.primary(R1)
+    wait_for(
+        "the promote streamed",
+        lambda: getattr(adapter.streamed("iscsi1"), "role", None) is Role.PRIMARY,
+    )
+    assert wakeup.pending() is None
+    adapter.secondary(R1)
+    fake.set_node("iscsi1", "node2", role="Primary")  # the peer takes over
+    wait_for("a wake", lambda: wakeup.pending())
+    assert getattr(adapter.streamed("iscsi1"), "role", None) is Role.SECONDARY
+    wakeup.clear()
+    fake.set_node("iscsi1", "node1", disk="Outdated")  # not ours: it wakes
+    wait_for("a wake", lambda: wakeup.pending())
