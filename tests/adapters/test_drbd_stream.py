@@ -391,6 +391,9 @@ def test_events2_killed_mid_swap_the_next_tick_relists_and_does_not_act_on_stale
     assert fake.node("iscsi1", "node1")["role"] == "Primary"
     node2 = adapters["node2"]
     streaming(node2)
+    before = node2.runner.spawned
+    idle = cluster.tick("node2")
+    assert not idle.plan.actions and node2.runner.spawned == before  # an idle tick: 0 spawns
     cluster.world.pool_master = "node2"  # the planned swap begins
     report = cluster.tick("node2")
     assert ActionKind.PROMOTE not in {a.kind for a in report.plan.actions}  # peer Primary
