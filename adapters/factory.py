@@ -180,6 +180,7 @@ def build_adapters(
         operator=operator,
         wake=wake_sources(role, local_operator, world, node=node),
         hypervisor=hypervisor,
+        runner=runner,
     )
 
 
