@@ -226,11 +226,12 @@ def wake_sources(
     *,
     node: str | None = None,
 ) -> tuple[WakeSource, ...]:
-    """What the watch loop polls between ticks: pool.conf (a pool-master change starts the
-    swap at once), the operator's choices (``become-primary`` acts at once), and the simulated
-    world (the peer's promote/demote; for ``node``, not what its own actions changed). Real
-    DRBD, VIP and tgt changes are seen at the next tick (or the short retry after a blocked
-    tick, or the verify tick after an acting one)."""
+    """What the watch loop watches between ticks (``adapters.wake.FileWatch``: inotify):
+    pool.conf (a pool-master change starts the swap at once), the operator's choices
+    (``become-primary`` acts at once), and the simulated world (the peer's promote/demote; for
+    ``node``, not what its own actions changed). Real DRBD, VIP and tgt changes are seen at
+    the next tick (or the short retry after a blocked tick, or the verify tick after an acting
+    one), or when their event-fed adapters notify ``NodeAdapters.wakeup``."""
     sources: list[WakeSource] = [FileWake(operator.path, name="operator choices")]
     # The XAPI role source's fallback (read while XAPI is unreachable) is a pool.conf too.
     pool_conf = role if isinstance(role, PoolConfRoleSource) else getattr(role, "fallback", None)
