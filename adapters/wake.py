@@ -318,7 +318,11 @@ class FileWatch:
         rearm = False
         names: dict[Path, set[str]] = {}
         ignored = int(self._flags.IGNORED)
+        overflow = int(self._flags.Q_OVERFLOW)
         for event in events:
+            if event.mask & overflow:  # the kernel dropped events: look at every source
+                rearm = True
+                continue
             if event.mask & ignored:  # the directory went away (not a watch we removed)
                 rearm = self._watches.pop(event.wd, None) is not None or rearm
                 continue
