@@ -14,9 +14,12 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from adapters.wake import Wakeup
+
+if TYPE_CHECKING:
+    from adapters.runner import Runner
 from reconciler.core.observed import (
     HypervisorObs,
     Leftovers,
@@ -161,10 +164,12 @@ class Alerter(Protocol):
 
 
 class WakeSource(Protocol):
-    """Something the watch loop polls between ticks to start the next tick at once when it
-    changes (pool.conf, the operator's choices, DRBD state). ``fingerprint`` must be cheap (no
-    process, a stat or a small read), must not raise for an unreadable source (return a value
-    that says so), and must not change unless what the agent observes may have changed."""
+    """Something whose change starts the next tick at once (pool.conf, the operator's choices,
+    the simulated world). ``adapters.wake.FileWatch`` recomputes ``fingerprint`` on an inotify
+    event in the directory of the source's ``path`` (a source with a ``path`` attribute), else
+    polls it every ``timings.wakePoll``. ``fingerprint`` must be cheap (no process, a stat or
+    a small read), must not raise for an unreadable source (return a value that says so), and
+    must not change unless what the agent observes may have changed."""
 
     @property
     def name(self) -> str: ...
@@ -193,6 +198,9 @@ class NodeAdapters:
     hypervisor: HypervisorAdapter | None = None
     witness: WitnessAdapter | None = None
     wakeup: Wakeup = field(default_factory=Wakeup)
+    # The one command seam the real adapters share (None: built without one): its
+    # ``spawned`` counter feeds the tick report's ``spawns_total`` (figures, never decisions).
+    runner: Runner | None = None
 
     def close(self) -> None:
         """Call ``close()`` on every adapter that has one (once each; errors are ignored:

@@ -182,6 +182,7 @@ def build_adapters(
         wake=wake_sources(role, local_operator, world, node=node),
         hypervisor=hypervisor,
         wakeup=wakeup,
+        runner=runner,
     )
 
 
@@ -249,12 +250,12 @@ def wake_sources(
     *,
     node: str | None = None,
 ) -> tuple[WakeSource, ...]:
-    """What the watch loop polls between ticks: pool.conf (a pool-master change starts the
-    swap at once), the operator's choices (``become-primary`` acts at once), and the simulated
-    world (the peer's promote/demote; for ``node``, not what its own actions changed). Real
-    VIP changes are pushed instead: ``NetlinkVip``'s address events notify the node's
-    ``Wakeup``. Real DRBD and tgt changes are seen at the next tick (or the short retry after a
-    blocked tick, or the verify tick after an acting one)."""
+    """What the watch loop watches between ticks (``adapters.wake.FileWatch``: inotify):
+    pool.conf (a pool-master change starts the swap at once), the operator's choices
+    (``become-primary`` acts at once), and the simulated world (the peer's promote/demote; for
+    ``node``, not what its own actions changed). Real DRBD, VIP and tgt changes are pushed by
+    their event-fed adapters instead (``EventFedDrbd``'s events2 stream, ``NetlinkVip``'s
+    address events notify the node's ``Wakeup``)."""
     sources: list[WakeSource] = [FileWake(operator.path, name="operator choices")]
     # The XAPI role source's fallback (read while XAPI is unreachable) is a pool.conf too.
     pool_conf = role if isinstance(role, PoolConfRoleSource) else getattr(role, "fallback", None)

@@ -281,8 +281,9 @@ class Timings(_Model):
     retry_backoff_max: Seconds = Field(default=2.0, description="Longest retry delay.")
     wake_poll: Seconds = Field(
         default=0.005,
-        description="How often --watch checks its wake sources (pool.conf, operator choices, "
-        "simulated world) between ticks; a change starts a tick at once.",
+        description="Only where inotify cannot be used (the reason is logged once): how often "
+        "--watch polls its wake files (pool.conf, operator choices, simulated world, spec file) "
+        "between ticks. Normally inotify wakes it at once and nothing is polled.",
     )
     blocked_retry: Seconds = Field(
         default=0.1,
