@@ -895,6 +895,30 @@ class World(BaseModel):
             self.management_link = management
         self.settle()
 
+    def follow_links(self, node: str, *, replication: bool | None, management: bool | None) -> None:
+        """What ``node`` saw of its peer's real addresses (the namespace lab: a resident pinger
+        on the node's real links), applied to the simulated links as real DRBD would notice
+        it: the replication link is down once the peer's replication address stopped
+        answering, up once it answers again; likewise the management path. None (not known)
+        changes nothing. The world cannot tell a crashed peer from a cut-off one (neither can
+        DRBD): the peer's simulated DRBD stays as it was, only disconnected."""
+        changed: dict[str, bool] = {}
+        if replication is not None and replication != self.replication_link:
+            changed["replication"] = replication
+        if management is not None and management != self.management_link:
+            changed["management"] = management
+        if not changed:
+            return
+        peer = self.peer(node)
+        for link, up in changed.items():
+            how = "answers again" if up else "stopped answering"
+            self.event(
+                f"{node}: {peer}'s {link} address {how}: {link} link {'up' if up else 'down'}"
+            )
+        # Both at once, so a lost connection never runs the fence handler over a management
+        # path that is already known dead.
+        self.set_links(replication=changed.get("replication"), management=changed.get("management"))
+
     def isolate(self, node: str, isolated: bool = True) -> None:
         """Cut (or restore) ``node``'s port on the management/client switch."""
         self.nodes[node].isolated = isolated
