@@ -18,8 +18,7 @@ from adapters.sim.adapters import SimDrbd, SimLiveness
 from adapters.sim.world import World, WorldStore
 from reconciler.core.observed import ConnState, DiskState, Role
 from reconciler.core.spec import LivenessTimings, StorageCluster
-from reconciler.core.specload import load_spec
-from tests.lab.specs import TEMPLATE
+from tests.lab.specs import LabCluster
 from tests.simcluster import demo_spec
 
 # --------------------------------------------------------------------------- ReplyTracker
@@ -171,24 +170,8 @@ def test_sim_drbd_without_links_ignores_nothing_of_the_world() -> None:
 # --------------------------------------------------------------------------- spec + factory
 
 
-def _lab_spec(tmp_path: Path, extra: str = "") -> StorageCluster:
-    text = TEMPLATE.format(
-        repl1="198.51.100.129",
-        repl2="198.51.100.130",
-        mgmt1="198.51.100.1",
-        mgmt2="198.51.100.2",
-        pool1=tmp_path / "pool1.conf",
-        pool2=tmp_path / "pool2.conf",
-        resource="iscsi1",
-        device=tmp_path / "iscsi1.img",
-        vip="198.51.100.3/24",
-        iqn="iqn.2024-01.org.example.tandem:iscsi1",
-        lun=1,
-        scsi_id="tandem-iscsi1",
-        scsi_sn="TANDEM0001",
-        interval=0.05,
-    )
-    return load_spec(text + extra, filename="lab.yaml")
+def _lab_spec(tmp_path: Path) -> StorageCluster:
+    return LabCluster.create(tmp_path / "files").spec()  # file work only: no command runs
 
 
 def test_liveness_is_real_in_the_lab_and_simulated_in_the_all_sim_demo(tmp_path: Path) -> None:
@@ -208,6 +191,12 @@ def test_liveness_is_real_in_the_lab_and_simulated_in_the_all_sim_demo(tmp_path:
     assert isinstance(adapters.drbd, SimDrbd) and adapters.drbd.links is pinger
     assert adapters.drbd.peer_replication == "198.51.100.129"
     adapters.close()
+
+    static = LabCluster.create(tmp_path / "static", static=True, liveness={"misses": 2})
+    spec = static.spec()
+    assert spec.spec.liveness.misses == 2
+    assert spec.spec.promotion.heuristics[0].exploded == "198.51.100.10"
+    assert spec.spec.adapters.role_source == "state"
 
 
 def test_liveness_timings_are_validated_and_give_the_documented_detection() -> None:

@@ -117,6 +117,22 @@ class AgentCluster:
         proc.kill()
         return proc.wait(timeout=5)
 
+    def crash(self, node: str) -> float:
+        """Crash ``node`` as a power loss would: its links down (eth0 to the switch, repl0 to
+        the peer), then its agent and its tgtd SIGKILLed by PID. Nothing is told to the
+        survivor. Returns the monotonic time the crash began (before the first link went
+        down)."""
+        began = time.monotonic()
+        for link in ("eth0", "repl0"):
+            self.lab.run(node, ["ip", "link", "set", "dev", link, "down"])
+        tgtd = self.tgtd_pid(node)
+        if node in self.procs and self.procs[node].poll() is None:
+            self.kill(node)
+        if tgtd is not None and tgtd in pids_in(self.lab, node):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(tgtd, signal.SIGKILL)  # a tgtd its agent (our child) started
+        return began
+
     def reports(self, node: str) -> list[dict[str, Any]]:
         """The agent's tick reports (its ``--json`` lines; stderr log lines are skipped)."""
         out = []
