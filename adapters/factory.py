@@ -179,7 +179,10 @@ def build_adapters(
         role_source=role,
         liveness=liveness,
         operator=operator,
-        wake=wake_sources(role, local_operator, world, node=node),
+        wake=(
+            *wake_sources(role, local_operator, world, node=node),
+            *((liveness,) if isinstance(liveness, Pinger) else ()),
+        ),
         hypervisor=hypervisor,
         wakeup=wakeup,
     )

@@ -23,7 +23,8 @@ Invariants:
   completed for longer than ``interval + timeout + STALE_AFTER``: "not probed" never looks
   like "peer dead".
 - When an address's state changes, the thread calls ``wakeup.notify("peer liveness")``, so
-  the watch loop ticks at once (the next tick's observation reads the new state).
+  the watch loop ticks at once (the next tick's observation reads the new state); the same
+  change moves ``fingerprint``, so a loop that polls its wake sources sees it too.
 - Transport ``netns`` (the agent outside the node's namespace): the thread enters the
   namespace (``setns`` on ``/run/netns/NAME``, which moves only the calling thread) before it
   opens the socket, so the probes leave from the node's own links; if it cannot, the pinger
@@ -165,6 +166,7 @@ class Pinger:
         self.clock = clock
         self.addresses = list(dict.fromkeys([*self.peer_addresses, *self.heuristics]))
         self.rounds = 0  # completed probe rounds (for tests and benchmarks)
+        self._changes = 0  # address state changes so far (the wake fingerprint)
         self.error: str | None = None
         self._tracker = ReplyTracker(self.addresses, misses=misses)
         self._lock = threading.Lock()
@@ -200,6 +202,16 @@ class Pinger:
         is not working). The simulated DRBD's links follow it (``SimDrbd``)."""
         states = self._states()
         return tuple(None if states is None else states.get(a) for a in addresses)
+
+    @property
+    def name(self) -> str:
+        return "peer liveness"
+
+    def fingerprint(self) -> object:
+        """As a polled wake source (``adapters.base.WakeSource``): changes whenever an
+        address's state changed or the pinger failed. Cheap (no I/O), starts nothing."""
+        with self._lock:
+            return (self._changes, self.error)
 
     def close(self) -> None:
         self._stop.set()
@@ -260,6 +272,7 @@ class Pinger:
             answered = self._probe(sock, raw, seq)
             with self._lock:
                 changed = self._tracker.round(answered)
+                self._changes += changed
                 self._last_round = self.clock()
                 self.rounds += 1
             self._first_round.set()

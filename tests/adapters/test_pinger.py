@@ -187,6 +187,7 @@ def test_liveness_is_real_in_the_lab_and_simulated_in_the_all_sim_demo(tmp_path:
     assert isinstance(pinger, Pinger)
     assert pinger._thread is None  # building adapters starts nothing
     assert pinger.wakeup is adapters.wakeup
+    assert pinger in adapters.wake  # polled too, until the loop waits on the Wakeup
     assert pinger.peer_addresses == ["198.51.100.1", "198.51.100.129"]
     assert isinstance(adapters.drbd, SimDrbd) and adapters.drbd.links is pinger
     assert adapters.drbd.peer_replication == "198.51.100.129"
