@@ -11,8 +11,10 @@ Invariants:
 - Building a ``Pinger`` starts nothing; the thread starts on the first ``observe`` (or
   ``answers``) and stops on ``close`` (idempotent; a closed pinger is never restarted).
 - A reply counts for its round when it comes within ``timeout`` of the probe (``timeout <=
-  interval``, so rounds never overlap); replies are matched by source address and sequence
-  number, so a late reply never counts for a later round.
+  interval``, so rounds never overlap), or is already queued on the socket when the thread
+  looks at the deadline (the thread being late must not look like a silent peer); replies are
+  matched by source address and sequence number, so a late reply never counts for a later
+  round.
 - Each address is ``None`` (unknown) until it answered once or missed ``misses`` rounds in a
   row; then True after any answered round, False after ``misses`` consecutive rounds without a
   reply (a send refused with "network/host unreachable" or "network down" is no reply, as
@@ -299,9 +301,10 @@ class Pinger:
             pending.add(address)
         answered: set[str] = set()
         while pending:
-            left = sent + self.timeout - self.clock()
-            if left <= 0:
-                break
+            # Past the deadline, replies already queued still count (one poll, no wait): they
+            # came in time, this thread was late to read them (a loaded machine, the GIL), and
+            # that must not look like a silent peer.
+            left = max(0.0, sent + self.timeout - self.clock())
             ready, _, _ = select.select([sock], [], [], left)
             if not ready:
                 break

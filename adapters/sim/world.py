@@ -13,7 +13,10 @@ node's switch port, which also cuts its management path. So "the peer is unreach
 heuristics answer" happens either to the node that stayed on the switch while its peer is
 isolated (the case the quorum policy is built for) or when only the management path between the
 nodes is cut (both still see the heuristics: the quorum policy's assumption is broken, and only
-fencing keeps the data safe). docs/simulation.md walks through both.
+fencing keeps the data safe). docs/simulation.md walks through both. In the namespace lab
+(real addresses, simulated DRBD) the links follow what each node's pinger sees of its peer's
+real addresses (``follow_links``): a crashed peer's silent replication address drops the
+connection, as real DRBD's ping timeout does.
 
 DRBD rules kept (8.4 semantics, protocol C, single-primary):
 - promote is refused while the connected peer is Primary ("Multiple primaries not allowed"), and
