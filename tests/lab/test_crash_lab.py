@@ -183,6 +183,19 @@ def test_the_pinger_from_outside_the_namespace_sees_the_peer_die(lab: Lab) -> No
         assert wakeup.pending() == "peer liveness"
         assert pinger.observe().heuristics_ok == 1  # the client still answers node2
         assert pinger.error is None
+        # A fresh pinger (a `reconcile --once` run): its first observation waits until every
+        # address is known, so the dead peer is dead at once, not "unknown".
+        once = Pinger(
+            peer_addresses=["198.51.100.1"],
+            interval=0.05,
+            timeout=0.05,
+            misses=3,
+            namespace=lab.ns("node2"),
+        )
+        try:
+            assert once.observe().peer_reachable is False
+        finally:
+            once.close()
     finally:
         pinger.close()
     assert pinger.observe().peer_reachable is None  # closed: unknown, never "dead"
