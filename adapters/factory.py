@@ -13,8 +13,12 @@ Invariants:
   simulated world (``sim-world.json``) is shared, so two agents of one lab can use one state
   directory.
 - Building adapters starts nothing and changes nothing on the node: daemons start in actions,
-  event streams (real DRBD's ``events2``) at the first observe. Event-fed adapters all get the
-  one ``Wakeup`` that becomes ``NodeAdapters.wakeup``.
+  event streams (real DRBD's ``events2``) at the first observe, the pinger's thread on its
+  first observation. Event-fed adapters all get the one ``Wakeup`` that becomes
+  ``NodeAdapters.wakeup``.
+- Liveness (``adapters.liveness`` in the spec) is real (the in-process pinger) unless DRBD,
+  VIP and target are all simulated, so the namespace lab (real addresses, simulated DRBD) sees
+  a peer die; there the simulated DRBD's links follow the pinger (``SimDrbd.links``).
 - Problems found while building (a control socket path too long for the OS, a netns transport
   without a namespace, a command the real adapters need missing on this host, with the Debian
   package that provides it) raise ``TerminalError``: the CLI reports them and exits 2.
@@ -36,6 +40,7 @@ from adapters.base import (
     VipAdapter,
     WakeSource,
 )
+from adapters.pinger import Pinger
 from adapters.poolconf import NoRoleSource, PoolConfRoleSource
 from adapters.runner import Local, Netns, Runner
 from adapters.runner import Transport as CommandTransport
@@ -95,11 +100,20 @@ def build_adapters(
         raise TerminalError(describe_missing(missing, node))
     wakeup = Wakeup()  # what the event-fed adapters notify; the same object in NodeAdapters
 
-    wakeup = Wakeup()  # the one every event-fed adapter notifies, and NodeAdapters.wakeup
+    liveness = _liveness(spec, node, runner, world, wakeup)
     drbd: DrbdAdapter
     if chosen.drbd == "sim":
         assert world is not None
-        drbd = SimDrbd(world, node)
+        peer = spec.peer_of(node)
+        # With real liveness (the namespace lab) the simulated DRBD's links follow the
+        # pinger's view of the peer's real addresses, so a crashed peer disconnects it.
+        drbd = SimDrbd(
+            world,
+            node,
+            links=liveness if isinstance(liveness, Pinger) else None,
+            peer_replication=str(peer.replication_address),
+            peer_management=str(peer.management_address) if peer.management_address else None,
+        )
     else:
         drbd = _real_drbd(spec, node, runner, state_dir, wakeup, dry_run=dry_run)
 
@@ -139,21 +153,6 @@ def build_adapters(
     else:
         role = NoRoleSource()
 
-    liveness: LivenessAdapter
-    if world is not None and chosen.drbd == "sim":
-        # Liveness feeds the promotion policy of a *disconnected* DRBD: with simulated DRBD
-        # the simulated links are what disconnect it, so the simulator answers.
-        liveness = sim_liveness(world, node, spec)
-    else:
-        from adapters.liveness import PingLiveness
-
-        peer = spec.peer_of(node)
-        addresses = [str(a) for a in (peer.management_address, peer.replication_address) if a]
-        liveness = PingLiveness(
-            runner,
-            peer_addresses=addresses,
-            heuristics=[str(h) for h in spec.spec.promotion.heuristics],
-        )
     hypervisor: HypervisorAdapter | None = None
     if chosen.hypervisor == "sim":
         assert world is not None
@@ -210,6 +209,31 @@ def _real_drbd(
     )
 
 
+def _liveness(
+    spec: StorageCluster, node: str, runner: Runner, world: WorldStore | None, wakeup: Wakeup
+) -> LivenessAdapter:
+    """``adapters.liveness``: 'sim' answers from the simulated links (the all-sim demo);
+    'ping' is the resident in-process pinger (``adapters.pinger``) over the peer's management
+    and replication addresses and the heuristics, with ``spec.liveness``' timings, inside the
+    node's namespace for transport 'netns'. (The VM tier builds its own adapters with
+    ``PingLiveness``, ``ping`` through its executing transport.)"""
+    if spec.spec.adapters.liveness == "sim":
+        assert world is not None  # the spec requires drbd 'sim' for it
+        return sim_liveness(world, node, spec)
+    peer = spec.peer_of(node)
+    n = spec.node(node)
+    timings = spec.spec.liveness
+    return Pinger(
+        peer_addresses=[str(a) for a in (peer.management_address, peer.replication_address) if a],
+        heuristics=[str(h) for h in spec.spec.promotion.heuristics],
+        interval=timings.interval,
+        timeout=timings.timeout,
+        misses=timings.misses,
+        wakeup=wakeup,
+        namespace=n.namespace if n.transport is Transport.NETNS else None,
+    )
+
+
 def xapi_client(spec: StorageCluster) -> XapiClient:
     """A client of the pool's XAPI from ``spec.xapi``; ``TerminalError`` when the credentials
     cannot be read or may be read by others."""
@@ -233,7 +257,7 @@ def tools_needed(spec: StorageCluster, node: str) -> list[tuple[str, str]]:
     netns = spec.node(node).transport is Transport.NETNS
     needed: list[tuple[str, str]] = []
     if chosen.drbd != "sim":
-        needed += [("drbdsetup", "drbd"), ("drbdadm", "drbd"), ("ping", "peer liveness")]
+        needed += [("drbdsetup", "drbd"), ("drbdadm", "drbd")]
     if chosen.vip != "sim" and netns:
         needed.append(("arping", "vip"))  # addresses go over netlink: no `ip` for the VIP
     if chosen.target != "sim":
