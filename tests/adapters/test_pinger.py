@@ -186,7 +186,6 @@ def test_liveness_is_real_in_the_lab_and_simulated_in_the_all_sim_demo(tmp_path:
     pinger = adapters.liveness
     assert isinstance(pinger, Pinger)
     assert pinger._thread is None  # building adapters starts nothing
-    assert pinger.wakeup is adapters.wakeup
     assert pinger.wakeup is adapters.wakeup  # it pushes its changes; the loop waits on it
     assert pinger not in adapters.wake  # never polled
     assert pinger.peer_addresses == ["198.51.100.1", "198.51.100.129"]
