@@ -28,7 +28,9 @@ from tests.contract.envs import (
     TargetEnv,
     VipEnv,
 )
+from tests.contract.witness_envs import RealWitnessEnv, WitnessEnv
 from tests.contract.xapi_envs import XAPI, XapiRoleEnv
+from tests.etcd_cluster import etcd  # noqa: F401  (the session's real etcd)
 from tests.lab.conftest import (  # noqa: F401  (the lab fixtures and their failure hook)
     lab,
     lab_factory,
@@ -101,3 +103,12 @@ def drbd_env(request: pytest.FixtureRequest, cluster: StorageCluster) -> DrbdEnv
     if request.param == SIM:
         return SimDrbdEnv(cluster)
     raise NotImplementedError("the VM tier provides real DRBD")  # pragma: no cover
+
+
+@pytest.fixture(params=[REAL])
+def witness_env(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[WitnessEnv]:
+    env = RealWitnessEnv(request.getfixturevalue("etcd"), tmp_path / "state")
+    try:
+        yield env
+    finally:
+        env.close()
