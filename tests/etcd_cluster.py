@@ -2,8 +2,10 @@
 proxies that cut one node from it.
 
 - ``EtcdCluster.start(base)``: three ``etcd`` processes, children of the test, on free
-  loopback ports, data directories under ``base``; short heartbeat/election timings so a lost
-  member or leader is noticed in well under a second (leases of 1 s are allowed then). Stopped
+  loopback ports, logs under ``base``, data directories in a temporary directory on
+  ``/dev/shm`` when there is one (else under ``base``), removed in ``close``; short
+  heartbeat/election timings so a lost member or leader is noticed in well under a second
+  (leases of 1 s are allowed then). Stopped
   by PID (SIGKILL, then ``wait``) in ``close``, which always runs (the fixture's ``finally``).
 - ``stop(i)`` / ``start(i)``: one member down and back with its data (the same ``--name``
   and peer URLs, ``--initial-cluster-state existing``).
@@ -22,6 +24,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -50,6 +53,11 @@ def free_port() -> int:
 class EtcdCluster:
     def __init__(self, base: Path, size: int = 3) -> None:
         self.base = base
+        # The members' data in memory where there is a tmpfs: each write is an fsync, and on
+        # a loaded disk that is what a lease refresh would wait for.
+        shm = Path("/dev/shm")
+        use_shm = shm.is_dir() and os.access(shm, os.W_OK)
+        self.data = Path(tempfile.mkdtemp(prefix="tandem-etcd-", dir=shm if use_shm else base))
         self.size = size
         self.names = [f"m{i + 1}" for i in range(size)]
         self.client_ports = [free_port() for _ in range(size)]
@@ -69,7 +77,7 @@ class EtcdCluster:
         return [
             ETCD,
             "--name", self.names[i],
-            "--data-dir", str(self.base / self.names[i]),
+            "--data-dir", str(self.data / self.names[i]),
             "--listen-client-urls", f"http://127.0.0.1:{self.client_ports[i]}",
             "--advertise-client-urls", f"http://127.0.0.1:{self.client_ports[i]}",
             "--listen-peer-urls", f"http://127.0.0.1:{self.peer_ports[i]}",
@@ -139,6 +147,7 @@ class EtcdCluster:
     def close(self) -> None:
         for i in range(self.size):
             self.stop(i)
+        shutil.rmtree(self.data, ignore_errors=True)
 
     def link(self) -> NodeLink:
         """A node's own path to the members (proxies it can be cut from)."""
@@ -178,6 +187,8 @@ class _Proxy:
             except OSError:
                 conn.close()  # the member is down: refused, as its own port would be
                 continue
+            for s in (conn, upstream):  # no Nagle: small HTTP requests pass at once
+                s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             with self.lock:
                 self.conns.append(upstream)
             for a, b in ((conn, upstream), (upstream, conn)):
