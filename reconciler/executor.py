@@ -228,5 +228,12 @@ def _dispatch(action: Action, spec: StorageCluster, a: NodeAdapters) -> None:
             a.hypervisor.plug(action.pbd)
         else:
             a.hypervisor.replug(action.pbd)
+    elif kind in (ActionKind.CLAIM_WITNESS, ActionKind.RELEASE_WITNESS):
+        if a.witness is None:
+            raise TerminalError(f"{kind.value}: no witness adapter configured on this node")
+        if kind is ActionKind.CLAIM_WITNESS:
+            a.witness.claim()
+        else:
+            a.witness.release()
     else:  # pragma: no cover - ActionKind is exhaustive above
         raise AssertionError(f"no dispatch for {kind}")

@@ -50,6 +50,10 @@ class ActionKind(StrEnum):
     # target serves (on this node, or the VIP answers from the peer).
     PLUG_PBD = "plug-pbd"
     REPLUG_PBD = "replug-pbd"
+    # The quorum witness (promotion.whenDisconnected 'witness'): create the cluster's key with
+    # a lease of this node, or refresh this node's lease; revoke it after a step-down.
+    CLAIM_WITNESS = "claim-witness"
+    RELEASE_WITNESS = "release-witness"
 
 
 @dataclass(frozen=True, slots=True)
