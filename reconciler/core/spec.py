@@ -477,6 +477,19 @@ class Witness(_Model):
         default=None,
         description="Pet a watchdog device at every tick (the fence against agent pauses).",
     )
+    ca_file: FilePath | None = Field(
+        default=None,
+        description="With https:// endpoints: the CA certificate (PEM) that signed etcd's "
+        "server certificates (default: the system's CA store).",
+    )
+    cert_file: FilePath | None = Field(
+        default=None,
+        description="A client certificate (PEM) for etcd's --client-cert-auth; with keyFile.",
+    )
+    key_file: FilePath | None = Field(
+        default=None,
+        description="The client certificate's private key (PEM, readable by the agent only).",
+    )
 
     def gap(self, tick_interval: float) -> float:
         """G: the longest between two witness observations of one agent (seconds)."""
@@ -726,6 +739,13 @@ class ClusterSpec(_Model):
                 "promotion.whenDisconnected 'witness' needs a witness adapter ('etcd' or 'sim')",
                 "adapters",
                 "witness",
+            )
+        if (self.witness.cert_file is None) != (self.witness.key_file is None):
+            raise cross_field_error(
+                "witness.certFile and witness.keyFile go together (a client certificate and "
+                "its key)",
+                "witness",
+                "certFile" if self.witness.cert_file is None else "keyFile",
             )
         if not witness_policy:
             return
