@@ -175,3 +175,42 @@ def test_lease_left_counts_from_the_send_time_and_survives_unreachability(
     finally:
         witness.close()
         link.close()
+
+
+def test_the_factory_builds_the_etcd_witness_from_the_spec(tmp_path: Path) -> None:
+    from adapters.factory import build_adapters
+    from reconciler.core.specload import load_spec
+    from tests.simcluster import ROOT
+
+    text = (ROOT / "specs" / "demo.yaml").read_text()
+    text = text.replace("whenDisconnected: quorum", "whenDisconnected: witness")
+    text = text.replace(
+        "  timings:\n",
+        "  witness:\n    endpoints: [https://etcd-a.example:2379, https://etcd-b.example]\n"
+        "    prefix: /site-a/\n    ttl: 12\n    caFile: /etc/tandem/etcd-ca.pem\n  timings:\n",
+    )
+    spec = load_spec(text)
+    assert spec.spec.adapters.witness == "etcd"
+    adapters = build_adapters(spec, "node2", tmp_path)
+    witness = adapters.witness
+    assert isinstance(witness, EtcdWitness)
+    assert witness.key == "/site-a/demo/leader" and witness.node == "node2" and witness.ttl == 12
+    assert witness.record_path == lease_record_path(tmp_path.absolute(), "node2")
+    assert [e.port for e in witness.gateway.endpoints] == [2379, 2379]
+    assert witness.gateway.timeout == 2.0
+    adapters.close()  # opened nothing: building starts nothing
+
+
+def test_a_client_certificate_needs_its_key() -> None:
+    from reconciler.core.specload import SpecError, load_spec
+    from tests.simcluster import ROOT
+
+    text = (
+        (ROOT / "specs" / "demo.yaml")
+        .read_text()
+        .replace(
+            "  timings:\n", "  witness:\n    certFile: /etc/tandem/etcd-client.pem\n  timings:\n"
+        )
+    )
+    with pytest.raises(SpecError, match=r"certFile and witness\.keyFile go together"):
+        load_spec(text)
