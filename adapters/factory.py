@@ -90,7 +90,14 @@ def build_adapters(
 ) -> NodeAdapters:
     chosen = spec.spec.adapters
     world = store
-    concerns = (chosen.drbd, chosen.vip, chosen.target, chosen.role_source, chosen.hypervisor)
+    concerns = (
+        chosen.drbd,
+        chosen.vip,
+        chosen.target,
+        chosen.role_source,
+        chosen.hypervisor,
+        chosen.witness,
+    )
     if world is None and "sim" in concerns:
         world = world_store(spec, state_dir, read_only=dry_run)
     runner = node_runner(spec, node)
@@ -167,6 +174,14 @@ def build_adapters(
 
         assert client is not None
         hypervisor = XapiHypervisor(client, host_name=spec.spec.xapi.host_name(node), runner=runner)
+    witness: WitnessAdapter | None = None
+    if chosen.witness == "sim":
+        import time
+
+        from adapters.sim.adapters import SimWitness
+
+        assert world is not None
+        witness = SimWitness(world, node, ttl=spec.spec.witness.ttl, clock=time.monotonic)
     local_operator = operator_store(state_dir, node)
     operator: OperatorStore = local_operator
     if client is not None:
