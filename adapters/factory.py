@@ -182,6 +182,8 @@ def build_adapters(
 
         assert world is not None
         witness = SimWitness(world, node, ttl=spec.spec.witness.ttl, clock=time.monotonic)
+    elif chosen.witness == "etcd":
+        witness = etcd_witness(spec, node, state_dir)
     local_operator = operator_store(state_dir, node)
     operator: OperatorStore = local_operator
     if client is not None:
@@ -190,9 +192,6 @@ def build_adapters(
         operator = PoolOperatorStore(
             local_operator, PoolDatabase(client), host_name=spec.spec.xapi.host_name(node)
         )
-    witness: WitnessAdapter | None = None
-    if chosen.witness == "etcd":
-        witness = etcd_witness(spec, node, state_dir)
     return NodeAdapters(
         node=node,
         drbd=drbd,

@@ -1,5 +1,6 @@
 """Environments of the ``WitnessAdapter`` contract: the real 3-member etcd (``EtcdWitness``
-through node-side proxies, ``tests.etcd_cluster``) and the simulated witness.
+through node-side proxies, ``tests.etcd_cluster``) and the simulated witness (``SimWitness``
+over ``World.witness``).
 
 The vocabulary: ``adapter(node)`` is a *fresh* adapter of that node on its state directory,
 the way a restarted agent or a ``reconcile --once`` builds it (so calling it twice is a
@@ -16,8 +17,11 @@ from pathlib import Path
 from typing import Protocol
 
 from adapters.base import WitnessAdapter
+from adapters.sim.adapters import SimWitness
+from adapters.sim.world import World, WorldStore
 from adapters.witness.etcd import EtcdWitness, lease_record_path
 from adapters.witness.gateway import EtcdGateway
+from reconciler.core.spec import StorageCluster
 from tests.etcd_cluster import EtcdCluster, NodeLink
 from tests.waiting import wait_for
 
@@ -51,6 +55,54 @@ class WitnessEnv(Protocol):
     def forget_lease(self, node: str) -> None:
         """The node's state directory loses its lease record (a wiped disk, a new host)."""
         ...
+
+
+class SimWitnessEnv:
+    """``SimWitness`` over the simulated 3-member etcd (``World.witness``): the simulation's
+    clock (``World.now``) is moved by ``expired``; a node's memory of its lease is in the
+    world (``SimNode.lease_sent``), as the real one is in the state directory."""
+
+    kind = "sim"
+    ttl = TTL
+
+    def __init__(self, spec: StorageCluster) -> None:
+        self.store = WorldStore(World.fresh(spec))
+
+    def adapter(self, node: str) -> WitnessAdapter:
+        return SimWitness(self.store, node, ttl=self.ttl)
+
+    def expired(self) -> None:
+        with self.store.transaction() as world:
+            world.now += self.ttl + 0.5
+
+    def _members(self, up: bool, which: tuple[int, ...]) -> None:
+        with self.store.transaction() as world:
+            for i in which:
+                world.witness.members[i] = up
+
+    def lose_majority(self) -> None:
+        self._members(False, (0, 1))
+
+    def restore_majority(self) -> None:
+        self._members(True, (0, 1))
+
+    def cut(self, node: str) -> None:
+        with self.store.transaction() as world:
+            world.nodes[node].etcd_cut = True
+
+    def heal(self, node: str) -> None:
+        with self.store.transaction() as world:
+            world.nodes[node].etcd_cut = False
+
+    def outage(self) -> None:
+        self._members(False, (0, 1, 2))
+
+    def recover(self) -> None:
+        self._members(True, (0, 1, 2))
+
+    def forget_lease(self, node: str) -> None:
+        with self.store.transaction() as world:
+            world.nodes[node].lease_sent = None
 
 
 class RealWitnessEnv:
