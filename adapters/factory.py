@@ -13,7 +13,11 @@ Invariants:
   witness's lease ``witness-<node>.json``); only the
   simulated world (``sim-world.json``) is shared, so two agents of one lab can use one state
   directory.
-- Building adapters starts nothing and changes nothing on the node: daemons start in actions.
+- Building adapters starts nothing and changes nothing on the node: daemons start in actions,
+  the pinger's thread on its first observation.
+- Liveness (``adapters.liveness`` in the spec) is real (the in-process pinger) unless DRBD,
+  VIP and target are all simulated, so the namespace lab (real addresses, simulated DRBD) sees
+  a peer die; there the simulated DRBD's links follow the pinger (``SimDrbd.links``).
 - Problems found while building (a control socket path too long for the OS, a netns transport
   without a namespace, a command the real adapters need missing on this host, with the Debian
   package that provides it) raise ``TerminalError``: the CLI reports them and exits 2.
@@ -37,6 +41,7 @@ from adapters.base import (
     WakeSource,
     WitnessAdapter,
 )
+from adapters.pinger import Pinger
 from adapters.poolconf import NoRoleSource, PoolConfRoleSource
 from adapters.runner import Local, Netns, Runner
 from adapters.runner import Transport as CommandTransport
@@ -53,7 +58,7 @@ from adapters.state import FileOperatorStore
 from adapters.tgt.chap import ChapSecrets, load_chap_secrets
 from adapters.tools import describe as describe_missing
 from adapters.tools import missing_tools
-from adapters.wake import FileWake
+from adapters.wake import FileWake, Wakeup
 from reconciler.core.errors import TerminalError
 from reconciler.core.spec import StorageCluster, Transport
 
@@ -104,10 +109,21 @@ def build_adapters(
     if missing := missing_tools(tools_needed(spec, node)):
         raise TerminalError(describe_missing(missing, node))
 
+    wakeup = Wakeup()
+    liveness = _liveness(spec, node, runner, world, wakeup)
     drbd: DrbdAdapter
     if chosen.drbd == "sim":
         assert world is not None
-        drbd = SimDrbd(world, node)
+        peer = spec.peer_of(node)
+        # With real liveness (the namespace lab) the simulated DRBD's links follow the
+        # pinger's view of the peer's real addresses, so a crashed peer disconnects it.
+        drbd = SimDrbd(
+            world,
+            node,
+            links=liveness if isinstance(liveness, Pinger) else None,
+            peer_replication=str(peer.replication_address),
+            peer_management=str(peer.management_address) if peer.management_address else None,
+        )
     else:
         from adapters.drbd import RealDrbd, SplitBrainRecord
 
@@ -150,21 +166,6 @@ def build_adapters(
     else:
         role = NoRoleSource()
 
-    liveness: LivenessAdapter
-    if world is not None and chosen.drbd == "sim":
-        # Liveness feeds the promotion policy of a *disconnected* DRBD: with simulated DRBD
-        # the simulated links are what disconnect it, so the simulator answers.
-        liveness = sim_liveness(world, node, spec)
-    else:
-        from adapters.liveness import PingLiveness
-
-        peer = spec.peer_of(node)
-        addresses = [str(a) for a in (peer.management_address, peer.replication_address) if a]
-        liveness = PingLiveness(
-            runner,
-            peer_addresses=addresses,
-            heuristics=[str(h) for h in spec.spec.promotion.heuristics],
-        )
     hypervisor: HypervisorAdapter | None = None
     if chosen.hypervisor == "sim":
         assert world is not None
@@ -200,9 +201,38 @@ def build_adapters(
         role_source=role,
         liveness=liveness,
         operator=operator,
-        wake=wake_sources(role, local_operator, world, node=node),
+        wake=(
+            *wake_sources(role, local_operator, world, node=node),
+            *((liveness,) if isinstance(liveness, Pinger) else ()),
+        ),
         hypervisor=hypervisor,
         witness=witness,
+        wakeup=wakeup,
+    )
+
+
+def _liveness(
+    spec: StorageCluster, node: str, runner: Runner, world: WorldStore | None, wakeup: Wakeup
+) -> LivenessAdapter:
+    """``adapters.liveness``: 'sim' answers from the simulated links (the all-sim demo);
+    'ping' is the resident in-process pinger (``adapters.pinger``) over the peer's management
+    and replication addresses and the heuristics, with ``spec.liveness``' timings, inside the
+    node's namespace for transport 'netns'. (The VM tier builds its own adapters with
+    ``PingLiveness``, ``ping`` through its executing transport.)"""
+    if spec.spec.adapters.liveness == "sim":
+        assert world is not None  # the spec requires drbd 'sim' for it
+        return sim_liveness(world, node, spec)
+    peer = spec.peer_of(node)
+    n = spec.node(node)
+    timings = spec.spec.liveness
+    return Pinger(
+        peer_addresses=[str(a) for a in (peer.management_address, peer.replication_address) if a],
+        heuristics=[str(h) for h in spec.spec.promotion.heuristics],
+        interval=timings.interval,
+        timeout=timings.timeout,
+        misses=timings.misses,
+        wakeup=wakeup,
+        namespace=n.namespace if n.transport is Transport.NETNS else None,
     )
 
 
@@ -229,7 +259,7 @@ def tools_needed(spec: StorageCluster, node: str) -> list[tuple[str, str]]:
     netns = spec.node(node).transport is Transport.NETNS
     needed: list[tuple[str, str]] = []
     if chosen.drbd != "sim":
-        needed += [("drbdsetup", "drbd"), ("drbdadm", "drbd"), ("ping", "peer liveness")]
+        needed += [("drbdsetup", "drbd"), ("drbdadm", "drbd")]
     if chosen.vip != "sim":
         needed.append(("ip", "vip"))
         if netns:

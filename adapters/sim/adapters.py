@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 from adapters.base import NodeAdapters
 from adapters.inventory import InventoryData
@@ -74,9 +74,42 @@ def _record(world: World, node: str, how: str, *args: object) -> None:
     world.nodes[node].inventory = data.to_json()
 
 
+class LinkProbe(Protocol):
+    """What a node sees of its peer's real addresses (``adapters.pinger.Pinger``)."""
+
+    def answers(self, addresses: Sequence[str]) -> tuple[bool | None, ...]: ...
+
+
+@dataclass
 class SimDrbd(_SimBase):
+    """DRBD on a simulated node. With ``links`` (the namespace lab: real links, simulated
+    DRBD) the simulated replication and management links follow what this node's pinger sees
+    of the peer's real addresses (``World.follow_links``), before every observation and
+    action: the connection drops, as real DRBD's does, once the peer's replication address
+    stopped answering (``liveness.misses`` rounds without a reply: DRBD's ping-int /
+    ping-timeout with the agent's liveness timings), and the peer's disk is then DUnknown,
+    not its last written state."""
+
+    links: LinkProbe | None = None
+    peer_replication: str | None = None
+    peer_management: str | None = None
+
+    def _follow_links(self) -> None:
+        if self.links is None:
+            return
+        wanted = [a for a in (self.peer_replication, self.peer_management) if a]
+        seen = dict(zip(wanted, self.links.answers(wanted), strict=True))
+        replication = seen.get(self.peer_replication) if self.peer_replication else None
+        management = seen.get(self.peer_management) if self.peer_management else None
+        if replication is None and management is None:
+            return
+        with self.store.transaction() as world:
+            if world.nodes[self.node].alive:
+                world.follow_links(self.node, replication=replication, management=management)
+
     def observe(self, resources: Sequence[Resource]) -> tuple[ResourceObs, ...]:
         self._hang("drbd-observe")
+        self._follow_links()
         with self.store.transaction() as world:
             world.step()
             if not world.nodes[self.node].alive:
@@ -116,30 +149,35 @@ class SimDrbd(_SimBase):
 
     def up(self, resource: Resource) -> None:
         self._hang("drbd-up")
+        self._follow_links()
         with self.store.transaction() as world:
             world.check_fault(self.node, "drbd-up", resource.name)
             world.drbd_up(self.node, resource.name)
 
     def primary(self, resource: Resource, *, force: bool = False) -> None:
         self._hang("drbd-primary")
+        self._follow_links()
         with self.store.transaction() as world:
             world.check_fault(self.node, "drbd-primary", resource.name)
             world.drbd_primary(self.node, resource.name, force=force)
 
     def secondary(self, resource: Resource) -> None:
         self._hang("drbd-secondary")
+        self._follow_links()
         with self.store.transaction() as world:
             world.check_fault(self.node, "drbd-secondary", resource.name)
             world.drbd_secondary(self.node, resource.name)
 
     def connect(self, resource: Resource, *, discard_my_data: bool = False) -> None:
         self._hang("drbd-connect")
+        self._follow_links()
         with self.store.transaction() as world:
             world.check_fault(self.node, "drbd-connect", resource.name)
             world.drbd_connect(self.node, resource.name, discard_my_data=discard_my_data)
 
     def disconnect(self, resource: Resource) -> None:
         self._hang("drbd-disconnect")
+        self._follow_links()
         with self.store.transaction() as world:
             world.check_fault(self.node, "drbd-disconnect", resource.name)
             world.drbd_disconnect(self.node, resource.name)

@@ -13,7 +13,10 @@ node's switch port, which also cuts its management path. So "the peer is unreach
 heuristics answer" happens either to the node that stayed on the switch while its peer is
 isolated (the case the quorum policy is built for) or when only the management path between the
 nodes is cut (both still see the heuristics: the quorum policy's assumption is broken, and only
-fencing keeps the data safe). docs/simulation.md walks through both.
+fencing keeps the data safe). docs/simulation.md walks through both. In the namespace lab
+(real addresses, simulated DRBD) the links follow what each node's pinger sees of its peer's
+real addresses (``follow_links``): a crashed peer's silent replication address drops the
+connection, as real DRBD's ping timeout does.
 
 DRBD rules kept (8.4 semantics, protocol C, single-primary):
 - promote is refused while the connected peer is Primary ("Multiple primaries not allowed"), and
@@ -985,6 +988,30 @@ class World(BaseModel):
         if management is not None:
             self.management_link = management
         self.settle()
+
+    def follow_links(self, node: str, *, replication: bool | None, management: bool | None) -> None:
+        """What ``node`` saw of its peer's real addresses (the namespace lab: a resident pinger
+        on the node's real links), applied to the simulated links as real DRBD would notice
+        it: the replication link is down once the peer's replication address stopped
+        answering, up once it answers again; likewise the management path. None (not known)
+        changes nothing. The world cannot tell a crashed peer from a cut-off one (neither can
+        DRBD): the peer's simulated DRBD stays as it was, only disconnected."""
+        changed: dict[str, bool] = {}
+        if replication is not None and replication != self.replication_link:
+            changed["replication"] = replication
+        if management is not None and management != self.management_link:
+            changed["management"] = management
+        if not changed:
+            return
+        peer = self.peer(node)
+        for link, up in changed.items():
+            how = "answers again" if up else "stopped answering"
+            self.event(
+                f"{node}: {peer}'s {link} address {how}: {link} link {'up' if up else 'down'}"
+            )
+        # Both at once, so a lost connection never runs the fence handler over a management
+        # path that is already known dead.
+        self.set_links(replication=changed.get("replication"), management=changed.get("management"))
 
     def isolate(self, node: str, isolated: bool = True) -> None:
         """Cut (or restore) ``node``'s port on the management/client switch."""

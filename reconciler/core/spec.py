@@ -162,6 +162,57 @@ class Promotion(_Model):
     )
 
 
+class LivenessTimings(_Model):
+    """How the agent pings its peer (management and replication addresses) and the heuristic
+    addresses: one ICMP echo to each every ``interval``, a reply counts when it comes within
+    ``timeout``; the peer is dead after ``misses`` consecutive intervals without a reply on
+    every peer address. Detection time after the peer's last reply: between
+    ``(misses - 1) * interval + timeout`` and ``misses * interval + timeout`` (defaults:
+    0.8-1.0 s). The simulated DRBD drops its connection by the same rule applied to the
+    peer's replication address alone (docs/operations.md)."""
+
+    interval: Annotated[float, Strict()] = Field(
+        default=0.2,
+        ge=0.01,
+        le=60,
+        allow_inf_nan=False,
+        description="Seconds between two probes of each address.",
+    )
+    timeout: Annotated[float, Strict()] = Field(
+        default=0.2,
+        ge=0.005,
+        le=60,
+        allow_inf_nan=False,
+        description="A reply counts only when it arrives within this many seconds of its "
+        "probe; at most 'interval'.",
+    )
+    misses: StrictInt = Field(
+        default=4,
+        ge=1,
+        le=100,
+        description="Consecutive intervals without any reply from the peer before it counts "
+        "as dead (and an address as not answering).",
+    )
+
+    @model_validator(mode="after")
+    def _timeout_within_interval(self) -> LivenessTimings:
+        if self.timeout > self.interval:
+            raise cross_field_error(
+                f"timeout {self.timeout:g} s is longer than interval {self.interval:g} s: a "
+                "probe's reply must be judged before the next probe goes out",
+                "timeout",
+            )
+        return self
+
+    @property
+    def detection(self) -> tuple[float, float]:
+        """Seconds from the peer's last reply until it counts as dead: (fastest, slowest)."""
+        return (
+            (self.misses - 1) * self.interval + self.timeout,
+            self.misses * self.interval + self.timeout,
+        )
+
+
 class Resource(_Model):
     """A DRBD resource replicated between the nodes."""
 
@@ -381,6 +432,15 @@ class Adapters(_Model):
             "Default: 'pool-conf' for roleSource.type pool-master, else 'state'."
         ),
     )
+    liveness: Literal["sim", "ping"] = Field(
+        default="ping",
+        description=(
+            "Peer liveness and quorum heuristics: 'ping': ICMP echo from the agent (a "
+            "resident in-process pinger, see 'liveness'); 'sim': the simulated links (needs "
+            "drbd 'sim'). Default: 'sim' when drbd, vip and target are all 'sim' (nothing "
+            "real to ping), else 'ping', so a lab with real addresses sees a peer die."
+        ),
+    )
     hypervisor: Literal["none", "sim", "xapi"] = Field(
         default="none",
         description=(
@@ -411,6 +471,18 @@ class Adapters(_Model):
             "witness": self.witness,
         }
         return tuple(name for name, value in chosen.items() if value == "sim")
+
+    @model_validator(mode="after")
+    def _sim_liveness_needs_sim_drbd(self) -> Adapters:
+        # Simulated liveness answers from the simulated links, which only the simulated DRBD
+        # follows; next to real DRBD it would say "peer alive" about a dead peer.
+        if self.liveness == "sim" and self.drbd != "sim":
+            raise cross_field_error(
+                "liveness 'sim' answers from the simulated links: it needs drbd 'sim' (use "
+                "'ping' with real DRBD)",
+                "liveness",
+            )
+        return self
 
 
 EtcdUrl = Annotated[
@@ -584,6 +656,7 @@ class ClusterSpec(_Model):
     nodes: tuple[Node, Node] = Field(description="Exactly two nodes.")
     role_source: RoleSource = Field(default_factory=RoleSource)
     promotion: Promotion = Field(default_factory=Promotion)
+    liveness: LivenessTimings = Field(default_factory=LivenessTimings)
     resources: tuple[Resource, ...] = Field(min_length=1)
     vips: tuple[Vip, ...] = Field(min_length=1)
     target: Target
@@ -622,6 +695,27 @@ class ClusterSpec(_Model):
             and str(policy) == DisconnectedPolicy.WITNESS.value
         ):
             data = {**data, "adapters": {**adapters, "witness": "etcd"}}
+        return data
+
+    @model_validator(mode="before")
+    @classmethod
+    def _sim_liveness_only_when_all_sim(cls, data: Any) -> Any:
+        # Simulated liveness by default only when nothing on the node is real (the demo);
+        # a lab with real addresses and a simulated DRBD pings for real. Only fills what the
+        # spec leaves out.
+        if not isinstance(data, dict):
+            return data
+        adapters = data.get("adapters", {})
+        if isinstance(adapters, Adapters):  # built in Python: the same rule
+            if "liveness" not in adapters.model_fields_set and all(
+                getattr(adapters, k) == "sim" for k in ("drbd", "vip", "target")
+            ):
+                return {**data, "adapters": adapters.model_copy(update={"liveness": "sim"})}
+            return data
+        if not isinstance(adapters, dict) or "liveness" in adapters:
+            return data
+        if all(adapters.get(k) == "sim" for k in ("drbd", "vip", "target")):
+            return {**data, "adapters": {**adapters, "liveness": "sim"}}
         return data
 
     @model_validator(mode="after")
