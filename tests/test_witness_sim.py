@@ -13,9 +13,9 @@ import pytest
 from adapters.sim.adapters import SimWitness
 from adapters.sim.world import World, WorldStore
 from reconciler.core.errors import TransientError
-from reconciler.core.plan import ActionKind, BlockKind, WarningKind
+from reconciler.core.plan import ActionKind, BlockKind, Plan, WarningKind
 from reconciler.core.safety import ViolationKind
-from reconciler.simulation import load_scenario, new_simulation, run_scenario
+from reconciler.simulation import Simulation, load_scenario, new_simulation, run_scenario
 from tests.simcluster import ROOT, witness_spec
 
 SPEC = witness_spec()
@@ -23,8 +23,8 @@ SCENARIOS = sorted((ROOT / "specs" / "scenarios" / "witness").glob("*.yaml"))
 N1, N2 = SPEC.node_names
 
 
-def kinds(plan: object) -> list[str]:
-    return [a.kind.value for a in plan.actions]  # type: ignore[attr-defined]
+def kinds(plan: Plan) -> list[str]:
+    return [a.kind.value for a in plan.actions]
 
 
 # --- the simulated etcd ---------------------------------------------------------------------
@@ -119,7 +119,7 @@ def test_time_never_moves_past_a_running_agents_tick_rhythm() -> None:
 # --- the plans --------------------------------------------------------------------------------
 
 
-def serving_cluster() -> object:
+def serving_cluster() -> Simulation:
     sim = new_simulation(SPEC, fencing="resource-only")
     sim.converge(max_rounds=3)
     sim.tick(N1)
