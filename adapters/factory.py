@@ -178,6 +178,12 @@ def build_adapters(
 
         assert world is not None
         witness = SimWitness(world, node, ttl=spec.spec.witness.ttl, clock=time.monotonic)
+    dog = spec.spec.witness.watchdog
+    if witness is not None and chosen.witness != "sim" and dog is not None:
+        # The simulator models the watchdog itself; a real witness pets the real device.
+        from adapters.watchdog import DeviceWatchdog, PettingWitness
+
+        witness = PettingWitness(witness, DeviceWatchdog(dog.device, dog.timeout))
     local_operator = operator_store(state_dir, node)
     operator: OperatorStore = local_operator
     if client is not None:

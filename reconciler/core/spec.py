@@ -421,9 +421,10 @@ EtcdUrl = Annotated[
 
 
 class Watchdog(_Model):
-    """A hardware (or softdog) watchdog the agent pets at every tick: a node whose agent stops
-    (a long pause, SIGSTOP, a hung kernel) is reset before its witness lease can run out, so
-    it cannot keep DRBD Primary while the other node takes over."""
+    """A hardware (or softdog) watchdog the agent pets before every witness observation: a node
+    whose agent stops (a long pause, SIGSTOP, a hung kernel) is reset before the other node can
+    take over on its expired lease, so it cannot keep DRBD Primary meanwhile (adapters/watchdog.py;
+    the simulator models it with adapters.witness 'sim', and then no device is opened)."""
 
     device: FilePath = Field(
         default="/dev/watchdog", description="The watchdog device (Linux: /dev/watchdog)."
