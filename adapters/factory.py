@@ -177,7 +177,10 @@ def build_adapters(
         from adapters.sim.adapters import SimWitness
 
         assert world is not None
-        witness = SimWitness(world, node, ttl=spec.spec.witness.ttl, clock=time.monotonic)
+        # A world shared through the state directory follows the agents' clock; an in-memory
+        # world given by the caller (a simulation, a test) keeps the caller's clock.
+        clock = time.monotonic if store is None else None
+        witness = SimWitness(world, node, ttl=spec.spec.witness.ttl, clock=clock)
     dog = spec.spec.witness.watchdog
     if witness is not None and chosen.witness != "sim" and dog is not None:
         # The simulator models the watchdog itself; a real witness pets the real device.
