@@ -182,9 +182,18 @@ def build_adapters(
         from adapters.sim.adapters import SimWitness
 
         assert world is not None
-        witness = SimWitness(world, node, ttl=spec.spec.witness.ttl, clock=time.monotonic)
+        # A world shared through the state directory follows the agents' clock; an in-memory
+        # world given by the caller (a simulation, a test) keeps the caller's clock.
+        clock = time.monotonic if store is None else None
+        witness = SimWitness(world, node, ttl=spec.spec.witness.ttl, clock=clock)
     elif chosen.witness == "etcd":
         witness = etcd_witness(spec, node, state_dir)
+    dog = spec.spec.witness.watchdog
+    if witness is not None and chosen.witness != "sim" and dog is not None:
+        # The simulator models the watchdog itself; a real witness pets the real device.
+        from adapters.watchdog import DeviceWatchdog, PettingWitness
+
+        witness = PettingWitness(witness, DeviceWatchdog(dog.device, dog.timeout))
     local_operator = operator_store(state_dir, node)
     operator: OperatorStore = local_operator
     if client is not None:

@@ -1,6 +1,7 @@
 """The witness section of the spec: the policy needs a witness adapter and etcd endpoints, the
-timing rule (``tickInterval + 2 x retryTimeout + stepDownMargin <= ttl x (1 - clockDrift)``) is
-refused with the fields named, the watchdog must fire before the lease can run out."""
+timing rule (``2 x (tickInterval + 2 x retryTimeout) + stepDownMargin <= ttl x (1 -
+clockDrift)``) is refused with the fields named, the watchdog must fire before the other node
+can promote."""
 
 from __future__ import annotations
 
@@ -15,12 +16,12 @@ DEMO = (Path(__file__).resolve().parent.parent / "specs" / "demo.yaml").read_tex
 POLICY = "whenDisconnected: quorum   # a lone node may promote only if it still sees the switch"
 
 
-def witness_spec(witness: str, *, adapter: str | None = "sim", tick: str = "2") -> str:
+def witness_spec(witness: str, *, adapter: str | None = "sim", tick: str = "1") -> str:
     text = DEMO.replace(POLICY, "whenDisconnected: witness")
     text = text.replace("    tickInterval: 2\n", f"    tickInterval: {tick}\n")
     if adapter is not None:
         text = text.replace("  adapters:\n", f"  adapters:\n    witness: {adapter}\n")
-    return text.replace("  timings:\n", f"  witness:\n{witness}  timings:\n")
+    return text.replace("  timings:\n", f"  witness:\n    retryTimeout: 1\n{witness}  timings:\n")
 
 
 def problem(text: str) -> str:
@@ -50,28 +51,33 @@ def test_the_policy_refuses_no_witness_adapter() -> None:
 
 
 def test_the_timing_rule_names_the_fields() -> None:
-    # 2 + 2 x 2 + 1 = 7 > 6 x 0.99
+    # 2 x (1 + 2 x 1) + 1 = 7 > 6 x 0.99
     text = problem(witness_spec("    ttl: 6\n"))
     for name in ("tickInterval", "retryTimeout", "stepDownMargin", "witness.ttl", "clockDrift"):
         assert name in text
     # the default tick interval (10 s) breaks it with the default ttl (10 s)
     assert "witness timing rule broken" in problem(witness_spec("    ttl: 10\n", tick="10"))
-    # 2 + 2 x 1 + 1 = 5 <= 6 x 0.99
-    assert load_spec(witness_spec("    ttl: 6\n    retryTimeout: 1\n")).spec.witness.ttl == 6
+    # 2 x (1 + 2 x 1) + 1 = 7 <= 10 x 0.99; 2 x (2 + 2) + 1 = 9 <= 9.9; 2 x (3 + 2) + 1 > 9.9
+    assert load_spec(witness_spec("    ttl: 10\n")).spec.witness.ttl == 10
+    assert load_spec(witness_spec("    ttl: 10\n", tick="2")).spec.timings.tick_interval == 2
+    assert "witness timing rule broken" in problem(witness_spec("    ttl: 10\n", tick="3"))
 
 
-def test_the_watchdog_must_fire_before_the_lease_runs_out() -> None:
+def test_the_watchdog_must_fire_before_the_other_node_can_promote() -> None:
     dog = "    watchdog:\n      device: /dev/watchdog\n      timeout: {}\n"
-    # limit: 10 x 0.99 - 1 = 8.9
-    assert "watchdog.timeout" in problem(witness_spec(dog.format("9.0")))
-    spec = load_spec(witness_spec(dog.format("8.5")))
+    # limit: (settle 1.01 x (1 + 2 + 1) + margin 1) x 0.99 = 4.99
+    assert "watchdog.timeout" in problem(witness_spec(dog.format("5.0")))
+    spec = load_spec(witness_spec(dog.format("4.9")))
     assert spec.spec.witness.watchdog is not None
-    assert spec.spec.witness.watchdog.timeout == 8.5
+    assert spec.spec.witness.watchdog.timeout == 4.9
 
 
 def test_the_derived_thresholds() -> None:
     w = load_spec(witness_spec("    ttl: 10\n")).spec.witness
-    assert w.gap(2.0) == 6.0
-    assert w.step_down_below() == pytest.approx(1.1)
-    assert w.refresh_below(2.0) == pytest.approx(7.1)
-    assert w.settle(2.0) == pytest.approx(7.07)
+    assert w.gap(1.0) == 3.0
+    assert w.step_down_below(1.0) == pytest.approx(4.1)
+    assert w.refresh_below(1.0) == pytest.approx(7.1)
+    assert w.settle(1.0) == pytest.approx(4.04)
+    assert w.watchdog_limit(1.0) == pytest.approx(5.04 * 0.99)
+    # a fresh lease is above the step-down threshold one gap later (what the rule buys)
+    assert w.ttl - w.gap(1.0) > w.step_down_below(1.0)

@@ -69,8 +69,8 @@ class WitnessTiming:
     node refreshes its lease once lease_left is at or below this (not at every tick)."""
 
     ttl: float = 10.0
-    settle: float = 7.07
-    step_down: float = 1.1
+    settle: float = 4.04
+    step_down: float = 4.1
     refresh: float = 7.1
 
     @classmethod
@@ -79,7 +79,7 @@ class WitnessTiming:
         return cls(
             ttl=w.ttl,
             settle=w.settle(tick),
-            step_down=w.step_down_below(),
+            step_down=w.step_down_below(tick),
             refresh=w.refresh_below(tick),
         )
 

@@ -493,16 +493,18 @@ EtcdUrl = Annotated[
 
 
 class Watchdog(_Model):
-    """A hardware (or softdog) watchdog the agent pets at every tick: a node whose agent stops
-    (a long pause, SIGSTOP, a hung kernel) is reset before its witness lease can run out, so
-    it cannot keep DRBD Primary while the other node takes over."""
+    """A hardware (or softdog) watchdog the agent pets before every witness observation: a node
+    whose agent stops (a long pause, SIGSTOP, a hung kernel) is reset before the other node can
+    take over on its expired lease, so it cannot keep DRBD Primary meanwhile (adapters/watchdog.py;
+    the simulator models it with adapters.witness 'sim', and then no device is opened)."""
 
     device: FilePath = Field(
         default="/dev/watchdog", description="The watchdog device (Linux: /dev/watchdog)."
     )
     timeout: Seconds = Field(
         description="Seconds without a pet before the device resets the node; at most "
-        "witness.ttl x (1 - clockDrift) - stepDownMargin."
+        "(settle + stepDownMargin) x (1 - clockDrift), settle = (tickInterval + 2 x "
+        "retryTimeout + stepDownMargin) x (1 + clockDrift)."
     )
 
 
@@ -513,10 +515,12 @@ class Witness(_Model):
 
     Timing rule (docs/operations.md, "The witness"): with L = timings.tickInterval,
     R = retryTimeout, M = stepDownMargin, the longest between two witness observations of one
-    agent is G = L + 2R (the wait, the witness read, the lease refresh); the lease must outlast
-    one such gap plus the step-down, counted on a clock that may run slow by clockDrift:
-    ``L + 2R + M <= ttl x (1 - clockDrift)`` (Patroni's ``loop_wait + 2 x retry_timeout <=
-    ttl`` with the step-down margin and the clock rate)."""
+    agent is G = L + 2R (the wait, the witness read, the lease refresh). A serving node decides
+    to step down only at an observation, so it must do so while one more gap and the step-down
+    still fit in its lease (threshold G + M); and a freshly refreshed lease must still be above
+    that threshold one gap later: ``2 x (L + 2R) + M <= ttl x (1 - clockDrift)`` (Patroni's
+    ``loop_wait + 2 x retry_timeout <= ttl`` twice over: Patroni demotes in the same loop as
+    the failed update, tandem in the tick after it)."""
 
     endpoints: tuple[EtcdUrl, ...] = Field(
         default=(),
@@ -567,14 +571,16 @@ class Witness(_Model):
         """G: the longest between two witness observations of one agent (seconds)."""
         return tick_interval + 2 * self.retry_timeout
 
-    def step_down_below(self) -> float:
-        """A serving, disconnected node stops serving when its lease_left is below this."""
-        return self.step_down_margin + self.clock_drift * self.ttl
+    def step_down_below(self, tick_interval: float) -> float:
+        """A serving, disconnected node stops serving when its lease_left is below this: one
+        more gap and the step-down must fit in what is left (on a clock that may run slow)."""
+        return self.gap(tick_interval) + self.step_down_margin + self.clock_drift * self.ttl
 
     def refresh_below(self, tick_interval: float) -> float:
-        """The serving node refreshes its lease when lease_left is at or below this (so at
-        least one refresh is tried in every gap before the step-down threshold)."""
-        return self.step_down_below() + self.gap(tick_interval)
+        """The serving node refreshes its lease when lease_left is at or below this (at least
+        one refresh is tried in the gap before the step-down threshold; above it, an idle tick
+        applies nothing)."""
+        return min(self.ttl, self.step_down_below(tick_interval) + self.gap(tick_interval))
 
     def settle(self, tick_interval: float) -> float:
         """How long a node waits after claiming a free key before it promotes disconnected:
@@ -582,16 +588,23 @@ class Witness(_Model):
         serve unleased if it was connected when its lease ran out)."""
         return (self.gap(tick_interval) + self.step_down_margin) * (1 + self.clock_drift)
 
+    def watchdog_limit(self, tick_interval: float) -> float:
+        """The longest watchdog timeout that still resets a paused node before the other node
+        can promote: a node paused right after an observation that planned its step-down had
+        at least stepDownMargin of lease left, and the other node promotes no sooner than the
+        settle time after the lease expired."""
+        return (self.settle(tick_interval) + self.step_down_margin) * (1 - self.clock_drift)
+
     def timing_problem(self, tick_interval: float) -> str | None:
         """Why these timings break the timing rule (None: they satisfy it)."""
-        need = self.gap(tick_interval) + self.step_down_margin
+        need = 2 * self.gap(tick_interval) + self.step_down_margin
         have = self.ttl * (1 - self.clock_drift)
         if need <= have:
             return None
         return (
-            f"witness timing rule broken: timings.tickInterval ({tick_interval:g}) + 2 x "
-            f"witness.retryTimeout ({self.retry_timeout:g}) + witness.stepDownMargin "
-            f"({self.step_down_margin:g}) = {need:g} s must be <= witness.ttl ({self.ttl:g}) x "
+            f"witness timing rule broken: 2 x (timings.tickInterval {tick_interval:g} + 2 x "
+            f"witness.retryTimeout {self.retry_timeout:g}) + witness.stepDownMargin "
+            f"{self.step_down_margin:g} = {need:g} s must be <= witness.ttl {self.ttl:g} x "
             f"(1 - witness.clockDrift {self.clock_drift:g}) = {have:g} s: a serving node could "
             "lose its lease before it notices; raise ttl or lower tickInterval/retryTimeout"
         )
@@ -853,12 +866,13 @@ class ClusterSpec(_Model):
         if problem := self.witness.timing_problem(self.timings.tick_interval):
             raise cross_field_error(problem, "witness", "ttl")
         dog = self.witness.watchdog
-        limit = self.witness.ttl * (1 - self.witness.clock_drift) - self.witness.step_down_margin
+        limit = self.witness.watchdog_limit(self.timings.tick_interval)
         if dog is not None and dog.timeout > limit:
             raise cross_field_error(
-                f"witness.watchdog.timeout ({dog.timeout:g}) must be <= witness.ttl x (1 - "
-                f"clockDrift) - stepDownMargin = {limit:g} s: a paused node must be reset "
-                "before its lease can expire",
+                f"witness.watchdog.timeout ({dog.timeout:g}) must be <= (settle time + "
+                f"stepDownMargin) x (1 - clockDrift) = {limit:.2f} s (settle: 1.01 x "
+                "(tickInterval + 2 x retryTimeout + stepDownMargin) at 1% drift): a paused node "
+                "must be reset before the other node can promote",
                 "witness",
                 "watchdog",
                 "timeout",

@@ -187,14 +187,14 @@ def test_the_factory_builds_the_etcd_witness_from_the_spec(tmp_path: Path) -> No
     text = text.replace(
         "  timings:\n",
         "  witness:\n    endpoints: [https://etcd-a.example:2379, https://etcd-b.example]\n"
-        "    prefix: /site-a/\n    ttl: 12\n    caFile: /etc/tandem/etcd-ca.pem\n  timings:\n",
+        "    prefix: /site-a/\n    ttl: 14\n    caFile: /etc/tandem/etcd-ca.pem\n  timings:\n",
     )
     spec = load_spec(text)
     assert spec.spec.adapters.witness == "etcd"
     adapters = build_adapters(spec, "node2", tmp_path)
     witness = adapters.witness
     assert isinstance(witness, EtcdWitness)
-    assert witness.key == "/site-a/demo/leader" and witness.node == "node2" and witness.ttl == 12
+    assert witness.key == "/site-a/demo/leader" and witness.node == "node2" and witness.ttl == 14
     assert witness.record_path == lease_record_path(tmp_path.absolute(), "node2")
     assert [e.port for e in witness.gateway.endpoints] == [2379, 2379]
     assert witness.gateway.timeout == 2.0

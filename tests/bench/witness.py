@@ -5,10 +5,11 @@ real 3-member etcd (Debian ``etcd-server``) on loopback.
 Run (no root needed; etcd must be installed)::
 
     python tests/bench/witness.py [--rounds 3] [--ttl 10] [--retry-timeout 2] \\
-        [--tick-interval T] [--json results.json]
+        [--step-down-margin M] [--tick-interval T] [--json results.json]
 
-Defaults are the spec's defaults (``witness.ttl``, ``witness.retryTimeout``,
-``timings.tickInterval``) read from ``reconciler.core.spec``.
+Defaults are the shipped witness timings (specs/witness.yaml: ``witness.ttl`` 10,
+``retryTimeout`` 1, ``stepDownMargin`` 1, ``timings.tickInterval`` 1); timings that break the
+timing rule are refused with the spec's own message.
 
 What it does, per round: two "agents" tick every ``tickInterval`` on their own thread, each
 through its own ``EtcdWitness`` and node-side proxies (``tests.etcd_cluster.NodeLink``).
@@ -21,7 +22,7 @@ free (the witness part of the ``witness`` promotion policy). Then node1 is cut f
 
 - ``node1 stops``: the first tick at which node1's own ``lease_left`` (counted from the send
   time of its last successful refresh) is below the policy's step-down threshold
-  (``Witness.step_down_below``: ``stepDownMargin + clockDrift x ttl``);
+  (``Witness.step_down_below``: one more observation gap, the margin and the clock drift);
 - ``node2 owns``: when node2's claim succeeded, and ``node2 may promote``: that plus the
   policy's settle time (``Witness.settle``: one observation gap of the other node plus its
   step-down);
@@ -56,21 +57,26 @@ from reconciler.core.errors import TransientError  # noqa: E402
 from tests.etcd_cluster import ETCD, SKIP_REASON, EtcdCluster, NodeLink  # noqa: E402
 
 
-def _defaults() -> tuple[float, float, float]:
-    """(ttl, retryTimeout, tickInterval): the spec's witness defaults and the demo's tick
-    interval (2 s; the default 10 s breaks the witness timing rule)."""
-    from reconciler.core.spec import Witness
+def _shipped() -> tuple[float, float, float, float]:
+    """(ttl, retryTimeout, stepDownMargin, tickInterval) of the shipped witness spec
+    (specs/witness.yaml): the defaults of ttl and retryTimeout need a tick of 0.45 s or less
+    under the timing rule, the shipped spec is what an installation starts from."""
+    from reconciler.core.specload import load_spec
 
-    w = Witness()
-    return float(w.ttl), float(w.retry_timeout), 2.0
+    spec = load_spec((REPO / "specs" / "witness.yaml").read_text())
+    w = spec.spec.witness
+    return w.ttl, w.retry_timeout, w.step_down_margin, spec.spec.timings.tick_interval
 
 
-def _thresholds(ttl: float, timeout: float, tick: float) -> tuple[float, float]:
+def _thresholds(ttl: float, timeout: float, margin: float, tick: float) -> tuple[float, float]:
     """(step down below, settle): the policy's thresholds for these timings (spec.Witness)."""
     from reconciler.core.spec import Witness
 
-    w = Witness(ttl=ttl, retry_timeout=timeout)
-    return w.step_down_below(), w.settle(tick)
+    w = Witness(ttl=ttl, retry_timeout=timeout, step_down_margin=margin)
+    problem = w.timing_problem(tick)
+    if problem is not None:
+        raise SystemExit(problem)
+    return w.step_down_below(tick), w.settle(tick)
 
 
 def _witness(
@@ -118,7 +124,14 @@ def latencies(etcd: EtcdCluster, state: Path, *, timeout: float, n: int = 50) ->
 
 
 def failover_round(
-    etcd: EtcdCluster, state: Path, *, r: int, ttl: float, timeout: float, tick: float
+    etcd: EtcdCluster,
+    state: Path,
+    *,
+    r: int,
+    ttl: float,
+    timeout: float,
+    margin: float,
+    tick: float,
 ) -> dict[str, float]:
     cluster = f"failover{r}"
     links = {n: etcd.link() for n in ("node1", "node2")}
@@ -126,7 +139,7 @@ def failover_round(
         n: _witness(links[n], n, cluster=cluster, ttl=ttl, timeout=timeout, state=state)
         for n in links
     }
-    stop_below, settle = _thresholds(ttl, timeout, tick)
+    stop_below, settle = _thresholds(ttl, timeout, margin, tick)
     stop = threading.Event()
     marks: dict[str, float] = {}
     cut_at: list[float] = []
@@ -183,11 +196,12 @@ def _s(value: float | None) -> str:
 
 
 def main() -> int:
-    ttl0, retry0, tick0 = _defaults()
+    ttl0, retry0, margin0, tick0 = _shipped()
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--ttl", type=float, default=ttl0)
     ap.add_argument("--retry-timeout", type=float, default=retry0)
+    ap.add_argument("--step-down-margin", type=float, default=margin0)
     ap.add_argument("--tick-interval", type=float, default=tick0)
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
@@ -195,7 +209,12 @@ def main() -> int:
         print(SKIP_REASON, file=sys.stderr)
         return 2
     ttl, timeout, tick = args.ttl, args.retry_timeout, args.tick_interval
-    print(f"witness.ttl={ttl:g}s witness.retryTimeout={timeout:g}s tickInterval={tick:g}s")
+    margin = args.step_down_margin
+    stop_below, settle = _thresholds(ttl, timeout, margin, tick)
+    print(
+        f"witness.ttl={ttl:g}s witness.retryTimeout={timeout:g}s stepDownMargin={margin:g}s "
+        f"tickInterval={tick:g}s (step down below {stop_below:.2f}s left, settle {settle:.2f}s)"
+    )
     base = Path(tempfile.mkdtemp(prefix="tandem-bench-etcd-"))
     etcd = EtcdCluster.start(base)
     try:
@@ -207,21 +226,24 @@ def main() -> int:
         print(f"  observe while cut  {lat['observe while cut']['seconds']:.2f} s (the budget)")
         rounds = []
         for r in range(args.rounds):
-            got = failover_round(etcd, base, r=r, ttl=ttl, timeout=timeout, tick=tick)
+            got = failover_round(
+                etcd, base, r=r, ttl=ttl, timeout=timeout, margin=margin, tick=tick
+            )
             rounds.append(got)
             stops, owns = got.get("node1 stops"), got.get("node2 owns")
             may = got.get("node2 may promote")
-            margin = f"{may - stops:.2f}" if stops is not None and may is not None else "?"
+            ahead = f"{may - stops:.2f}" if stops is not None and may is not None else "?"
             print(
                 f"round {r + 1}: after the cut node1 stops at {_s(stops)}, node2 owns the key "
-                f"at {_s(owns)}, may promote at {_s(may)} (margin {margin} s)"
+                f"at {_s(owns)}, may promote at {_s(may)} (node1 out {ahead} s before)"
             )
         for mark in ("node2 owns", "node2 may promote"):
             got_all = [g[mark] for g in rounds if mark in g]
             if got_all:
                 print(
                     f"cut -> {mark}: median {statistics.median(got_all):.2f} s, worst "
-                    f"{max(got_all):.2f} s (ttl + 2 ticks = {ttl + 2 * tick:g} s)"
+                    f"{max(got_all):.2f} s (ttl + 2 ticks = {ttl + 2 * tick:g} s; ttl + settle + 3 "
+                    f"ticks = {ttl + settle + 3 * tick:.2f} s)"
                 )
         if args.json:
             args.json.write_text(

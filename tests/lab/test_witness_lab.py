@@ -50,9 +50,9 @@ pytestmark = pytest.mark.lab
 
 MEMBERS = ("198.51.100.21", "198.51.100.22", "198.51.100.23")
 INTERVAL = 0.2
-TTL = 4.0
-RETRY = 1.0
-MARGIN = 1.0  # 0.2 + 2 x 1 + 1 = 3.2 <= 4 x 0.99: the timing rule holds
+TTL = 5.0
+RETRY = 0.5
+MARGIN = 1.0  # 2 x (0.2 + 2 x 0.5) + 1 = 3.4 <= 5 x 0.99: the timing rule holds
 BLOCK = 64 << 10
 URL = f"iscsi://{VIP_IP}:3260/{IQN}/{LUN}"
 STEP_DOWN = ("remove-vip", "stop-target", "demote", "unexport-lun")
