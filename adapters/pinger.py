@@ -4,7 +4,9 @@ One thread per agent sends an ICMP echo request to every address (the peer's man
 replication addresses, the heuristic addresses) each ``interval`` over one socket (raw ICMP
 as root, else an unprivileged ICMP "ping" socket): no process per probe, and a socket is not a
 command, so the ``sh`` command seam is untouched. ``observe`` reads what the replies said; it
-never waits for the network (except once, for the first round after the thread started).
+never waits for the network, except the first time: until every address is known (answered,
+or missed ``misses`` rounds), at most one detection time, so a ``--once`` run sees a dead peer
+as dead.
 
 Invariants:
 
@@ -54,7 +56,7 @@ from reconciler.core.observed import Liveness
 log = logging.getLogger(__name__)
 
 STALE_AFTER = 1.0  # seconds beyond one round after which a silent pinger thread is "unknown"
-FIRST_ROUND_WAIT = 0.5  # longest the first observe waits for the first round, beyond timeout
+FIRST_ROUND_WAIT = 0.5  # slack on the first observe's wait (see _states)
 CLONE_NEWNET = 0x40000000
 _NO_ANSWER = {errno.ENETUNREACH, errno.EHOSTUNREACH, errno.ENETDOWN, errno.EHOSTDOWN}
 ICMP_ECHO_REQUEST = 8
@@ -172,7 +174,8 @@ class Pinger:
         self.error: str | None = None
         self._tracker = ReplyTracker(self.addresses, misses=misses)
         self._lock = threading.Lock()
-        self._first_round = threading.Event()
+        self._first_round = threading.Event()  # set once every address is known (or failed)
+        self._waited = False  # the first observation waited for it (only that one waits)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._last_round: float | None = None
@@ -227,8 +230,11 @@ class Pinger:
         if not self.addresses:
             return {}
         self._ensure_started()
-        if not self._first_round.is_set():
-            self._first_round.wait(self.timeout + FIRST_ROUND_WAIT)
+        if not self._waited and self._thread is not None:
+            self._waited = True
+            # The first observation (a `--once` run has no other) waits until every address
+            # is known, at most one detection time: a dead peer is then "dead", not "unknown".
+            self._first_round.wait(self.misses * self.interval + self.timeout + FIRST_ROUND_WAIT)
         with self._lock:
             if self.error is not None or self._thread is None or not self._thread.is_alive():
                 return None
@@ -277,7 +283,8 @@ class Pinger:
                 self._changes += changed
                 self._last_round = self.clock()
                 self.rounds += 1
-            self._first_round.set()
+            if None not in self._tracker.states.values():
+                self._first_round.set()
             if changed and self.wakeup is not None:
                 self.wakeup.notify("peer liveness")
             next_send += self.interval

@@ -20,7 +20,10 @@ from pathlib import Path
 import pytest
 
 from adapters.factory import world_store
+from adapters.pinger import Pinger
+from adapters.wake import Wakeup
 from tests.lab.agents import AgentCluster, pids_in, reconcile_command
+from tests.lab.agents import links_down as agents_links_down
 from tests.lab.netns import VIP_IP, Lab
 from tests.lab.specs import IQN, LUN, RESOURCE, LabCluster
 from tests.waiting import wait_for
@@ -142,3 +145,57 @@ def client_write_read_ok(agents: AgentCluster, reads: list[str]) -> bool:
     except AssertionError:
         return False
     return True
+
+
+def test_the_pinger_from_outside_the_namespace_sees_the_peer_die(lab: Lab) -> None:
+    """Transport netns: the agent runs outside the node's namespace, so the pinger's thread
+    enters it (setns) before it opens its socket; probes leave from node2's own links."""
+    wakeup = Wakeup()
+    unused = "198.51.100.77"  # in the lab's range, nobody holds it
+    pinger = Pinger(
+        peer_addresses=["198.51.100.1", "198.51.100.129"],
+        heuristics=["198.51.100.10", unused],
+        interval=0.05,
+        timeout=0.05,
+        misses=3,
+        wakeup=wakeup,
+        namespace=lab.ns("node2"),
+    )
+    try:
+        wait_for(
+            "node1 and the client to answer node2's pinger",
+            lambda: (x := pinger.observe()).peer_reachable is True and x.heuristics_ok == 1,
+            timeout=5,
+        )
+        assert pinger.observe().heuristics_total == 2
+        wait_for(  # unknown until it missed 3 rounds, then not answering
+            "the unused address to count as silent",
+            lambda: pinger.answers([unused, "198.51.100.129"]) == (False, True),
+            timeout=5,
+        )
+        wakeup.clear()
+        agents_links_down(lab, "node1")
+        wait_for(
+            "node2's pinger to find node1 dead",
+            lambda: pinger.observe().peer_reachable is False,
+            timeout=5,
+        )
+        assert wakeup.pending() == "peer liveness"
+        assert pinger.observe().heuristics_ok == 1  # the client still answers node2
+        assert pinger.error is None
+        # A fresh pinger (a `reconcile --once` run): its first observation waits until every
+        # address is known, so the dead peer is dead at once, not "unknown".
+        once = Pinger(
+            peer_addresses=["198.51.100.1"],
+            interval=0.05,
+            timeout=0.05,
+            misses=3,
+            namespace=lab.ns("node2"),
+        )
+        try:
+            assert once.observe().peer_reachable is False
+        finally:
+            once.close()
+    finally:
+        pinger.close()
+    assert pinger.observe().peer_reachable is None  # closed: unknown, never "dead"
