@@ -9,7 +9,8 @@ Invariants:
 - Every real adapter gets the same ``Runner`` (the one command seam), built from the node's
   transport and the spec's ``timings.commandTimeout``.
 - Per-node state lives in the state directory under per-node names (``tgt-<node>/``,
-  ``operator-<node>.json``, ``vip-announced-<node>.json``, ``drbd-<node>.json``); only the
+  ``operator-<node>.json``, ``vip-announced-<node>.json``, ``drbd-<node>.json``, the etcd
+  witness's lease ``witness-<node>.json``); only the
   simulated world (``sim-world.json``) is shared, so two agents of one lab can use one state
   directory.
 - Building adapters starts nothing and changes nothing on the node: daemons start in actions,
@@ -26,6 +27,7 @@ Invariants:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, cast
 
@@ -39,6 +41,7 @@ from adapters.base import (
     TargetAdapter,
     VipAdapter,
     WakeSource,
+    WitnessAdapter,
 )
 from adapters.pinger import Pinger
 from adapters.poolconf import NoRoleSource, PoolConfRoleSource
@@ -62,6 +65,8 @@ from reconciler.core.errors import TerminalError
 from reconciler.core.spec import StorageCluster, Transport
 
 if TYPE_CHECKING:
+    from adapters.witness.gateway import EtcdGateway
+    from adapters.witness.status import EtcdStatusPublisher
     from adapters.xapi import XapiClient
 
 WORLD_FILE = "sim-world.json"
@@ -92,7 +97,14 @@ def build_adapters(
 ) -> NodeAdapters:
     chosen = spec.spec.adapters
     world = store
-    concerns = (chosen.drbd, chosen.vip, chosen.target, chosen.role_source, chosen.hypervisor)
+    concerns = (
+        chosen.drbd,
+        chosen.vip,
+        chosen.target,
+        chosen.role_source,
+        chosen.hypervisor,
+        chosen.witness,
+    )
     if world is None and "sim" in concerns:
         world = world_store(spec, state_dir, read_only=dry_run)
     runner = node_runner(spec, node)
@@ -162,6 +174,25 @@ def build_adapters(
 
         assert client is not None
         hypervisor = XapiHypervisor(client, host_name=spec.spec.xapi.host_name(node), runner=runner)
+    witness: WitnessAdapter | None = None
+    if chosen.witness == "sim":
+        import time
+
+        from adapters.sim.adapters import SimWitness
+
+        assert world is not None
+        # A world shared through the state directory follows the agents' clock; an in-memory
+        # world given by the caller (a simulation, a test) keeps the caller's clock.
+        clock = time.monotonic if store is None else None
+        witness = SimWitness(world, node, ttl=spec.spec.witness.ttl, clock=clock)
+    elif chosen.witness == "etcd":
+        witness = etcd_witness(spec, node, state_dir)
+    dog = spec.spec.witness.watchdog
+    if witness is not None and chosen.witness != "sim" and dog is not None:
+        # The simulator models the watchdog itself; a real witness pets the real device.
+        from adapters.watchdog import DeviceWatchdog, PettingWitness
+
+        witness = PettingWitness(witness, DeviceWatchdog(dog.device, dog.timeout))
     local_operator = operator_store(state_dir, node)
     operator: OperatorStore = local_operator
     if client is not None:
@@ -180,6 +211,7 @@ def build_adapters(
         operator=operator,
         wake=wake_sources(role, local_operator, world, node=node),
         hypervisor=hypervisor,
+        witness=witness,
         wakeup=wakeup,
         runner=runner,
     )
@@ -379,3 +411,66 @@ def node_runner(spec: StorageCluster, node: str) -> Runner:
             raise TerminalError(f"node {node}: transport netns needs a namespace")
         return Runner(cast(CommandTransport, Netns(n.namespace)), timeout=timeout)
     return Runner(cast(CommandTransport, Local()), timeout=timeout)
+
+
+def witness_gateway(
+    spec: StorageCluster, *, endpoints: Sequence[str] = ()
+) -> tuple[EtcdGateway | None, str]:
+    """The etcd client of the spec's ``witness`` section (``endpoints`` given: those URLs
+    instead) and its key prefix; None when no endpoint is known. ValueError for an endpoint
+    that is not ``http(s)://HOST[:PORT]``. Opens nothing."""
+    from adapters.witness.gateway import EtcdGateway
+
+    w = spec.spec.witness
+    urls = tuple(endpoints) or tuple(str(u) for u in w.endpoints)
+    if not urls:
+        return None, w.prefix
+    gateway = EtcdGateway(
+        urls,
+        timeout=w.retry_timeout,
+        ca_file=w.ca_file,
+        cert_file=w.cert_file,
+        key_file=w.key_file,
+    )
+    return gateway, w.prefix
+
+
+def witness_record_path(state_dir: Path, node: str) -> Path:
+    """Where the etcd witness of ``node`` persists its lease (``adapters.witness.etcd``)."""
+    from adapters.witness.etcd import lease_record_path
+
+    return lease_record_path(state_dir, node)
+
+
+def etcd_witness(spec: StorageCluster, node: str, state_dir: Path) -> WitnessAdapter:
+    """The witness on the spec's etcd: one lease-backed key ``<prefix><name>/leader``."""
+    from adapters.witness.etcd import EtcdWitness
+
+    try:
+        gateway, prefix = witness_gateway(spec)
+    except ValueError as exc:
+        raise TerminalError(f"witness: {exc}") from exc
+    if gateway is None:
+        raise TerminalError("adapters.witness is 'etcd' but witness.endpoints is empty")
+    return EtcdWitness(
+        gateway,
+        cluster=spec.metadata.name,
+        node=node,
+        prefix=prefix,
+        ttl=spec.spec.witness.ttl,
+        record_path=witness_record_path(state_dir.absolute(), node),
+    )
+
+
+def status_publisher(spec: StorageCluster, node: str) -> EtcdStatusPublisher | None:
+    """Who publishes ``node``'s status records in etcd (``<prefix><name>/status/<node>``);
+    None when the spec names no etcd (``witness.endpoints`` empty). Starts nothing."""
+    from adapters.witness.status import EtcdStatusPublisher
+
+    try:
+        gateway, prefix = witness_gateway(spec)
+    except ValueError as exc:
+        raise TerminalError(f"witness: {exc}") from exc
+    if gateway is None:
+        return None
+    return EtcdStatusPublisher(gateway, prefix=prefix, cluster=spec.metadata.name, node=node)

@@ -9,7 +9,7 @@ make observations come back as UNKNOWN data, exactly like unparseable command ou
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Protocol, TypeVar
@@ -31,6 +31,7 @@ from reconciler.core.observed import (
     RoleVerdict,
     TargetObs,
     VipObs,
+    WitnessObs,
 )
 from reconciler.core.spec import Lun, Resource, StorageCluster, Target, Vip
 
@@ -451,6 +452,54 @@ class SimOperatorStore(_SimBase):
             nd.force = state.force
 
 
+@dataclass
+class SimWitness(_SimBase):
+    """The simulated 3-member etcd (``World.witness``): the cluster's leader key with leases
+    on the witness's clock, this node's clock and its memory of its last claim."""
+
+    ttl: float = 10.0
+    # The agent's clock for a world shared through a file by agent processes (the CLI's
+    # embedded simulator): the witness's clock follows it. None: the simulation moves it.
+    clock: Callable[[], float] | None = None
+
+    def _sync(self, world: World) -> None:
+        if self.clock is not None:
+            world.now = max(world.now, self.clock())
+
+    def observe(self) -> WitnessObs:
+        with self.store.transaction() as world:
+            self._sync(world)
+            if world.check_fault(self.node, "witness-observe") == "garbage":
+                world.nodes[self.node].last_observed = world.now
+                left = world.lease_left(self.node, self.ttl)
+                return WitnessObs(
+                    enabled=True, reachable=False, lease_left=left, error="unreadable answer"
+                )
+            reachable, holder, left = world.witness_observe(self.node, self.ttl)
+            error = None if reachable else "no etcd majority answers"
+            return WitnessObs(
+                enabled=True, reachable=reachable, holder=holder, lease_left=left, error=error
+            )
+
+    def claim(self) -> None:
+        with self.store.transaction() as world:
+            self._sync(world)
+            world.witness_claim(self.node, self.ttl)
+
+    def release(self) -> None:
+        with self.store.transaction() as world:
+            self._sync(world)
+            world.witness_release(self.node)
+
+
+def sim_witness(store: WorldStore, node: str, spec: StorageCluster) -> SimWitness | None:
+    """The simulated witness when the spec names one (in a simulation every concern is
+    simulated: 'etcd' too)."""
+    if spec.spec.adapters.witness == "none":
+        return None
+    return SimWitness(store=store, node=node, ttl=spec.spec.witness.ttl)
+
+
 def _as(cls: type[_E], value: object) -> _E:
     return value if isinstance(value, cls) else cls(str(value))
 
@@ -474,6 +523,7 @@ def sim_node_adapters(store: WorldStore, node: str, spec: StorageCluster) -> Nod
         liveness=sim_liveness(store, node, spec),
         operator=SimOperatorStore(store, node),
         hypervisor=sim_hypervisor(store, node, spec),
+        witness=sim_witness(store, node, spec),
     )
 
 

@@ -25,6 +25,7 @@ from pydantic import (
     Strict,
     StrictBool,
     StrictInt,
+    StringConstraints,
     field_validator,
     model_validator,
 )
@@ -137,6 +138,7 @@ class DisconnectedPolicy(StrEnum):
     REFUSE = "refuse"
     OUTDATED_PEER = "outdated-peer"
     QUORUM = "quorum"
+    WITNESS = "witness"
 
 
 class Promotion(_Model):
@@ -148,7 +150,10 @@ class Promotion(_Model):
             "'refuse': never (an operator override is needed); "
             "'outdated-peer': only when DRBD reports the peer's disk Outdated; "
             "'quorum': also when the peer is unreachable and a majority of heuristic "
-            "addresses answer (the lone host still sees the outside world)."
+            "addresses answer (the lone host still sees the outside world); "
+            "'witness': only while this node holds the cluster's lease-backed key in etcd "
+            "(see 'witness'): the serving node renews it, a disconnected node promotes only "
+            "after the old holder's lease has expired and while it reaches an etcd majority."
         ),
     )
     heuristics: tuple[IPv4, ...] = Field(
@@ -450,6 +455,15 @@ class Adapters(_Model):
         ),
     )
 
+    witness: Literal["none", "sim", "etcd"] = Field(
+        default="none",
+        description=(
+            "The quorum witness of promotion.whenDisconnected 'witness': 'etcd' (an etcd v3 "
+            "cluster through its HTTP gateway, see 'witness'), 'sim' (the simulated 3-member "
+            "etcd), 'none'. Default: 'etcd' when the policy is 'witness', else 'none'."
+        ),
+    )
+
     @property
     def simulated(self) -> tuple[str, ...]:
         """The concerns served by the simulator (spelled as in the spec)."""
@@ -459,6 +473,7 @@ class Adapters(_Model):
             "target": self.target,
             "roleSource": self.role_source,
             "hypervisor": self.hypervisor,
+            "witness": self.witness,
         }
         return tuple(name for name, value in chosen.items() if value == "sim")
 
@@ -473,6 +488,131 @@ class Adapters(_Model):
                 "liveness",
             )
         return self
+
+
+EtcdUrl = Annotated[
+    str,
+    StringConstraints(pattern=r"^https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?/?$"),
+    Field(description="An etcd client URL (v3 HTTP gateway), e.g. http://10.0.0.9:2379."),
+]
+
+
+class Watchdog(_Model):
+    """A hardware (or softdog) watchdog the agent pets before every witness observation: a node
+    whose agent stops (a long pause, SIGSTOP, a hung kernel) is reset before the other node can
+    take over on its expired lease, so it cannot keep DRBD Primary meanwhile (adapters/watchdog.py;
+    the simulator models it with adapters.witness 'sim', and then no device is opened)."""
+
+    device: FilePath = Field(
+        default="/dev/watchdog", description="The watchdog device (Linux: /dev/watchdog)."
+    )
+    timeout: Seconds = Field(
+        description="Seconds without a pet before the device resets the node; at most "
+        "(settle + stepDownMargin) x (1 - clockDrift), settle = (tickInterval + 2 x "
+        "retryTimeout + stepDownMargin) x (1 + clockDrift)."
+    )
+
+
+class Witness(_Model):
+    """The quorum witness of ``promotion.whenDisconnected: witness``: one lease-backed key per
+    cluster in an etcd cluster (``<prefix><metadata.name>/leader`` holds the node name of the
+    lease holder; ``<prefix><metadata.name>/status/<node>`` each node's status record).
+
+    Timing rule (docs/operations.md, "The witness"): with L = timings.tickInterval,
+    R = retryTimeout, M = stepDownMargin, the longest between two witness observations of one
+    agent is G = L + 2R (the wait, the witness read, the lease refresh). A serving node decides
+    to step down only at an observation, so it must do so while one more gap and the step-down
+    still fit in its lease (threshold G + M); and a freshly refreshed lease must still be above
+    that threshold one gap later: ``2 x (L + 2R) + M <= ttl x (1 - clockDrift)`` (Patroni's
+    ``loop_wait + 2 x retry_timeout <= ttl`` twice over: Patroni demotes in the same loop as
+    the failed update, tandem in the tick after it)."""
+
+    endpoints: tuple[EtcdUrl, ...] = Field(
+        default=(),
+        description="etcd client URLs (v3 HTTP gateway); required (at least one) when the "
+        "policy is 'witness'.",
+    )
+    prefix: str = Field(
+        default="/tandem/",
+        pattern=r"^/([A-Za-z0-9_.-]+/)*$",
+        description="Key prefix shared by every cluster using this etcd (starts and ends with /).",
+    )
+    ttl: Seconds = Field(default=10.0, description="Lease time-to-live of the leader key.")
+    retry_timeout: Seconds = Field(
+        default=2.0, description="Timeout of every etcd call (observation, claim, release)."
+    )
+    step_down_margin: Seconds = Field(
+        default=1.0,
+        description="Lease time kept in reserve to stop serving (target, VIP, demote) before "
+        "the lease can expire on etcd: a serving node with less left stops serving.",
+    )
+    clock_drift: Annotated[float, Strict()] = Field(
+        default=0.01,
+        ge=0,
+        le=0.1,
+        allow_inf_nan=False,
+        description="The most a node's monotonic clock may run slow against etcd's (a "
+        "fraction: 0.01 = 1%).",
+    )
+    watchdog: Watchdog | None = Field(
+        default=None,
+        description="Pet a watchdog device at every tick (the fence against agent pauses).",
+    )
+    ca_file: FilePath | None = Field(
+        default=None,
+        description="With https:// endpoints: the CA certificate (PEM) that signed etcd's "
+        "server certificates (default: the system's CA store).",
+    )
+    cert_file: FilePath | None = Field(
+        default=None,
+        description="A client certificate (PEM) for etcd's --client-cert-auth; with keyFile.",
+    )
+    key_file: FilePath | None = Field(
+        default=None,
+        description="The client certificate's private key (PEM, readable by the agent only).",
+    )
+
+    def gap(self, tick_interval: float) -> float:
+        """G: the longest between two witness observations of one agent (seconds)."""
+        return tick_interval + 2 * self.retry_timeout
+
+    def step_down_below(self, tick_interval: float) -> float:
+        """A serving, disconnected node stops serving when its lease_left is below this: one
+        more gap and the step-down must fit in what is left (on a clock that may run slow)."""
+        return self.gap(tick_interval) + self.step_down_margin + self.clock_drift * self.ttl
+
+    def refresh_below(self, tick_interval: float) -> float:
+        """The serving node refreshes its lease when lease_left is at or below this (at least
+        one refresh is tried in the gap before the step-down threshold; above it, an idle tick
+        applies nothing)."""
+        return min(self.ttl, self.step_down_below(tick_interval) + self.gap(tick_interval))
+
+    def settle(self, tick_interval: float) -> float:
+        """How long a node waits after claiming a free key before it promotes disconnected:
+        one observation gap of the other node plus its step-down (the other node may still
+        serve unleased if it was connected when its lease ran out)."""
+        return (self.gap(tick_interval) + self.step_down_margin) * (1 + self.clock_drift)
+
+    def watchdog_limit(self, tick_interval: float) -> float:
+        """The longest watchdog timeout that still resets a paused node before the other node
+        can promote: a node paused right after an observation that planned its step-down had
+        at least stepDownMargin of lease left, and the other node promotes no sooner than the
+        settle time after the lease expired."""
+        return (self.settle(tick_interval) + self.step_down_margin) * (1 - self.clock_drift)
+
+    def timing_problem(self, tick_interval: float) -> str | None:
+        """Why these timings break the timing rule (None: they satisfy it)."""
+        need = 2 * self.gap(tick_interval) + self.step_down_margin
+        have = self.ttl * (1 - self.clock_drift)
+        if need <= have:
+            return None
+        return (
+            f"witness timing rule broken: 2 x (timings.tickInterval {tick_interval:g} + 2 x "
+            f"witness.retryTimeout {self.retry_timeout:g}) + witness.stepDownMargin "
+            f"{self.step_down_margin:g} = {need:g} s must be <= witness.ttl {self.ttl:g} x "
+            f"(1 - witness.clockDrift {self.clock_drift:g}) = {have:g} s: a serving node could "
+            "lose its lease before it notices; raise ttl or lower tickInterval/retryTimeout"
+        )
 
 
 class Xapi(_Model):
@@ -542,6 +682,7 @@ class ClusterSpec(_Model):
     alerts: Alerts = Field(default_factory=Alerts)
     adapters: Adapters = Field(default_factory=Adapters)
     xapi: Xapi = Field(default_factory=Xapi)
+    witness: Witness = Field(default_factory=Witness)
 
     @model_validator(mode="before")
     @classmethod
@@ -561,6 +702,17 @@ class ClusterSpec(_Model):
             and str(kind) != RoleSourceType.POOL_MASTER.value
         ):
             data = {**data, "adapters": {**adapters, "roleSource": "state"}}
+        # The witness adapter follows the policy: etcd for 'witness', none otherwise.
+        adapters = data.get("adapters", {})
+        promotion = data.get("promotion")
+        policy = promotion.get("whenDisconnected") if isinstance(promotion, dict) else None
+        if (
+            isinstance(adapters, dict)
+            and "witness" not in adapters
+            and policy is not None
+            and str(policy) == DisconnectedPolicy.WITNESS.value
+        ):
+            data = {**data, "adapters": {**adapters, "witness": "etcd"}}
         return data
 
     @model_validator(mode="before")
@@ -689,7 +841,47 @@ class ClusterSpec(_Model):
                 "roleSource",
                 "preferred",
             )
+        self._witness_rules()
         return self
+
+    def _witness_rules(self) -> None:
+        witness_policy = self.promotion.when_disconnected is DisconnectedPolicy.WITNESS
+        if witness_policy and self.adapters.witness == "none":
+            raise cross_field_error(
+                "promotion.whenDisconnected 'witness' needs a witness adapter ('etcd' or 'sim')",
+                "adapters",
+                "witness",
+            )
+        if (self.witness.cert_file is None) != (self.witness.key_file is None):
+            raise cross_field_error(
+                "witness.certFile and witness.keyFile go together (a client certificate and "
+                "its key)",
+                "witness",
+                "certFile" if self.witness.cert_file is None else "keyFile",
+            )
+        if not witness_policy:
+            return
+        if self.adapters.witness == "etcd" and not self.witness.endpoints:
+            raise cross_field_error(
+                "promotion.whenDisconnected 'witness' needs witness.endpoints (at least one "
+                "etcd client URL)",
+                "witness",
+                "endpoints",
+            )
+        if problem := self.witness.timing_problem(self.timings.tick_interval):
+            raise cross_field_error(problem, "witness", "ttl")
+        dog = self.witness.watchdog
+        limit = self.witness.watchdog_limit(self.timings.tick_interval)
+        if dog is not None and dog.timeout > limit:
+            raise cross_field_error(
+                f"witness.watchdog.timeout ({dog.timeout:g}) must be <= (settle time + "
+                f"stepDownMargin) x (1 - clockDrift) = {limit:.2f} s (settle: 1.01 x "
+                "(tickInterval + 2 x retryTimeout + stepDownMargin) at 1% drift): a paused node "
+                "must be reset before the other node can promote",
+                "witness",
+                "watchdog",
+                "timeout",
+            )
 
 
 def _node_address_owners(*nodes: Node) -> dict[ipaddress.IPv4Address, str]:

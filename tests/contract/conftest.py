@@ -35,7 +35,9 @@ from tests.contract.envs import (
     TargetEnv,
     VipEnv,
 )
+from tests.contract.witness_envs import RealWitnessEnv, SimWitnessEnv, WitnessEnv
 from tests.contract.xapi_envs import XAPI, XapiRoleEnv
+from tests.etcd_cluster import etcd  # noqa: F401  (the session's real etcd)
 from tests.lab.conftest import (  # noqa: F401  (the lab fixtures and their failure hook)
     lab,
     lab_factory,
@@ -126,3 +128,17 @@ def drbd_env(
             env.close()
         return
     raise NotImplementedError("the VM tier provides real DRBD")  # pragma: no cover
+
+
+@pytest.fixture(params=[SIM, REAL])
+def witness_env(
+    request: pytest.FixtureRequest, cluster: StorageCluster, tmp_path: Path
+) -> Iterator[WitnessEnv]:
+    if request.param == SIM:
+        yield SimWitnessEnv(cluster)
+        return
+    env = RealWitnessEnv(request.getfixturevalue("etcd"), tmp_path / "state")
+    try:
+        yield env
+    finally:
+        env.close()
