@@ -536,6 +536,8 @@ class WitnessMachine(FailoverMachine):
         self.check_liveness(first)
         sim = self.sim
         old = sim.expected_primary() or first
+        if sim.serving_ok(old) is not None or not sim.replication_ok():
+            return  # a split brain the operator forced (check_liveness reported it): no measure
         new = sim.w.peer(old)
         sim.fault("isolate", old)
         sim.fault("replication", value=False)

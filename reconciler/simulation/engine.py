@@ -170,7 +170,7 @@ class Simulation:
     # --- bookkeeping ----------------------------------------------------------------------
 
     def _begin(self, kind: str, entry: dict[str, Any]) -> None:
-        if kind not in ("tick", "plan", "apply-next", "client-write", "expect", "heal"):
+        if kind not in ("tick", "plan", "apply-next", "client-write", "expect", "heal", "time"):
             self.repairing = False  # a new fault (or command): the operator stops repairing
         self.step += 1
         self.counts[kind] += 1
@@ -423,6 +423,17 @@ class Simulation:
                 entry = {name: {"node": node, "resource": resource}}
         if name == "inject":
             entry = {"inject": {"node": node, **{k: v for k, v in kw.items() if v is not None}}}
+        if name in ("etcdDown", "etcdUp"):
+            entry = {name: True}
+        if name in ("etcdMemberDown", "etcdMemberUp"):
+            member = kw.get("value")
+            if isinstance(member, bool) or not isinstance(member, int):
+                # The first member that can change (the scenario step names it).
+                up = name == "etcdMemberUp"
+                members = self.w.witness.members
+                member = next((i for i, m in enumerate(members) if m != up), 0)
+            kw = dict(kw, value=member)
+            entry = {name: member}
         label = fault_label(name, kw)
         self._begin(label, entry)
         text = apply_fault(self, name, node, kw)
@@ -459,7 +470,7 @@ class Simulation:
 
     def set_pool_master(self, master: str | None) -> None:
         """The pool agrees on a (new) master, e.g. HA-Lizard promoting the slave."""
-        self._begin("pool-master-change", {"poolMaster": master})
+        self._begin("pool-master-change", {"poolMaster": master or "none"})
         self.w.pool_master = master
         self.w.pool_views = {}
         self._note("role", None, f"pool master is now {master or 'nobody'} (both nodes agree)")
@@ -467,7 +478,7 @@ class Simulation:
 
     def split_pool(self, views: Mapping[str, str | None]) -> None:
         """Each node believes its own pool master (a pool split: the role source is wrong)."""
-        self._begin("pool-split", {"poolViews": dict(views)})
+        self._begin("pool-split", {"poolViews": {k: v or "none" for k, v in views.items()}})
         self.w.pool_views = dict(views)
         shown = ", ".join(f"{n} believes {m or 'nobody'}" for n, m in views.items())
         self._note("role", None, f"pool split: {shown}")
