@@ -40,9 +40,9 @@ def test_the_witness_policy_with_the_simulated_witness_loads() -> None:
 def test_the_witness_adapter_defaults_to_etcd_with_the_policy_and_etcd_needs_endpoints() -> None:
     text = witness_spec("    ttl: 10\n", adapter=None)
     assert "witness.endpoints" in problem(text)
-    ok = load_spec(witness_spec("    endpoints: [http://192.0.2.9:2379]\n", adapter=None))
+    ok = load_spec(witness_spec("    endpoints: [http://198.51.100.9:2379]\n", adapter=None))
     assert ok.spec.adapters.witness == "etcd"
-    assert ok.spec.witness.endpoints == ("http://192.0.2.9:2379",)
+    assert ok.spec.witness.endpoints == ("http://198.51.100.9:2379",)
     assert load_spec(DEMO).spec.adapters.witness == "none"
 
 
@@ -81,3 +81,20 @@ def test_the_derived_thresholds() -> None:
     assert w.watchdog_limit(1.0) == pytest.approx(5.04 * 0.99)
     # a fresh lease is above the step-down threshold one gap later (what the rule buys)
     assert w.ttl - w.gap(1.0) > w.step_down_below(1.0)
+
+
+def test_an_unset_ttl_follows_the_tick_interval_so_the_defaults_are_valid() -> None:
+    # retryTimeout 1 (witness_spec's), margin 1, drift 1%: 2 x (10 + 2) + 1 = 25 -> 25.25 -> 26
+    spec = load_spec(witness_spec("", tick="10"))
+    assert spec.spec.witness.ttl == 26
+    assert spec.spec.witness.timing_problem(10) is None
+    # a short tick keeps the floor of 10 s
+    assert load_spec(witness_spec("", tick="1")).spec.witness.ttl == 10
+    # every default: tickInterval 10, retryTimeout 2 -> (2 x 14 + 1) / 0.99 = 29.3 -> 30
+    text = DEMO.replace(POLICY, "whenDisconnected: witness").replace(
+        "    tickInterval: 2\n", "    tickInterval: 10\n"
+    )
+    text = text.replace("  adapters:\n", "  adapters:\n    witness: sim\n")
+    assert load_spec(text).spec.witness.ttl == 30
+    # a ttl that is set is never raised behind the operator's back
+    assert "witness timing rule broken" in problem(witness_spec("    ttl: 10\n", tick="10"))

@@ -16,6 +16,7 @@ Invariants of this module:
 from __future__ import annotations
 
 import ipaddress
+import math
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
@@ -537,7 +538,13 @@ class Witness(_Model):
         pattern=r"^/([A-Za-z0-9_.-]+/)*$",
         description="Key prefix shared by every cluster using this etcd (starts and ends with /).",
     )
-    ttl: Seconds = Field(default=10.0, description="Lease time-to-live of the leader key.")
+    ttl: Seconds = Field(
+        default=10.0,
+        description="Lease time-to-live of the leader key. Not set: the smallest whole number "
+        "of seconds, at least 10, that satisfies the timing rule for the spec's "
+        "tickInterval, retryTimeout and stepDownMargin (30 s with the defaults: tickInterval "
+        "10, retryTimeout 2, stepDownMargin 1); set: validated against the rule.",
+    )
     retry_timeout: Seconds = Field(
         default=2.0, description="Timeout of every etcd call (observation, claim, release)."
     )
@@ -599,6 +606,10 @@ class Witness(_Model):
         at least stepDownMargin of lease left, and the other node promotes no sooner than the
         settle time after the lease expired."""
         return (self.settle(tick_interval) + self.step_down_margin) * (1 - self.clock_drift)
+
+    def ttl_needed(self, tick_interval: float) -> float:
+        """The shortest ttl that satisfies the timing rule (seconds)."""
+        return (2 * self.gap(tick_interval) + self.step_down_margin) / (1 - self.clock_drift)
 
     def timing_problem(self, tick_interval: float) -> str | None:
         """Why these timings break the timing rule (None: they satisfy it)."""
@@ -868,6 +879,10 @@ class ClusterSpec(_Model):
                 "witness",
                 "endpoints",
             )
+        if "ttl" not in self.witness.model_fields_set:
+            # An unset ttl follows the tick interval: the default spec stays valid.
+            ttl = max(10.0, float(math.ceil(self.witness.ttl_needed(self.timings.tick_interval))))
+            object.__setattr__(self, "witness", self.witness.model_copy(update={"ttl": ttl}))
         if problem := self.witness.timing_problem(self.timings.tick_interval):
             raise cross_field_error(problem, "witness", "ttl")
         dog = self.witness.watchdog
