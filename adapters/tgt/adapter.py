@@ -26,10 +26,12 @@ Invariants:
 - The observation cache (the informer pattern: a complete listing is the state of the
   stream, and the stream here is this adapter's own actions plus tgtd's exit): ``observe``
   answers from the last full ``tgtadm --op show --mode target`` (plus ``portal show`` when a
-  portal is configured), re-listed when it is older than ``resync`` seconds, after every action
-  of this adapter (each one drops it, before and after), and whenever the handle says tgtd
-  exited or was started. It is still level-based: every tick gets a complete observation, of
-  a listing no older than ``resync`` that nothing this adapter did has changed since; nothing
+  portal is configured, and ``sys show`` for the system State when tgtd listens where it
+  should: ``start`` reads both, below), re-listed when it is older than ``resync`` seconds,
+  after every action of this adapter (each one drops it, before and after), and whenever
+  the handle says tgtd exited or was started. It is still level-based: every tick gets a
+  complete observation, of a listing no older than ``resync`` that nothing this adapter did
+  has changed since; nothing
   else on the node defines targets on this adapter's private control socket, and what
   someone does by hand with ``tgtadm`` on it is seen at the next re-list. A re-list that fails
   is ``running=None`` (unknown), never an answer from the older listing. An idle tick spawns
@@ -38,12 +40,19 @@ Invariants:
   unreadable or truncated output -> ``running=None`` with ``error``. A LUN counts as exported only
   when its SCSI ID and SN are the spec's (a LUN with default IDs would show initiators a
   different disk).
-- Actions are idempotent by observation (show first, then change only what differs) and raise
-  only ``TransientError``/``TerminalError``. No action carries a belief into the next and none
-  reads the cache: ``start`` asks tgtd whether it runs even right after ``observe`` found it
-  absent, and ``export_lun`` shows the target even right after ``start`` defined it (the only
-  thing kept between calls for actions is the handle of the tgtd child, a resource, see
-  ``_proc``).
+- Actions are idempotent by observation (show first, then change only what differs, or the
+  change first when tgtd's refusal says it was already so) and raise only
+  ``TransientError``/``TerminalError``. Two takeover shortcuts read the same stream the cache
+  is fed by, and only to choose the first request (tgtd's answer decides; any refusal takes
+  the full show-and-compare path): ``start`` skips ``sys show`` and ``portal show`` when the
+  listing from before it (the one the tick observed, same tgtd PID and generation, not older
+  than ``resync``) says State ready on the portal, and ``export_lun`` sends ``logicalunit
+  new`` first when this adapter's own ``target new`` defined the target in the tgtd that runs
+  now, with no stop, delete, start or exit of tgtd since (``_defined``). Neither is kept
+  across a tgtd start or exit, and what is done by hand on the private control socket is
+  seen at the next re-list, as for ``observe``. A takeover on an observed resident tgtd is
+  4 ``tgtadm`` calls (``target new``, ``bind``, ``logicalunit new``, ``update``); without
+  the listing (a ``--once`` run, a restarted agent) ``start`` asks first, as before.
 - Parsing is ``adapters.tgt.parse`` (pure and total).
 - CHAP (``target.chap``, secrets read by ``adapters.tgt.chap``): accounts are bound before the
   ACL admits anyone, and compared by user name only (tgtadm shows no password); a target with
