@@ -396,6 +396,37 @@ def test_a_takeover_after_an_observation_asks_only_what_it_changes(
         tgt.stop_daemon(spec)
 
 
+def test_an_export_by_a_restarted_agent_shows_first_and_never_uses_a_foreign_tid(
+    lab: Lab, tmp_path: Path
+) -> None:
+    """``logicalunit new`` goes first only after this adapter's own ``target new`` in the tgtd
+    that runs: a restarted agent (a new adapter on the same control directory) shows the
+    target first, and a tid that now carries another IQN (redefined by hand) gets no LUN."""
+    first = make_adapter(lab, "node1", tmp_path)
+    spec = target(LUN1)
+    try:
+        first.start(spec)
+        first.close()
+        again = make_adapter(lab, "node1", tmp_path)  # no handle, no record of `target new`
+        before = again.runner.spawned
+        again.export_lun(spec, LUN1, R0)
+        assert again.runner.spawned - before == 3  # target show, LUN new, update
+        assert again.observe(spec) == TargetObs(
+            running=True, daemon=True, exported_luns=frozenset({1})
+        )
+        # The tid redefined by hand under another IQN: the export refuses it, adds nothing.
+        adm = ["tgtadm", "--lld", "iscsi", "--mode", "target", "--op"]
+        again.runner.run([*adm, "delete", "--force", "--tid", "1"], env=again.env)
+        other = "iqn.2024-01.test.lab:someone-else"
+        again.runner.run([*adm, "new", "--tid", "1", "-T", other], env=again.env)
+        with pytest.raises(TerminalError, match="is not defined"):
+            again.export_lun(spec, LUN1, R0)
+        foreign = shown(again).target(1)
+        assert foreign is not None and foreign.iqn == other and foreign.lun(1) is None
+    finally:
+        first.stop_daemon(spec)
+
+
 def test_a_target_state_set_offline_by_hand_is_set_ready_by_start(lab: Lab, tmp_path: Path) -> None:
     """The listing records whether tgtd said State ready: one set offline by hand (seen at
     the re-list) makes the takeover ask again and set it ready."""
