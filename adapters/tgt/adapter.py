@@ -26,10 +26,12 @@ Invariants:
 - The observation cache (the informer pattern: a complete listing is the state of the
   stream, and the stream here is this adapter's own actions plus tgtd's exit): ``observe``
   answers from the last full ``tgtadm --op show --mode target`` (plus ``portal show`` when a
-  portal is configured), re-listed when it is older than ``resync`` seconds, after every action
-  of this adapter (each one drops it, before and after), and whenever the handle says tgtd
-  exited or was started. It is still level-based: every tick gets a complete observation, of
-  a listing no older than ``resync`` that nothing this adapter did has changed since; nothing
+  portal is configured, and ``sys show`` for the system State when tgtd listens where it
+  should: ``start`` reads both, below), re-listed when it is older than ``resync`` seconds,
+  after every action of this adapter (each one drops it, before and after), and whenever
+  the handle says tgtd exited or was started. It is still level-based: every tick gets a
+  complete observation, of a listing no older than ``resync`` that nothing this adapter did
+  has changed since; nothing
   else on the node defines targets on this adapter's private control socket, and what
   someone does by hand with ``tgtadm`` on it is seen at the next re-list. A re-list that fails
   is ``running=None`` (unknown), never an answer from the older listing. An idle tick spawns
@@ -38,12 +40,19 @@ Invariants:
   unreadable or truncated output -> ``running=None`` with ``error``. A LUN counts as exported only
   when its SCSI ID and SN are the spec's (a LUN with default IDs would show initiators a
   different disk).
-- Actions are idempotent by observation (show first, then change only what differs) and raise
-  only ``TransientError``/``TerminalError``. No action carries a belief into the next and none
-  reads the cache: ``start`` asks tgtd whether it runs even right after ``observe`` found it
-  absent, and ``export_lun`` shows the target even right after ``start`` defined it (the only
-  thing kept between calls for actions is the handle of the tgtd child, a resource, see
-  ``_proc``).
+- Actions are idempotent by observation (show first, then change only what differs, or the
+  change first when tgtd's refusal says it was already so) and raise only
+  ``TransientError``/``TerminalError``. Two takeover shortcuts read the same stream the cache
+  is fed by, and only to choose the first request (tgtd's answer decides; any refusal takes
+  the full show-and-compare path): ``start`` skips ``sys show`` and ``portal show`` when the
+  listing from before it (the one the tick observed, same tgtd PID and generation, not older
+  than ``resync``) says State ready on the portal, and ``export_lun`` sends ``logicalunit
+  new`` first when this adapter's own ``target new`` defined the target in the tgtd that runs
+  now, with no stop, delete, start or exit of tgtd since (``_defined``). Neither is kept
+  across a tgtd start or exit, and what is done by hand on the private control socket is
+  seen at the next re-list, as for ``observe``. A takeover on an observed resident tgtd is
+  4 ``tgtadm`` calls (``target new``, ``bind``, ``logicalunit new``, ``update``); without
+  the listing (a ``--once`` run, a restarted agent) ``start`` asks first, as before.
 - Parsing is ``adapters.tgt.parse`` (pure and total).
 - CHAP (``target.chap``, secrets read by ``adapters.tgt.chap``): accounts are bound before the
   ACL admits anyone, and compared by user name only (tgtadm shows no password); a target with
@@ -118,12 +127,16 @@ class _Listing:
     """One full listing of our tgtd: ``show`` None when nothing answered on the socket;
     ``elsewhere``: why tgtd does not listen on the portal (None: it does, or no portal);
     ``taken``: the clock when the re-list began; ``generation``: tgtd's starts and exits seen
-    through the handle until then."""
+    through the handle until then; ``ready``: tgtd answered ``sys show`` with State ready
+    and (with a portal) ``portal show`` listing the portal (False also when either question
+    went unanswered)."""
 
     show: TgtShow | None
     elsewhere: str | None
     taken: float
     generation: int
+    ready: bool = False  # tgtd said State ready and (with a portal) that it listens there
+    pid: int | None = None  # the tgtd that answered (None: not known)
 
 
 class TgtAdapter:
@@ -194,6 +207,11 @@ class TgtAdapter:
         self._listing: _Listing | None = None
         self._generation = 0
         self._killing: set[int] = set()  # PIDs this adapter kills itself: no wake for them
+        # The target this adapter's own `target new` defined, as (generation, tgtd PID, tid,
+        # IQN): part of the same stream as the listing (this adapter's actions and tgtd's
+        # exit). ``export_lun`` uses it to send `logicalunit new` first (see there); any
+        # stop, delete or tgtd start/exit makes it not match any more.
+        self._defined: tuple[int, int, int, str] | None = None
         self._closed = False
 
     # ------------------------------------------------------------------ commands
@@ -330,8 +348,24 @@ class TgtAdapter:
         show = parse_tgtadm_show(res.stdout)
         if not show.ok:
             return "unreadable tgtadm target show output: " + "; ".join(show.problems[:3])
-        elsewhere = self._listens_elsewhere(timeout=quick)
-        return _Listing(show=show, elsewhere=elsewhere, taken=now, generation=generation)
+        elsewhere, on_portal = self._portal_check(timeout=quick)
+        ready = on_portal and self._state_ready(timeout=quick)
+        return _Listing(
+            show=show,
+            elsewhere=elsewhere,
+            taken=now,
+            generation=generation,
+            ready=ready,
+            pid=self._known_pid(),
+        )
+
+    def _state_ready(self, *, timeout: float | None = None) -> bool:
+        """Whether tgtd answers ``sys show`` with State ready (False: offline, or no answer)."""
+        try:
+            res = self._sys("show", check=False, timeout=timeout)
+        except AdapterError:
+            return False
+        return res.ok and parse_tgtadm_sys(res.stdout).state == "ready"
 
     def invalidate(self) -> None:
         """Drop the listing: the next ``observe`` re-lists (every action calls it)."""
@@ -339,11 +373,22 @@ class TgtAdapter:
             self._listing = None
 
     @contextlib.contextmanager
-    def _acting(self) -> Iterator[None]:
-        """An action changes what tgtd shows: no listing from before or during it is used."""
-        self.invalidate()
+    def _acting(self) -> Iterator[_Listing | None]:
+        """An action changes what tgtd shows: no listing from before or during it is used
+        for ``observe``. The action is handed the listing from before it (None when there
+        was none, or it is stale or of another tgtd generation: the one ``observe`` would
+        have used): ``start`` uses it only to skip questions whose answer cannot have
+        changed without this adapter seeing it (see ``_start``)."""
+        now = self.clock()
+        with self._lock:
+            before, generation = self._listing, self._generation
+            self._listing = None
+        if before is not None and (
+            before.generation != generation or now - before.taken >= self.resync
+        ):
+            before = None
         try:
-            yield
+            yield before
         finally:
             self.invalidate()
 
@@ -351,19 +396,25 @@ class TgtAdapter:
         """Why our running tgtd does not listen on the configured portal, or None (it does,
         no portal is configured, or the question could not be answered: that is observed
         again at the next tick)."""
+        return self._portal_check(timeout=timeout)[0]
+
+    def _portal_check(self, *, timeout: float | None = None) -> tuple[str | None, bool]:
+        """(``_listens_elsewhere``'s answer, whether tgtd was seen listening on the portal:
+        True also with no portal configured, False when the question went unanswered)."""
         if not self.portal:
-            return None
+            return None, True
         try:
             res = self._iscsi("portal", "show", check=False, timeout=timeout)
         except AdapterError:
-            return None
+            return None, False
         if not res.ok:
-            return None
+            return None, False
         portals = parse_tgtadm_portals(res.stdout)
         if self.portal in portals:
-            return None
+            return None, True
         listening = ", ".join(portals) or "nothing"
-        return f"tgtd listens on {listening}, not on the portal {self.portal}: restart it there"
+        why = f"tgtd listens on {listening}, not on the portal {self.portal}: restart it there"
+        return why, False
 
     # ------------------------------------------------------------------ start
     def start(self, target: Target) -> None:
@@ -373,14 +424,18 @@ class TgtAdapter:
 
         On a resident tgtd (the takeover case) the first request is ``target new`` itself:
         "already exists" means it is defined, and the show-and-compare path takes over."""
-        with self._acting():
+        with self._acting() as before:
             began = time.monotonic()
-            self._start(target)
+            self._start(target, before)
             self.timings["start"] = time.monotonic() - began
 
-    def _start(self, target: Target) -> None:
+    def _start(self, target: Target, before: _Listing | None = None) -> None:
         new = ("--mode", "target", "--op", "new", "--tid", str(target.tid), "-T", target.iqn)
-        fresh = self._define_on_resident(target, new)
+        fresh: bool | None = None
+        if self._known_ready(before):
+            fresh = self._define_on_ready(target, new)
+        if fresh is None:
+            fresh = self._define_on_resident(target, new)
         verify: Callable[[], None] | None = None
         if fresh is None:  # no usable resident tgtd: start one
             verify = self._ensure_daemon(first=new)
@@ -388,6 +443,7 @@ class TgtAdapter:
             if fresh:  # the new tgtd's first request defined the target
                 self.inventory.change("drop_all_targets")
                 self.inventory.change("add_target", target.tid, target.iqn)
+                self._note_defined(target)
             else:  # a tgtd answers after all (started meanwhile by another agent run)
                 fresh = self._target_new(target, new)
         try:
@@ -399,6 +455,41 @@ class TgtAdapter:
             raise
         if verify is not None:
             verify()
+
+    def _note_defined(self, target: Target) -> None:
+        pid = self._known_pid()
+        with self._lock:
+            self._defined = None if pid is None else (self._generation, pid, target.tid, target.iqn)
+
+    def _defined_here(self, target: Target) -> bool:
+        """Whether this adapter's own `target new` defined ``target`` in the tgtd that runs
+        now, with no stop, delete, or tgtd start or exit since."""
+        pid = self._known_pid()
+        with self._lock:
+            noted = self._defined
+            return pid is not None and noted == (self._generation, pid, target.tid, target.iqn)
+
+    def _known_ready(self, before: _Listing | None) -> bool:
+        """Whether the listing from before this action (see ``_acting``) already answers what
+        ``_define_on_resident`` would ask: the same tgtd (its PID, and no start or exit seen
+        since) said State ready and listened on the portal. Both can only change by a
+        ``tgtadm`` on our private control socket (this adapter's actions drop the listing;
+        by hand: the same as for ``observe``, seen at the next re-list) or with a new
+        tgtd, which a new PID or generation rules out."""
+        if before is None or before.show is None or not before.ready:
+            return False
+        if before.elsewhere is not None or before.pid is None:
+            return False
+        return self._known_pid() == before.pid
+
+    def _define_on_ready(self, target: Target, new: Sequence[str]) -> bool | None:
+        """The takeover on a tgtd known ready on the portal (``_known_ready``): ``target new``
+        alone, one ``tgtadm``. True: defined now; False: it was defined already; None: no
+        tgtd answered after all (it died since): the caller takes the slow path."""
+        res = self._adm(["--lld", "iscsi", *new], check=False)
+        if res.rc == NOT_RUNNING_RC:
+            return None
+        return self._target_new(target, new, res)
 
     def _define_on_resident(self, target: Target, new: Sequence[str]) -> bool | None:
         """The takeover on the resident tgtd: ``target new`` with, beside it (concurrently,
@@ -431,6 +522,7 @@ class TgtAdapter:
             res = self._adm(["--lld", "iscsi", *new], check=False)
         if res.ok:
             self.inventory.change("add_target", target.tid, target.iqn)
+            self._note_defined(target)
             return True
         if "already exists" in res.stderr:
             return False
@@ -654,16 +746,31 @@ class TgtAdapter:
     def _export_lun(self, target: Target, lun: Lun, resource: Resource) -> None:
         began = time.monotonic()
         path = self.backing_for(resource)
+        where = ("--tid", str(target.tid), "--lun", str(lun.lun))
+        flags = ("--bsoflags", "direct") if self.direct_io else ()
+        # The takeover: this adapter's own `target new` just defined the target in the tgtd
+        # that runs (``_defined_here``), so the LUN is most likely absent and `logicalunit
+        # new` is the first request: tgtd itself says whether it was. Any refusal (the LUN
+        # exists, ...) takes the show-and-compare path below.
+        res = (
+            self._iscsi("logicalunit", "new", *where, "-b", path, *flags, check=False)
+            if self._defined_here(target)
+            else None
+        )
+        if res is not None and res.ok:
+            self.inventory.change("add_lun", target.tid, lun.lun)
+            params = f"scsi_id={lun.scsi_id},scsi_sn={lun.scsi_sn}"
+            self._iscsi("logicalunit", "update", *where, "--params", params)
+            self.timings["export"] = time.monotonic() - began
+            return
         current = self._show().target(target.tid)
         if current is None or current.iqn != target.iqn:
             raise TerminalError(f"target {target.tid} ({target.iqn}) is not defined; start() first")
         have = current.lun(lun.lun)
-        where = ("--tid", str(target.tid), "--lun", str(lun.lun))
         if have is not None and have.backing_store_path != path:
             self._iscsi("logicalunit", "delete", *where)
             have = None
         if have is None:
-            flags = ("--bsoflags", "direct") if self.direct_io else ()
             self._iscsi("logicalunit", "new", *where, "-b", path, *flags)
             self.inventory.change("add_lun", target.tid, lun.lun)
         if have is None or (have.scsi_id, have.scsi_sn) != (lun.scsi_id, lun.scsi_sn):
@@ -706,6 +813,7 @@ class TgtAdapter:
         IQN this adapter recorded; a tid now carrying another IQN is left alone. Drops the entry
         from the inventory. Idempotent: nothing to do when tgtd or the target is absent."""
         with self._acting():
+            self._defined = None
             self._delete_old_target(tid, iqn)
 
     def _delete_old_target(self, tid: int, iqn: str) -> None:
@@ -738,6 +846,7 @@ class TgtAdapter:
         (``_stop_daemon``: SIGKILL as the last resort): afterwards no target of ours is
         defined (else ``TerminalError``). Idempotent."""
         with self._acting():
+            self._defined = None
             began = time.monotonic()
             if not self._delete_targets(target):
                 self._stop_daemon(target)
@@ -781,6 +890,7 @@ class TgtAdapter:
         sessions, closes backing stores), ``delete --mode system`` started without waiting,
         watch the PID for ``stop_timeout``, SIGKILL as the last resort, or at once when tgt
         refused to delete a target (see ``_orderly_shutdown``)."""
+        self._defined = None
         pid = self._known_pid()
         killer: Process | None = None
         kill_now = False

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from adapters.runner import CommandResult
-from adapters.tgt import TgtAdapter, TgtShow, parse_tgtadm_show
+from adapters.tgt import TgtAdapter, TgtShow, parse_tgtadm_show, parse_tgtadm_sys
 from adapters.wake import Wakeup
 from reconciler.core.errors import TerminalError
 from reconciler.core.observed import TargetObs
@@ -359,6 +359,95 @@ def test_takeover_defines_the_target_without_a_new_daemon(lab: Lab, tmp_path: Pa
         tgt.stop_daemon(spec)
 
 
+def test_a_takeover_after_an_observation_asks_only_what_it_changes(
+    lab: Lab, tmp_path: Path
+) -> None:
+    """The swap's path: the secondary's resident tgtd was observed (its listing says State
+    ready on the portal), so the takeover is `target new`, `bind`, `logicalunit new` and
+    `update` only, one process each; the result is the same as the slow path's."""
+    tgt = make_adapter(lab, "node1", tmp_path)
+    spec = target(LUN1)
+    try:
+        tgt.start_daemon()
+        assert tgt.observe(spec) == TargetObs(running=False, daemon=True)
+        before = tgt.runner.spawned
+        tgt.start(spec)
+        tgt.export_lun(spec, LUN1, R0)
+        assert tgt.runner.spawned - before == 4
+        assert tgt.observe(spec) == TargetObs(
+            running=True, daemon=True, exported_luns=frozenset({1})
+        )
+        lab.run("node1", ["ip", "addr", "add", VIP, "dev", "eth0"])
+        res = qemu_io(lab, 1, "write -P 0x5d 0 64k", "read -P 0x5d 0 64k")
+        assert res.ok and "failed" not in res.stdout + res.stderr, res.stdout + res.stderr
+        # Exporting again (no stop between): the LUN exists, tgtd refuses `new`, and the
+        # show-and-compare path finds nothing to change.
+        before = tgt.runner.spawned
+        tgt.export_lun(spec, LUN1, R0)
+        assert tgt.runner.spawned - before == 2  # LUN new (refused) + target show
+        # After a stop the next takeover takes the fast path again (a fresh observation).
+        tgt.stop(spec)
+        assert tgt.observe(spec) == TargetObs(running=False, daemon=True)
+        before = tgt.runner.spawned
+        tgt.start(spec)
+        tgt.export_lun(spec, LUN1, R0)
+        assert tgt.runner.spawned - before == 4
+    finally:
+        tgt.stop_daemon(spec)
+
+
+def test_an_export_by_a_restarted_agent_shows_first_and_never_uses_a_foreign_tid(
+    lab: Lab, tmp_path: Path
+) -> None:
+    """``logicalunit new`` goes first only after this adapter's own ``target new`` in the tgtd
+    that runs: a restarted agent (a new adapter on the same control directory) shows the
+    target first, and a tid that now carries another IQN (redefined by hand) gets no LUN."""
+    first = make_adapter(lab, "node1", tmp_path)
+    spec = target(LUN1)
+    try:
+        first.start(spec)
+        first.close()
+        again = make_adapter(lab, "node1", tmp_path)  # no handle, no record of `target new`
+        before = again.runner.spawned
+        again.export_lun(spec, LUN1, R0)
+        assert again.runner.spawned - before == 3  # target show, LUN new, update
+        assert again.observe(spec) == TargetObs(
+            running=True, daemon=True, exported_luns=frozenset({1})
+        )
+        # The tid redefined by hand under another IQN: the export refuses it, adds nothing.
+        adm = ["tgtadm", "--lld", "iscsi", "--mode", "target", "--op"]
+        again.runner.run([*adm, "delete", "--force", "--tid", "1"], env=again.env)
+        other = "iqn.2024-01.test.lab:someone-else"
+        again.runner.run([*adm, "new", "--tid", "1", "-T", other], env=again.env)
+        with pytest.raises(TerminalError, match="is not defined"):
+            again.export_lun(spec, LUN1, R0)
+        foreign = shown(again).target(1)
+        assert foreign is not None and foreign.iqn == other and foreign.lun(1) is None
+    finally:
+        first.stop_daemon(spec)
+
+
+def test_a_target_state_set_offline_by_hand_is_set_ready_by_start(lab: Lab, tmp_path: Path) -> None:
+    """The listing records whether tgtd said State ready: one set offline by hand (seen at
+    the re-list) makes the takeover ask again and set it ready."""
+    tgt = make_adapter(lab, "node1", tmp_path)
+    spec = target(LUN1)
+    try:
+        tgt.start_daemon()
+        sys_update = ["tgtadm", "--mode", "sys", "--op", "update", "--name", "State"]
+        tgt.runner.run([*sys_update, "-v", "offline"], env=tgt.env)
+        assert tgt.observe(spec) == TargetObs(running=False, daemon=True)
+        tgt.start(spec)
+        tgt.export_lun(spec, LUN1, R0)
+        sys_show = tgt.runner.run(["tgtadm", "--mode", "sys", "--op", "show"], env=tgt.env)
+        assert parse_tgtadm_sys(sys_show.stdout).state == "ready", sys_show.stdout
+        lab.run("node1", ["ip", "addr", "add", VIP, "dev", "eth0"])
+        res = qemu_io(lab, 1, "read 0 4k")
+        assert res.ok and "failed" not in res.stdout + res.stderr, res.stdout + res.stderr
+    finally:
+        tgt.stop_daemon(spec)
+
+
 def test_the_listing_is_relisted_after_resync(lab: Lab, tmp_path: Path) -> None:
     """A target deleted by hand on the socket: the observation keeps the listing until
     ``resync`` seconds passed (the clock is the test's), then re-lists and sees it."""
@@ -377,7 +466,7 @@ def test_the_listing_is_relisted_after_resync(lab: Lab, tmp_path: Path) -> None:
         assert tgt.runner.spawned == before
         clock.now += 0.5
         assert tgt.observe(spec) == TargetObs(running=False, daemon=True)
-        assert tgt.runner.spawned == before + 2  # target show + portal show
+        assert tgt.runner.spawned == before + 3  # target show + portal show + sys show
     finally:
         tgt.stop_daemon(spec)
 
