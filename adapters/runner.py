@@ -11,6 +11,16 @@ Invariants:
 - Failures map to ``TransientError`` (timeouts, codes the caller marks transient) or
   ``TerminalError`` (missing binary, other non-zero exits). ``check=False`` returns the result
   instead, for commands whose exit code is an answer (``ping``, ``tgtadm --op show``).
+- ``stream`` starts a long-running command whose stdout is delivered line by line (DRBD's
+  ``events2``): through ``sh`` for local and netns transports, through the transport's own
+  ``stream`` for an executing transport that has one (``StreamingTransport``), and a
+  ``TerminalError`` ("transport X cannot stream") for one that has not, so the caller can fall
+  back to polling. Its contract, whichever side implements it: ``on_line(line)`` is called
+  from one reader thread, in order, for every stdout line without its newline (stderr is not
+  delivered); ``on_end(rc)`` is called exactly once, after the last ``on_line``, when the
+  command ended for any reason (``rc`` < 0: killed by signal -rc, also by ``kill()``); an
+  exception raised by a callback is logged and never stops the reader. The handle's ``kill``
+  ends that one process (never a group); ``wait(timeout)`` raises ``TimeoutError``.
 - Nothing else in the product spawns processes (tests check that no other module imports
   ``subprocess`` or ``sh``).
 """
@@ -18,10 +28,11 @@ Invariants:
 from __future__ import annotations
 
 import contextlib
+import logging
 import subprocess
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
@@ -29,6 +40,8 @@ import sh
 
 from adapters.tools import package_of
 from reconciler.core.errors import TerminalError, TransientError
+
+log = logging.getLogger(__name__)
 
 
 class Transport(Protocol):
@@ -93,6 +106,28 @@ class ExecutingTransport(Protocol):
         *,
         env: Mapping[str, str] | None = None,
         log_path: str | None = None,
+    ) -> Process: ...
+
+
+@runtime_checkable
+class StreamingTransport(Protocol):
+    """An executing transport that can also stream a long-running command's output (the VM
+    console agent, ``tests/vm/vmconsole.py``): the same contract as ``Runner.stream`` (see the
+    module docstring). ``env`` holds only the caller's variables. It raises
+    ``FileNotFoundError`` for a missing command and ``OSError`` when the place cannot be
+    reached; once it returned a handle, every later failure (the connection lost, the command
+    killed) ends in ``on_end`` (with a negative ``rc`` when the command's status is unknown)."""
+
+    @property
+    def name(self) -> str: ...
+
+    def stream(
+        self,
+        argv: Sequence[str],
+        *,
+        on_line: Callable[[str], None],
+        on_end: Callable[[int], None],
+        env: Mapping[str, str] | None = None,
     ) -> Process: ...
 
 
@@ -244,6 +279,47 @@ class Runner:
         )
         return _checked(result, argv, check, transient_codes)
 
+    def stream(
+        self,
+        argv: Sequence[str],
+        *,
+        on_line: Callable[[str], None],
+        on_end: Callable[[int], None],
+        env: Mapping[str, str] | None = None,
+    ) -> Process:
+        """Start a long-running command and deliver its stdout line by line (see the module
+        docstring for the contract). Raises ``TerminalError`` for a missing command or a
+        transport that cannot stream, ``TransientError`` when an executing transport cannot
+        reach its place; after it returned, every outcome arrives through ``on_end``."""
+        transport = self.transport
+        if isinstance(transport, ExecutingTransport):
+            if not isinstance(transport, StreamingTransport):
+                raise TerminalError(
+                    f"transport {transport.name} cannot stream", command=tuple(argv)
+                )
+            self.spawned += 1
+            try:
+                return transport.stream(
+                    argv,
+                    on_line=_guard(on_line, argv),
+                    on_end=_once(on_end, argv),
+                    env=_overrides(self.env, env),
+                )
+            except FileNotFoundError as exc:
+                raise TerminalError(_not_found(argv[0]), command=tuple(argv)) from exc
+            except OSError as exc:
+                raise TransientError(
+                    f"{_short(argv)}: {transport.name} transport failed: {exc}",
+                    command=tuple(argv),
+                ) from exc
+        full = transport.wrap(argv)
+        try:
+            cmd = sh.Command(full[0])
+        except sh.CommandNotFound as exc:
+            raise TerminalError(_not_found(full[0]), command=tuple(full)) from exc
+        self.spawned += 1
+        return _ShStream(cmd, full, _merge_env(self.env, env), _guard(on_line, argv), on_end)
+
     def spawn(
         self,
         argv: Sequence[str],
@@ -283,6 +359,100 @@ class Runner:
         finally:
             if log_path and not isinstance(out, int):
                 out.close()
+
+
+class _ShStream:
+    """A ``Process`` for a command started through ``sh`` with a line callback.
+
+    sh calls its own ``_done`` from whichever thread first notices the exit, possibly before
+    the output thread delivered the last lines; so ``on_end`` is called instead by a waiter
+    thread of ours, after ``RunningCommand.wait`` (which joins sh's output thread)."""
+
+    def __init__(
+        self,
+        cmd: sh.Command,
+        full: list[str],
+        env: dict[str, str] | None,
+        on_line: Callable[[str], None],
+        on_end: Callable[[int], None],
+    ) -> None:
+        def deliver(line: str | bytes) -> None:
+            text = line.decode("utf-8", "replace") if isinstance(line, bytes) else line
+            on_line(text.rstrip("\n"))
+
+        self._ended = threading.Event()
+        self._rc: int | None = None
+        self._proc = cmd(
+            *full[1:],
+            _bg=True,
+            _bg_exc=False,
+            _ok_code=list(range(256)),
+            _env=env,
+            _out=deliver,
+            _err=lambda _line: None,  # not delivered, and not collected either
+            _no_out=True,
+            _no_err=True,
+            _return_cmd=True,
+            _tty_out=False,
+        )
+        self.pid: int = self._proc.pid
+        end = _once(on_end, full)
+
+        def waiter() -> None:
+            with contextlib.suppress(sh.ErrorReturnCode, sh.SignalException):
+                self._proc.wait()
+            rc = self._proc.process.exit_code
+            self._rc = -9 if rc is None else int(rc)
+            self._ended.set()
+            end(self._rc)
+
+        threading.Thread(target=waiter, name=f"stream {_short(full)}", daemon=True).start()
+
+    def poll(self) -> int | None:
+        return self._rc if self._ended.is_set() else None
+
+    def wait(self, timeout: float | None = None) -> int:
+        if not self._ended.wait(timeout):
+            raise TimeoutError(f"process {self.pid} still runs")
+        assert self._rc is not None
+        return self._rc
+
+    def kill(self) -> None:
+        if not self._ended.is_set():
+            with contextlib.suppress(ProcessLookupError):
+                self._proc.kill()
+
+
+def _guard(on_line: Callable[[str], None], argv: Sequence[str]) -> Callable[[str], None]:
+    """A line callback that logs its own exceptions instead of stopping the reader (and
+    never returns True, which would make sh stop calling it)."""
+
+    def guarded(line: str) -> None:
+        try:
+            on_line(line)
+        except Exception:
+            log.exception("the line callback of %s failed", _short(argv))
+
+    return guarded
+
+
+def _once(on_end: Callable[[int], None], argv: Sequence[str]) -> Callable[[int], None]:
+    """An end callback that runs at most once and logs its own exceptions."""
+    lock = threading.Lock()
+    called = False
+
+    def once(rc: int) -> None:
+        nonlocal called
+        with lock:
+            if called:
+                return
+            called = True
+        try:
+            on_end(rc)
+        except Exception:
+            log.exception("the end callback of %s failed", _short(argv))
+
+    return once
 
 
 def _checked(
