@@ -95,8 +95,7 @@ class IpVip:
         probes: dict[str, Future[ProbeResult]],
     ) -> tuple[VipObs, ...]:
         try:
-            res = self.runner.run(["ip", "-j", "addr", "show"], timeout=self.command_timeout)
-            links = parse_ip_addr_json(res.stdout)
+            links = self._read_links()
         except (AdapterError, IpAddrParseError) as exc:
             why = f"cannot read local addresses: {exc}"
             return tuple(VipObs(address=v.ip, local=None, error=why) for v in vips)
@@ -139,6 +138,13 @@ class IpVip:
                 holder=(result.detail or None) if result.answered else None,
             )
         return tuple(out[i] for i in range(len(vips)))
+
+    def _read_links(self) -> dict[str, set[str]]:
+        """Interface -> its IPv4 addresses, read now (``ip -j addr show``); raises
+        ``AdapterError``/``IpAddrParseError``. The address monitor (``adapters.vip.monitor``)
+        serves it from its cache instead."""
+        res = self.runner.run(["ip", "-j", "addr", "show"], timeout=self.command_timeout)
+        return parse_ip_addr_json(res.stdout)
 
     def _probe_one(self, vip: Vip) -> ProbeResult:
         try:

@@ -356,3 +356,13 @@ def _alive(pid: int) -> bool:
             return f.read().split(")")[-1].split()[0] != "Z"
     except FileNotFoundError:
         return False
+
+
+def test_the_runner_streams_through_the_console_and_counts_it(runner: Runner) -> None:
+    got = Lines()
+    before = runner.spawned
+    proc = runner.stream(["printf", "a\\nb\\n"], on_line=got.on_line, on_end=got.on_end)
+    assert proc.wait(5) == 0
+    assert (got.lines, got.ends, runner.spawned - before) == (["a", "b"], [0], 1)
+    with pytest.raises(TerminalError, match="command not found: no-such-streamer-xyz"):
+        runner.stream(["no-such-streamer-xyz"], on_line=got.on_line, on_end=got.on_end)
