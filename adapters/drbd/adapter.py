@@ -154,6 +154,23 @@ class RealDrbd:
             return tuple(
                 ResourceObs.unknown(r.name, f"DRBD status unreadable: {exc}") for r in resources
             )
+        return self._report(result, resources, memos)
+
+    def report(
+        self, result: ParseResult | None, resources: Sequence[Resource]
+    ) -> tuple[ResourceObs, ...]:
+        """The observation of ``resources`` from a status already parsed elsewhere (the
+        event-fed adapter's ``events2`` state; None: the DRBD module is not loaded), with the
+        same rules as ``observe``: absent is down unless the parse had an error, and the
+        split-brain record is updated and applied."""
+        return self._report(result, resources, self.record.load())
+
+    def _report(
+        self,
+        result: ParseResult | None,
+        resources: Sequence[Resource],
+        memos: dict[str, ResourceMemo],
+    ) -> tuple[ResourceObs, ...]:
         if result is None:  # module not loaded: nothing is configured
             self.record.save(_actions_done(memos))
             return tuple(ResourceObs.down(r.name) for r in resources)

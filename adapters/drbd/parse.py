@@ -68,6 +68,8 @@ from typing import TypeVar
 from reconciler.core.observed import ConnState, DiskState, ResourceObs, Role
 
 __all__ = [
+    "Events2Line",
+    "Events2State",
     "ParseResult",
     "parse_events2",
     "parse_proc_drbd",
@@ -548,44 +550,102 @@ class _EvRes:
 
 
 def _parse_events2(text: str, split_brain: frozenset[str]) -> ParseResult:
-    resources: dict[str, _EvRes] = {}
-    helper_sb: set[str] = set()
-    stray: list[str] = []
+    state = Events2State()
     for line in _clean_lines(text):
+        state.apply(line)
+    return state.result(split_brain)
+
+
+@dataclass(frozen=True, slots=True)
+class Events2Line:
+    """What one events2 line was, for a caller that folds a live stream (``Events2State``).
+
+    ``kind``: ``blank``; ``end-of-dump`` (``exists -``: the initial state is complete);
+    ``lost`` (``- skipped N``: events were dropped, the state may be stale); ``event``
+    (applied to ``name``); ``helper`` (a ``call``/``response`` of ``helper``, e.g.
+    ``split-brain``, for ``name``); ``garbage`` (not an events2 line: ``why``)."""
+
+    kind: str
+    name: str | None = None
+    helper: str | None = None
+    why: str | None = None
+
+
+class Events2State:
+    """The incremental form of ``parse_events2``: ``apply`` one line at a time (from a live
+    ``drbdsetup events2`` stream), ``result`` whenever the current state is wanted. The same
+    rules as ``parse_events2`` (which is this class applied to a whole text); pure, no I/O,
+    never raises; not thread-safe (the caller serialises)."""
+
+    def __init__(self) -> None:
+        self._resources: dict[str, _EvRes] = {}
+        self._helper_sb: set[str] = set()
+        self._stray: list[str] = []
+
+    def apply(self, line: str) -> Events2Line:
+        """Fold one line (with or without its newline) into the state; what it was."""
+        try:
+            return self._apply(_ANSI.sub("", line).replace("\r", "").replace("\n", ""))
+        except Exception as exc:  # pragma: no cover - defensive, like _guarded
+            self._stray.append(line.strip()[:80])
+            return Events2Line("garbage", why=f"events2 fold failed: {type(exc).__name__}")
+
+    def _apply(self, line: str) -> Events2Line:
         tokens = line.split()
         if tokens and _TIMESTAMP.match(tokens[0]):
             tokens = tokens[1:]
-        if not tokens or tokens[0] == "-" or tokens[0].startswith("-"):
-            continue  # blank, or "- skipped N" (events lost: the next snapshot resyncs)
+        if not tokens:
+            return Events2Line("blank")
+        if tokens[0].startswith("-"):
+            return Events2Line("lost")  # "- skipped N": events lost, a re-list resyncs
         verb = tokens[0]
         obj = tokens[1] if len(tokens) > 1 else ""
         if verb == "exists" and obj == "-":
-            continue
+            return Events2Line("end-of-dump")
         if verb not in _VERBS:
-            stray.append(line.strip())
-            continue
+            self._stray.append(line.strip())
+            return Events2Line("garbage", why=f"not an events2 line: {line.strip()[:60]!r}")
         fields: dict[str, str] = {}
         problems: list[str] = []
         _kv(tokens[2:], fields, problems)
         name = fields.get("name")
         if not name:
-            stray.append(line.strip())
-            continue
-        res = resources.setdefault(name, _EvRes())
+            self._stray.append(line.strip())
+            return Events2Line("garbage", why=f"events2 line names no resource: {line[:60]!r}")
+        res = self._resources.setdefault(name, _EvRes())
         res.problems.extend(problems)
         if verb in ("call", "response"):
-            if obj == "helper" and verb == "call" and fields.get("helper") == "split-brain":
-                helper_sb.add(name)
-            continue
-        _apply_event(res, verb, obj, fields, resources, name)
+            helper = fields.get("helper") if obj == "helper" else None
+            if helper == "split-brain" and verb == "call":
+                self._helper_sb.add(name)
+            return Events2Line("helper" if verb == "call" else "event", name, helper)
+        _apply_event(res, verb, obj, fields, self._resources, name)
         if obj == "connection" and fields.get("connection") == "Connected":
-            helper_sb.discard(name)
+            self._helper_sb.discard(name)
+        if problems:
+            return Events2Line("garbage", name, why="; ".join(problems)[:200])
+        return Events2Line("event", name)
 
-    if not resources and stray:
-        return ParseResult({}, f"not drbdsetup events2 output: {stray[0][:80]!r}")
-    raws = {name: _events_raw(name, res) for name, res in resources.items()}
-    error = f"ignored lines that are not events2 events: {stray[0][:60]!r}" if stray else None
-    return _finish(raws, split_brain | frozenset(helper_sb), error)
+    def result(self, split_brain: frozenset[str] = frozenset()) -> ParseResult:
+        """The state folded so far, as ``parse_events2`` reports it."""
+        return _guarded(lambda: self._result(split_brain))
+
+    def _result(self, split_brain: frozenset[str]) -> ParseResult:
+        stray = self._stray
+        if not self._resources and stray:
+            return ParseResult({}, f"not drbdsetup events2 output: {stray[0][:80]!r}")
+        raws = {name: _events_raw(name, res) for name, res in self._resources.items()}
+        error = f"ignored lines that are not events2 events: {stray[0][:60]!r}" if stray else None
+        return _finish(raws, split_brain | frozenset(self._helper_sb), error)
+
+    def resource(self, name: str) -> ResourceObs | None:
+        """One resource's current state (None when the stream has not shown it)."""
+        res = self._resources.get(name)
+        if res is None:
+            return None
+        return _guarded(
+            lambda: ParseResult({name: _fold(_events_raw(name, res), frozenset())})
+        ).resources.get(name)
 
 
 def _conn_key(fields: Mapping[str, str]) -> str:
