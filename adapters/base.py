@@ -76,7 +76,13 @@ class TargetAdapter(Protocol):
     def observe(self, target: Target) -> TargetObs: ...
 
     def start(self, target: Target) -> None:
-        """Daemon running, target defined, initiator ACLs bound (idempotent)."""
+        """Daemon running (started if needed), target defined, initiator ACLs bound
+        (idempotent)."""
+        ...
+
+    def start_daemon(self) -> None:
+        """The resident target daemon running, with whatever targets it has (none on a node
+        that does not serve); idempotent."""
         ...
 
     def export_lun(self, target: Target, lun: Lun, resource: Resource) -> None: ...
@@ -84,7 +90,8 @@ class TargetAdapter(Protocol):
     def unexport_lun(self, target: Target, lun: Lun) -> None: ...
 
     def stop(self, target: Target) -> None:
-        """Stop fast and surely: sessions dropped, daemon gone."""
+        """Stop serving fast and surely: the target deleted with its sessions; the resident
+        daemon stays (killed only when it cannot delete the target at once)."""
         ...
 
     def leftovers(self, target: Target) -> Leftovers:

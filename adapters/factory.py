@@ -50,7 +50,7 @@ from adapters.state import FileOperatorStore
 from adapters.tgt.chap import ChapSecrets, load_chap_secrets
 from adapters.tools import describe as describe_missing
 from adapters.tools import missing_tools
-from adapters.wake import FileWake
+from adapters.wake import FileWake, Wakeup
 from reconciler.core.errors import TerminalError
 from reconciler.core.spec import StorageCluster, Transport
 
@@ -89,6 +89,7 @@ def build_adapters(
     if world is None and "sim" in concerns:
         world = world_store(spec, state_dir, read_only=dry_run)
     runner = node_runner(spec, node)
+    wakeup = Wakeup()  # event-fed adapters notify it; the same object goes to NodeAdapters
     if missing := missing_tools(tools_needed(spec, node)):
         raise TerminalError(describe_missing(missing, node))
 
@@ -115,7 +116,7 @@ def build_adapters(
         assert world is not None
         target = SimTarget(world, node, chap=chap)
     else:
-        target = _real_target(spec, node, runner, state_dir, chap)
+        target = _real_target(spec, node, runner, state_dir, chap, wakeup)
 
     # One XAPI session per agent, shared by the role source and the hypervisor adapter.
     client = xapi_client(spec) if "xapi" in (chosen.role_source, chosen.hypervisor) else None
@@ -180,6 +181,7 @@ def build_adapters(
         operator=operator,
         wake=wake_sources(role, local_operator, world, node=node),
         hypervisor=hypervisor,
+        wakeup=wakeup,
     )
 
 
@@ -285,11 +287,17 @@ def _chap_secrets(spec: StorageCluster) -> ChapSecrets | None:
 
 
 def _real_target(
-    spec: StorageCluster, node: str, runner: Runner, state_dir: Path, chap: ChapSecrets | None
+    spec: StorageCluster,
+    node: str,
+    runner: Runner,
+    state_dir: Path,
+    chap: ChapSecrets | None,
+    wakeup: Wakeup,
 ) -> TargetAdapter:
-    """One tgtd per node with its control socket in the state directory; its portal is the
-    first VIP (tgtd binds it even before the VIP exists where ``ip_nonlocal_bind=1``; the
-    planner adds the VIP before it starts the target anyway)."""
+    """One resident tgtd per node with its control socket in the state directory; its portal
+    is the first VIP (tgtd binds it even before the VIP exists where ``ip_nonlocal_bind=1``;
+    the planner adds the VIP before it starts the target anyway). Its target listing is
+    re-listed at least every ``timings.resync``; its exit wakes the agent."""
     from adapters.inventory import FileInventory
     from adapters.tgt import TgtAdapter
 
@@ -302,6 +310,8 @@ def _real_target(
             portal=portal,
             chap=chap,
             inventory=FileInventory(inventory_path(state_dir.absolute(), node, "tgt")),
+            resync=spec.spec.timings.resync,
+            wakeup=wakeup,
         )
     except ValueError as exc:
         raise TerminalError(

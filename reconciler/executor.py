@@ -212,6 +212,8 @@ def _dispatch(action: Action, spec: StorageCluster, a: NodeAdapters) -> None:
         a.target.delete_old_target(action.tid, action.iqn)
     elif kind is ActionKind.START_TARGET:
         a.target.start(s.target)
+    elif kind is ActionKind.START_DAEMON:
+        a.target.start_daemon()
     elif kind is ActionKind.STOP_TARGET:
         a.target.stop(s.target)
     elif kind in (ActionKind.EXPORT_LUN, ActionKind.UNEXPORT_LUN):

@@ -61,9 +61,14 @@ def test_fresh_cluster_brings_node1_up_in_order(cluster: SimCluster) -> None:
     assert steps(r1) == [*BRING_UP, plug(cluster, "node1")]
     assert r1.exit_code == EXIT_OK and r1.result is not None and r1.result.failed is None
     r2 = cluster.tick("node2")
-    assert steps(r2) == [plug(cluster, "node2")]
+    # The secondary starts its resident tgtd with no target defined (a takeover then only
+    # defines the target); the daemon serves nothing, so it does not hold the plug back.
+    assert steps(r2) == ["start-daemon", plug(cluster, "node2")]
     assert r2.plan.desired_role is Role.SECONDARY and not r2.plan.serving
-    assert "VIP answers from another host" in r2.plan.actions[0].reason
+    assert r2.plan.actions[0].after == ()
+    assert cluster.world.nodes["node2"].target_daemon
+    assert not cluster.world.nodes["node2"].target_running
+    assert "VIP answers from another host" in r2.plan.actions[1].reason
     assert cluster.world.pbds_attached("node1") and cluster.world.pbds_attached("node2")
     assert cluster.world.serving_node("iscsi1") == "node1"
     assert_idempotent(cluster)
@@ -72,7 +77,7 @@ def test_fresh_cluster_brings_node1_up_in_order(cluster: SimCluster) -> None:
 def test_cold_cluster_starts_drbd_then_waits_for_the_connection(tmp_path: Path) -> None:
     spec = demo_spec()
     c = SimCluster.create(spec, tmp_path, world=World.fresh(spec, drbd_up=False))
-    assert steps(c.tick("node1")) == ["start-drbd iscsi1"]
+    assert steps(c.tick("node1")) == ["start-drbd iscsi1", "start-daemon"]
     # Alone and not connected, node1 must not promote: the peer may hold newer data.
     lonely = c.tick("node1")
     assert steps(lonely) == [] and lonely.exit_code == EXIT_BLOCKED
@@ -83,7 +88,9 @@ def test_cold_cluster_starts_drbd_then_waits_for_the_connection(tmp_path: Path) 
     ]
     assert "may still be Primary" in lonely.plan.blocked[0].reason
     assert "SR_BACKEND_FAILURE_141" in lonely.plan.blocked[1].reason
-    assert steps(c.tick("node2")) == ["start-drbd iscsi1"]
+    assert steps(c.tick("node2")) == ["start-drbd iscsi1", "start-daemon"]
+    # node1's daemon runs since its first tick: the bring-up only defines the target.
+    assert c.world.nodes["node1"].target_daemon and not c.world.nodes["node1"].target_running
     assert steps(c.tick("node1")) == [*BRING_UP, plug(c, "node1")]
     assert steps(c.tick("node2")) == [plug(c, "node2")]
     assert_idempotent(c)
@@ -115,7 +122,7 @@ def test_peer_crashed_survivor_takes_over_with_quorum(tmp_path: Path) -> None:
     assert steps(c.tick("node2")) == []
     # The crashed node comes back: starts DRBD, resyncs, stays secondary.
     c.world.boot("node1")
-    assert steps(c.tick("node1")) == ["start-drbd iscsi1"]
+    assert steps(c.tick("node1")) == ["start-drbd iscsi1", "start-daemon"]
     c.converge()
     r1 = c.world.nodes["node1"].resources["iscsi1"]
     assert r1.role is Role.SECONDARY and r1.disk is DiskState.UPTODATE and not r1.split_brain
@@ -125,7 +132,8 @@ def test_peer_crashed_survivor_takes_over_with_quorum(tmp_path: Path) -> None:
 def test_vip_held_by_a_stranger_is_never_taken_over(cluster: SimCluster) -> None:
     cluster.world.strangers.append("198.51.100.3")
     r = cluster.tick("node1")
-    assert steps(r) == ["promote iscsi1"]
+    # No target is defined while a VIP is refused; the resident daemon alone serves nothing.
+    assert steps(r) == ["promote iscsi1", "start-daemon"]
     assert [(b.kind, b.what) for b in r.plan.blocked] == [
         (BlockKind.VIP_ANSWERS_ELSEWHERE, "add-vip"),
         (BlockKind.STORAGE_NOT_SERVED, "plug-pbd"),  # a stranger serves none of our LUNs
@@ -175,7 +183,7 @@ def test_failed_announcement_is_retried_next_tick(tmp_path: Path) -> None:
     assert first.result.failed.action.kind.value == "announce-vip"
     assert steps(cluster.tick("node1")) == [*BRING_UP[2:], plug(cluster, "node1")]
     assert cluster.world.serving_node("iscsi1") == "node1"
-    assert steps(cluster.tick("node2")) == [plug(cluster, "node2")]
+    assert steps(cluster.tick("node2")) == ["start-daemon", plug(cluster, "node2")]
     assert_idempotent(cluster)
 
 

@@ -20,7 +20,7 @@ from adapters.wake import DerivedFileWake, FileWake
 from reconciler import loop
 from reconciler.agent import TickReport
 from reconciler.core.observed import Role
-from reconciler.core.plan import BlockKind
+from reconciler.core.plan import ActionKind, BlockKind
 from reconciler.core.spec import StorageCluster
 from reconciler.core.specload import load_spec
 from reconciler.observe import observe
@@ -304,7 +304,12 @@ def test_a_blocked_agent_retries_soon_without_any_wake(
         agents["node1"].thread.start()
         _wait(lambda: len(agents["node1"].reports) >= 1, 10, "node1's demoting tick")
         _wait(
-            lambda: any(r.result is not None and r.result.applied for r in agents["node2"].reports),
+            lambda: any(
+                a.kind is ActionKind.PROMOTE
+                for r in agents["node2"].reports
+                if r.result is not None
+                for a in r.result.applied
+            ),
             10,
             "node2 promoting on a retry",
         )

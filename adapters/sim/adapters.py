@@ -243,14 +243,24 @@ class SimTarget(_SimBase):
             if world.check_fault(self.node, "target-observe") == "garbage":
                 return TargetObs(running=None, error="unparseable `tgtadm --op show` output")
             wanted = self._accounts(target)
+            daemon = nd.target_daemon or nd.target_running
             if nd.target_running and wanted is not None and nd.target_accounts != wanted:
                 have = ", ".join(nd.target_accounts) or "none"
                 return TargetObs(
                     running=False,
+                    daemon=daemon,
                     error=f"target {target.tid} has CHAP accounts {have}, the spec wants "
                     f"{', '.join(wanted) or 'none'}",
                 )
-            return TargetObs(running=nd.target_running, exported_luns=frozenset(nd.exported))
+            return TargetObs(
+                running=nd.target_running, exported_luns=frozenset(nd.exported), daemon=daemon
+            )
+
+    def start_daemon(self) -> None:
+        self._hang("target-start")
+        with self.store.transaction() as world:
+            world.check_fault(self.node, "target-start")
+            world.target_daemon_start(self.node)
 
     def start(self, target: Target) -> None:
         self._hang("target-start")
@@ -300,6 +310,7 @@ class SimTarget(_SimBase):
             return Leftovers(targets=targets, luns=luns)
 
     def stop(self, target: Target) -> None:
+        """The target deleted with its sessions and LUNs; the resident tgtd stays."""
         self._hang("target-stop")
         with self.store.transaction() as world:
             world.check_fault(self.node, "target-stop")

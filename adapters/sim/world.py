@@ -161,6 +161,9 @@ class SimNode(BaseModel):
     # The agent's inventory of what it created (adapters.inventory.InventoryData's JSON; a
     # file in the real state directory): kept by SimVip/SimTarget, survives a crash.
     inventory: dict[str, Any] = Field(default_factory=dict)
+    # The resident tgtd runs (``target_daemon``) and the spec's target is defined in it
+    # (``target_running``: what serves); a target needs the daemon, the daemon no target.
+    target_daemon: bool = False
     target_running: bool = False
     target_accounts: list[str] = Field(default_factory=list)  # CHAP user names bound (tgtadm)
     exported: dict[int, str] = Field(default_factory=dict)
@@ -721,6 +724,7 @@ class World(BaseModel):
     def target_start(self, node: str, *, accounts: list[str] | None = None) -> None:
         """``accounts``: the CHAP user names to bind (None: leave them as they are)."""
         self._require_alive(node, "tgtd")
+        self.nodes[node].target_daemon = True
         self.nodes[node].target_running = True
         if accounts is not None:
             self.nodes[node].target_accounts = list(accounts)
@@ -739,12 +743,23 @@ class World(BaseModel):
         self._require_alive(node, "tgtadm")
         self.nodes[node].exported.pop(lun, None)
 
+    def target_daemon_start(self, node: str) -> None:
+        """The resident tgtd starts (with no target defined when it was down)."""
+        self._require_alive(node, "tgtd")
+        self.nodes[node].target_daemon = True
+
     def target_stop(self, node: str) -> None:
-        self._require_alive(node, "tgtd stop")
+        """The target is deleted (``--force``: its sessions and LUNs go); tgtd stays."""
+        self._require_alive(node, "tgtadm")
         nd = self.nodes[node]
         nd.target_running = False
         nd.target_accounts = []
         nd.exported = {}
+
+    def target_daemon_dies(self, node: str) -> None:
+        """tgtd dies (killed from outside): its target, sessions and LUNs go with it."""
+        self.target_stop(node)
+        self.nodes[node].target_daemon = False
 
     # --- hypervisor storage (XAPI's PBDs) ----------------------------------------------
 
@@ -872,6 +887,7 @@ class World(BaseModel):
                 # After an unclean restart DRBD cannot know the disk is still the newest.
                 res.disk = DiskState.CONSISTENT
         nd.vips = []
+        nd.target_daemon = False
         nd.target_running = False
         nd.target_accounts = []
         nd.exported = {}
@@ -1240,6 +1256,7 @@ _OWN = (
     "vips",
     "announced",
     "inventory",
+    "target_daemon",
     "target_running",
     "target_accounts",
     "exported",

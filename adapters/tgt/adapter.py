@@ -10,19 +10,40 @@ Invariants:
   tgtadm get ``TGT_IPC_SOCKET``; tgtd appends ``.0``). Network namespaces do not isolate path-based
   unix sockets, so two adapters on one machine must use two control directories; a second tgtd
   on a busy socket exits with "another tgtd is using ...lock".
+- tgtd is *resident* on both nodes: ``start_daemon`` (the planner's ``start-daemon``) starts it
+  with no target defined on a node that does not serve, ``start`` defines the target in it
+  (starting tgtd only when it is down), ``stop`` deletes the target with its sessions
+  (``--force``) and leaves tgtd running; a tgtd that cannot delete the target at once is
+  SIGKILLed (the target must be gone quickly). "Serving" is the target defined, not tgtd
+  running: ``TargetObs.running`` is the target, ``TargetObs.daemon`` the daemon.
 - tgtd runs in the foreground (``tgtd -f``) started by ``Runner.spawn``: the PID is known
   exactly, recorded in ``<control_dir>/tgtd.pid`` (on the node), and reaped through the handle.
-  ``control_dir`` is a path on the node.
-- ``observe`` never raises: daemon not answering -> ``running=False``; unreadable or truncated
-  output -> ``running=None`` with ``error``. A LUN counts as exported only when its SCSI ID and SN
-  are the spec's (a LUN with default IDs would show initiators a different disk).
+  A watcher thread waits on that handle: when tgtd dies it drops the listing below and calls
+  ``wakeup.notify("tgtd exited")``, and the next ``observe`` reports the daemon down without a
+  process. A tgtd this adapter did not start (the agent restarted) is found through the PID
+  file (``/proc``, no process with the local ``ProcessHost``). ``control_dir`` is a path on the
+  node.
+- The observation cache (the informer pattern: a complete listing is the state of the
+  stream, and the stream here is this adapter's own actions plus tgtd's exit): ``observe``
+  answers from the last full ``tgtadm --op show --mode target`` (plus ``portal show`` when a
+  portal is configured), re-listed when it is older than ``resync`` seconds, after every action
+  of this adapter (each one drops it, before and after), and whenever the handle says tgtd
+  exited or was started. It is still level-based: every tick gets a complete observation, of
+  a listing no older than ``resync`` that nothing this adapter did has changed since; nothing
+  else on the node defines targets on this adapter's private control socket, and what
+  someone does by hand with ``tgtadm`` on it is seen at the next re-list. A re-list that fails
+  is ``running=None`` (unknown), never an answer from the older listing. An idle tick spawns
+  no process.
+- ``observe`` never raises: daemon down or not answering -> ``daemon=False``, ``running=False``;
+  unreadable or truncated output -> ``running=None`` with ``error``. A LUN counts as exported only
+  when its SCSI ID and SN are the spec's (a LUN with default IDs would show initiators a
+  different disk).
 - Actions are idempotent by observation (show first, then change only what differs) and raise
-  only ``TransientError``/``TerminalError``. No call carries a belief into the next: ``start``
-  asks tgtd whether it runs even right after ``observe`` found it absent, and ``export_lun``
-  shows the target even right after ``start`` defined it (one ``tgtadm`` each; the only thing
-  kept between calls is the handle of the tgtd child, a resource, see ``_proc``). ``stop`` is
-  bounded: offline, force-delete every target (drops sessions), ask tgtd to exit, wait for the
-  PID, SIGKILL as the last resort.
+  only ``TransientError``/``TerminalError``. No action carries a belief into the next and none
+  reads the cache: ``start`` asks tgtd whether it runs even right after ``observe`` found it
+  absent, and ``export_lun`` shows the target even right after ``start`` defined it (the only
+  thing kept between calls for actions is the handle of the tgtd child, a resource, see
+  ``_proc``).
 - Parsing is ``adapters.tgt.parse`` (pure and total).
 - CHAP (``target.chap``, secrets read by ``adapters.tgt.chap``): accounts are bound before the
   ACL admits anyone, and compared by user name only (tgtadm shows no password); a target with
@@ -49,9 +70,13 @@ tgtadm facts this relies on (tgt 1.0.85, Debian 12; see tests/fixtures/tgt/SOURC
   ``Backing store flags: direct``.
 - When the portal address cannot be bound (VIP absent, ``ip_nonlocal_bind=0``) tgtd silently
   falls back to listening on ``0.0.0.0:3260`` and ``[::]:3260``; ``start`` checks the portal list.
-- tgtd takes its portal at start only. With a portal configured, ``observe`` asks for the
+- tgtd takes its portal at start only. With a portal configured, the re-list asks for the
   portal list too (one more ``tgtadm`` call) and reports a tgtd listening elsewhere (the VIP's
-  address was changed in the spec) as not running; ``start`` then restarts it on the portal.
+  address was changed in the spec) as a daemon down (``daemon=False`` with the reason); ``start``
+  and ``start_daemon`` then restart it on the portal.
+- ``target --op delete --force`` of a target with sessions drops them and returns within
+  milliseconds; with commands in flight on a LUN it fails ("this logical unit is still
+  active"): ``stop`` then SIGKILLs tgtd.
 """
 
 from __future__ import annotations
@@ -61,7 +86,8 @@ import os
 import re
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from adapters.inventory import FileInventory
@@ -76,6 +102,7 @@ from adapters.tgt.parse import (
     parse_tgtadm_sys,
 )
 from adapters.tgt.process import LocalProcessHost, ProcessHost, failure_text
+from adapters.wake import Wakeup
 from reconciler.core.errors import AdapterError, TerminalError, TransientError
 from reconciler.core.observed import Leftovers, TargetObs
 from reconciler.core.spec import Lun, Resource, Target
@@ -84,6 +111,19 @@ NOT_RUNNING_RC = 107  # ENOTCONN: nothing listens on the control socket
 ISCSI_PORT = 3260
 
 _SOCKET_PATH_MAX = 100  # sun_path is 108 bytes; tgtd appends ".<port>"
+
+
+@dataclass(frozen=True, slots=True)
+class _Listing:
+    """One full listing of our tgtd: ``show`` None when nothing answered on the socket;
+    ``elsewhere``: why tgtd does not listen on the portal (None: it does, or no portal);
+    ``taken``: the clock when the re-list began; ``generation``: tgtd's starts and exits seen
+    through the handle until then."""
+
+    show: TgtShow | None
+    elsewhere: str | None
+    taken: float
+    generation: int
 
 
 class TgtAdapter:
@@ -96,6 +136,9 @@ class TgtAdapter:
     DRBD (and, with protocol C, the peer) and is never only in this node's page cache when it
     fails over. It is applied when a LUN is created; an existing LUN is not re-created for it.
     ``timings`` keeps the duration of the last start/export/stop (seconds) for measurements.
+    ``resync``: the longest a target listing is used for ``observe`` (the spec's
+    ``timings.resync``); ``wakeup``: notified from the watcher thread when tgtd exits;
+    ``clock``: monotonic seconds (tests move it instead of sleeping).
     """
 
     def __init__(
@@ -114,6 +157,9 @@ class TgtAdapter:
         observe_timeout: float = 5.0,
         chap: ChapSecrets | None = None,
         inventory: FileInventory | None = None,
+        resync: float = 30.0,
+        wakeup: Wakeup | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.runner = runner
         self.inventory = FileInventory() if inventory is None else inventory
@@ -139,6 +185,16 @@ class TgtAdapter:
         # decision: every action asks tgtd (or the node's /proc and PID file) afresh, so a
         # restarted agent or a `--once` run decides the same way without it.
         self._proc: Process | None = None
+        self.resync = resync
+        self.wakeup = wakeup
+        self.clock = clock
+        # The observation cache (see the module docstring); ``_generation`` counts tgtd starts
+        # and exits seen through the handle: a listing of another generation is not used.
+        self._lock = threading.Lock()
+        self._listing: _Listing | None = None
+        self._generation = 0
+        self._killing: set[int] = set()  # PIDs this adapter kills itself: no wake for them
+        self._closed = False
 
     # ------------------------------------------------------------------ commands
     def _adm(
@@ -180,42 +236,92 @@ class TgtAdapter:
 
     # ------------------------------------------------------------------ observe
     def observe(self, target: Target) -> TargetObs:
-        """Never raises. ``running``: tgtd answers on our socket and its system State is
-        ``ready``. ``exported_luns``: data LUNs of ``target`` (same tid and IQN, target State
-        ready) whose SCSI ID/SN match the spec (LUNs the spec does not list are reported too)."""
-        self._reap()
-        quick = self.observe_timeout
-        try:
-            sys_res = self._sys("show", check=False, timeout=quick)
-            if sys_res.rc == NOT_RUNNING_RC:
-                return TargetObs(running=False)
-            if not sys_res.ok:
-                return TargetObs(running=None, error=failure_text("tgtadm sys show", sys_res))
-            state = parse_tgtadm_sys(sys_res.stdout).state
-            if state is None:
-                return TargetObs(running=None, error="unreadable tgtadm sys show output")
-            if state != "ready":
-                why = f"tgtd answers but its State is {state!r} (an interrupted stop?)"
-                return TargetObs(running=False, error=why)
-            res = self._iscsi("target", "show", check=False, timeout=quick)
-        except AdapterError as exc:
-            return TargetObs(running=None, error=str(exc))
-        if res.rc == NOT_RUNNING_RC:
-            return TargetObs(running=False)
-        if not res.ok:
-            return TargetObs(running=None, error=failure_text("tgtadm target show", res))
-        show = parse_tgtadm_show(res.stdout)
-        if not show.ok:
-            why = "unreadable tgtadm target show output: " + "; ".join(show.problems[:3])
-            return TargetObs(running=None, error=why)
-        elsewhere = self._listens_elsewhere(timeout=quick)
-        if elsewhere is not None:
-            return TargetObs(running=False, error=elsewhere)
+        """Never raises; spawns no process while the listing is fresh (see the module
+        docstring). ``daemon``: tgtd runs and answers on our socket (False: down, or alive but
+        not answering, or listening elsewhere than the portal). ``running``: the target
+        ``tid``/``iqn`` is defined with the spec's ACLs and accounts. ``exported_luns``: its
+        data LUNs (target State ready) whose SCSI ID/SN match the spec (LUNs the spec does not
+        list are reported too)."""
+        alive = self._daemon_alive()
+        if alive is False:
+            return TargetObs(running=False, daemon=False)
+        listing = self._current_listing()
+        if isinstance(listing, str):
+            return TargetObs(running=None, daemon=alive, error=listing)
+        if listing.show is None:
+            if alive:
+                why = f"tgtd pid {self._known_pid()} runs but does not answer on {self.socket}"
+                return TargetObs(running=False, daemon=False, error=why)
+            return TargetObs(running=False, daemon=False)
+        if listing.elsewhere is not None:
+            return TargetObs(running=False, daemon=False, error=listing.elsewhere)
         try:
             accounts = self._wanted_accounts(target)
         except TerminalError as exc:
-            return TargetObs(running=None, error=str(exc))
-        return _target_obs(show, target, accounts)
+            return TargetObs(running=None, daemon=True, error=str(exc))
+        return _target_obs(listing.show, target, accounts)
+
+    def _daemon_alive(self) -> bool | None:
+        """What the node's process table says, with no process spawned (the local host):
+        True for our live tgtd child or a live tgtd of the PID file, False when our child
+        exited, None when no tgtd is known (the re-list asks the socket)."""
+        proc = self._proc
+        if proc is not None:
+            if proc.poll() is None:
+                return True
+            self._reap()
+            return False
+        return True if self._recorded_pid() is not None else None
+
+    def _current_listing(self) -> _Listing | str:
+        """The cached listing if it is fresh, else a re-list (cached when it succeeds); a
+        failed re-list is its reason (unknown), never the older listing."""
+        now = self.clock()
+        with self._lock:
+            cached, generation = self._listing, self._generation
+        if (
+            cached is not None
+            and cached.generation == generation
+            and now - cached.taken < self.resync
+        ):
+            return cached
+        listing = self._relist(now, generation)
+        if isinstance(listing, _Listing):
+            with self._lock:
+                if self._generation == generation:  # tgtd did not start or exit meanwhile
+                    self._listing = listing
+        return listing
+
+    def _relist(self, now: float, generation: int) -> _Listing | str:
+        """``target show`` (and ``portal show`` with a portal): one full listing."""
+        quick = self.observe_timeout
+        try:
+            res = self._iscsi("target", "show", check=False, timeout=quick)
+        except AdapterError as exc:
+            return str(exc)
+        if res.rc == NOT_RUNNING_RC:
+            return _Listing(show=None, elsewhere=None, taken=now, generation=generation)
+        if not res.ok:
+            return failure_text("tgtadm target show", res)
+        show = parse_tgtadm_show(res.stdout)
+        if not show.ok:
+            return "unreadable tgtadm target show output: " + "; ".join(show.problems[:3])
+        elsewhere = self._listens_elsewhere(timeout=quick)
+        return _Listing(show=show, elsewhere=elsewhere, taken=now, generation=generation)
+
+    def invalidate(self) -> None:
+        """Drop the listing: the next ``observe`` re-lists (every action calls it)."""
+        with self._lock:
+            self._listing = None
+
+    @contextlib.contextmanager
+    def _acting(self) -> Iterator[None]:
+        """An action changes what tgtd shows: no listing from before or during it is used."""
+        self.invalidate()
+        try:
+            yield
+        finally:
+            self.invalidate()
 
     def _listens_elsewhere(self, *, timeout: float | None = None) -> str | None:
         """Why our running tgtd does not listen on the configured portal, or None (it does,
@@ -237,20 +343,34 @@ class TgtAdapter:
 
     # ------------------------------------------------------------------ start
     def start(self, target: Target) -> None:
-        """tgtd running (started if needed), system State ready, target ``tid``/``iqn``
-        defined and State ready, CHAP accounts bound as the spec's ``chap`` says, ACLs exactly
-        ``target.initiators``. Idempotent."""
-        began = time.monotonic()
-        tid = str(target.tid)
+        """tgtd running (started only if it is down: it is resident), system State ready,
+        target ``tid``/``iqn`` defined and State ready, CHAP accounts bound as the spec's
+        ``chap`` says, ACLs exactly ``target.initiators``. Idempotent.
+
+        On a resident tgtd (the takeover case) the first request is ``target new`` itself:
+        "already exists" means it is defined, and the show-and-compare path takes over."""
+        with self._acting():
+            began = time.monotonic()
+            self._start(target)
+            self.timings["start"] = time.monotonic() - began
+
+    def _start(self, target: Target) -> None:
+        new = ("--mode", "target", "--op", "new", "--tid", str(target.tid), "-T", target.iqn)
         if self._listens_elsewhere() is not None:
-            self.stop(target)  # tgtd binds its portal at start only: start it again there
-        verify = self._ensure_daemon(
-            first=("--mode", "target", "--op", "new", "--tid", tid, "-T", target.iqn)
-        )
+            self._stop_daemon(target)  # tgtd binds its portal at start only: start it there
+        verify = self._ensure_daemon(first=new)
         fresh = verify is not None
         if fresh:  # the new tgtd's first request defined the target
             self.inventory.change("drop_all_targets")
             self.inventory.change("add_target", target.tid, target.iqn)
+        else:
+            res = self._adm(["--lld", "iscsi", *new], check=False)
+            if res.ok:
+                fresh = True
+                self.inventory.change("add_target", target.tid, target.iqn)
+            elif "already exists" not in res.stderr:
+                error = TransientError if res.rc == NOT_RUNNING_RC else TerminalError
+                raise error(failure_text("tgtadm target new", res), command=res.argv)
         try:
             self._define(target, fresh)
         except BaseException:
@@ -260,11 +380,25 @@ class TgtAdapter:
             raise
         if verify is not None:
             verify()
-        self.timings["start"] = time.monotonic() - began
+
+    def start_daemon(self) -> None:
+        """The resident tgtd running and answering on the portal, with the targets it has
+        (none when it was down: a new tgtd starts empty). Idempotent: a tgtd that answers
+        (State offline is set ready) is kept; one listening elsewhere than the portal is
+        stopped and started there."""
+        with self._acting():
+            began = time.monotonic()
+            if self._listens_elsewhere() is not None:
+                self._stop_daemon(None)
+            verify = self._ensure_daemon()
+            if verify is not None:
+                self.inventory.change("drop_all_targets")
+                verify()
+            self.timings["start_daemon"] = time.monotonic() - began
 
     def _define(self, target: Target, fresh: bool) -> None:
-        """Target defined with State ready and the spec's ACLs; ``fresh``: on a tgtd just
-        started whose first request defined it."""
+        """Target defined with State ready and the spec's ACLs; ``fresh``: ``target new`` just
+        defined it (on a tgtd just started, or on the resident one)."""
         tid = str(target.tid)
         # Accounts before ACLs: until an ACL admits initiators nobody can log in, so a target
         # that requires CHAP never accepts a login without it, not even while it is set up.
@@ -388,6 +522,11 @@ class TgtAdapter:
             argv += ["--iscsi", f"portal={self.portal}"]
         proc = self.runner.spawn(argv, env=self.env, log_path=self.log_path)
         self._proc = proc
+        with self._lock:
+            self._generation += 1
+            self._listing = None
+            self._killing.discard(proc.pid)  # a recycled PID: this tgtd's exit must wake
+        self._watch(proc)
         self.host.write_file(self.pid_file, f"{proc.pid}\n")
         deadline = time.monotonic() + self.start_timeout
         while True:
@@ -453,6 +592,10 @@ class TgtAdapter:
 
         tgt cannot take the IDs at creation, so a new LUN shows tgt's default IDs for the few
         milliseconds until the update; export before the VIP comes up."""
+        with self._acting():
+            self._export_lun(target, lun, resource)
+
+    def _export_lun(self, target: Target, lun: Lun, resource: Resource) -> None:
         began = time.monotonic()
         path = self.backing_for(resource)
         current = self._show().target(target.tid)
@@ -480,6 +623,10 @@ class TgtAdapter:
     def unexport_old_lun(self, tid: int, iqn: str, lun: int) -> None:
         """Remove LUN ``lun`` of target ``tid`` when that target carries ``iqn``; drop it from
         the inventory. Idempotent (see ``unexport_lun``)."""
+        with self._acting():
+            self._unexport_old_lun(tid, iqn, lun)
+
+    def _unexport_old_lun(self, tid: int, iqn: str, lun: int) -> None:
         res = self._iscsi("target", "show", check=False)
         if res.rc == NOT_RUNNING_RC:
             self.inventory.change("drop_all_targets")
@@ -502,6 +649,10 @@ class TgtAdapter:
         """Delete target ``tid`` (``--force``: its sessions drop) when it carries ``iqn``, the
         IQN this adapter recorded; a tid now carrying another IQN is left alone. Drops the entry
         from the inventory. Idempotent: nothing to do when tgtd or the target is absent."""
+        with self._acting():
+            self._delete_old_target(tid, iqn)
+
+    def _delete_old_target(self, tid: int, iqn: str) -> None:
         res = self._iscsi("target", "show", check=False)
         if res.rc == NOT_RUNNING_RC:
             self.inventory.change("drop_all_targets")
@@ -524,16 +675,56 @@ class TgtAdapter:
 
     # ------------------------------------------------------------------ stop
     def stop(self, target: Target) -> None:
-        """Stop fast and surely; afterwards no tgtd of ours runs (else ``TerminalError``).
+        """Stop serving fast and surely: every target of our tgtd deleted with ``--force``
+        (its sessions drop, its backing stores close); tgtd stays resident. When a target
+        cannot be deleted at once (tgt refuses while a LUN has commands in flight), when
+        tgtd does not answer or prints something unreadable, tgtd is stopped instead
+        (``_stop_daemon``: SIGKILL as the last resort): afterwards no target of ours is
+        defined (else ``TerminalError``). Idempotent."""
+        with self._acting():
+            began = time.monotonic()
+            if not self._delete_targets(target):
+                self._stop_daemon(target)
+            self.inventory.change("drop_all_targets")
+            self.timings["stop"] = time.monotonic() - began
+
+    def _delete_targets(self, target: Target) -> bool:
+        """Force-delete every target of a tgtd that answers; False when that did not work
+        (the caller stops tgtd). True also when no tgtd runs at all."""
+        quick = 2.0
+        try:
+            shown = self._iscsi("target", "show", check=False, timeout=quick)
+        except AdapterError:
+            return False
+        if shown.rc == NOT_RUNNING_RC:
+            return self._known_pid() is None  # a live tgtd that does not answer is wedged
+        show = parse_tgtadm_show(shown.stdout)
+        if not shown.ok or not show.ok:
+            return False
+        for tid in sorted({t.tid for t in show.targets}):
+            try:
+                deleted = self._iscsi(
+                    "target", "delete", "--force", "--tid", str(tid), check=False, timeout=quick
+                )
+            except AdapterError:
+                return False
+            if not deleted.ok and "can't find the target" not in deleted.stderr:
+                return False
+        return True
+
+    def _stop_daemon(self, target: Target | None) -> None:
+        """Stop tgtd fast and surely; afterwards no tgtd of ours runs (else ``TerminalError``).
 
         Order: system State offline (no new logins), ``delete --force`` every target (drops
         sessions, closes backing stores), ``delete --mode system`` started without waiting,
         watch the PID for ``stop_timeout``, SIGKILL as the last resort, or at once when tgt
-        refused to delete a target (see ``_orderly_shutdown``). Idempotent."""
-        began = time.monotonic()
+        refused to delete a target (see ``_orderly_shutdown``)."""
         pid = self._known_pid()
         killer: Process | None = None
         kill_now = False
+        if pid is not None:
+            with self._lock:
+                self._killing.add(pid)  # its exit is this stop's work, not news
         # A hung or vanished daemon raises here: the PID wait and SIGKILL below still apply.
         with contextlib.suppress(AdapterError):
             killer, kill_now = self._orderly_shutdown(target)
@@ -556,7 +747,6 @@ class TgtAdapter:
         if pid is not None:
             self._forget_pid(pid)
         self.inventory.change("drop_all_targets")  # no tgtd of ours runs: its targets are gone
-        self.timings["stop"] = time.monotonic() - began
 
     def _wait_exit(self, pid: int, killer: Process | None) -> bool:
         """Wait up to ``stop_timeout`` for tgtd to exit after ``delete --mode system``; give
@@ -570,7 +760,7 @@ class TgtAdapter:
             time.sleep(0.001)
         return True
 
-    def _orderly_shutdown(self, target: Target) -> tuple[Process | None, bool]:
+    def _orderly_shutdown(self, target: Target | None) -> tuple[Process | None, bool]:
         """Offline, force-delete every target, then start ``delete --mode system`` without
         waiting for it. Returns that tgtadm process (None when no daemon answered) and whether
         to SIGKILL at once instead of waiting for the daemon to exit.
@@ -586,7 +776,9 @@ class TgtAdapter:
         if not res.ok:
             return None, False  # 107: no daemon answers; anything else: the PID path decides
         shown = self._iscsi("target", "show", check=False, timeout=quick)
-        tids = {t.tid for t in parse_tgtadm_show(shown.stdout).targets} | {target.tid}
+        tids = {t.tid for t in parse_tgtadm_show(shown.stdout).targets}
+        if target is not None:
+            tids.add(target.tid)
         for tid in sorted(tids):
             deleted = self._iscsi(
                 "target", "delete", "--force", "--tid", str(tid), check=False, timeout=quick
@@ -598,8 +790,36 @@ class TgtAdapter:
 
     # ------------------------------------------------------------------ PIDs
     def _reap(self) -> None:
-        if self._proc is not None and self._proc.poll() is not None:
+        proc = self._proc
+        if proc is not None and proc.poll() is not None:
             self._proc = None
+            self._forget_pid(proc.pid)
+            with self._lock:
+                self._generation += 1
+                self._listing = None
+
+    def _watch(self, proc: Process) -> None:
+        """A thread waiting on tgtd's handle: its exit drops the listing and wakes the agent
+        (``wakeup.notify("tgtd exited")``), unless this adapter killed it itself or was
+        closed. The thread ends with tgtd (it holds nothing else)."""
+
+        def wait() -> None:
+            with contextlib.suppress(Exception):
+                proc.wait()
+            with self._lock:
+                self._generation += 1
+                self._listing = None
+                ours = proc.pid in self._killing
+                self._killing.discard(proc.pid)
+            if not ours and not self._closed and self.wakeup is not None:
+                self.wakeup.notify("tgtd exited")
+
+        threading.Thread(target=wait, name=f"tgtd-watch-{proc.pid}", daemon=True).start()
+
+    def close(self) -> None:
+        """Stop waking the agent (idempotent). tgtd itself stays: it is resident, and the
+        next adapter (a rebuilt one, a restarted agent) finds it through the PID file."""
+        self._closed = True
 
     def _known_pid(self) -> int | None:
         if self._proc is not None and self._proc.poll() is None:
@@ -633,6 +853,8 @@ class TgtAdapter:
             time.sleep(0.001)
 
     def _kill_and_wait(self, pid: int) -> None:
+        with self._lock:
+            self._killing.add(pid)
         self.host.kill(pid)
         self._wait_gone(pid, 2.0)
         self._forget_pid(pid)
@@ -656,15 +878,14 @@ def _target_obs(
     never shows a password)."""
     current = show.target(target.tid)
     if current is None:
-        # tgtd answers but our target is not there: a start interrupted before `target new`
-        # (agent killed), or a target deleted by hand. Not "running": the primary starts it
-        # again (start is idempotent), a secondary stops this tgtd.
-        return TargetObs(
-            running=False, error=f"tgtd runs without target {target.tid} (an interrupted start?)"
-        )
+        # The resident tgtd without our target: a node that does not serve (the normal state
+        # of the secondary), a start interrupted before `target new`, or a target deleted by
+        # hand. The primary defines it (start is idempotent); a secondary has nothing to do.
+        return TargetObs(running=False, daemon=True)
     if set(current.acls) != set(target.initiators):
         return TargetObs(
             running=False,
+            daemon=True,
             error=(
                 f"target {target.tid} allows {', '.join(current.acls) or 'no initiator'}, the "
                 f"spec says {', '.join(target.initiators)} (an interrupted start?)"
@@ -674,6 +895,7 @@ def _target_obs(
     if bound != accounts:
         return TargetObs(
             running=False,
+            daemon=True,
             error=(
                 f"target {target.tid} has CHAP accounts {_accounts_text(bound)}, the spec "
                 f"wants {_accounts_text(accounts)} (an interrupted start, or the secrets "
@@ -682,9 +904,10 @@ def _target_obs(
         )
     if current.iqn != target.iqn:
         why = f"tid {target.tid} carries {current.iqn}, expected {target.iqn}"
-        return TargetObs(running=True, error=why)
+        return TargetObs(running=True, daemon=True, error=why)
     if current.state and current.state != "ready":
-        return TargetObs(running=True, error=f"target {target.tid} State is {current.state!r}")
+        why = f"target {target.tid} State is {current.state!r}"
+        return TargetObs(running=True, daemon=True, error=why)
     spec = {x.lun: x for x in target.luns}
     exported: set[int] = set()
     wrong: list[str] = []
@@ -695,7 +918,10 @@ def _target_obs(
         else:
             wrong.append(f"LUN {item.lun} has SCSI ID/SN {item.scsi_id}/{item.scsi_sn}")
     return TargetObs(
-        running=True, exported_luns=frozenset(exported), error="; ".join(wrong) or None
+        running=True,
+        daemon=True,
+        exported_luns=frozenset(exported),
+        error="; ".join(wrong) or None,
     )
 
 

@@ -191,11 +191,19 @@ class VipObs:
 
 @dataclass(frozen=True, slots=True)
 class TargetObs:
-    """The iSCSI target daemon on this node and the LUN numbers it exports."""
+    """The iSCSI target on this node and the LUN numbers it exports.
+
+    The target daemon (tgtd) is resident on both nodes; what serves is the *target*.
+    ``running``: the spec's target is defined in the daemon as specified (IQN on its tid,
+    State ready, the spec's ACLs and CHAP accounts): this node serves it, or would once its
+    LUNs are exported. ``daemon``: the daemon itself runs and answers (True), is down
+    (False), or the adapter does not know or does not model it (None: nothing is planned for
+    it). ``running`` True implies ``daemon`` True; ``running`` None: unreadable (``error``)."""
 
     running: bool | None = None
     exported_luns: frozenset[int] = frozenset()
     error: str | None = None
+    daemon: bool | None = None
 
 
 @dataclass(frozen=True, slots=True)

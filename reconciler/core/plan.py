@@ -38,6 +38,10 @@ class ActionKind(StrEnum):
     ANNOUNCE_VIP = "announce-vip"
     REMOVE_VIP = "remove-vip"
     START_TARGET = "start-target"
+    # The resident target daemon (tgtd), with no target defined, on a node whose daemon is
+    # down and that plans no start-target (which starts it too): a later takeover then only
+    # defines the target. Never serves anything by itself.
+    START_DAEMON = "start-daemon"
     EXPORT_LUN = "export-lun"
     UNEXPORT_LUN = "unexport-lun"
     STOP_TARGET = "stop-target"

@@ -11,15 +11,15 @@ How it works. Two small ``transitions`` state machines are built once, at import
 - ``SERVING_MACHINE`` per node: ``idle`` and ``serving`` (VIP + target + LUNs). ``serve`` is
   guarded by "some resource is (about to be) Primary here".
 
-Each tick a fresh model is seeded with the *observed* phase, and the planner fires the triggers
-that lead to the desired role. Callbacks only *record* actions (transitions does not roll back
-a state change when a callback raises, so callbacks never do I/O). Because later steps read the
-machine's state after earlier triggers, the plan is ordered: start-drbd -> promote -> add-vip ->
-announce-vip -> start-target -> export-lun -> plug-pbd on the way up; stop-target -> remove-vip
--> demote on the way down. PBD actions (``_plan_pbds``) always come last and only while the
-storage is served (here after this plan's earlier steps, or from the peer). After
-``start-drbd`` nothing else is chained for that resource: the connection must be observed before
-a promotion can be judged safe.
+Each tick a fresh model is seeded with the *observed* phase, and the planner fires the triggers that
+lead to the desired role. Callbacks only *record* actions (transitions does not roll back a state
+change when a callback raises, so callbacks never do I/O). Because later steps read the machine's
+state after earlier triggers, the plan is ordered: start-drbd -> promote -> add-vip -> announce-vip
+-> start-target -> export-lun -> plug-pbd on the way up; stop-target -> remove-vip -> demote on the
+way down. ``start-daemon`` (the resident target daemon, down on a node that plans no start-target)
+is a chain of its own. PBD actions (``_plan_pbds``) always come last and only while the storage is
+served (here after this plan's earlier steps, or from the peer). After ``start-drbd`` nothing else
+is chained for that resource: the connection must be observed before a promotion can be judged safe.
 
 Leftovers: what this node's agent created and the spec no longer declares
 (``ObservedState.leftovers``, from the adapters' inventories) is removed first, on any node, in
@@ -410,9 +410,11 @@ class _ServingModel:
 
     def record_unserve(self) -> None:
         obs, rec = self.obs, self.rec
-        # A target left half-stopped (agent killed mid-stop: tgtd offline, reported not running
-        # with an error) must still be stopped, or its daemon leaks on the secondary.
-        if obs.target.running is not False or obs.target.error is not None:
+        # A target left half-defined (agent killed mid-start or mid-stop: reported not running
+        # with an error, on a daemon that runs) must still be deleted. A daemon that is down
+        # (or must be restarted on its portal: ``start-daemon`` does it) has no target.
+        target = obs.target
+        if target.running is not False or (target.error is not None and target.daemon is not False):
             rec.act_serving(
                 ActionKind.STOP_TARGET,
                 "this node must not serve: stop the target first so no initiator writes here",
@@ -557,6 +559,7 @@ def plan(
             for model in models:
                 if model.state == "primary":
                     _fire(RESOURCE_MACHINE, "demote", model)
+    _plan_daemon(observed, rec, in_trouble=unreadable)
     _plan_pbds(
         desired,
         observed,
@@ -627,6 +630,26 @@ def _plan_leftovers(observed: ObservedState, rec: _Recorder) -> None:
             vip=vip.address,
             interface=vip.interface,
         )
+
+
+def _plan_daemon(observed: ObservedState, rec: _Recorder, *, in_trouble: bool) -> None:
+    """The resident target daemon: started on a node where it is observed down and this plan
+    neither starts the target (``start-target`` starts the daemon when it must) nor stops a
+    half-stopped one (the next tick starts it then). Independent of every other chain: the
+    daemon alone serves nothing (no target is defined in it), so it is safe on any node, and
+    a takeover later only defines the target. Not while the node is in trouble (some DRBD
+    state unreadable: nothing is changed blind); unknown (``daemon`` None) plans nothing."""
+    if observed.target.daemon is not False or in_trouble:
+        return
+    planned = {a.kind for a in rec.actions}
+    if ActionKind.START_TARGET in planned or ActionKind.STOP_TARGET in planned:
+        return
+    rec.act(
+        ActionKind.START_DAEMON,
+        "the target daemon is not running here: start it (no target defined) so a takeover "
+        "only has to define the target",
+        after=(),
+    )
 
 
 def _operator_chose(spec: StorageCluster, obs: ObservedState) -> bool:

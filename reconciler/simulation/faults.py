@@ -81,7 +81,7 @@ def apply_fault(
         return f"{n} back on the switch"
     if name == "killTarget":
         if w.nodes[n].alive:
-            w.target_stop(n)
+            w.target_daemon_dies(n)
         return f"tgtd died on {n}"
     if name == "removeVip":
         for v in sim.spec.spec.vips:

@@ -3,6 +3,7 @@ tests/fixtures/tgt/SOURCES.md) and of TgtAdapter.observe() over a scripted runne
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ from hypothesis import strategies as st
 
 from adapters.runner import CommandResult
 from adapters.tgt import (
+    LocalProcessHost,
     TgtAccount,
     TgtAdapter,
     TgtConnection,
@@ -20,7 +22,9 @@ from adapters.tgt import (
     parse_tgtadm_show,
     parse_tgtadm_sys,
 )
+from adapters.wake import Wakeup
 from reconciler.core.errors import TerminalError, TransientError
+from reconciler.core.observed import TargetObs
 from reconciler.core.spec import Lun, Resource, Target
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "tgt"
@@ -274,21 +278,27 @@ def test_sys_and_portal_parsers() -> None:
 
 
 class ScriptedRunner:
-    """Answers tgtadm calls from a table keyed by (mode, op); records every argv."""
+    """Answers tgtadm calls from a table keyed by (mode, op); records every argv. An answer
+    is (rc, stdout) or (rc, stdout, stderr)."""
 
-    def __init__(self, answers: Mapping[tuple[str, str], tuple[int, str]]) -> None:
+    def __init__(self, answers: Mapping[tuple[str, str], tuple[Any, ...]]) -> None:
         self.answers = dict(answers)
         self.calls: list[list[str]] = []
+
+    @property
+    def spawned(self) -> int:
+        return len(self.calls)
 
     def run(self, argv: Sequence[str], **kw: Any) -> CommandResult:
         self.calls.append(list(argv))
         mode = argv[argv.index("--mode") + 1]
         op = argv[argv.index("--op") + 1]
-        rc, out = self.answers.get((mode, op), (0, ""))
+        rc, out, *err = self.answers.get((mode, op), (0, ""))
         if kw.get("check", True) and rc:
             error = TransientError if rc in kw.get("transient_codes", ()) else TerminalError
             raise error(f"rc {rc}")
-        return CommandResult(tuple(argv), rc, out, "" if rc == 0 else "tgtadm: boom", 0.0)
+        stderr = err[0] if err else ("" if rc == 0 else "tgtadm: boom")
+        return CommandResult(tuple(argv), rc, out, stderr, 0.0)
 
     def spawn(self, argv: Sequence[str], **kw: Any) -> Any:
         raise AssertionError("no process may be spawned here")
@@ -303,20 +313,92 @@ SPEC = Target(
 )
 
 
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
 def adapter(
-    answers: Mapping[tuple[str, str], tuple[int, str]], tmp_path: Path
+    answers: Mapping[tuple[str, str], tuple[Any, ...]],
+    tmp_path: Path,
+    clock: Clock | None = None,
+    resync: float = 30.0,
 ) -> tuple[TgtAdapter, ScriptedRunner]:
     runner = ScriptedRunner(answers)
-    return TgtAdapter(runner, control_dir=str(tmp_path / "ctl")), runner  # type: ignore[arg-type]
+    tgt = TgtAdapter(
+        runner,  # type: ignore[arg-type]
+        control_dir=str(tmp_path / "ctl"),
+        clock=clock or Clock(),
+        resync=resync,
+    )
+    return tgt, runner
+
+
+EXISTS = (22, "", "tgtadm: this target already exists")
 
 
 READY = (0, fixture("sys-show-ready.txt"))
 
 
 def test_observe_not_running(tmp_path: Path) -> None:
-    tgt, _ = adapter({("sys", "show"): (107, "")}, tmp_path)
+    tgt, _ = adapter({("target", "show"): (107, "")}, tmp_path)
     obs = tgt.observe(SPEC)
-    assert obs.running is False and obs.error is None
+    assert obs.running is False and obs.daemon is False and obs.error is None
+
+
+def test_observe_resident_daemon_without_the_target(tmp_path: Path) -> None:
+    """The secondary's normal state: tgtd runs with no target defined. Not serving, and no
+    error (a stop-target would be planned for an error on a running daemon)."""
+    tgt, _ = adapter({("target", "show"): (0, "")}, tmp_path)
+    obs = tgt.observe(SPEC)
+    assert (obs.running, obs.daemon, obs.error) == (False, True, None)
+
+
+def test_observe_answers_from_the_listing_until_resync(tmp_path: Path) -> None:
+    clock = Clock()
+    two_luns = (0, fixture("show-04-two-luns.txt"))
+    tgt, runner = adapter({("target", "show"): two_luns}, tmp_path, clock, resync=30.0)
+    first = tgt.observe(SPEC)
+    assert first.running is True and runner.spawned == 1
+    # A LUN deleted by hand on the socket: not seen before the re-list ...
+    runner.answers[("target", "show")] = (0, fixture("show-03-one-lun-acl-all.txt"))
+    clock.now += 29.9
+    assert tgt.observe(SPEC) == first and runner.spawned == 1
+    # ... and seen by it, at most `resync` seconds later.
+    clock.now += 0.1
+    again = tgt.observe(SPEC)
+    assert again.exported_luns == frozenset({1}) and runner.spawned == 2
+
+
+def test_every_action_drops_the_listing(tmp_path: Path) -> None:
+    clock = Clock()
+    answers = {("target", "show"): (0, fixture("show-02-target-no-lun.txt"))}
+    tgt, runner = adapter(answers, tmp_path, clock)
+    assert tgt.observe(SPEC).exported_luns == frozenset()
+    tgt.backing_for = lambda resource: f"/dev/drbd{resource.minor}"
+    tgt.export_lun(SPEC, SPEC.luns[0], Resource(name="r0", minor=0, disk="/dev/sdb"))
+    runner.answers[("target", "show")] = (0, fixture("show-04-two-luns.txt"))
+    before = runner.spawned
+    assert tgt.observe(SPEC).exported_luns == frozenset({1, 2})  # same clock: re-listed
+    assert runner.spawned == before + 1
+
+
+def test_a_failed_relist_is_unknown_not_the_older_listing(tmp_path: Path) -> None:
+    clock = Clock()
+    tgt, runner = adapter(
+        {("target", "show"): (0, fixture("show-04-two-luns.txt"))}, tmp_path, clock
+    )
+    assert tgt.observe(SPEC).running is True
+    runner.answers[("target", "show")] = (0, "<html>oops</html>")
+    clock.now += 30.0
+    obs = tgt.observe(SPEC)
+    assert obs.running is None and obs.error and "unreadable" in obs.error
+    # Not cached either: the next observation asks again.
+    runner.answers[("target", "show")] = (0, fixture("show-04-two-luns.txt"))
+    assert tgt.observe(SPEC).running is True
 
 
 def test_observe_exported(tmp_path: Path) -> None:
@@ -344,10 +426,18 @@ def test_observe_garbage_is_unknown(tmp_path: Path) -> None:
     assert obs.running is None and obs.error and "unreadable" in obs.error
 
 
-def test_observe_offline_daemon(tmp_path: Path) -> None:
-    tgt, _ = adapter({("sys", "show"): (0, fixture("sys-show-offline.txt"))}, tmp_path)
-    obs = tgt.observe(SPEC)
-    assert obs.running is False and obs.error and "offline" in obs.error
+def test_start_sets_an_offline_daemon_ready(tmp_path: Path) -> None:
+    """A tgtd left offline (an older agent's stop interrupted) is made ready by start."""
+    answers = {
+        ("sys", "show"): (0, fixture("sys-show-offline.txt")),
+        ("target", "new"): EXISTS,
+        ("target", "show"): (0, fixture("show-03-one-lun-acl-all.txt")),
+    }
+    tgt, runner = adapter(answers, tmp_path)
+    tgt.start(SPEC)
+    assert ["--mode", "sys", "--op", "update", "--name", "State", "-v", "ready"] in [
+        c[1:] for c in runner.calls
+    ]
 
 
 def test_observe_other_iqn_on_the_tid(tmp_path: Path) -> None:
@@ -392,8 +482,8 @@ def test_export_lun_is_a_no_op_when_exported(tmp_path: Path) -> None:
 
 def test_start_asks_tgtd_afresh_after_an_observation_found_none(tmp_path: Path) -> None:
     """No hint from observe() into start(): the decision to spawn comes from tgtd's answer."""
-    tgt, runner = adapter({("sys", "show"): (107, "")}, tmp_path)
-    assert tgt.observe(SPEC).running is False
+    tgt, runner = adapter({("sys", "show"): (107, ""), ("target", "show"): (107, "")}, tmp_path)
+    assert tgt.observe(SPEC).daemon is False
     # Another agent run on the same state directory started tgtd in between: spawning a
     # second one (the runner's spawn fails the test) would fight it for the socket.
     runner.answers[("sys", "show")] = READY
@@ -404,7 +494,11 @@ def test_start_asks_tgtd_afresh_after_an_observation_found_none(tmp_path: Path) 
 
 def test_acl_options(tmp_path: Path) -> None:
     tgt, runner = adapter(
-        {("sys", "show"): READY, ("target", "show"): (0, fixture("show-03-one-lun-acl-all.txt"))},
+        {
+            ("sys", "show"): READY,
+            ("target", "new"): EXISTS,
+            ("target", "show"): (0, fixture("show-03-one-lun-acl-all.txt")),
+        },
         tmp_path,
     )
     spec = Target(iqn=IQN, luns=SPEC.luns, initiators=(CLIENT, "198.51.100.0/24"))
@@ -415,3 +509,111 @@ def test_acl_options(tmp_path: Path) -> None:
         ["bind", "--tid", "1", "-I", "198.51.100.0/24"],
         ["unbind", "--tid", "1", "-I", "ALL"],
     ]
+
+
+class FakeTgtd:
+    """A tgtd handle (``Process``) whose death the test decides."""
+
+    pid = 4_000_000  # above any pid_max: no real process has it
+
+    def __init__(self) -> None:
+        self.code: int | None = None
+        self.exited = threading.Event()
+
+    def poll(self) -> int | None:
+        return self.code
+
+    def wait(self, timeout: float | None = None) -> int:
+        self.exited.wait(timeout)
+        return -9 if self.code is None else self.code
+
+    def kill(self) -> None:
+        self.die(-9)
+
+    def die(self, code: int) -> None:
+        self.code = code
+        self.exited.set()
+
+
+class SpawningRunner(ScriptedRunner):
+    """tgtd starts on ``spawn``: the socket answers from then on."""
+
+    def __init__(self, answers: Mapping[tuple[str, str], tuple[Any, ...]]) -> None:
+        super().__init__(answers)
+        self.tgtd: FakeTgtd | None = None
+
+    def spawn(self, argv: Sequence[str], **kw: Any) -> Any:
+        assert argv[0] == "tgtd"
+        self.calls.append(list(argv))
+        self.answers[("sys", "show")] = READY
+        self.answers[("target", "show")] = (0, "")
+        self.tgtd = FakeTgtd()
+        return self.tgtd
+
+
+def test_the_daemons_exit_wakes_the_agent_and_observe_says_down_without_a_process(
+    tmp_path: Path,
+) -> None:
+    runner = SpawningRunner({("sys", "show"): (107, ""), ("target", "show"): (107, "")})
+    wakeup = Wakeup()
+    tgt = TgtAdapter(
+        runner,  # type: ignore[arg-type]
+        control_dir=str(tmp_path / "ctl"),
+        wakeup=wakeup,
+        clock=Clock(),
+    )
+    tgt.start_daemon()
+    assert runner.tgtd is not None
+    assert tgt.observe(SPEC) == TargetObs(running=False, daemon=True)
+    idle = runner.spawned
+    assert tgt.observe(SPEC).daemon is True and runner.spawned == idle  # the listing
+    assert wakeup.pending() is None
+    runner.tgtd.die(-9)  # killed from outside
+    assert wakeup.wait(10.0) == "tgtd exited"
+    assert tgt.observe(SPEC) == TargetObs(running=False, daemon=False)
+    assert runner.spawned == idle
+    assert not (tmp_path / "ctl" / "tgtd.pid").exists()  # the dead PID is forgotten
+
+
+class KillingHost(LocalProcessHost):
+    """The node's process table for the fake tgtd: SIGKILL ends it."""
+
+    def __init__(self, runner: SpawningRunner) -> None:
+        self.runner = runner
+
+    def alive(self, pid: int) -> bool:
+        tgtd = self.runner.tgtd
+        return tgtd is not None and pid == tgtd.pid and tgtd.code is None
+
+    def kill(self, pid: int) -> None:
+        if self.runner.tgtd is not None and pid == self.runner.tgtd.pid:
+            self.runner.tgtd.die(-9)
+
+
+def _join_watcher(pid: int) -> None:
+    for thread in threading.enumerate():
+        if thread.name == f"tgtd-watch-{pid}":
+            thread.join(10.0)
+
+
+def test_a_tgtd_this_adapter_kills_does_not_wake_the_agent(tmp_path: Path) -> None:
+    """stop's SIGKILL of a tgtd that cannot delete its target is this adapter's own work: the
+    watcher sees the exit (the next observe re-lists) but does not wake the agent for it."""
+    runner = SpawningRunner({("sys", "show"): (107, ""), ("target", "show"): (107, "")})
+    wakeup = Wakeup()
+    tgt = TgtAdapter(
+        runner,  # type: ignore[arg-type]
+        control_dir=str(tmp_path / "ctl"),
+        wakeup=wakeup,
+        host=KillingHost(runner),
+    )
+    tgt.start_daemon()
+    assert runner.tgtd is not None
+    runner.answers[("target", "show")] = (0, fixture("show-03-one-lun-acl-all.txt"))
+    runner.answers[("target", "delete")] = (22, "", "tgtadm: this logical unit is still active")
+    tgt.stop(SPEC)
+    assert runner.tgtd.code == -9
+    _join_watcher(runner.tgtd.pid)
+    assert wakeup.pending() is None
+    runner.answers[("target", "show")] = (107, "")
+    assert tgt.observe(SPEC) == TargetObs(running=False, daemon=False)
