@@ -14,9 +14,12 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from adapters.wake import Wakeup
+
+if TYPE_CHECKING:
+    from adapters.runner import Runner
 from reconciler.core.observed import (
     HypervisorObs,
     Leftovers,
@@ -200,6 +203,9 @@ class NodeAdapters:
     hypervisor: HypervisorAdapter | None = None
     witness: WitnessAdapter | None = None
     wakeup: Wakeup = field(default_factory=Wakeup)
+    # The one command seam the real adapters share (None: built without one): its
+    # ``spawned`` counter feeds the tick report's ``spawns_total`` (figures, never decisions).
+    runner: Runner | None = None
 
     def close(self) -> None:
         """Call ``close()`` on every adapter that has one (once each; errors are ignored:

@@ -182,6 +182,7 @@ def build_adapters(
         wake=wake_sources(role, local_operator, world, node=node),
         hypervisor=hypervisor,
         wakeup=wakeup,
+        runner=runner,
     )
 
 

@@ -63,6 +63,9 @@ class TickReport:
     observe_seconds: float = 0.0
     observe_parts: Mapping[str, float] = field(default_factory=dict)  # seconds per concern
     simulated: tuple[str, ...] = ()  # the concerns the simulator served (spec adapters 'sim')
+    # The processes the node's runner started since the adapters were built, counted at the
+    # end of this tick (``Runner.spawned``; None: adapters without a runner).
+    spawns_total: int | None = None
 
     @property
     def degraded(self) -> tuple[PlanWarning, ...]:
@@ -113,6 +116,7 @@ class TickReport:
             timestamp=iso_utc(self.started),
             simulated=bool(self.simulated),
             degraded=[WarningRecord.of(w) for w in self.degraded],
+            spawns_total=self.spawns_total,
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -163,6 +167,7 @@ def tick(
         looked,
         parts,
         simulated=spec.spec.adapters.simulated,
+        spawns_total=adapters.runner.spawned if adapters.runner is not None else None,
     )
 
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import signal
 import sys
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -79,7 +78,7 @@ def _watch(
     metrics_address: Any = None,
     spec_path: str | None = None,
 ) -> int:
-    stop = threading.Event()
+    stop = loop.Stop()  # set() also ends the wait between ticks at once
     endpoint = _endpoint(spec, node, state_dir, metrics_address)
 
     def _stop(signum: int, _frame: object) -> None:

@@ -188,11 +188,14 @@ def _run_once(
     spec: StorageCluster, node: str, state_dir: Path, *, dry_run: bool, as_json: bool
 ) -> int:
     adapters = _adapters(spec, node, state_dir, dry_run=dry_run)
-    report = tick(spec, adapters, dry_run=dry_run)
-    print_report(report, as_json=as_json)
-    if not dry_run:
-        _record(spec, adapters, state_dir, report)
-        _history(state_dir, report)
+    try:
+        report = tick(spec, adapters, dry_run=dry_run)
+        print_report(report, as_json=as_json)
+        if not dry_run:
+            _record(spec, adapters, state_dir, report)
+            _history(state_dir, report)
+    finally:
+        adapters.close()  # what the adapters started in this process (streams, sockets)
     return report.exit_code
 
 

@@ -201,6 +201,12 @@ class Metrics:
             "Boolean whether the peer answers on its management address (NaN: not probed)",
             [],
         )
+        self.spawns = Counter(
+            "tandem_command_spawns",
+            "Processes the agent's command runner started (commands, daemons, streams)",
+            registry=r,
+        )
+        self._spawns_seen = 0
         # Series exist from the start (zero), so a rate() over them has a beginning.
         for kind in BlockKind:
             self.blocked.labels(kind=kind.value).set(0)
@@ -214,6 +220,7 @@ class Metrics:
         for res in obs.resources:
             self._resource(res, minors.get(res.name))
         self.tick_seconds.observe(report.seconds)
+        self._count_spawns(report.spawns_total)
         self.observe_seconds.observe(report.observe_seconds)
         self._actions(report)
         counts = {kind: 0 for kind in BlockKind}
@@ -254,6 +261,16 @@ class Metrics:
         )
         self.split_brain.labels(name=name).set(float(res.split_brain))
         self.degraded.labels(name=name).set(float(res.degraded))
+
+    def _count_spawns(self, total: int | None) -> None:
+        """The runner's count grows; adapters rebuilt for a new spec start a new runner at
+        zero, whose whole count is then new."""
+        if total is None:
+            return
+        grew = total - self._spawns_seen if total >= self._spawns_seen else total
+        self._spawns_seen = total
+        if grew > 0:
+            self.spawns.inc(grew)
 
     def _actions(self, report: TickReport) -> None:
         if report.result is None:

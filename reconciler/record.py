@@ -267,6 +267,10 @@ class TickRecord(_Model):
     simulated: bool = False  # a concern ran on the simulator (spec adapters 'sim')
     # Why a converged node is not healthy (replication degraded, split brain): exit 4.
     degraded: list[WarningRecord] = Field(default_factory=list)
+    # The processes the agent's command runner started so far (``Runner.spawned``, counted
+    # at the end of the tick; the idle-cost benchmark divides its growth by the ticks).
+    # None: no runner, or written before ticks carried it.
+    spawns_total: int | None = None
 
     @field_validator("warnings", mode="before")
     @classmethod

@@ -16,7 +16,7 @@ import pytest
 
 from adapters.factory import build_adapters, world_store
 from adapters.sim.world import Fault, World
-from adapters.wake import DerivedFileWake, FileWake
+from adapters.wake import DerivedFileWake, FileWake, FileWatch, Wakeup
 from reconciler import loop
 from reconciler.agent import TickReport
 from reconciler.core.observed import Role
@@ -24,6 +24,7 @@ from reconciler.core.plan import ActionKind, BlockKind
 from reconciler.core.spec import StorageCluster
 from reconciler.core.specload import load_spec
 from reconciler.observe import observe
+from tests.waiting import wait_for
 
 SPEC = (
     (Path(__file__).parent.parent / "specs" / "demo.yaml")
@@ -136,31 +137,32 @@ def test_a_broken_wake_source_is_a_change_not_a_crash(tmp_path: Path) -> None:
 
     class Exploding:
         name = "exploding"
+        calls = 0
 
         def fingerprint(self) -> object:
+            Exploding.calls += 1
             raise RuntimeError("boom")
 
-    watcher = loop.Watcher([Exploding()])
-    watcher.remember()
-    assert not watcher.changed()
-
-
-def test_wait_for_next_returns_on_a_wake_before_the_timer(tmp_path: Path) -> None:
-    path = tmp_path / "pool.conf"
-    path.write_text("master\n")
-    watcher = loop.Watcher([FileWake(path, name="pool.conf")])
-    watcher.remember()
-    stop = threading.Event()
-    timer = threading.Timer(0.1, lambda: path.write_text("slave:198.51.100.12\n"))
-    timer.start()
+    # No path: polled (here every 10 ms) next to inotify; its exception is a fingerprint.
+    wakeup = Wakeup()
+    files = FileWatch([Exploding()], wakeup, poll=0.01).start()
     try:
-        assert loop.wait_for_next(watcher, stop, delay=30.0, poll=0.01) == "wake:pool.conf"
+        wait_for("a few polls of the exploding source", lambda: Exploding.calls >= 3)
+        assert wakeup.pending() is None  # failing the same way is no change
     finally:
-        timer.cancel()
+        files.close()
+
+
+def test_wait_for_next_says_why_it_ended() -> None:
+    wakeup = Wakeup()
+    stop = loop.Stop()
+    assert loop.wait_for_next(wakeup, stop, delay=0.01) == "timer"
+    wakeup.notify("pool.conf")  # e.g. during the tick: the next wait returns at once
+    assert loop.wait_for_next(wakeup, stop, delay=30.0) == "wake:pool.conf"
+    assert loop.wait_for_next(wakeup, stop, delay=30.0) == "wake:pool.conf"  # until clear()
+    wakeup.clear()
     stop.set()
-    assert loop.wait_for_next(watcher, stop, delay=30.0, poll=0.01) == "stop"
-    stop.clear()
-    assert loop.wait_for_next(loop.Watcher([]), stop, delay=0.01, poll=0.01) == "timer"
+    assert loop.wait_for_next(wakeup, stop, delay=30.0) == "stop"
 
 
 class Agent:
