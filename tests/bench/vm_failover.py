@@ -139,6 +139,9 @@ def main() -> int:
         c = VmCluster(lab, lab.directory)
         try:
             bring_up(c)
+            idle = c.idle_cost(5.0)
+            print(idle)
+            results["idle"] = idle
             swaps = [swap_round(c) for _ in range(args.swaps)]
             results["swap"] = summary("swap", swaps)
             crashes = [crash_round(c) for _ in range(args.crashes)]

@@ -100,7 +100,7 @@ spec:
         scsiSn: TANDEMVM0001
     initiators: [ALL]
   timings:
-    tickInterval: 0.1
+    tickInterval: 1.0   # changes wake the agents (streams, inotify): the interval is a backstop
     commandTimeout: 10
   alerts:
     syslog: false
@@ -360,6 +360,7 @@ class Timings:
     rows: list[Timing] = field(default_factory=list)
     boot: dict[str, float] = field(default_factory=dict)
     timelines: dict[str, str] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
 
     def row(self, scenario: str) -> Timing:
         """The row of ``scenario`` (created on first use; scenarios fill agent and floor)."""
@@ -380,6 +381,7 @@ class Timings:
             lines.append(f"{r.scenario:44s} {agent} {floor} {ratio}  {r.note}".rstrip())
         if self.boot:
             lines.append("boot (TCG): " + ", ".join(f"{k} {v:.1f}s" for k, v in self.boot.items()))
+        lines.extend(self.notes)
         for name, text in self.timelines.items():
             lines.append(f"agent ticks during {name} (start, node, tick length, actions):")
             lines.append(text)
@@ -530,6 +532,19 @@ class VmCluster:
         secondary = next(n for n in NODES if n != primary)
         self.agents[primary].wait(serving, timeout, f"{primary} serving")
         self.agents[secondary].wait(standing_by, timeout, f"{secondary} standing by")
+
+    def idle_cost(self, seconds: float) -> str:
+        """The converged agents' ticks and process starts in their VMs over ``seconds`` (every
+        command and stream the node's runner started; nothing else uses it meanwhile)."""
+        before = {n: (self.runners[n].spawned, len(self.agents[n].reports)) for n in NODES}
+        time.sleep(seconds)
+        parts = []
+        for n in NODES:
+            spawned = self.runners[n].spawned - before[n][0]
+            ticks = len(self.agents[n].reports) - before[n][1]
+            per = f"{spawned / ticks:.2f}" if ticks else "-"
+            parts.append(f"{n} {ticks} ticks, {spawned} process starts ({per} per tick)")
+        return f"idle agents over {seconds:g}s: " + "; ".join(parts)
 
     # ------------------------------------------------------------------ observation
     def drbd(self, node: str) -> ResourceObs:

@@ -130,6 +130,7 @@ def test_planned_swap(vm_cluster: VmCluster) -> None:
     data through the VIP from the new primary."""
     c = vm_cluster
     c.wait_roles("node1")
+    TIMINGS.notes.append(c.idle_cost(3.0))  # a figure, not a check: printed with the table
     w = c.client_write()
     assert w is not None
 
