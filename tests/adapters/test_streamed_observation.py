@@ -390,3 +390,16 @@ def test_bad_settings_are_refused(bad: dict[str, float]) -> None:
             peer_addresses=[PEER],
             **bad,  # type: ignore[arg-type]
         )
+
+
+def test_lines_from_a_replaced_stream_are_ignored() -> None:
+    kernel = Kernel()
+    adapter, runner, _, _ = monitored(kernel)
+    local(adapter)
+    old = runner.streams[0]
+    old.end(-9)
+    assert local(adapter) is False  # a new monitor, a fresh list
+    old.on_line(ADD)  # a late line of the old stream's reader
+    old.on_end(-9)  # and a late end: neither may touch the new stream's cache
+    assert local(adapter) is False
+    assert runner.lists() == 2 and len(runner.streams) == 2
