@@ -12,7 +12,9 @@ Invariants:
   ``operator-<node>.json``, ``vip-announced-<node>.json``, ``drbd-<node>.json``); only the
   simulated world (``sim-world.json``) is shared, so two agents of one lab can use one state
   directory.
-- Building adapters starts nothing and changes nothing on the node: daemons start in actions.
+- Building adapters starts nothing and changes nothing on the node: daemons start in actions,
+  event streams (real DRBD's ``events2``) at the first observe. Event-fed adapters all get the
+  one ``Wakeup`` that becomes ``NodeAdapters.wakeup``.
 - Problems found while building (a control socket path too long for the OS, a netns transport
   without a namespace, a command the real adapters need missing on this host, with the Debian
   package that provides it) raise ``TerminalError``: the CLI reports them and exits 2.
@@ -93,15 +95,13 @@ def build_adapters(
     if missing := missing_tools(tools_needed(spec, node)):
         raise TerminalError(describe_missing(missing, node))
 
+    wakeup = Wakeup()  # the one every event-fed adapter notifies, and NodeAdapters.wakeup
     drbd: DrbdAdapter
     if chosen.drbd == "sim":
         assert world is not None
         drbd = SimDrbd(world, node)
     else:
-        from adapters.drbd import RealDrbd, SplitBrainRecord
-
-        record = SplitBrainRecord(drbd_record_path(state_dir.absolute(), node), read_only=dry_run)
-        drbd = RealDrbd(runner, record=record)
+        drbd = _real_drbd(spec, node, runner, state_dir, wakeup, dry_run=dry_run)
 
     vip: VipAdapter
     if chosen.vip == "sim":
@@ -183,6 +183,30 @@ def build_adapters(
         hypervisor=hypervisor,
         wakeup=wakeup,
         runner=runner,
+    )
+
+
+def _real_drbd(
+    spec: StorageCluster,
+    node: str,
+    runner: Runner,
+    state_dir: Path,
+    wakeup: Wakeup,
+    *,
+    dry_run: bool,
+) -> DrbdAdapter:
+    """Real DRBD observed through one ``drbdsetup events2`` stream (``EventFedDrbd``, re-listed
+    at least every ``timings.resync``), or by one status command per tick (``RealDrbd``) where
+    the transport cannot stream."""
+    from adapters.drbd import EventFedDrbd, RealDrbd, SplitBrainRecord
+
+    record = SplitBrainRecord(drbd_record_path(state_dir.absolute(), node), read_only=dry_run)
+    real = RealDrbd(runner, record=record)
+    if not runner.can_stream:
+        return real
+    timings = spec.spec.timings
+    return EventFedDrbd(
+        runner, real=real, wakeup=wakeup, resync=timings.resync, stall=timings.command_timeout
     )
 
 

@@ -19,7 +19,9 @@ Invariants:
   from one reader thread, in order, for every stdout line without its newline (stderr is not
   delivered); ``on_end(rc)`` is called exactly once, after the last ``on_line``, when the
   command ended for any reason (``rc`` < 0: killed by signal -rc, also by ``kill()``); an
-  exception raised by a callback is logged and never stops the reader. The handle's ``kill``
+  exception raised by a callback is logged and never stops the reader. Callers must expect
+  ``on_line`` to start before ``stream`` returned, and ``on_end`` from any thread, also from
+  inside ``kill()``. The handle's ``kill``
   ends that one process (never a group); ``wait(timeout)`` raises ``TimeoutError``.
 - Nothing else in the product spawns processes (tests check that no other module imports
   ``subprocess`` or ``sh``).
@@ -27,11 +29,13 @@ Invariants:
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import logging
 import subprocess
 import threading
 import time
+import weakref
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
@@ -165,8 +169,9 @@ class CommandResult:
 
 @dataclass
 class Runner:
-    """``spawned`` counts the processes this runner started (``run`` and ``spawn``, locally or
-    through an executing transport): the idle-cost benchmark and the metrics read it."""
+    """``spawned`` counts the processes this runner started (``run``, ``spawn`` and
+    ``stream``, locally or through an executing transport): the idle-cost benchmark and the
+    metrics read it."""
 
     transport: Transport = field(default_factory=Local)
     timeout: float = 10.0
@@ -278,6 +283,14 @@ class Runner:
             seconds=time.monotonic() - started,
         )
         return _checked(result, argv, check, transient_codes)
+
+    @property
+    def can_stream(self) -> bool:
+        """Whether ``stream`` can work on this runner's transport (local and netns always;
+        an executing transport only when it has ``stream``)."""
+        return not isinstance(self.transport, ExecutingTransport) or isinstance(
+            self.transport, StreamingTransport
+        )
 
     def stream(
         self,
@@ -397,6 +410,7 @@ class _ShStream:
         )
         self.pid: int = self._proc.pid
         end = _once(on_end, full)
+        _LIVE_STREAMS.add(self)
 
         def waiter() -> None:
             with contextlib.suppress(sh.ErrorReturnCode, sh.SignalException):
@@ -404,6 +418,7 @@ class _ShStream:
             rc = self._proc.process.exit_code
             self._rc = -9 if rc is None else int(rc)
             self._ended.set()
+            _LIVE_STREAMS.discard(self)
             end(self._rc)
 
         threading.Thread(target=waiter, name=f"stream {_short(full)}", daemon=True).start()
@@ -421,6 +436,17 @@ class _ShStream:
         if not self._ended.is_set():
             with contextlib.suppress(ProcessLookupError):
                 self._proc.kill()
+
+
+# Streams still running when the interpreter exits are killed (an agent or a ``--once`` run
+# that ends without closing its adapters must not leave an idle ``events2`` behind).
+_LIVE_STREAMS: weakref.WeakSet[_ShStream] = weakref.WeakSet()
+
+
+@atexit.register
+def _kill_live_streams() -> None:
+    for stream in list(_LIVE_STREAMS):
+        stream.kill()
 
 
 def _guard(on_line: Callable[[str], None], argv: Sequence[str]) -> Callable[[str], None]:

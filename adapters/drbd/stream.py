@@ -35,11 +35,17 @@ Invariants:
   into ``RealDrbd`` for good: every observe re-lists.
 - Each change the stream shows in a resource's role, connection or disk state (its own or the
   peer's), and the stream's end, calls ``wakeup.notify("drbd events")`` from the reader
-  thread, so the watch loop ticks at once. Sync progress alone does not wake.
+  thread, so the watch loop ticks at once. Sync progress alone does not wake, nor does the
+  change that only shows this adapter's own promote/demote (the verify tick checks it; like
+  the simulated world's wake source, a node's own changes do not wake it).
 - Split brain: ``call helper ... helper:split-brain`` lines are recorded as suspicions
   (``RealDrbd.mark_split_brain``) by the next observe, in the tick's thread (every record write
   happens there); the inference from StandAlone transitions is ``RealDrbd``'s, applied to the
   cache's observation exactly as to a listing.
+- One DRBD state change can span several lines (a lost connection: the ``connection`` line,
+  then the ``peer-device`` line with ``peer-disk:DUnknown``); a tick may read the cache
+  between them, microseconds apart. Each line that changes what is observed wakes another
+  tick, which then sees the whole change.
 - ``close()`` is idempotent and safe from any thread; an observe after it re-lists (polling)
   without starting a stream again.
 """
@@ -57,7 +63,7 @@ from adapters.drbd.parse import Events2State
 from adapters.runner import Process, Runner
 from adapters.wake import Wakeup
 from reconciler.core.errors import AdapterError, TerminalError
-from reconciler.core.observed import ResourceObs
+from reconciler.core.observed import ResourceObs, Role
 from reconciler.core.spec import Resource
 
 __all__ = ["EVENTS2", "EventFedDrbd"]
@@ -71,6 +77,9 @@ WAKE_REASON = "drbd events"
 def _essence(obs: ResourceObs) -> tuple[object, ...]:
     """What a change in wakes the agent, and what a re-list must agree on with the cache."""
     return (obs.up, obs.known, obs.role, obs.conn, obs.disk, obs.peer_role, obs.peer_disk)
+
+
+_ESSENCE_ROLE = 2  # where this node's own role is in an essence
 
 
 @dataclass
@@ -128,13 +137,19 @@ class EventFedDrbd:
         self._backoff_first = restart_backoff
         self._backoff = restart_backoff
         self._clock = clock
-        self._lock = threading.Lock()
+        # Reentrant: a transport may call on_end from inside kill(), or on_line from inside
+        # stream(), in the calling thread.
+        self._lock = threading.RLock()
         self._stream: _Stream | None = None
         self._next_start = float("-inf")
         self._last_listing: float | None = None
         self._acted = False
         self._closed = False
         self._helper_sb: set[str] = set()  # split-brain helper calls not yet recorded
+        # The role this adapter's own promote/demote asked for, per resource: the event that
+        # shows it does not wake the agent (its verify tick comes anyway; an immediate extra
+        # tick would compete with the peer taking over for the same CPUs).
+        self._own_roles: dict[str, Role] = {}
         self.polling: str | None = None  # why this adapter polls for good (cannot stream)
         self.relists = 0  # full listings so far (a figure for tests and benchmarks)
 
@@ -257,6 +272,7 @@ class EventFedDrbd:
 
     def _start(self, now: float) -> _Stream | None:
         stream = _Stream(started=now)
+        self._stream = stream  # before it runs: its first lines may come before the handle
         try:
             stream.process = self.runner.stream(
                 list(EVENTS2),
@@ -273,7 +289,8 @@ class EventFedDrbd:
             self._stream = None
             self._next_start = now + self._backoff
             return None
-        self._stream = stream
+        if stream.killed is not None and stream.process is not None:
+            stream.process.kill()  # closed or distrusted while it was starting
         return stream
 
     def _kill(self, stream: _Stream, why: str) -> None:
@@ -308,14 +325,32 @@ class EventFedDrbd:
             elif what.kind == "event" and what.name and stream.dumped:
                 now = stream.state.resource(what.name)
                 essence = None if now is None else _essence(now)
-                if stream.seen.get(what.name) != essence:
+                before = stream.seen.get(what.name)
+                if before != essence:
                     if essence is None:
                         stream.seen.pop(what.name, None)
                     else:
                         stream.seen[what.name] = essence
-                    wake = True
-        if wake:
-            self.wakeup.notify(WAKE_REASON)
+                    wake = not self._own_role_change(what.name, before, essence)
+            if wake:  # under the lock: whoever sees the new state sees the wake too
+                self.wakeup.notify(WAKE_REASON)
+
+    def _own_role_change(
+        self, name: str, before: tuple[object, ...] | None, after: tuple[object, ...] | None
+    ) -> bool:
+        """True for the change that only shows this adapter's own promote/demote (which
+        is then no longer expected). Called with the lock held."""
+        expected = self._own_roles.get(name)
+        if expected is None or before is None or after is None:
+            return False
+        role = _ESSENCE_ROLE
+        only_role = all(
+            b == a for i, (b, a) in enumerate(zip(before, after, strict=True)) if i != role
+        )
+        if only_role and after[role] is expected:
+            del self._own_roles[name]
+            return True
+        return False
 
     def _on_end(self, stream: _Stream, rc: int) -> None:
         with self._lock:
@@ -355,20 +390,22 @@ class EventFedDrbd:
 
     # ---------------------------------------------------------------------------- actions
 
-    def _acting(self) -> None:
+    def _acting(self, name: str | None = None, role: Role | None = None) -> None:
         with self._lock:
             self._acted = True
+            if name is not None and role is not None:
+                self._own_roles[name] = role
 
     def up(self, resource: Resource) -> None:
         self._acting()
         self.real.up(resource)
 
     def primary(self, resource: Resource, *, force: bool = False) -> None:
-        self._acting()
+        self._acting(resource.name, Role.PRIMARY)
         self.real.primary(resource, force=force)
 
     def secondary(self, resource: Resource) -> None:
-        self._acting()
+        self._acting(resource.name, Role.SECONDARY)
         self.real.secondary(resource)
 
     def connect(self, resource: Resource, *, discard_my_data: bool = False) -> None:

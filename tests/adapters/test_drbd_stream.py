@@ -19,6 +19,7 @@ import pytest
 
 from adapters.drbd import RealDrbd
 from adapters.drbd.stream import EventFedDrbd
+from adapters.factory import build_adapters
 from adapters.runner import Runner
 from adapters.sim.world import World
 from adapters.wake import Wakeup
@@ -390,6 +391,9 @@ def test_events2_killed_mid_swap_the_next_tick_relists_and_does_not_act_on_stale
     assert fake.node("iscsi1", "node1")["role"] == "Primary"
     node2 = adapters["node2"]
     streaming(node2)
+    before = node2.runner.spawned
+    idle = cluster.tick("node2")
+    assert not idle.plan.actions and node2.runner.spawned == before  # an idle tick: 0 spawns
     cluster.world.pool_master = "node2"  # the planned swap begins
     report = cluster.tick("node2")
     assert ActionKind.PROMOTE not in {a.kind for a in report.plan.actions}  # peer Primary
@@ -445,3 +449,52 @@ def test_events2_killed_before_it_showed_the_demote_the_swap_completes_from_a_li
     assert report.observed.resources[0].peer_role is Role.SECONDARY
     assert ActionKind.PROMOTE in {a.kind for a in report.plan.actions}
     assert fake.node("iscsi1", "node2")["role"] == "Primary"
+
+
+# ----------------------------------------------------------------------- the factory
+
+
+def test_the_factory_builds_real_drbd_event_fed_sharing_the_agents_wakeup(
+    fake: FakeDrbd, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    text = DEMO_TEXT.replace("drbd: sim", "drbd: drbd").replace(
+        "hypervisor: sim", "hypervisor: none"
+    )
+    spec = load_spec(text, filename="t.yaml")
+    for name, value in fake.env("node1").items():
+        monkeypatch.setenv(name, value)
+    built = build_adapters(spec, "node1", tmp_path / "state")
+    drbd = built.drbd
+    try:
+        assert isinstance(drbd, EventFedDrbd)
+        assert drbd.wakeup is built.wakeup
+        assert drbd.runner.spawned == 0 and drbd.process is None  # building starts nothing
+        (obs,) = drbd.observe(spec.spec.resources)
+        assert obs.known and obs.conn is ConnState.CONNECTED
+        streaming(drbd)
+        proc = drbd.process
+        built.close()
+        assert proc is not None and proc.wait(timeout=10) == -signal.SIGKILL
+    finally:
+        built.close()
+
+
+def test_its_own_promote_does_not_wake_the_agent_the_peers_does(
+    fake: FakeDrbd, adapters: dict[str, EventFedDrbd]
+) -> None:
+    wakeup = Wakeup()
+    adapter = streaming_after_first(make(fake, adapters, wakeup=wakeup))
+    wakeup.clear()
+    adapter.primary(R1)
+    wait_for(
+        "the promote streamed",
+        lambda: getattr(adapter.streamed("iscsi1"), "role", None) is Role.PRIMARY,
+    )
+    assert wakeup.pending() is None
+    adapter.secondary(R1)
+    fake.set_node("iscsi1", "node2", role="Primary")  # the peer takes over
+    wait_for("a wake", lambda: wakeup.pending())
+    assert getattr(adapter.streamed("iscsi1"), "role", None) is Role.SECONDARY
+    wakeup.clear()
+    fake.set_node("iscsi1", "node1", disk="Outdated")  # not ours: it wakes
+    wait_for("a wake", lambda: wakeup.pending())

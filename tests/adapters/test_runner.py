@@ -213,3 +213,9 @@ class _Streams(_NoStream):
 
     def finish(self, rc: int) -> None:
         self._on_end(rc)
+
+
+def test_can_stream_says_which_transports_stream() -> None:
+    assert Runner().can_stream and Runner(cast(Transport, _EnvWrap())).can_stream
+    assert not Runner(cast(Transport, _NoStream())).can_stream
+    assert Runner(cast(Transport, _Streams())).can_stream

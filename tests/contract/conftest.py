@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -12,11 +13,13 @@ import pytest
 
 from reconciler.core.spec import StorageCluster
 from tests.contract.envs import (
+    FAKE_EVENTS2,
     REAL,
     REAL_DRBD,
     REAL_LAB,
     SIM,
     DrbdEnv,
+    FakeDrbdEnv,
     RealRoleEnv,
     RealTargetEnv,
     RealVipEnv,
@@ -96,8 +99,22 @@ def role_env(
 
 
 # The simulated hypervisor's environment joins this list with the simulated PBD model.
-@pytest.fixture(params=[SIM, REAL_DRBD])
-def drbd_env(request: pytest.FixtureRequest, cluster: StorageCluster) -> DrbdEnv:
+@pytest.fixture(params=[SIM, FAKE_EVENTS2, REAL_DRBD])
+def drbd_env(
+    request: pytest.FixtureRequest,
+    cluster: StorageCluster,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> Iterator[DrbdEnv]:
     if request.param == SIM:
-        return SimDrbdEnv(cluster)
+        yield SimDrbdEnv(cluster)
+        return
+    if request.param == FAKE_EVENTS2:
+        env = FakeDrbdEnv(cluster, tmp_path)
+        monkeypatch.setenv("PATH", f"{env.path_entry}{os.pathsep}{os.environ['PATH']}")
+        try:
+            yield env
+        finally:
+            env.close()
+        return
     raise NotImplementedError("the VM tier provides real DRBD")  # pragma: no cover

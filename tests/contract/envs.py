@@ -12,7 +12,8 @@ Real variants: VIP and target run in the namespace lab (marked ``lab``; skipped 
 with the reason, when not root or a package is missing); pool.conf needs only files. Real DRBD
 cannot run on this kernel: here its parameter is present and skipped; the VM tier runs the same
 DRBD test functions with ``RealDrbdEnv`` on its VMs' runners
-(``tests/vm/test_drbd_contract_vm.py``).
+(``tests/vm/test_drbd_contract_vm.py``). A third DRBD variant, ``fake-events2``, runs the
+event-fed adapter over the fake DRBD tools (``tests/fakes/drbd.py``) in tier 1.
 The fixtures that pick the variant are in ``conftest.py``.
 """
 
@@ -28,18 +29,21 @@ from typing import Any, Protocol
 import pytest
 
 from adapters.base import DrbdAdapter, RoleSourceAdapter, TargetAdapter, VipAdapter
-from adapters.drbd import RealDrbd
+from adapters.drbd import EventFedDrbd, RealDrbd
 from adapters.poolconf import PoolConfRoleSource
 from adapters.runner import Runner
 from adapters.sim.adapters import SimDrbd, SimPoolMaster, SimTarget, SimVip
 from adapters.sim.world import Fault, World, WorldStore
+from adapters.wake import Wakeup
 from reconciler.core.spec import Lun, Resource, StorageCluster, Target, Vip
+from tests.fakes.drbd import FakeDrbd
 from tests.lab.netns import MACS, Lab
 from tests.lab.specs import NODES, LabCluster
 from tests.waiting import wait_for
 
 SIM = "sim"
 REAL = "real"
+FAKE_EVENTS2 = "fake-events2"
 REAL_LAB = pytest.param(REAL, marks=pytest.mark.lab)
 REAL_DRBD = pytest.param(
     REAL,
@@ -341,23 +345,40 @@ class SimDrbdEnv:
 
 
 class RealDrbdEnv:
-    """``RealDrbd`` on each node's command runner (the VM tier: drbd.ko 8.4 in qemu, reached
-    through the VMs' console transport). Whoever builds it has configured ``resource`` on both
-    nodes and left it down with in-sync metadata (``tests/vm/test_drbd_contract_vm.py``);
-    ``reset`` brings it back there after a test."""
+    """The real DRBD adapter on each node's command runner (the VM tier: drbd.ko 8.4 in qemu,
+    reached through the VMs' console transport): ``RealDrbd`` (one status command per
+    observe), or with ``event_fed`` the ``EventFedDrbd`` over one ``drbdsetup events2`` stream
+    per node (which needs a transport that streams, ``Runner.can_stream``). Whoever builds it
+    has configured ``resource`` on both nodes and left it down with in-sync metadata
+    (``tests/vm/test_drbd_contract_vm.py``); ``reset`` brings it back there after a test, and
+    ``close`` stops the event streams."""
 
     kind = REAL
     settle = 30.0  # TCG VMs: a connect takes 0.5-3 s; the bound is only reached on a failure
 
-    def __init__(self, runners: Mapping[str, Runner], resource: Resource) -> None:
+    def __init__(
+        self, runners: Mapping[str, Runner], resource: Resource, *, event_fed: bool = False
+    ) -> None:
         self.runners = runners
         self.resource = resource
+        self.event_fed = event_fed
         self._adapters: dict[str, DrbdAdapter] = {}
 
     def adapter(self, node: str) -> DrbdAdapter:
         if node not in self._adapters:
-            self._adapters[node] = RealDrbd(self.runners[node])
+            runner = self.runners[node]
+            self._adapters[node] = (
+                EventFedDrbd(runner, real=RealDrbd(runner), wakeup=Wakeup())
+                if self.event_fed
+                else RealDrbd(runner)
+            )
         return self._adapters[node]
+
+    def close(self) -> None:
+        for adapter in self._adapters.values():
+            if isinstance(adapter, EventFedDrbd):
+                adapter.close()
+        self._adapters.clear()
 
     def reset(self) -> None:
         """Both nodes down again, cleanly: every Primary demoted first (a Primary that loses
@@ -375,3 +396,33 @@ class RealDrbdEnv:
         for node, runner in self.runners.items():
             (obs,) = RealDrbd(runner, status_format="text").observe([self.resource])
             assert obs.up is False, f"{name} is not down on {node} after the reset: {obs}"
+
+
+class FakeDrbdEnv:
+    """``EventFedDrbd`` (events2 stream, ``RealDrbd`` for listings and actions) over the fake
+    ``drbdsetup``/``drbdadm`` of ``tests/fakes/drbd.py``, spawned by the real ``Runner`` from
+    PATH: tier 1's check that the event-fed adapter keeps the contract (the real adapter's
+    VM run is ``RealDrbdEnv(event_fed=True)``). The fake's stream shows a change within its
+    10 ms poll, so ``settle`` bounds an asynchronous arrival, not DRBD's timing."""
+
+    kind = FAKE_EVENTS2
+    settle = 10.0
+
+    def __init__(self, spec: StorageCluster, directory: Path) -> None:
+        self.resource = spec.spec.resources[0]
+        self.fake = FakeDrbd(directory, {self.resource.name: self.resource.minor}, up=False)
+        self._adapters: dict[str, EventFedDrbd] = {}
+
+    @property
+    def path_entry(self) -> str:
+        return str(self.fake.bin)
+
+    def adapter(self, node: str) -> DrbdAdapter:
+        if node not in self._adapters:
+            runner = Runner(env=self.fake.env(node))
+            self._adapters[node] = EventFedDrbd(runner, real=RealDrbd(runner), wakeup=Wakeup())
+        return self._adapters[node]
+
+    def close(self) -> None:
+        for adapter in self._adapters.values():
+            adapter.close()

@@ -50,12 +50,14 @@ NODES = ("node1", "node2")
 class FakeDrbd:
     """The scripted two-node DRBD world of one test (see the module docstring)."""
 
-    def __init__(self, directory: Path, resources: dict[str, int]) -> None:
+    def __init__(self, directory: Path, resources: dict[str, int], *, up: bool = True) -> None:
+        """Both nodes Secondary, UpToDate and in sync; ``up``: connected (else both down, as
+        after a clean shutdown)."""
         self.dir = directory
         self.path = directory / "fake-drbd.json"
         self.bin = directory / "bin"
         install(self.bin)
-        nodes = {n: {"up": True, "role": "Secondary", "disk": "UpToDate"} for n in NODES}
+        nodes = {n: {"up": up, "role": "Secondary", "disk": "UpToDate"} for n in NODES}
         _write(
             self.path,
             {
@@ -103,6 +105,8 @@ class FakeDrbd:
 
 
 def install(bin_dir: Path) -> None:
+    """The fake tools in ``bin_dir``; ``modprobe`` too (``RealDrbd.up`` loads the module
+    first): it succeeds for ``drbd`` and touches nothing."""
     bin_dir.mkdir(parents=True, exist_ok=True)
     for tool in ("drbdsetup", "drbdadm"):
         exe = bin_dir / tool
@@ -110,6 +114,9 @@ def install(bin_dir: Path) -> None:
             f'#!/bin/sh\nexec "{sys.executable}" "{Path(__file__).resolve()}" {tool} "$@"\n'
         )
         exe.chmod(0o755)
+    modprobe = bin_dir / "modprobe"
+    modprobe.write_text('#!/bin/sh\n[ "$*" = drbd ]\n')
+    modprobe.chmod(0o755)
 
 
 # ------------------------------------------------------------------------- the state file

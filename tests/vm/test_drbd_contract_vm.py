@@ -1,6 +1,9 @@
 """The real half of the DRBD adapter contract: every test function of
 ``tests/contract/test_drbd_contract.py``, collected here as well, against real DRBD 8.4 in the
-VM tier's node VMs (``RealDrbd`` on each node's console runner, as the VM scenarios use it).
+VM tier's node VMs, twice: ``RealDrbd`` on each node's console runner (as the VM scenarios use
+it, one status command per observe) and ``EventFedDrbd`` (one ``drbdsetup events2`` stream per
+node through the console transport's ``stream``; skipped, with the reason, while the console
+transport cannot stream).
 
 The module borrows the session's VMs (``vm_cluster``) before the scenarios do, and hands them
 back with DRBD down. Once per module the resource is configured on both nodes with fresh
@@ -31,8 +34,8 @@ CONTRACT_TESTS: dict[str, Any] = {
 globals().update(CONTRACT_TESTS)  # pytest collects them here too, with this module's fixtures
 
 
-def env_of(cluster: VmCluster) -> RealDrbdEnv:
-    return RealDrbdEnv({n: cluster.runners[n] for n in NODES}, cluster.res)
+def env_of(cluster: VmCluster, *, event_fed: bool = False) -> RealDrbdEnv:
+    return RealDrbdEnv({n: cluster.runners[n] for n in NODES}, cluster.res, event_fed=event_fed)
 
 
 @pytest.fixture(scope="module")
@@ -60,10 +63,17 @@ def cold_cluster(vm_cluster: VmCluster) -> Iterator[VmCluster]:
         env_of(c).reset()  # the next module gets the VMs with DRBD down
 
 
-@pytest.fixture
-def drbd_env(cold_cluster: VmCluster) -> Iterator[RealDrbdEnv]:
-    env = env_of(cold_cluster)
+@pytest.fixture(params=["polling", "events2"])
+def drbd_env(request: pytest.FixtureRequest, cold_cluster: VmCluster) -> Iterator[RealDrbdEnv]:
+    event_fed = request.param == "events2"
+    if event_fed and not all(cold_cluster.runners[n].can_stream for n in NODES):
+        pytest.skip(
+            "the VM console transport cannot stream (no stream() on it yet): the event-fed "
+            "DRBD adapter needs Runner.stream through it"
+        )
+    env = env_of(cold_cluster, event_fed=event_fed)
     try:
         yield env
     finally:
+        env.close()
         env.reset()
