@@ -160,6 +160,8 @@ def _column(spec: StorageCluster, view: NodeView, now: float) -> tuple[list[str]
         f"{age:.1f}s ago" if fresh else f"[bold red]STALE[/] ({age:.0f}s ago, limit {limit:g}s)"
     )
     serving = _yes_no(obs.target.running, "running", "stopped")
+    if obs.target.daemon is False:
+        serving += ", tgtd down"
     expected = (
         ""
         if rec.expected is None

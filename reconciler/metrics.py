@@ -185,7 +185,12 @@ class Metrics:
         )
         self.target_running = self._gauge(
             "tandem_target_running",
-            "Boolean whether the iSCSI target runs here (NaN: unreadable)",
+            "Boolean whether the iSCSI target is defined (serves) here (NaN: unreadable)",
+            [],
+        )
+        self.target_daemon = self._gauge(
+            "tandem_target_daemon_running",
+            "Boolean whether the resident target daemon (tgtd) runs here (NaN: unknown)",
             [],
         )
         self.target_luns = self._gauge(
@@ -236,6 +241,7 @@ class Metrics:
         for vip in obs.vips:
             self.vip_local.labels(address=vip.address).set(_tristate(vip.local))
         self.target_running.set(_tristate(obs.target.running))
+        self.target_daemon.set(_tristate(obs.target.daemon))
         self.target_luns.set(len(obs.target.exported_luns))
         self.serving.set(float(report.plan.serving))
         self.peer_reachable.set(_tristate(obs.liveness.peer_reachable))

@@ -135,9 +135,13 @@ class VipRecord(_Model):
 
 
 class TargetRecord(_Model):
+    """``running``: the target is defined here (serving); ``daemon``: the resident tgtd runs
+    (None: not known, or a record written before the daemon was reported)."""
+
     running: bool | None = None
     exported_luns: list[int] = Field(default_factory=list)
     error: str | None = None
+    daemon: bool | None = None
 
 
 class PbdRecord(_Model):
@@ -205,6 +209,7 @@ class ObservedRecord(_Model):
                 running=obs.target.running,
                 exported_luns=sorted(obs.target.exported_luns),
                 error=obs.target.error,
+                daemon=obs.target.daemon,
             ),
             role_source=RoleSourceRecord(role=obs.role_source.role, detail=obs.role_source.detail),
             manual_mode=obs.operator.manual_mode,

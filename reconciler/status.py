@@ -144,8 +144,10 @@ def render(
         expected = "running" if record.expected.serving else "stopped"
     else:  # a record written before the expectation was recorded
         expected = "not recorded"
+    daemon = {True: "running", False: "down", None: "unknown"}[target.daemon]
     console.print(
         f"target: {running} (expected {expected}); LUNs exported: {target.exported_luns or 'none'}"
+        f"; tgtd: {daemon}"
     )
     for vip in obs.vips:
         where = {True: "local", False: "not local", None: "unknown"}[vip.local]

@@ -46,9 +46,10 @@ def test_readme_story_on_the_embedded_demo(tmp_path: Path) -> None:
     data = json.loads(node2.stdout)
     assert node2.returncode == 0
     assert data["node"] == "node2" and data["desired_role"] == "Secondary"
-    # node2's host plugs its PBD of the demo's SR: the VIP answers from node1, which serves.
-    assert [a["kind"] for a in data["actions"]] == ["plug-pbd"]
-    assert data["actions"][0]["pbd"] and data["applied"] == data["actions"]
+    # node2 starts its resident tgtd (no target defined), and its host plugs its PBD of the
+    # demo's SR: the VIP answers from node1, which serves.
+    assert [a["kind"] for a in data["actions"]] == ["start-daemon", "plug-pbd"]
+    assert data["actions"][1]["pbd"] and data["applied"] == data["actions"]
     node2 = run(tmp_path, "--once", "--node", "node2", "--json")
     data = json.loads(node2.stdout)
     assert data["actions"] == [] and data["converged"] is True

@@ -72,7 +72,7 @@ def test_a_plug_the_world_refuses_fails_the_tick_with_141(tmp_path: Path) -> Non
     c = SimCluster.create(demo_spec(), tmp_path)
     c.tick("node1")
     plan = c.tick("node2", dry_run=True).plan
-    assert [a.kind for a in plan.actions] == [ActionKind.PLUG_PBD]
+    assert [a.kind for a in plan.actions] == [ActionKind.START_DAEMON, ActionKind.PLUG_PBD]
     c.world.target_stop("node1")
     report = apply(
         plan, c.spec, c.adapters["node2"], retry=RetryPolicy(attempts=2), sleep=c.sleeps.append

@@ -2,7 +2,8 @@
 
 - ``parse``: pure, total parsers of ``tgtadm`` output.
 - ``process``: ``ProcessHost``, the node's files and process table (local or via the runner).
-- ``adapter``: ``TgtAdapter``, the real ``TargetAdapter`` over one tgtd it starts and stops.
+- ``adapter``: ``TgtAdapter``, the real ``TargetAdapter`` over one resident tgtd it starts (and
+  watches), defining and deleting the target in it, observed from a cached target listing.
 - ``chap``: the CHAP secrets file (checked, read, its passwords registered for redaction).
 """
 

@@ -88,7 +88,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from adapters.inventory import FileInventory
 from adapters.redact import REDACTED, redact
@@ -264,14 +264,29 @@ class TgtAdapter:
     def _daemon_alive(self) -> bool | None:
         """What the node's process table says, with no process spawned (the local host):
         True for our live tgtd child or a live tgtd of the PID file, False when our child
-        exited, None when no tgtd is known (the re-list asks the socket)."""
+        exited or the recorded PID is no tgtd of ours any more, None when no tgtd is known
+        (no PID file: the re-list asks the socket, and a tgtd found there that way has its
+        death seen at the next re-list only)."""
         proc = self._proc
         if proc is not None:
             if proc.poll() is None:
                 return True
             self._reap()
             return False
-        return True if self._recorded_pid() is not None else None
+        text = self.host.read_file(self.pid_file)
+        if text is None:
+            return None
+        try:
+            pid = int(text.strip())
+        except ValueError:
+            return None
+        if self._is_our_tgtd(pid):
+            return True
+        # The recorded tgtd died (or the PID is someone else's now): down, and the listing
+        # (taken while it ran) is of no use any more.
+        self._forget_pid(pid)
+        self.invalidate()
+        return False
 
     def _current_listing(self) -> _Listing | str:
         """The cached listing if it is fresh, else a re-list (cached when it succeeds); a
@@ -356,21 +371,16 @@ class TgtAdapter:
 
     def _start(self, target: Target) -> None:
         new = ("--mode", "target", "--op", "new", "--tid", str(target.tid), "-T", target.iqn)
-        if self._listens_elsewhere() is not None:
-            self._stop_daemon(target)  # tgtd binds its portal at start only: start it there
-        verify = self._ensure_daemon(first=new)
-        fresh = verify is not None
-        if fresh:  # the new tgtd's first request defined the target
-            self.inventory.change("drop_all_targets")
-            self.inventory.change("add_target", target.tid, target.iqn)
-        else:
-            res = self._adm(["--lld", "iscsi", *new], check=False)
-            if res.ok:
-                fresh = True
+        fresh = self._define_on_resident(target, new)
+        verify: Callable[[], None] | None = None
+        if fresh is None:  # no usable resident tgtd: start one
+            verify = self._ensure_daemon(first=new)
+            fresh = verify is not None
+            if fresh:  # the new tgtd's first request defined the target
+                self.inventory.change("drop_all_targets")
                 self.inventory.change("add_target", target.tid, target.iqn)
-            elif "already exists" not in res.stderr:
-                error = TransientError if res.rc == NOT_RUNNING_RC else TerminalError
-                raise error(failure_text("tgtadm target new", res), command=res.argv)
+            else:  # a tgtd answers after all (started meanwhile by another agent run)
+                fresh = self._target_new(target, new)
         try:
             self._define(target, fresh)
         except BaseException:
@@ -380,6 +390,43 @@ class TgtAdapter:
             raise
         if verify is not None:
             verify()
+
+    def _define_on_resident(self, target: Target, new: Sequence[str]) -> bool | None:
+        """The takeover on the resident tgtd: ``target new`` with, beside it (concurrently,
+        each a ``tgtadm``), whether tgtd answers in State ready (``sys show``; offline is set
+        ready) and listens on the portal. True: defined now; False: it was defined already;
+        None: no usable resident tgtd (none answers, or it listened elsewhere and was stopped):
+        the caller starts one."""
+        sys_res, elsewhere, res = _concurrently(
+            lambda: self._sys("show", check=False),
+            self._listens_elsewhere,
+            lambda: self._adm(["--lld", "iscsi", *new], check=False),
+        )
+        if elsewhere is not None:
+            self._stop_daemon(target)  # tgtd binds its portal at start only: start it there
+            return None
+        if NOT_RUNNING_RC in (sys_res.rc, res.rc):
+            return None
+        if not sys_res.ok:
+            raise TransientError(failure_text("tgtadm sys show", sys_res), command=sys_res.argv)
+        if parse_tgtadm_sys(sys_res.stdout).state == "offline":
+            self._sys("update", "--name", "State", "-v", "ready")
+        return self._target_new(target, new, res)
+
+    def _target_new(
+        self, target: Target, new: Sequence[str], res: CommandResult | None = None
+    ) -> bool:
+        """``target new`` (or its result ``res``): True when it defined the target, False when
+        it already existed; raises otherwise."""
+        if res is None:
+            res = self._adm(["--lld", "iscsi", *new], check=False)
+        if res.ok:
+            self.inventory.change("add_target", target.tid, target.iqn)
+            return True
+        if "already exists" in res.stderr:
+            return False
+        error = TransientError if res.rc == NOT_RUNNING_RC else TerminalError
+        raise error(failure_text("tgtadm target new", res), command=res.argv)
 
     def start_daemon(self) -> None:
         """The resident tgtd running and answering on the portal, with the targets it has
@@ -712,6 +759,12 @@ class TgtAdapter:
                 return False
         return True
 
+    def stop_daemon(self, target: Target | None = None) -> None:
+        """tgtd itself stopped, its targets with it (not an action the planner plans: tgtd is
+        resident; for tests' clean-up and for taking a node out of service by hand)."""
+        with self._acting():
+            self._stop_daemon(target)
+
     def _stop_daemon(self, target: Target | None) -> None:
         """Stop tgtd fast and surely; afterwards no tgtd of ours runs (else ``TerminalError``).
 
@@ -947,3 +1000,38 @@ def _normalise_portal(portal: str) -> str:
 
 def _no_check() -> None:
     return None
+
+
+_A = TypeVar("_A")
+_B = TypeVar("_B")
+_C = TypeVar("_C")
+
+
+def _concurrently(
+    first: Callable[[], _A], second: Callable[[], _B], third: Callable[[], _C]
+) -> tuple[_A, _B, _C]:
+    """Run the three calls at once (the first two in threads, the third here) and return
+    their results; the first exception raised, in order, is re-raised after all ended."""
+    boxes: list[dict[str, Any]] = [{}, {}]
+
+    def run(call: Callable[[], Any], box: dict[str, Any]) -> None:
+        try:
+            box["value"] = call()
+        except BaseException as exc:  # handed to the caller's thread below
+            box["error"] = exc
+
+    threads = [
+        threading.Thread(target=run, args=(call, box), name="tgtadm-beside", daemon=True)
+        for call, box in zip((first, second), boxes, strict=True)
+    ]
+    for thread in threads:
+        thread.start()
+    try:
+        third_value = third()
+    finally:
+        for thread in threads:
+            thread.join()
+    for box in boxes:
+        if "error" in box:
+            raise box["error"]
+    return boxes[0]["value"], boxes[1]["value"], third_value

@@ -488,8 +488,8 @@ def test_start_asks_tgtd_afresh_after_an_observation_found_none(tmp_path: Path) 
     # second one (the runner's spawn fails the test) would fight it for the socket.
     runner.answers[("sys", "show")] = READY
     runner.answers[("target", "show")] = (0, fixture("show-03-one-lun-acl-all.txt"))
-    tgt.start(SPEC)
-    assert runner.calls[1][1:] == ["--mode", "sys", "--op", "show"]
+    tgt.start(SPEC)  # the runner's spawn would fail the test
+    assert ["--mode", "sys", "--op", "show"] in [c[1:] for c in runner.calls[1:]]
 
 
 def test_acl_options(tmp_path: Path) -> None:

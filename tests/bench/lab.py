@@ -9,8 +9,10 @@ ends an ARP wait, announce returns before its later rounds, the pings run concur
 stop waits out its stop_timeout under client reads); the durations they used to assert as
 limits are printed here, min / median / max over N rounds, each in a fresh lab:
 
-- tgtd: start, export one LUN, stop (tests/lab/test_tgt_lab.py), stop with a logged-in
-  session, stop while a client reads continuously (test_tgt_stop_under_load.py);
+- tgt (the resident tgtd): start-daemon, start-target on the resident tgtd (a takeover) and
+  with tgtd down, export one LUN, idle observe (time and processes per call), stop-target
+  (tests/lab/test_tgt_lab.py), stop-target with a logged-in session, stop-target while a
+  client reads continuously (test_tgt_stop_under_load.py);
 - VIP (tests/lab/test_vip_lab.py): `python -m tests.lab.vipcli observe` of two VIPs (one held by
   the peer), an ARP probe answered / free (30 ms window), announce: time to return, all three
   rounds, until the client's ARP entry moves; CommandArp (arping) probe answered / free and
@@ -67,15 +69,35 @@ def _ms(fn: Callable[[], object]) -> float:
     return (time.monotonic() - started) * 1000
 
 
-def tgt_round(out: Figures) -> None:
+def tgt_round(out: Figures, counts: Figures) -> None:
+    """The resident tgtd: start-daemon (the secondary's), start-target on it (a takeover
+    defines the target, no daemon starts), idle observes (cached listing: processes per call
+    in ``counts``), stop-target (the target deleted, tgtd stays), and start-target with the
+    daemon down (spawn tgtd, ``target new`` as its first request)."""
     with fresh_lab() as (lab, work):
         tgt = make_adapter(lab, "node1", work)
         spec = target(LUN1)
+        out.setdefault("start-daemon (resident tgtd, no target)", []).append(_ms(tgt.start_daemon))
         tgt.start(spec)
+        out.setdefault("start-target on the resident tgtd", []).append(tgt.timings["start"] * 1000)
         tgt.export_lun(spec, LUN1, R0)
-        out.setdefault("tgtd start", []).append(tgt.timings["start"] * 1000)
-        out.setdefault("tgtd export one LUN", []).append(tgt.timings["export"] * 1000)
-        out.setdefault("tgtd stop (no session)", []).append(_ms(lambda: tgt.stop(spec)))
+        out.setdefault("export one LUN", []).append(tgt.timings["export"] * 1000)
+        tgt.observe(spec)  # the listing after the actions
+        before, calls = tgt.runner.spawned, 200
+        per_call = _ms(lambda: [tgt.observe(spec) for _ in range(calls)]) / calls
+        out.setdefault("observe, idle (the listing)", []).append(per_call)
+        counts.setdefault("processes per idle observe", []).append(
+            (tgt.runner.spawned - before) / calls
+        )
+        out.setdefault("stop-target (no session; tgtd stays)", []).append(
+            _ms(lambda: tgt.stop(spec))
+        )
+        tgt.stop_daemon(spec)
+        tgt.start(spec)
+        out.setdefault("start-target with tgtd down (spawns it)", []).append(
+            tgt.timings["start"] * 1000
+        )
+        tgt.stop_daemon(spec)
 
         tgt.start(spec)
         tgt.export_lun(spec, LUN1, R0)
@@ -93,7 +115,9 @@ def tgt_round(out: Figures) -> None:
             time.sleep(0.01)
         else:
             raise RuntimeError("the client never logged in")
-        out.setdefault("tgtd stop with a session", []).append(_ms(lambda: tgt.stop(spec)))
+        out.setdefault("stop-target with a session (tgtd stays)", []).append(
+            _ms(lambda: tgt.stop(spec))
+        )
 
 
 def tgt_under_load(out: Figures, rounds: int) -> None:
@@ -127,7 +151,7 @@ def tgt_under_load(out: Figures, rounds: int) -> None:
                     else:
                         raise RuntimeError("the client never read through the target")
                     tgt.stop(spec.target)
-                    out.setdefault("tgtd stop under continuous reads", []).append(
+                    out.setdefault("stop-target under continuous reads", []).append(
                         tgt.timings["stop"] * 1000
                     )
             finally:
@@ -215,15 +239,21 @@ def main() -> int:
         print(f"lab unavailable: {reason}", file=sys.stderr)
         return 2
     out: Figures = {}
+    counts: Figures = {}
     for _ in range(args.rounds):
         lab_round(out)
-        tgt_round(out)
+        tgt_round(out, counts)
         vip_round(out)
     tgt_under_load(out, rounds=max(args.rounds, 12))
     for name, values in out.items():
         print(
             f"{name:<44} min {min(values):7.1f}  median {statistics.median(values):7.1f}  "
             f"max {max(values):7.1f} ms  (n={len(values)})"
+        )
+    for name, values in counts.items():
+        print(
+            f"{name:<44} min {min(values):7.2f}  median {statistics.median(values):7.2f}  "
+            f"max {max(values):7.2f}     (n={len(values)})"
         )
     return 0
 

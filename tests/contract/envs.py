@@ -202,8 +202,7 @@ class SimTargetEnv:
 
     def daemon_dies(self, node: str) -> None:
         with self.store.transaction() as world:
-            world.nodes[node].target_running = False
-            world.nodes[node].exported = {}
+            world.target_daemon_dies(node)
 
 
 class RealTargetEnv:
@@ -240,7 +239,7 @@ class RealTargetEnv:
 
     def close(self) -> None:
         for tgt in self._adapters.values():
-            tgt.stop(self.target)
+            tgt.stop_daemon(self.target)  # resident: stop() leaves it running
 
 
 def _alive(pid: int) -> bool:

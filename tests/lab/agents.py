@@ -79,6 +79,7 @@ class AgentCluster:
                 self.lab.runner(node),
                 control_dir=str(self.files.tgt_control_dir(node)),
                 portal=VIP_IP,
+                resync=0.0,  # the test's own eyes: every look is a full re-list
             )
             for node in NODES
         }
@@ -158,7 +159,10 @@ class AgentCluster:
         views = self.views()
         me = views[node]
         peer = views[next(n for n in NODES if n != node)]
-        peer_idle = peer.target == TargetObs(running=False) if strict else not peer.target.running
+        # The peer's resident tgtd (or none, after a crash) with no target defined and nothing
+        # half-defined either.
+        idle = peer.target.running is False and peer.target.error is None
+        peer_idle = idle if strict else not peer.target.running
         return (
             me.primary
             and me.vip
@@ -240,7 +244,7 @@ class AgentCluster:
                 errors.append(f"agent {node}: {exc!r}")
         for node, tgt in self._tgt.items():
             try:
-                tgt.stop(self.target)
+                tgt.stop_daemon(self.target)  # the agents leave their resident tgtd running
             except Exception as exc:
                 errors.append(f"tgtd {node}: {exc!r}")
         try:

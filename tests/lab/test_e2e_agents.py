@@ -98,7 +98,10 @@ def test_bring_up_from_nothing(agents: AgentCluster, lab: Lab) -> None:
     assert order[:1] == ["promote"], order
     assert order.index("add-vip") < order.index("announce-vip") < order.index("start-target")
     assert order.index("start-target") < order.index("export-lun")
-    assert agents.applied("node2") == []
+    # The secondary only starts its resident tgtd, with no target defined.
+    assert agents.applied("node2") == ["start-daemon"]
+    assert views["node2"].target.daemon is True
+    assert len(tgtds_in(lab, "node2")) == 1
     no_failed_actions(agents)
 
 
@@ -281,8 +284,8 @@ def test_agent_killed_mid_run_converges_safely(agents: AgentCluster) -> None:
             time.sleep(delay)  # the scenario: the kill lands this far into the swap
             assert agents.kill(victim) == -signal.SIGKILL
             agents.start(victim)
-            # Strict: a kill inside tgt's stop leaves an offline tgtd behind, which the
-            # restarted agent must stop too (see test_interrupted_stop_leaves_no_tgtd).
+            # Strict: a kill inside tgt's stop leaves the target defined (or half-deleted)
+            # on the old primary's resident tgtd, which the restarted agent must delete.
             agents.wait_serving(master)
             agents.client_io(f"read -P {PATTERN} 0 1M")
     finally:
@@ -292,8 +295,10 @@ def test_agent_killed_mid_run_converges_safely(agents: AgentCluster) -> None:
     assert not sampler.violations, sampler.violations[:3]
     # The restarted agents found the world as it was (tgtd by its PID file, the VIP, DRBD).
     assert agents.starts == {"node1": 5, "node2": 3}
-    # Nothing leaked on the secondary: no tgtd runs in its namespace.
-    assert tgtds_in(agents.lab, "node2") == []
+    # Nothing leaked on the secondary: its one resident tgtd (no second daemon started by a
+    # restarted agent), without a target.
+    assert len(tgtds_in(agents.lab, "node2")) == 1
+    assert agents.views()["node2"].target.running is False
 
 
 def tgtds_in(lab: Lab, key: str) -> list[int]:
@@ -306,17 +311,23 @@ def tgtds_in(lab: Lab, key: str) -> list[int]:
     return [pid for pid in pids_in(lab, key) if comm(pid) == "tgtd"]
 
 
-def test_interrupted_stop_leaves_no_tgtd(agents: AgentCluster) -> None:
-    """What an agent killed inside ``TgtAdapter.stop`` leaves behind (system State offline,
-    targets force-deleted, the final ``delete --mode system`` never sent), made by hand; the
-    agent restarted as secondary must finish the stop."""
+def test_an_offline_resident_tgtd_is_made_ready_by_the_next_takeover(agents: AgentCluster) -> None:
+    """What an older agent killed inside its tgtd stop leaves behind (system State offline,
+    targets force-deleted, tgtd still running), made by hand: the resident daemon of a node
+    that does not serve. node1's restarted agent keeps it (no second tgtd), and when node1
+    takes over again its start sets it ready and serves the client."""
     bring_up(agents)
     agents.stop("node1")
+    pid = agents.tgtd_pid("node1")
     agents.tgtadm("node1", "--mode", "sys", "--op", "update", "--name", "State", "-v", "offline")
     agents.tgtadm(
         "node1", "--lld", "iscsi", "--mode", "target", "--op", "delete", "--force", "--tid", "1"
     )
     agents.files.set_master("node2")
     agents.start("node1")
-    agents.wait_serving("node2", strict=False)
-    wait_for("node1's tgtd to be stopped", lambda: not tgtds_in(agents.lab, "node1"), timeout=2)
+    agents.wait_serving("node2")
+    assert tgtds_in(agents.lab, "node1") == [pid]
+    agents.files.set_master("node1")
+    agents.wait_serving("node1")
+    assert tgtds_in(agents.lab, "node1") == [pid]
+    agents.client_io(f"read -P {PATTERN} 0 1M")
