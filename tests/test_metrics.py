@@ -71,6 +71,9 @@ def test_metric_values_follow_a_failover_one_registry_per_agent(sim: SimCluster)
     assert value(m["node1"], "tandem_vip_local", address="198.51.100.3") == 0
     assert value(m["node2"], "tandem_vip_local", address="198.51.100.3") == 1
     assert value(m["node2"], "tandem_target_running") == 1
+    # The old primary's target is gone; its resident tgtd stays.
+    assert value(m["node1"], "tandem_target_running") == 0
+    assert value(m["node1"], "tandem_target_daemon_running") == 1
     assert value(m["node1"], "tandem_desired_role", role="Secondary") == 1
     # Each action counted once by kind and result; node1's bring-up and node2's takeover.
     assert value(m["node1"], "tandem_actions_total", kind="promote", result="ok") == 1

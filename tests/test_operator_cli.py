@@ -31,6 +31,7 @@ def test_status_fresh_then_stale(tmp_path: Path) -> None:
     fresh = run(tmp_path, "status", "--node", "node1")
     assert fresh.returncode == 0, fresh.stdout
     assert "Primary" in fresh.stdout and "target: running (expected running)" in fresh.stdout
+    assert "tgtd: running" in fresh.stdout
     assert "VIP 198.51.100.3: local" in fresh.stdout
     record_file = tmp_path / "status-node1.json"
     record = json.loads(record_file.read_text())

@@ -269,9 +269,18 @@ class TgtAdapter:
         death seen at the next re-list only)."""
         proc = self._proc
         if proc is not None:
-            if proc.poll() is None:
+            # While the watcher thread sits in waitpid, Popen.poll() answers None even for a
+            # tgtd that just died (it cannot take the wait lock): the node's /proc says it
+            # (a zombie or gone), with no process spawned, when the host is this machine.
+            if proc.poll() is None and (
+                not isinstance(self.host, LocalProcessHost) or self.host.alive(proc.pid)
+            ):
                 return True
-            self._reap()
+            self._proc = None
+            self._forget_pid(proc.pid)
+            with self._lock:
+                self._generation += 1
+                self._listing = None
             return False
         text = self.host.read_file(self.pid_file)
         if text is None:

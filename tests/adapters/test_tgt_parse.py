@@ -551,30 +551,6 @@ class SpawningRunner(ScriptedRunner):
         return self.tgtd
 
 
-def test_the_daemons_exit_wakes_the_agent_and_observe_says_down_without_a_process(
-    tmp_path: Path,
-) -> None:
-    runner = SpawningRunner({("sys", "show"): (107, ""), ("target", "show"): (107, "")})
-    wakeup = Wakeup()
-    tgt = TgtAdapter(
-        runner,  # type: ignore[arg-type]
-        control_dir=str(tmp_path / "ctl"),
-        wakeup=wakeup,
-        clock=Clock(),
-    )
-    tgt.start_daemon()
-    assert runner.tgtd is not None
-    assert tgt.observe(SPEC) == TargetObs(running=False, daemon=True)
-    idle = runner.spawned
-    assert tgt.observe(SPEC).daemon is True and runner.spawned == idle  # the listing
-    assert wakeup.pending() is None
-    runner.tgtd.die(-9)  # killed from outside
-    assert wakeup.wait(10.0) == "tgtd exited"
-    assert tgt.observe(SPEC) == TargetObs(running=False, daemon=False)
-    assert runner.spawned == idle
-    assert not (tmp_path / "ctl" / "tgtd.pid").exists()  # the dead PID is forgotten
-
-
 class KillingHost(LocalProcessHost):
     """The node's process table for the fake tgtd: SIGKILL ends it."""
 
@@ -588,6 +564,31 @@ class KillingHost(LocalProcessHost):
     def kill(self, pid: int) -> None:
         if self.runner.tgtd is not None and pid == self.runner.tgtd.pid:
             self.runner.tgtd.die(-9)
+
+
+def test_the_daemons_exit_wakes_the_agent_and_observe_says_down_without_a_process(
+    tmp_path: Path,
+) -> None:
+    runner = SpawningRunner({("sys", "show"): (107, ""), ("target", "show"): (107, "")})
+    wakeup = Wakeup()
+    tgt = TgtAdapter(
+        runner,  # type: ignore[arg-type]
+        control_dir=str(tmp_path / "ctl"),
+        wakeup=wakeup,
+        clock=Clock(),
+        host=KillingHost(runner),
+    )
+    tgt.start_daemon()
+    assert runner.tgtd is not None
+    assert tgt.observe(SPEC) == TargetObs(running=False, daemon=True)
+    idle = runner.spawned
+    assert tgt.observe(SPEC).daemon is True and runner.spawned == idle  # the listing
+    assert wakeup.pending() is None
+    runner.tgtd.die(-9)  # killed from outside
+    assert wakeup.wait(10.0) == "tgtd exited"
+    assert tgt.observe(SPEC) == TargetObs(running=False, daemon=False)
+    assert runner.spawned == idle
+    assert not (tmp_path / "ctl" / "tgtd.pid").exists()  # the dead PID is forgotten
 
 
 def _join_watcher(pid: int) -> None:

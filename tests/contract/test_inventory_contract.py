@@ -52,7 +52,7 @@ def test_an_undeclared_lun_is_a_leftover_until_unexported(target_env: TargetEnv)
         luns=(LeftoverLun(tid=spec.tid, iqn=spec.iqn, lun=target_env.lun.lun),)
     )
     tgt.unexport_old_lun(spec.tid, spec.iqn, target_env.lun.lun)
-    assert tgt.observe(without) == TargetObs(running=True, exported_luns=frozenset())
+    assert tgt.observe(without) == TargetObs(running=True, daemon=True, exported_luns=frozenset())
     assert tgt.leftovers(without) == Leftovers()
 
 
@@ -69,7 +69,9 @@ def test_a_target_with_a_changed_iqn_is_a_leftover_until_deleted(target_env: Tar
     assert tgt.observe(spec).exported_luns == frozenset()
     tgt.start(renamed)
     tgt.export_lun(renamed, target_env.lun, target_env.resource)
-    assert tgt.observe(renamed) == TargetObs(running=True, exported_luns=frozenset({1}))
+    assert tgt.observe(renamed) == TargetObs(
+        running=True, daemon=True, exported_luns=frozenset({1})
+    )
     assert tgt.leftovers(renamed) == Leftovers()
     assert tgt.leftovers(spec) == Leftovers(targets=(LeftoverTarget(tid=spec.tid, iqn=NEW_IQN),))
 

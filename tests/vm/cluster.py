@@ -518,6 +518,15 @@ class VmCluster:
         for n in nodes or NODES:
             self.agents[n].stop()
 
+    def stop_tgtds(self) -> None:
+        """The agents leave their resident tgtd running (on both nodes): stop it, as a fresh
+        boot has none. A failure leaves it for ``leftovers`` to find (a new lab then)."""
+        for n in NODES:
+            target = self.adapters[n].target
+            if isinstance(target, TgtAdapter):
+                with contextlib.suppress(Exception):
+                    target.stop_daemon(self.spec.spec.target)
+
     @contextlib.contextmanager
     def agents_paused(self, *nodes: str) -> Iterator[None]:
         chosen = [n for n in (nodes or NODES) if self.agents[n].running]

@@ -138,6 +138,7 @@ def vm_cluster(vm_lab: SharedLab, request: pytest.FixtureRequest) -> Iterator[Vm
         try:
             cluster.stop_agents()
             stopped = True
+            cluster.stop_tgtds()
         finally:
             # an agent that did not stop would go on acting on the next module's VMs
             failed = not stopped or bool(request.module.__dict__.get("_vm_failed"))
