@@ -95,7 +95,7 @@ class IpVip:
         probes: dict[str, Future[ProbeResult]],
     ) -> tuple[VipObs, ...]:
         try:
-            links = self._read_links()
+            links = self._read_addresses()
         except (AdapterError, IpAddrParseError) as exc:
             why = f"cannot read local addresses: {exc}"
             return tuple(VipObs(address=v.ip, local=None, error=why) for v in vips)
@@ -139,7 +139,7 @@ class IpVip:
             )
         return tuple(out[i] for i in range(len(vips)))
 
-    def _read_links(self) -> dict[str, set[str]]:
+    def _read_addresses(self) -> dict[str, set[str]]:
         """Interface -> its IPv4 addresses, read now (``ip -j addr show``); raises
         ``AdapterError``/``IpAddrParseError``. The address monitor (``adapters.vip.monitor``)
         serves it from its cache instead."""

@@ -134,12 +134,12 @@ class MonitoredVip(IpVip):
         self.wakeup.notify(f"address monitor ended (rc {rc})")
 
     # ----------------------------------------------------------------- the agent's side
-    def _read_links(self) -> dict[str, set[str]]:
+    def _read_addresses(self) -> dict[str, set[str]]:
         if not self._stream.ensure():
             # No monitor: a fresh read every time (never the cache no stream keeps current).
             with self._cond:
                 self._links = None
-            return super()._read_links()
+            return super()._read_addresses()
         with self._cond:
             if self._expect:
                 self._cond.wait_for(self._expected_seen, timeout=self.settle)
@@ -156,7 +156,7 @@ class MonitoredVip(IpVip):
                 return {name: set(ips) for name, ips in self._links.items()}
             self._listing = []
         try:
-            listed = super()._read_links()
+            listed = super()._read_addresses()
         except BaseException:
             with self._cond:
                 self._listing = None
