@@ -171,10 +171,12 @@ class Alerter(Protocol):
 
 
 class WakeSource(Protocol):
-    """Something the watch loop polls between ticks to start the next tick at once when it
-    changes (pool.conf, the operator's choices, DRBD state). ``fingerprint`` must be cheap (no
-    process, a stat or a small read), must not raise for an unreadable source (return a value
-    that says so), and must not change unless what the agent observes may have changed."""
+    """Something whose change starts the next tick at once (pool.conf, the operator's choices,
+    the simulated world). ``adapters.wake.FileWatch`` recomputes ``fingerprint`` on an inotify
+    event in the directory of the source's ``path`` (a source with a ``path`` attribute), else
+    polls it every ``timings.wakePoll``. ``fingerprint`` must be cheap (no process, a stat or
+    a small read), must not raise for an unreadable source (return a value that says so), and
+    must not change unless what the agent observes may have changed."""
 
     @property
     def name(self) -> str: ...

@@ -9,12 +9,17 @@ Invariants:
 - Every real adapter gets the same ``Runner`` (the one command seam), built from the node's
   transport and the spec's ``timings.commandTimeout``.
 - Per-node state lives in the state directory under per-node names (``tgt-<node>/``,
-  ``operator-<node>.json``, ``vip-announced-<node>.json``, ``drbd-<node>.json``); only the
+  ``operator-<node>.json``, ``vip-announced-<node>.json``, ``drbd-<node>.json``, the etcd
+  witness's lease ``witness-<node>.json``); only the
   simulated world (``sim-world.json``) is shared, so two agents of one lab can use one state
   directory.
 - Building adapters starts nothing and changes nothing on the node: daemons start in actions,
-  event streams (real DRBD's ``events2``) at the first observe. Event-fed adapters all get the
-  one ``Wakeup`` that becomes ``NodeAdapters.wakeup``.
+  event streams (real DRBD's ``events2``) at the first observe, the pinger's thread on its
+  first observation. Event-fed adapters all get the one ``Wakeup`` that becomes
+  ``NodeAdapters.wakeup``.
+- Liveness (``adapters.liveness`` in the spec) is real (the in-process pinger) unless DRBD,
+  VIP and target are all simulated, so the namespace lab (real addresses, simulated DRBD) sees
+  a peer die; there the simulated DRBD's links follow the pinger (``SimDrbd.links``).
 - Problems found while building (a control socket path too long for the OS, a netns transport
   without a namespace, a command the real adapters need missing on this host, with the Debian
   package that provides it) raise ``TerminalError``: the CLI reports them and exits 2.
@@ -22,6 +27,7 @@ Invariants:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, cast
 
@@ -35,7 +41,9 @@ from adapters.base import (
     TargetAdapter,
     VipAdapter,
     WakeSource,
+    WitnessAdapter,
 )
+from adapters.pinger import Pinger
 from adapters.poolconf import NoRoleSource, PoolConfRoleSource
 from adapters.runner import Local, Netns, Runner
 from adapters.runner import Transport as CommandTransport
@@ -57,6 +65,8 @@ from reconciler.core.errors import TerminalError
 from reconciler.core.spec import StorageCluster, Transport
 
 if TYPE_CHECKING:
+    from adapters.witness.gateway import EtcdGateway
+    from adapters.witness.status import EtcdStatusPublisher
     from adapters.xapi import XapiClient
 
 WORLD_FILE = "sim-world.json"
@@ -87,7 +97,14 @@ def build_adapters(
 ) -> NodeAdapters:
     chosen = spec.spec.adapters
     world = store
-    concerns = (chosen.drbd, chosen.vip, chosen.target, chosen.role_source, chosen.hypervisor)
+    concerns = (
+        chosen.drbd,
+        chosen.vip,
+        chosen.target,
+        chosen.role_source,
+        chosen.hypervisor,
+        chosen.witness,
+    )
     if world is None and "sim" in concerns:
         world = world_store(spec, state_dir, read_only=dry_run)
     runner = node_runner(spec, node)
@@ -95,11 +112,20 @@ def build_adapters(
     if missing := missing_tools(tools_needed(spec, node)):
         raise TerminalError(describe_missing(missing, node))
 
-    wakeup = Wakeup()  # the one every event-fed adapter notifies, and NodeAdapters.wakeup
+    liveness = _liveness(spec, node, runner, world, wakeup)
     drbd: DrbdAdapter
     if chosen.drbd == "sim":
         assert world is not None
-        drbd = SimDrbd(world, node)
+        peer = spec.peer_of(node)
+        # With real liveness (the namespace lab) the simulated DRBD's links follow the
+        # pinger's view of the peer's real addresses, so a crashed peer disconnects it.
+        drbd = SimDrbd(
+            world,
+            node,
+            links=liveness if isinstance(liveness, Pinger) else None,
+            peer_replication=str(peer.replication_address),
+            peer_management=str(peer.management_address) if peer.management_address else None,
+        )
     else:
         drbd = _real_drbd(spec, node, runner, state_dir, wakeup, dry_run=dry_run)
 
@@ -108,7 +134,7 @@ def build_adapters(
         assert world is not None
         vip = SimVip(world, node)
     else:
-        vip = _real_vip(spec, node, runner, state_dir)
+        vip = _real_vip(spec, node, runner, state_dir, wakeup=wakeup)
 
     target: TargetAdapter
     chap = _chap_secrets(spec)
@@ -139,21 +165,6 @@ def build_adapters(
     else:
         role = NoRoleSource()
 
-    liveness: LivenessAdapter
-    if world is not None and chosen.drbd == "sim":
-        # Liveness feeds the promotion policy of a *disconnected* DRBD: with simulated DRBD
-        # the simulated links are what disconnect it, so the simulator answers.
-        liveness = sim_liveness(world, node, spec)
-    else:
-        from adapters.liveness import PingLiveness
-
-        peer = spec.peer_of(node)
-        addresses = [str(a) for a in (peer.management_address, peer.replication_address) if a]
-        liveness = PingLiveness(
-            runner,
-            peer_addresses=addresses,
-            heuristics=[str(h) for h in spec.spec.promotion.heuristics],
-        )
     hypervisor: HypervisorAdapter | None = None
     if chosen.hypervisor == "sim":
         assert world is not None
@@ -163,6 +174,25 @@ def build_adapters(
 
         assert client is not None
         hypervisor = XapiHypervisor(client, host_name=spec.spec.xapi.host_name(node), runner=runner)
+    witness: WitnessAdapter | None = None
+    if chosen.witness == "sim":
+        import time
+
+        from adapters.sim.adapters import SimWitness
+
+        assert world is not None
+        # A world shared through the state directory follows the agents' clock; an in-memory
+        # world given by the caller (a simulation, a test) keeps the caller's clock.
+        clock = time.monotonic if store is None else None
+        witness = SimWitness(world, node, ttl=spec.spec.witness.ttl, clock=clock)
+    elif chosen.witness == "etcd":
+        witness = etcd_witness(spec, node, state_dir)
+    dog = spec.spec.witness.watchdog
+    if witness is not None and chosen.witness != "sim" and dog is not None:
+        # The simulator models the watchdog itself; a real witness pets the real device.
+        from adapters.watchdog import DeviceWatchdog, PettingWitness
+
+        witness = PettingWitness(witness, DeviceWatchdog(dog.device, dog.timeout))
     local_operator = operator_store(state_dir, node)
     operator: OperatorStore = local_operator
     if client is not None:
@@ -181,6 +211,7 @@ def build_adapters(
         operator=operator,
         wake=wake_sources(role, local_operator, world, node=node),
         hypervisor=hypervisor,
+        witness=witness,
         wakeup=wakeup,
         runner=runner,
     )
@@ -210,6 +241,31 @@ def _real_drbd(
     )
 
 
+def _liveness(
+    spec: StorageCluster, node: str, runner: Runner, world: WorldStore | None, wakeup: Wakeup
+) -> LivenessAdapter:
+    """``adapters.liveness``: 'sim' answers from the simulated links (the all-sim demo);
+    'ping' is the resident in-process pinger (``adapters.pinger``) over the peer's management
+    and replication addresses and the heuristics, with ``spec.liveness``' timings, inside the
+    node's namespace for transport 'netns'. (The VM tier builds its own adapters with
+    ``StreamLiveness``: ``ping`` streams through its executing transport.)"""
+    if spec.spec.adapters.liveness == "sim":
+        assert world is not None  # the spec requires drbd 'sim' for it
+        return sim_liveness(world, node, spec)
+    peer = spec.peer_of(node)
+    n = spec.node(node)
+    timings = spec.spec.liveness
+    return Pinger(
+        peer_addresses=[str(a) for a in (peer.management_address, peer.replication_address) if a],
+        heuristics=[str(h) for h in spec.spec.promotion.heuristics],
+        interval=timings.interval,
+        timeout=timings.timeout,
+        misses=timings.misses,
+        wakeup=wakeup,
+        namespace=n.namespace if n.transport is Transport.NETNS else None,
+    )
+
+
 def xapi_client(spec: StorageCluster) -> XapiClient:
     """A client of the pool's XAPI from ``spec.xapi``; ``TerminalError`` when the credentials
     cannot be read or may be read by others."""
@@ -233,11 +289,9 @@ def tools_needed(spec: StorageCluster, node: str) -> list[tuple[str, str]]:
     netns = spec.node(node).transport is Transport.NETNS
     needed: list[tuple[str, str]] = []
     if chosen.drbd != "sim":
-        needed += [("drbdsetup", "drbd"), ("drbdadm", "drbd"), ("ping", "peer liveness")]
-    if chosen.vip != "sim":
-        needed.append(("ip", "vip"))
-        if netns:
-            needed.append(("arping", "vip"))
+        needed += [("drbdsetup", "drbd"), ("drbdadm", "drbd")]
+    if chosen.vip != "sim" and netns:
+        needed.append(("arping", "vip"))  # addresses go over netlink: no `ip` for the VIP
     if chosen.target != "sim":
         needed += [("tgtd", "target"), ("tgtadm", "target")]
     if netns and needed:
@@ -252,11 +306,12 @@ def wake_sources(
     *,
     node: str | None = None,
 ) -> tuple[WakeSource, ...]:
-    """What the watch loop polls between ticks: pool.conf (a pool-master change starts the
-    swap at once), the operator's choices (``become-primary`` acts at once), and the simulated
-    world (the peer's promote/demote; for ``node``, not what its own actions changed). Real
-    DRBD, VIP and tgt changes are seen at the next tick (or the short retry after a blocked
-    tick, or the verify tick after an acting one)."""
+    """What the watch loop watches between ticks (``adapters.wake.FileWatch``: inotify):
+    pool.conf (a pool-master change starts the swap at once), the operator's choices
+    (``become-primary`` acts at once), and the simulated world (the peer's promote/demote; for
+    ``node``, not what its own actions changed). Real DRBD, VIP and tgt changes are pushed by
+    their event-fed adapters instead (``EventFedDrbd``'s events2 stream, ``NetlinkVip``'s
+    address events notify the node's ``Wakeup``)."""
     sources: list[WakeSource] = [FileWake(operator.path, name="operator choices")]
     # The XAPI role source's fallback (read while XAPI is unreachable) is a pool.conf too.
     pool_conf = role if isinstance(role, PoolConfRoleSource) else getattr(role, "fallback", None)
@@ -285,20 +340,28 @@ def inventory_path(state_dir: Path, node: str, concern: str) -> Path:
     return state_dir / f"{concern}-inventory-{node}.json"
 
 
-def _real_vip(spec: StorageCluster, node: str, runner: Runner, state_dir: Path) -> VipAdapter:
-    """iproute2 for addresses; ARP in-process when the agent runs on the node (transport
-    'local', which includes an agent started inside the node's namespace), else through
-    ``arping`` run by the runner (transport 'netns': the agent is outside the namespace, and an
-    in-process packet socket would probe and announce on the wrong network)."""
+def _real_vip(
+    spec: StorageCluster, node: str, runner: Runner, state_dir: Path, *, wakeup: Wakeup
+) -> VipAdapter:
+    """Netlink (``NetlinkVip``) for addresses and their events, in the node's namespace for
+    transport 'netns'; ARP in-process when the agent runs on the node (transport 'local',
+    which includes an agent started inside the node's namespace), else through ``arping`` run
+    by the runner (transport 'netns': the agent is outside the namespace, and an in-process
+    packet socket would probe and announce on the wrong network). ``IpVip`` (iproute2 through
+    the runner) is for executing transports, where netlink cannot reach (the VM tier's
+    console; ``tests/vm/cluster.py`` builds those adapters itself)."""
     from adapters.inventory import FileInventory
-    from adapters.vip import AnnounceRecord, ArpTool, CommandArp, InProcessArp, IpVip
+    from adapters.vip import AnnounceRecord, ArpTool, CommandArp, InProcessArp
+    from adapters.vip.netlink import NetlinkVip
 
-    netns = spec.node(node).transport is Transport.NETNS
+    n = spec.node(node)
+    netns = n.transport is Transport.NETNS
     arp: ArpTool = CommandArp(runner) if netns else InProcessArp()
-    return IpVip(
-        runner,
+    return NetlinkVip(
         arp=arp,
-        command_timeout=spec.spec.timings.command_timeout,
+        namespace=n.namespace if netns else None,
+        wakeup=wakeup,
+        request_timeout=spec.spec.timings.command_timeout,
         record=AnnounceRecord(announce_record_path(state_dir.absolute(), node)),
         inventory=FileInventory(inventory_path(state_dir.absolute(), node, "vip")),
     )
@@ -356,3 +419,66 @@ def node_runner(spec: StorageCluster, node: str) -> Runner:
             raise TerminalError(f"node {node}: transport netns needs a namespace")
         return Runner(cast(CommandTransport, Netns(n.namespace)), timeout=timeout)
     return Runner(cast(CommandTransport, Local()), timeout=timeout)
+
+
+def witness_gateway(
+    spec: StorageCluster, *, endpoints: Sequence[str] = ()
+) -> tuple[EtcdGateway | None, str]:
+    """The etcd client of the spec's ``witness`` section (``endpoints`` given: those URLs
+    instead) and its key prefix; None when no endpoint is known. ValueError for an endpoint
+    that is not ``http(s)://HOST[:PORT]``. Opens nothing."""
+    from adapters.witness.gateway import EtcdGateway
+
+    w = spec.spec.witness
+    urls = tuple(endpoints) or tuple(str(u) for u in w.endpoints)
+    if not urls:
+        return None, w.prefix
+    gateway = EtcdGateway(
+        urls,
+        timeout=w.retry_timeout,
+        ca_file=w.ca_file,
+        cert_file=w.cert_file,
+        key_file=w.key_file,
+    )
+    return gateway, w.prefix
+
+
+def witness_record_path(state_dir: Path, node: str) -> Path:
+    """Where the etcd witness of ``node`` persists its lease (``adapters.witness.etcd``)."""
+    from adapters.witness.etcd import lease_record_path
+
+    return lease_record_path(state_dir, node)
+
+
+def etcd_witness(spec: StorageCluster, node: str, state_dir: Path) -> WitnessAdapter:
+    """The witness on the spec's etcd: one lease-backed key ``<prefix><name>/leader``."""
+    from adapters.witness.etcd import EtcdWitness
+
+    try:
+        gateway, prefix = witness_gateway(spec)
+    except ValueError as exc:
+        raise TerminalError(f"witness: {exc}") from exc
+    if gateway is None:
+        raise TerminalError("adapters.witness is 'etcd' but witness.endpoints is empty")
+    return EtcdWitness(
+        gateway,
+        cluster=spec.metadata.name,
+        node=node,
+        prefix=prefix,
+        ttl=spec.spec.witness.ttl,
+        record_path=witness_record_path(state_dir.absolute(), node),
+    )
+
+
+def status_publisher(spec: StorageCluster, node: str) -> EtcdStatusPublisher | None:
+    """Who publishes ``node``'s status records in etcd (``<prefix><name>/status/<node>``);
+    None when the spec names no etcd (``witness.endpoints`` empty). Starts nothing."""
+    from adapters.witness.status import EtcdStatusPublisher
+
+    try:
+        gateway, prefix = witness_gateway(spec)
+    except ValueError as exc:
+        raise TerminalError(f"witness: {exc}") from exc
+    if gateway is None:
+        return None
+    return EtcdStatusPublisher(gateway, prefix=prefix, cluster=spec.metadata.name, node=node)

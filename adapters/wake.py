@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from adapters.base import WakeSource
 
-log = logging.getLogger("tandem.wake")
+log = logging.getLogger(__name__)
 
 
 class Wakeup:
@@ -122,8 +122,9 @@ class FileWatch:
     - **polling** (the fallback): where inotify cannot be used (no ``inotify_simple``, the
       kernel refuses an instance or a watch: ``ENOSYS``, ``EMFILE``, ``ENOSPC``, ``EACCES``),
       every source's fingerprint is compared every ``poll`` seconds, as the loop did before;
-      the reason is logged once per watcher (a warning on ``tandem.wake``). A source with no
-      ``path`` (a generic ``WakeSource``) is always polled, also next to inotify.
+      the reason is logged once per watcher (a warning on ``adapters.wake``: the agent's
+      stderr and log file). A source with no ``path`` (a generic ``WakeSource``) is always
+      polled, also next to inotify.
 
     The first fingerprints are taken after the watches are armed, so a change after
     ``start`` returns is never lost; a spurious wake costs a tick, never a decision.
@@ -317,7 +318,11 @@ class FileWatch:
         rearm = False
         names: dict[Path, set[str]] = {}
         ignored = int(self._flags.IGNORED)
+        overflow = int(self._flags.Q_OVERFLOW)
         for event in events:
+            if event.mask & overflow:  # the kernel dropped events: look at every source
+                rearm = True
+                continue
             if event.mask & ignored:  # the directory went away (not a watch we removed)
                 rearm = self._watches.pop(event.wd, None) is not None or rearm
                 continue

@@ -30,6 +30,7 @@ from reconciler.core.spec import StorageCluster
 from reconciler.executor import ApplyReport, RetryPolicy, StepReport, apply
 from reconciler.observe import observe
 from reconciler.record import (
+    STALE_LIMIT_KEY,
     ActionRecord,
     BlockedRecord,
     ExpectedRecord,
@@ -181,6 +182,34 @@ def status_record(report: TickReport, *, after: ObservedState | None = None) -> 
         extra["observed_before"] = tick_record.observed
         extra["observed"] = ObservedRecord.of(after)
     return StatusRecord(**{**dict(tick_record), **extra})
+
+
+def shared_record(
+    spec: StorageCluster, report: TickReport, *, after: ObservedState | None = None
+) -> str:
+    """The status record as published in etcd (``adapters.witness.status``): the file's
+    record, redacted the same way, plus the writer's staleness limit (``STALE_LIMIT_KEY``)
+    so a reader without this cluster's spec can judge its age."""
+    record = redact_data(status_record(report, after=after).to_json())
+    t = spec.spec.timings
+    record[STALE_LIMIT_KEY] = t.tick_interval + t.status_staleness
+    return json.dumps(record, separators=(",", ":"))
+
+
+class StatusPublishing:
+    """A tick observer (``reconciler.loop.each``): every tick's record also in etcd, handed to
+    the publisher's worker (``EtcdStatusPublisher.offer``), so neither a slow nor a dead etcd
+    delays or fails a tick."""
+
+    def __init__(self, spec: StorageCluster, publisher: Any) -> None:
+        self.spec = spec
+        self.publisher = publisher
+
+    def __call__(self, report: TickReport) -> None:
+        self.publisher.offer(shared_record(self.spec, report))
+
+    def close(self) -> None:
+        self.publisher.close()
 
 
 def write_status(

@@ -34,6 +34,8 @@ _WARNING_ALERTS: dict[WarningKind, bool] = {
     WarningKind.SPLIT_BRAIN: False,
     WarningKind.DRBD_UNREADABLE: False,
     WarningKind.HYPERVISOR_UNREADABLE: True,  # XAPI unreachable: nothing else raises it
+    WarningKind.WITNESS_UNREACHABLE: True,  # serving on, but no failover possible now
+    WarningKind.WITNESS_STEP_DOWN: True,  # stopped serving: the lease could not be renewed
 }
 
 

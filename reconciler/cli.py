@@ -26,6 +26,7 @@ from reconciler import __version__, loop
 from reconciler.agent import (
     EXIT_OK,
     EXIT_USAGE,
+    StatusPublishing,
     TickReport,
     write_status,
 )
@@ -55,6 +56,7 @@ from reconciler.cli_operator import (
 )
 from reconciler.cli_simulate import simulate_command
 from reconciler.cli_status import status
+from reconciler.core.errors import TerminalError
 from reconciler.core.spec import StorageCluster
 from reconciler.core.specload import SpecError
 from reconciler.specfile import (
@@ -118,8 +120,12 @@ def _watch(
 
     # The per-tick observers, in order, in one list. The systemd notifier comes last:
     # WATCHDOG=1 means the whole tick, records and metrics included, ran.
+    # Many pairs, one place: each tick's record also under the cluster's prefix in etcd
+    # (best effort, a worker thread: never delays nor fails the tick).
+    publisher = _status_publisher(spec, node)
     observers: list[loop.TickObserver] = [
         report_tick,
+        *([StatusPublishing(spec, publisher)] if publisher is not None else []),
         agentlog.TickLogger(tick_log),
         events.TickEvents(events.EventLog(events.events_path(state_dir, node))),
         _alerting(spec, alert_log, node, spec_watch=spec_watch),
@@ -140,8 +146,19 @@ def _watch(
         )
     finally:
         endpoint.close()
+        if publisher is not None:
+            publisher.close()
         sd.stopping()
     return EXIT_OK
+
+
+def _status_publisher(spec: StorageCluster, node: str) -> Any:
+    from adapters.factory import status_publisher
+
+    try:
+        return status_publisher(spec, node)
+    except TerminalError as exc:
+        _fail(str(exc))
 
 
 def _endpoint(spec: StorageCluster, node: str, state_dir: Path, address: Any) -> Any:

@@ -28,7 +28,7 @@ from reconciler.agent import (
     tick,
     write_status,
 )
-from reconciler.core.errors import AdapterError
+from reconciler.core.errors import AdapterError, TerminalError
 from reconciler.core.spec import StorageCluster
 from reconciler.specfile import (
     default_state_dir,
@@ -182,6 +182,28 @@ def _record(spec: StorageCluster, adapters: Any, state_dir: Path, report: TickRe
 
     after = observe(spec, adapters) if report.result and report.result.applied else None
     write_status(state_dir, report, after=after)
+    _publish_once(spec, report, after=after)
+
+
+def _publish_once(spec: StorageCluster, report: TickReport, *, after: Any) -> None:
+    """A one-shot tick's record in etcd too (bounded by witness.retryTimeout; a failure is
+    said on stderr, never changes the exit code: the record file is the local truth)."""
+    from adapters.factory import status_publisher
+    from reconciler.agent import shared_record
+
+    try:
+        publisher = status_publisher(spec, report.plan.node)
+    except TerminalError as exc:
+        errors.print(f"[yellow]status not published in etcd:[/] {escape(str(exc))}")
+        return
+    if publisher is None:
+        return
+    try:
+        problem = publisher.publish_now(shared_record(spec, report, after=after))
+    finally:
+        publisher.close()
+    if problem is not None:
+        errors.print(f"[yellow]status not published in etcd:[/] {escape(problem)}")
 
 
 def _run_once(

@@ -36,9 +36,29 @@ from reconciler.specfile import (
 @click.option("--watch", "live", is_flag=True, help="A live screen, refreshed every 2 s; Ctrl-C.")
 @click.option(
     "--cluster",
+    "cluster_name",
+    is_flag=False,
+    flag_value="",
+    default=None,
+    metavar="[NAME]",
+    help="Both nodes side by side. Without NAME: this node's record and the peer's, fetched "
+    "from its agent's /status (--peer, or the peer's statusAddress in the spec). With NAME: "
+    "cluster NAME's records as its agents publish them in etcd (the spec's witness "
+    "endpoints, or --etcd).",
+)
+@click.option(
+    "--all",
+    "all_clusters",
     is_flag=True,
-    help="Both nodes side by side: this node's record and the peer's, fetched from its agent's "
-    "/status (--peer, or the peer's statusAddress in the spec).",
+    help="Every cluster whose agents publish their records in this etcd, one line each.",
+)
+@click.option(
+    "--etcd",
+    "etcd_urls",
+    multiple=True,
+    metavar="URL",
+    help="With --cluster NAME or --all: an etcd client URL (repeat for each member); default: "
+    "the spec's witness.endpoints.",
 )
 @click.option("--peer", metavar="URL", help="With --cluster: the peer agent's address (HOST:PORT).")
 def status(
@@ -47,7 +67,9 @@ def status(
     state_dir: str | None,
     as_json: bool,
     live: bool,
-    cluster: bool,
+    cluster_name: str | None,
+    all_clusters: bool,
+    etcd_urls: tuple[str, ...],
     peer: str | None,
 ) -> None:
     """Show this node's storage role, DRBD state, target and VIP from the agent's last tick.
@@ -56,7 +78,9 @@ def status(
     tickInterval + statusStaleness: the agent is stopped, hangs, or a failover is in progress),
     in both modes; --json adds record (ok/missing/corrupt), age_seconds, stale, degraded and
     the operator's choices as persisted now. With
-    --cluster: exit 0 only when both nodes' records were read and are fresh.
+    --cluster: exit 0 only when both nodes' records were read and are fresh; with --cluster
+    NAME or --all: when every record in etcd was read and is fresh (1 otherwise, also when
+    etcd cannot be reached).
     """
     import time
 
@@ -64,8 +88,19 @@ def status(
     from reconciler.record import read_status
     from reconciler.status import render, status_json
 
-    sdir = usable_state_dir(state_dir, read_only=True)
+    if all_clusters and cluster_name is not None:
+        raise click.UsageError("--all lists every cluster: leave out --cluster")
+    shared = all_clusters or bool(cluster_name)
+    if etcd_urls and not shared:
+        raise click.UsageError("--etcd goes with --cluster NAME or --all")
+    if shared and peer is not None:
+        raise click.UsageError("--peer goes with --cluster without a NAME")
     spec, _ = read_spec(spec_path)
+    if shared:
+        _shared_status(spec, cluster_name or None, etcd_urls, as_json=as_json, live=live)
+        return
+    cluster = cluster_name is not None
+    sdir = usable_state_dir(state_dir, read_only=True)
     the_node = pick_node(spec, node)
     store = operator_store(sdir, the_node)
     if peer is not None and not cluster:
@@ -160,3 +195,84 @@ def _events_tail(sdir: Path, node: str, count: int = 5, *, out: Console = consol
             out.print(f"  {escape(render_event(e))}")
     for problem in problems:
         out.print(f"[yellow]events[/]: {escape(problem)}")
+
+
+def _shared_status(
+    spec: StorageCluster,
+    cluster: str | None,
+    etcd_urls: tuple[str, ...],
+    *,
+    as_json: bool,
+    live: bool,
+) -> None:
+    """``--cluster NAME`` (``cluster``) or ``--all`` (None): the records in etcd."""
+    import time
+
+    from adapters.factory import witness_gateway
+    from adapters.witness.gateway import EtcdError
+    from adapters.witness.status import read_all, read_cluster
+    from reconciler import cluster as cl
+
+    try:
+        gateway, prefix = witness_gateway(spec, endpoints=etcd_urls)
+    except ValueError as exc:
+        _fail(str(exc))
+    if gateway is None:
+        _fail(
+            "where is the etcd? the spec has no witness endpoints: pass --etcd URL "
+            "(each member's client URL) or set witness.endpoints in the spec"
+        )
+    source = gateway.describe()
+
+    def frame() -> tuple[Any, bool]:
+        now = time.time()
+        try:
+            if cluster is not None:
+                found = read_cluster(gateway, prefix=prefix, cluster=cluster)
+                views = cl.shared_views(found.records, now)
+                if as_json:
+                    shown = cl.shared_json(cluster, found.leader, views)
+                    return shown, bool(shown["ok"])
+                return cl.shared_cluster_view(cluster, found.leader, views, source=source)
+            every = read_all(gateway, prefix=prefix)
+        except EtcdError as exc:
+            problem = f"cannot read the status records from etcd ({source}): {exc}"
+            if as_json:
+                return {"ok": False, "error": problem}, False
+            return _error_text(problem), False
+        rows = [(c.cluster, c.leader, cl.shared_views(c.records, now)) for c in every]
+        if as_json:
+            clusters = [cl.shared_json(name, leader, views) for name, leader, views in rows]
+            ok = bool(clusters) and all(c["ok"] for c in clusters)
+            return {"ok": ok, "prefix": prefix, "clusters": clusters}, ok
+        return cl.shared_all_view(rows, source=source)
+
+    try:
+        if not live:
+            shown, ok = frame()
+            if as_json:
+                click.echo(json.dumps(shown, sort_keys=True))
+            else:
+                console.print(shown)
+            sys.exit(0 if ok else 1)
+        from rich.live import Live
+
+        try:
+            if as_json:
+                while True:
+                    click.echo(json.dumps(frame()[0], sort_keys=True))
+                    time.sleep(2)
+            with Live(console=console, auto_refresh=False, transient=False) as screen:
+                while True:
+                    screen.update(frame()[0], refresh=True)
+                    time.sleep(2)
+        except KeyboardInterrupt:
+            sys.exit(0)
+    finally:
+        gateway.close()
+
+
+def _error_text(problem: str) -> Any:
+    from rich.text import Text
+
+    return Text(f"error: {problem}", style="bold red")

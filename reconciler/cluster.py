@@ -29,7 +29,7 @@ from rich.table import Table
 from rich.text import Text
 
 from reconciler.core.spec import StorageCluster
-from reconciler.record import BadRecord, StatusRecord, read_status, status_path
+from reconciler.record import STALE_LIMIT_KEY, BadRecord, StatusRecord, read_status, status_path
 from reconciler.status import staleness
 
 TIMEOUT = 2.0
@@ -234,3 +234,128 @@ def render_cluster(
     view, ok = cluster_view(spec, views, now)
     console.print(view)
     return ok
+
+
+# ------------------------------------------------------------------ records shared in etcd
+# `reconcile status --cluster NAME` / `--all` (issue 15: many pairs, one place): the records
+# every agent publishes under <prefix><cluster>/status/<node> (adapters.witness.status). A
+# published record carries ``stale_limit_seconds`` (its writer's tickInterval +
+# statusStaleness), so a reader without that cluster's spec still judges its age.
+
+
+@dataclass(frozen=True, slots=True)
+class SharedView:
+    """One node's record as read from etcd: ``age``/``limit`` in seconds (``limit`` None
+    when the writer did not say), ``problem`` when the text is not a status record."""
+
+    node: str
+    record: StatusRecord | None = None
+    raw: Any = None
+    problem: str | None = None
+    age: float | None = None
+    limit: float | None = None
+
+    @property
+    def fresh(self) -> bool:
+        if self.record is None or self.age is None:
+            return False
+        return self.limit is None or self.age <= self.limit
+
+
+def shared_view(node: str, text: str, now: float) -> SharedView:
+    try:
+        raw = json.loads(text)
+        record = StatusRecord.model_validate(raw)
+    except (ValueError, ValidationError) as exc:
+        first = str(exc).splitlines()[0]
+        return SharedView(node, problem=f"not a status record: {first}")
+    if record.node != node:
+        return SharedView(node, raw=raw, problem=f"the record is {record.node!r}'s, not {node!r}'s")
+    limit = raw.get(STALE_LIMIT_KEY) if isinstance(raw, dict) else None
+    return SharedView(
+        node,
+        record=record,
+        raw=raw,
+        age=now - record.time,
+        limit=float(limit) if isinstance(limit, int | float) else None,
+    )
+
+
+def shared_views(records: dict[str, str], now: float) -> list[SharedView]:
+    return [shared_view(node, records[node], now) for node in sorted(records)]
+
+
+def shared_ok(views: Sequence[SharedView]) -> bool:
+    """Every record readable and fresh (and at least one)."""
+    return bool(views) and all(v.fresh for v in views)
+
+
+def _shared_updated(view: SharedView) -> str:
+    if view.age is None:
+        return ""
+    if view.fresh:
+        return f"{view.age:.1f}s ago"
+    return f"[bold red]STALE[/] ({view.age:.0f}s ago, limit {view.limit:g}s)"
+
+
+def shared_cluster_view(
+    cluster: str, leader: str | None, views: Sequence[SharedView], *, source: str
+) -> tuple[Group, bool]:
+    """One cluster's records from etcd, a row per node; whether all are there and fresh."""
+    table = Table(title=f"cluster {cluster} (from etcd {source})")
+    for column in ("node", "storage role", "serving", "updated", "converged", "blocked"):
+        table.add_column(column)
+    for v in views:
+        rec = v.record
+        if rec is None:
+            table.add_row(escape(v.node), f"[bold red]NO STATUS[/] ({escape(v.problem or '')})")
+            continue
+        serving = _yes_no(rec.observed.target.running, "running", "stopped")
+        blocked = "; ".join(f"{b.what}: {b.reason}" for b in rec.blocked) or "none"
+        table.add_row(
+            escape(v.node),
+            f"[bold]{rec.desired_role.value}[/] ({escape(rec.role_reason)})",
+            serving,
+            _shared_updated(v),
+            "yes" if rec.converged else "no",
+            escape(blocked),
+        )
+    holder = f"witness key held by {escape(leader)}" if leader else "witness key free"
+    parts: list[Any] = [table, Text.from_markup(holder)]
+    if not views:
+        parts.append(Text(f"no status records of cluster {cluster} in etcd", style="bold red"))
+    return Group(*parts), shared_ok(views)
+
+
+def shared_all_view(
+    clusters: Sequence[tuple[str, str | None, Sequence[SharedView]]], *, source: str
+) -> tuple[Table, bool]:
+    """Every cluster sharing the etcd, a row each; whether every record is there and fresh."""
+    table = Table(title=f"clusters in etcd {source}")
+    for column in ("cluster", "witness key", "nodes", "state"):
+        table.add_column(column)
+    ok = bool(clusters)
+    for name, leader, views in clusters:
+        nodes = ", ".join(
+            f"{v.node} {v.record.desired_role.value}" if v.record else f"{v.node} unreadable"
+            for v in views
+        )
+        good = shared_ok(views)
+        ok = ok and good
+        state = "ok" if good else "[bold red]STALE OR MISSING[/]"
+        table.add_row(escape(name), escape(leader or "free"), escape(nodes or "none"), state)
+    return table, ok
+
+
+def shared_json(cluster: str, leader: str | None, views: Sequence[SharedView]) -> dict[str, Any]:
+    nodes: dict[str, Any] = {}
+    for v in views:
+        if v.record is None:
+            nodes[v.node] = {"error": v.problem}
+        else:
+            nodes[v.node] = {
+                "record": v.raw,
+                "age_seconds": round(v.age or 0.0, 3),
+                "stale": not v.fresh,
+            }
+    return {"cluster": cluster, "witness_holder": leader, "ok": shared_ok(views), "nodes": nodes}

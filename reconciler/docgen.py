@@ -55,6 +55,11 @@ _RULES: dict[str, tuple[str, ...]] = {
         "`type: static` requires `preferred`.",
         "`preferred` must be the name of one of the two nodes.",
     ),
+    "LivenessTimings": ("`timeout` is at most `interval`.",),
+    "Adapters": (
+        "`liveness: sim` requires `drbd: sim`; absent, `liveness` is `sim` when `drbd`, `vip` "
+        "and `target` are all `sim`, else `ping`.",
+    ),
     "Mail": ("`enabled: true` requires at least one address in `to`.",),
     "Target": (
         "`driver: lio` is refused (not implemented yet: only tgt is supported).",

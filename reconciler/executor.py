@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from tenacity import (
     RetryCallState,
@@ -123,6 +123,10 @@ def _run_step(
     clock: Callable[[], float],
 ) -> StepReport:
     started = clock()
+    if action.kind in _ONE_ATTEMPT:
+        # The witness's calls are not retried within a tick: the timing rule counts one
+        # retryTimeout per call, and the next tick (or the step-down) is the retry.
+        policy = replace(policy, attempts=1)
     # Fast path: most steps succeed at once, and building tenacity's machinery per step was
     # ~40% of a simulated tick. Only a TransientError enters tenacity, for the retries.
     try:
@@ -163,6 +167,8 @@ def _describe(exc: Exception) -> str:
         return f"{text} (transient; gave up after retries)"
     return text
 
+
+_ONE_ATTEMPT = frozenset({ActionKind.CLAIM_WITNESS, ActionKind.RELEASE_WITNESS})
 
 _DRBD_KINDS = frozenset(
     {
@@ -230,5 +236,12 @@ def _dispatch(action: Action, spec: StorageCluster, a: NodeAdapters) -> None:
             a.hypervisor.plug(action.pbd)
         else:
             a.hypervisor.replug(action.pbd)
+    elif kind in (ActionKind.CLAIM_WITNESS, ActionKind.RELEASE_WITNESS):
+        if a.witness is None:
+            raise TerminalError(f"{kind.value}: no witness adapter configured on this node")
+        if kind is ActionKind.CLAIM_WITNESS:
+            a.witness.claim()
+        else:
+            a.witness.release()
     else:  # pragma: no cover - ActionKind is exhaustive above
         raise AssertionError(f"no dispatch for {kind}")

@@ -238,4 +238,5 @@ def adapter_settings(spec: StorageCluster) -> object:
         s.vips[:1],
         s.promotion.heuristics,
         s.timings.command_timeout,
+        s.witness,  # the etcd witness's endpoints, prefix, lease TTL and timeout
     )

@@ -23,6 +23,7 @@ from reconciler.core.observed import (
     RoleVerdict,
     TargetObs,
     VipObs,
+    WitnessObs,
 )
 from reconciler.core.spec import StorageCluster
 
@@ -47,7 +48,8 @@ def observe(
     simulations that share one in-memory world). Either way the role source and the
     operator's choices are read last (see below). ``timings``, when given, receives the seconds
     each concern's read took (keys: drbd, vip, target, role, operator, liveness, and
-    hypervisor when one is configured)."""
+    hypervisor and witness when configured). The witness is read very last: its
+    ``lease_left`` is then as fresh as it can be when the plan acts on it."""
     s = spec.spec
 
     def drbd_unknown(exc: Exception) -> tuple[ResourceObs, ...]:
@@ -114,8 +116,20 @@ def observe(
     operator = _guarded(
         "operator", adapters.operator.load, lambda exc: OperatorState(manual_mode=True), timings
     )
+    seen = adapters.witness
+    witness = (
+        _guarded(
+            "witness",
+            seen.observe,
+            lambda exc: WitnessObs(enabled=True, reachable=False, error=_err("witness", exc)),
+            timings,
+        )
+        if seen is not None
+        else WitnessObs()
+    )
     return ObservedState(
         node=adapters.node,
+        witness=witness,
         resources=slow[0],
         vips=slow[1],
         target=slow[2],

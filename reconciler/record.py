@@ -297,6 +297,11 @@ class StatusRecord(TickRecord):
     observed_before: ObservedRecord | None = None  # when ``observed`` was taken after actions
 
 
+# The record as published in etcd (issue 15) carries its writer's tickInterval +
+# statusStaleness under this key: a reader without that cluster's spec judges its age by it.
+STALE_LIMIT_KEY = "stale_limit_seconds"
+
+
 @dataclass(frozen=True, slots=True)
 class BadRecord:
     """A status file that exists but is not a status record (corrupt, truncated, foreign)."""

@@ -41,6 +41,20 @@ TWO_RESOURCE_TEXT = DEMO_TEXT.replace(
 )
 
 
+WITNESS_TEXT = (ROOT / "specs" / "witness.yaml").read_text()
+
+
+def witness_spec(*, watchdog: bool = True) -> StorageCluster:
+    """specs/witness.yaml: the demo with the etcd witness (simulated), and with its watchdog
+    (the fence against agent pauses) unless ``watchdog`` is False."""
+    text = WITNESS_TEXT
+    if not watchdog:
+        dog = "    watchdog:\n      device: /dev/watchdog\n      timeout: 4.5\n"
+        assert text.count(dog) == 1, "specs/witness.yaml changed shape"
+        text = text.replace(dog, "")
+    return load_spec(text, filename="specs/witness.yaml")
+
+
 def two_resource_spec() -> StorageCluster:
     """The demo spec with a second resource (iscsi2, exported as LUN 2), without the simulated
     hypervisor: its tests are about the DRBD / VIP / target chains (the PBDs are covered on the

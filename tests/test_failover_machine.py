@@ -60,10 +60,14 @@ from reconciler.simulation import (
     Simulation,
     new_simulation,
 )
-from tests.simcluster import demo_spec, two_resource_spec
+from tests.simcluster import demo_spec, two_resource_spec, witness_spec
 
 SPEC = demo_spec()
 SPEC2 = two_resource_spec()
+WITNESS_SPEC = witness_spec()
+# The witness's liveness goal: a takeover within ttl + settle + this many tick intervals (the
+# survivor's tick that sees the key free, the one that promotes, one for the serving chain).
+TAKEOVER_TICKS = 3
 NODES = SPEC.node_names
 K_MAX = 3  # the liveness goal: converged within 3 rounds of both agents
 K_SYNC_MAX = 6  # ... and replication healthy (resync done) within 6
@@ -141,6 +145,19 @@ RESOURCE_FAULT_CLASSES = (
     "inject terminal (one resource)",
     "inject garbage (one resource)",
 )
+# The witness machine's fault classes (each must fire; the counts are printed).
+WITNESS_FAULT_CLASSES = (
+    "etcdMemberDown",
+    "etcdMemberUp",
+    "etcdDown",
+    "etcdUp",
+    "etcdCut",
+    "etcdRejoin",
+    "pause",
+    "resume",
+    "watchdog reset",
+    "time",
+)
 RESOURCE_OPS = ("drbd-up", "drbd-primary", "drbd-secondary", "drbd-connect", "target-export")
 
 
@@ -159,6 +176,8 @@ class Stats:
     split_brain_runs = 0
     override_runs = 0
     destroyed_writes = 0
+    witness_runs = 0
+    takeover: ClassVar[Counter[int]] = Counter()
     lines: ClassVar[list[str]] = []
 
 
@@ -434,6 +453,7 @@ class FailoverMachine(RuleBasedStateMachine):
         if self.record:
             Stats.runs += 1
             Stats.two_resource_runs += len(self.sim.resources) > 1
+            Stats.witness_runs += self.sim.witness_on
             Stats.steps += sum(self.rules.values())
             Stats.rules.update(self.rules)
             Stats.classes.update(self.sim.counts)
@@ -446,6 +466,95 @@ class TwoResourceMachine(FailoverMachine):
     """The main machine over a two-resource spec, with per-resource faults."""
 
     spec = SPEC2
+
+
+class WitnessMachine(FailoverMachine):
+    """The main machine over the witness spec (promotion.whenDisconnected: witness, the
+    simulated 3-member etcd, a watchdog) and DRBD *without* STONITH (fencing resource-only:
+    the setup where the quorum policy cannot keep one Primary): the witness alone must. Time
+    moves on the witness's clock (``Simulation.advance``: never past a running agent's tick
+    rhythm), node1's clock runs slow and node2's fast by the spec's clockDrift, and the
+    witness faults land between everything: an etcd member down, etcd fully down (and back),
+    a node cut from etcd, the full partition of one node (switch port, which also cuts it from
+    etcd, plus the replication link), the agent paused past its lease. Liveness on top of the
+    main machine's: ``takeover`` (a healthy node that keeps an etcd majority takes over from a
+    fully partitioned primary within ttl + settle + TAKEOVER_TICKS ticks)."""
+
+    spec = WITNESS_SPEC
+    fencing = "resource-only"
+    spec_edits = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        drift = self.spec.spec.witness.clock_drift
+        self.sim.w.nodes[NODES[0]].clock_rate = 1 - drift
+        self.sim.w.nodes[NODES[1]].clock_rate = 1 + drift
+
+    @rule(seconds=st.sampled_from([0.25, 1.0, 2.0, 4.0, 7.0]))
+    def time_passes(self, seconds: float) -> None:
+        self._count("time passes")
+        self.sim.advance(seconds)
+
+    @rule(
+        kind=st.sampled_from(
+            ["etcdMemberDown", "etcdMemberUp", "etcdDown", "etcdUp", "etcdCut", "etcdRejoin"]
+        ),
+        node=st.sampled_from(NODES),
+        member=st.integers(0, 2),
+    )
+    def witness_fault(self, kind: str, node: str, member: int) -> None:
+        self._count("witness fault")
+        if kind in ("etcdMemberDown", "etcdMemberUp"):
+            self.sim.fault(kind, value=member)
+        else:
+            self.sim.fault(kind, node)
+
+    @rule(node=st.sampled_from(NODES), pause=st.booleans())
+    def agent_pause(self, node: str, pause: bool) -> None:
+        """The agent stops (a long GC pause, SIGSTOP) or resumes: a pending plan resumes where
+        it stopped, with whatever it observed before the pause."""
+        self._count("agent pause/resume")
+        self.sim.fault("pause" if pause else "resume", node)
+
+    @rule(node=st.sampled_from(NODES))
+    def full_partition(self, node: str) -> None:
+        """``node`` loses its switch port (clients, management, etcd) and the replication link
+        at once: the two nodes are fully partitioned from each other."""
+        self._count("full partition")
+        self.sim.fault("isolate", node)
+        if self.sim.w.replication_link:
+            self.sim.fault("replication", value=False)
+
+    @precondition(lambda self: self.since_heal >= HEAL_EVERY)
+    @rule(first=st.sampled_from(NODES))
+    def takeover(self, first: str) -> None:
+        """Liveness of the witness: from a healed, converged cluster, the primary is fully
+        partitioned and the pool master moves to the other node, which keeps an etcd majority:
+        it serves within ttl + settle + TAKEOVER_TICKS ticks, and the old primary has stopped
+        serving first (the invariants, checked after every action, say so)."""
+        self._count("takeover")
+        self.check_liveness(first)
+        sim = self.sim
+        old = sim.expected_primary() or first
+        new = sim.w.peer(old)
+        sim.fault("isolate", old)
+        sim.fault("replication", value=False)
+        sim.set_pool_master(new)
+        started = sim.w.now
+        interval = self.spec.spec.timings.tick_interval
+        w = self.spec.spec.witness
+        bound = w.ttl + w.settle(interval) + TAKEOVER_TICKS * interval
+        while sim.serving_ok(new) is not None and sim.w.now - started <= bound + interval:
+            for n in (new, old):
+                sim.tick(n)
+            sim.advance(interval)
+        took = sim.w.now - started
+        assert sim.serving_ok(new) is None and took <= bound, (
+            f"{new} did not take over within {bound:g} s (ttl + settle + {TAKEOVER_TICKS} "
+            f"ticks): {sim.serving_ok(new)} after {took:g} s\n{sim.to_scenario_yaml()}"
+        )
+        if self.record:
+            Stats.takeover[round(took)] += 1
 
 
 # --- the terminal summary (shown by a plain `pytest` run, no -s needed) --------------------------
@@ -487,8 +596,19 @@ def _summarise() -> list[str]:
         f"writes lost to a failed disk holding their only copy: {Stats.destroyed_writes}",
         "rules fired: " + ", ".join(f"{k} {v}" for k, v in sorted(Stats.rules.items())),
         "fault classes fired: " + ", ".join(f"{k} {v}" for k, v in sorted(Stats.classes.items())),
+        f"witness runs (fencing resource-only, no STONITH): {Stats.witness_runs}; witness "
+        "faults fired: "
+        + ", ".join(f"{k} {Stats.classes[k]}" for k in WITNESS_FAULT_CLASSES)
+        + "; takeovers from a fully partitioned primary (seconds: count): "
+        + (", ".join(f"{k} s: {n}" for k, n in sorted(Stats.takeover.items())) or "none")
+        + f"; bound ttl + settle + {TAKEOVER_TICKS} ticks = {_takeover_bound():g} s",
     ]
     return lines
+
+
+def _takeover_bound() -> float:
+    w, tick = WITNESS_SPEC.spec.witness, WITNESS_SPEC.spec.timings.tick_interval
+    return w.ttl + w.settle(tick) + TAKEOVER_TICKS * tick
 
 
 def test_failover_state_machine_keeps_every_invariant() -> None:
@@ -496,20 +616,73 @@ def test_failover_state_machine_keeps_every_invariant() -> None:
     started = time.monotonic()
     profile = settings.get_profile(f"tandem-sim-{PROFILE}")
     rounds = 0
-    while Stats.steps < MIN_STEPS and rounds < 10:
-        # Hypothesis ends runs at random lengths; repeat until the step budget is spent. Every
-        # other round runs the two-resource machine (per-resource faults).
+    machines = (FailoverMachine, TwoResourceMachine, WitnessMachine)
+    while Stats.steps < MIN_STEPS and rounds < 12:
+        # Hypothesis ends runs at random lengths; repeat until the step budget is spent. The
+        # rounds take turns: the main machine, the two-resource machine (per-resource faults),
+        # the witness machine (witness faults, no STONITH).
+        machine = machines[rounds % len(machines)]
         rounds += 1
-        machine = FailoverMachine if rounds % 2 else TwoResourceMachine
         run_state_machine_as_test(machine, settings=profile)
     if not Stats.two_resource_runs:
         run_state_machine_as_test(TwoResourceMachine, settings=profile)
+    if not Stats.witness_runs:
+        run_state_machine_as_test(WitnessMachine, settings=profile)
     Stats.seconds = time.monotonic() - started
     Stats.lines[:0] = _summarise()
-    missing = [c for c in FAULT_CLASSES + RESOURCE_FAULT_CLASSES if not Stats.classes[c]]
+    every = FAULT_CLASSES + RESOURCE_FAULT_CLASSES + WITNESS_FAULT_CLASSES
+    missing = [c for c in every if not Stats.classes[c]]
     assert not missing, f"fault classes that never fired: {missing}"
     assert Stats.steps >= MIN_STEPS, f"only {Stats.steps} steps"
     assert max(Stats.k) <= K_MAX and max(Stats.k_served) <= K_MAX
+    assert Stats.takeover, "no witness takeover was measured"
+
+
+def test_the_witness_machine_keeps_one_primary_without_stonith() -> None:
+    """A short run of the witness machine alone (the CI profile runs it at depth): never two
+    primaries with fencing resource-only, the takeover liveness holds."""
+    run_state_machine_as_test(
+        WitnessMachine, settings=_quiet(max_examples=60, stateful_step_count=60)
+    )
+
+
+_WITNESS_REFUSALS = {
+    BlockKind.WITNESS_UNREACHABLE,
+    BlockKind.WITNESS_HELD,
+    BlockKind.WITNESS_CLAIM,
+    BlockKind.WITNESS_SETTLING,
+}
+
+
+def _promote_without_the_witness(res: ResourceObs, **kw: Any) -> safety.Verdict:
+    """The witness switched off: what only the witness refused (or granted behind a claim)
+    is granted outright."""
+    verdict = safety.may_promote(res, **kw)
+    if verdict.claim or verdict.refusal in _WITNESS_REFUSALS:
+        return safety.Verdict(True, "witness switched off")
+    return verdict
+
+
+class _WitnessGuardOffMachine(WitnessMachine):
+    guards = Guards(may_promote=_promote_without_the_witness)
+    overrides = False
+    record = False
+
+
+def test_switching_off_the_witness_is_caught() -> None:
+    """Without the witness's answer (every node believes it holds the key) the nodes cut from
+    each other both promote: hypothesis finds two primaries (fencing resource-only)."""
+    with pytest.raises(InvariantViolation) as caught:
+        run_state_machine_as_test(
+            _WitnessGuardOffMachine, settings=_quiet(max_examples=400, stateful_step_count=40)
+        )
+    exc = caught.value
+    kinds = {p.kind for p in exc.problems}
+    assert kinds & {ViolationKind.TWO_PRIMARIES, ViolationKind.SERVES_STALE_DATA}, exc.problems
+    Stats.lines.append(
+        f"witness switched off: found in {exc.replay.count(chr(10) + '- ')} steps: "
+        f"{exc.problems[0]}"
+    )
 
 
 # --- the property runs tick through the production tick ----------------------------------------

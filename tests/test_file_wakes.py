@@ -10,6 +10,7 @@ the timer nor from a poll (the polling fallback would take an hour). No sleeping
 from __future__ import annotations
 
 import errno
+import json
 import logging
 import os
 import shutil
@@ -134,7 +135,9 @@ def test_where_inotify_cannot_be_used_the_files_are_polled(
     path = tmp_path / "pool.conf"
     path.write_text("master\n")
     wakeup = Recorder()
-    caplog.set_level(logging.WARNING, logger="tandem.wake")
+    logger = logging.getLogger("adapters.wake")  # "adapters" may not propagate (agentlog)
+    logger.addHandler(caplog.handler)
+    caplog.set_level(logging.WARNING, logger="adapters.wake")
     files = FileWatch(
         [FileWake(path, name="pool.conf")], wakeup, poll=0.01, inotify=no_inotify
     ).start()
@@ -147,7 +150,11 @@ def test_where_inotify_cannot_be_used_the_files_are_polled(
         wait_for("a second one", lambda: len(wakeup.reasons) == 2)
     finally:
         files.close()
-    said = [r for r in caplog.records if "fall back to polling" in r.getMessage()]
+        logger.removeHandler(caplog.handler)
+    # One record (caplog may hold it twice: through the root logger and the handler above).
+    said = list(
+        {id(r): r for r in caplog.records if "fall back to polling" in r.getMessage()}.values()
+    )
     assert len(said) == 1 and "Too many open files" in said[0].getMessage()
 
 
@@ -313,3 +320,37 @@ def test_a_spec_edit_that_rebuilds_the_adapters_closes_the_old_ones(
         assert built[0].closed == 0
     assert not agent.errors
     assert built[0].closed == 1 and agent.closable.closed == 1  # the end closed the new ones
+
+
+@pytest.mark.skipif(not shutil.which("reconcile"), reason="reconcile is not installed")
+def test_sigterm_ends_the_agents_60s_wait(tmp_path: Path) -> None:
+    """The CLI's signal handler sets a ``loop.Stop``, which ends the wait between ticks: the
+    agent exits 0 long before its next tick (the bound is a quarter of the interval)."""
+    import signal
+    import subprocess
+
+    state = tmp_path / "state"
+    env = dict(os.environ, TANDEM_STATE_DIR=str(state), PYTHONPATH=os.getcwd())
+    proc = subprocess.Popen(
+        ["reconcile", "--watch", "--node", "node1", "--interval", "60"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+
+        def idle() -> bool:  # converged, nothing applied: the next wait is the 60 s one
+            try:
+                record = json.loads((state / "status-node1.json").read_text())
+            except (OSError, ValueError):
+                return False
+            return bool(record["converged"]) and not record["applied"]
+
+        wait_for("a converged tick that applied nothing", idle, timeout=30)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=15)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, err.decode()[-2000:]

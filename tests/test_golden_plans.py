@@ -13,7 +13,7 @@ from reconciler.agent import EXIT_BLOCKED, EXIT_DEGRADED, EXIT_OK
 from reconciler.core.observed import DiskState, Role
 from reconciler.core.plan import BlockKind, PlanWarning, WarningKind
 from reconciler.core.safety import invariant_violations
-from tests.simcluster import SimCluster, demo_spec
+from tests.simcluster import SimCluster, demo_spec, witness_spec
 
 BRING_UP = [
     "promote iscsi1",
@@ -344,3 +344,69 @@ def test_xapi_unreachable_warns_and_keeps_serving(tmp_path: Path) -> None:
     c.world.nodes["node1"].xapi_reachable = True
     assert steps(c.tick("node1")) == [plug(c, "node1")]
     assert_idempotent(c)
+
+
+# --- the witness (promotion.whenDisconnected: witness) ------------------------------------------
+
+
+def witness_serving(tmp_path: Path) -> SimCluster:
+    """specs/witness.yaml on an in-memory world whose witness clock the test moves."""
+    c = SimCluster.create(witness_spec(), tmp_path)
+    c.converge()
+    assert c.world.serving_node("iscsi1") == "node1"
+    assert c.world.witness_holder() == "node1"
+    return c
+
+
+def test_witness_the_serving_node_claims_the_key_and_refreshes_below_the_threshold(
+    tmp_path: Path,
+) -> None:
+    c = witness_serving(tmp_path)
+    assert steps(c.tick("node1")) == []  # lease fresh: an idle tick applies nothing
+    c.world.now += 3.0  # 7.0 s left: at or below the refresh threshold (7.1 s)
+    r = c.tick("node1")
+    assert steps(r) == ["claim-witness"] and "refresh the witness lease" in r.plan.actions[0].reason
+    assert c.world.lease_left("node1", 10.0) == 10.0
+    assert_idempotent(c)
+
+
+def test_witness_survivor_claims_waits_the_settle_time_then_promotes_after_the_claim(
+    tmp_path: Path,
+) -> None:
+    c = witness_serving(tmp_path)
+    c.world.crash("node1")
+    c.world.pool_master = "node2"
+    held = c.tick("node2")
+    assert steps(held) == [] and held.exit_code == EXIT_BLOCKED
+    assert [b.kind for b in held.plan.blocked] == [BlockKind.WITNESS_HELD]
+    c.world.now += 10.0  # node1's lease expired on etcd
+    claim = c.tick("node2")
+    assert steps(claim) == ["claim-witness"]
+    assert [b.kind for b in claim.plan.blocked] == [BlockKind.WITNESS_CLAIM]
+    c.world.now += 2.0
+    settling = c.tick("node2")
+    assert steps(settling) == [] and "waiting until it has held it 4.0 s" in str(
+        settling.plan.blocked[0].reason
+    )
+    c.world.now += 2.1  # held 4.1 s >= settle 4.04 s
+    r = c.tick("node2")
+    assert steps(r) == ["claim-witness", *BRING_UP]
+    assert r.plan.actions[1].after == (0,)  # promote only once the claim succeeded
+    assert c.world.serving_node("iscsi1") == "node2"
+
+
+def test_witness_a_cut_off_primary_steps_down_and_releases_nothing_it_cannot_reach(
+    tmp_path: Path,
+) -> None:
+    c = witness_serving(tmp_path)
+    c.world.nodes["node1"].etcd_cut = True
+    c.world.set_links(replication=False)
+    c.world.now += 5.0  # 5.0 s left (unreachable): above the step-down threshold (4.1 s)
+    r = c.tick("node1")
+    assert steps(r) == []
+    assert [w.kind for w in r.plan.warnings if w.kind is WarningKind.WITNESS_UNREACHABLE]
+    c.world.now += 1.0  # 4.0 s left: stop serving before the lease can expire on etcd
+    down = c.tick("node1")
+    assert steps(down) == TEAR_DOWN
+    assert WarningKind.WITNESS_STEP_DOWN in {w.kind for w in down.plan.warnings}
+    assert c.world.witness_holder() == "node1"  # etcd unreachable: nothing to release

@@ -35,6 +35,12 @@ If may_promote ever reads a column earlier, widen the slice.
 Liveness is not an enum: its five classes are the boundaries of the quorum rule (not probed;
 peer reachable; no heuristic addresses; exactly half answer, which is not a majority; a
 majority answers).
+
+The witness (policy 'witness') is not an enum either: its seven classes are the boundaries of
+the witness rule (none configured; unreachable; the key held by the peer; the key free; held
+by this node with a lease of unknown age; held by this node less than the settle time; held
+at least the settle time). QUORUM varies it; DATA and GATES fix it at "settled", the
+permissive class (the witness is read only where liveness is: in the last, per-policy step).
 """
 
 from __future__ import annotations
@@ -47,13 +53,21 @@ from typing import NamedTuple
 
 import pytest
 
-from reconciler.core.observed import ConnState, DiskState, Liveness, ResourceObs, Role
-from reconciler.core.safety import Verdict, may_promote
+from reconciler.core.observed import (
+    ConnState,
+    DiskState,
+    Liveness,
+    ResourceObs,
+    Role,
+    WitnessObs,
+)
+from reconciler.core.safety import Verdict, WitnessTiming, may_promote
 from reconciler.core.spec import DisconnectedPolicy
 
 P = DisconnectedPolicy
 PROMOTE, OVERRIDE, REFUSE = "promote", "promote-by-override", "refuse"
-CONSTANT = {PROMOTE: "PROMOTE", OVERRIDE: "OVERRIDE", REFUSE: "REFUSE"}
+CLAIM = "promote-after-claim"
+CONSTANT = {PROMOTE: "PROMOTE", OVERRIDE: "OVERRIDE", REFUSE: "REFUSE", CLAIM: "CLAIM"}
 
 LIVENESS: Mapping[str, Liveness] = {
     "not-probed": Liveness(peer_reachable=None, heuristics_ok=0, heuristics_total=0),
@@ -61,6 +75,18 @@ LIVENESS: Mapping[str, Liveness] = {
     "no-heuristics": Liveness(peer_reachable=False, heuristics_ok=0, heuristics_total=0),
     "half-answer": Liveness(peer_reachable=False, heuristics_ok=1, heuristics_total=2),
     "majority": Liveness(peer_reachable=False, heuristics_ok=2, heuristics_total=3),
+}
+
+ME, PEER = "node2", "node1"
+TIMING = WitnessTiming(ttl=10.0, settle=7.0, step_down=1.1, refresh=7.1)
+WITNESS: Mapping[str, WitnessObs] = {
+    "none": WitnessObs(),
+    "unreachable": WitnessObs(enabled=True, reachable=False, error="no etcd majority"),
+    "held-by-peer": WitnessObs(enabled=True, reachable=True, holder=PEER),
+    "free": WitnessObs(enabled=True, reachable=True),
+    "mine-age-unknown": WitnessObs(enabled=True, reachable=True, holder=ME),
+    "mine-fresh": WitnessObs(enabled=True, reachable=True, holder=ME, lease_left=3.01),
+    "settled": WitnessObs(enabled=True, reachable=True, holder=ME, lease_left=3.0),
 }
 
 # Written out by hand from DRBD's connection states (drbdsetup(8)), not taken from
@@ -120,6 +146,7 @@ class Case(NamedTuple):
     override: bool
     vip_answered: bool
     liveness: str
+    witness: str
 
 
 COLUMNS = Case._fields
@@ -168,9 +195,12 @@ RULES: tuple[Rule, ...] = (
         PROMOTE,
         "DRBD reports the peer's disk Outdated: an Outdated peer is not Primary and holds no "
         "newer data. Under every policy, 'refuse' included (the spec's description of 'refuse' "
-        "says 'never'; reported with issue 9)",
+        "says 'never'; reported with issue 9). Not under 'witness': the witness decides (fencing "
+        "resource-only only *believes* an unreachable peer Outdated, and that peer may have "
+        "taken over on the witness since)",
         conn=CUT_OFF,
         peer_disk={DiskState.OUTDATED},
+        policy=set(P) - {P.WITNESS},
     ),
     rule(OVERRIDE, "the operator's explicit override", conn=CUT_OFF, vip_answered=F, override=T),
     rule(REFUSE, "policy 'refuse'", conn=CUT_OFF, override=F, policy={P.REFUSE}),
@@ -199,14 +229,33 @@ RULES: tuple[Rule, ...] = (
         policy={P.QUORUM},
         liveness={"not-probed", "peer-alive", "no-heuristics", "half-answer"},
     ),
+    rule(
+        CLAIM,
+        "policy 'witness': this node holds the key (a majority says so) and has held it for "
+        "the settle time; the plan refreshes the lease right before promoting",
+        conn=CUT_OFF,
+        override=F,
+        vip_answered=F,
+        policy={P.WITNESS},
+        witness={"settled"},
+    ),
+    rule(
+        REFUSE,
+        "policy 'witness' without the settled key: no witness, unreachable, held by the peer, "
+        "free (claimed first), held for less than the settle time or for an unknown time",
+        conn=CUT_OFF,
+        override=F,
+        policy={P.WITNESS},
+        witness={"none", "unreachable", "held-by-peer", "free", "mine-age-unknown", "mine-fresh"},
+    ),
 )
 
 BOOLS = (False, True)
 # A case is (resource part, call part): the first eight columns make the ResourceObs, the last
-# four are may_promote's other arguments. Each slice is a product of the two.
+# five are may_promote's other arguments. Each slice is a product of the two.
 N_RES = 8
 ResKey = tuple[bool, bool, Role, bool, DiskState, ConnState, Role, DiskState]
-CallKey = tuple[DisconnectedPolicy, bool, bool, str]
+CallKey = tuple[DisconnectedPolicy, bool, bool, str, str]
 
 
 @dataclass(frozen=True)
@@ -224,7 +273,7 @@ def _slices() -> tuple[Slice, ...]:
             (*up_secondary, *rest)
             for rest in itertools.product(DiskState, ConnState, Role, DiskState)
         ),
-        tuple(itertools.product(P, BOOLS, BOOLS, ("majority",))),
+        tuple(itertools.product(P, BOOLS, BOOLS, ("majority",), ("settled",))),
     )
     quorum = Slice(
         "QUORUM",
@@ -232,7 +281,7 @@ def _slices() -> tuple[Slice, ...]:
             (*up_secondary, DiskState.UPTODATE, conn, Role.UNKNOWN, peer_disk)
             for conn, peer_disk in itertools.product(ConnState, DiskState)
         ),
-        tuple(itertools.product(P, BOOLS, BOOLS, LIVENESS)),
+        tuple(itertools.product(P, BOOLS, BOOLS, LIVENESS, WITNESS)),
     )
     gates = Slice(
         "GATES",
@@ -242,7 +291,7 @@ def _slices() -> tuple[Slice, ...]:
                 BOOLS, BOOLS, Role, BOOLS, ConnState, Role
             )
         ),
-        tuple(itertools.product(P, BOOLS, BOOLS, ("majority",))),
+        tuple(itertools.product(P, BOOLS, BOOLS, ("majority",), ("settled",))),
     )
     return (data, quorum, gates)
 
@@ -270,6 +319,8 @@ def _resource(key: ResKey) -> ResourceObs:
 def label(verdict: Verdict) -> str:
     if not verdict.ok:
         return REFUSE
+    if verdict.claim:
+        return CLAIM
     return OVERRIDE if verdict.override else PROMOTE
 
 
@@ -308,13 +359,16 @@ def check_all() -> tuple[int, list[str], list[str], set[int]]:
             ]
             for call_key in piece.calls:
                 count += 1
-                policy, override, vip, liveness = call_key
+                policy, override, vip, liveness, witness = call_key
                 got = may_promote(
                     res,
                     policy=policy,
                     liveness=LIVENESS[liveness],
                     override=override,
                     vip_answered_elsewhere=vip,
+                    witness=WITNESS[witness],
+                    node=ME,
+                    witness_timing=TIMING,
                 )
                 assert got.reason, (res_key, call_key)
                 found = next(
@@ -352,12 +406,13 @@ def test_the_slices_cover_every_enum_member() -> None:
         "peer_disk": set(DiskState),
         "policy": set(P),
         "liveness": set(LIVENESS),
+        "witness": set(WITNESS),
     }
     for name in COLUMNS:
         assert seen[name] == expected.get(name, {False, True}), name
     # DATA alone is the full product of the columns the planner's guard varies most.
     data = SLICES[0]
-    assert len(data.resources) * len(data.calls) == 11 * 26 * 3 * 11 * 3 * 2 * 2
+    assert len(data.resources) * len(data.calls) == 11 * 26 * 3 * 11 * 4 * 2 * 2
 
 
 def test_may_promote_follows_the_rule_table() -> None:
@@ -394,6 +449,7 @@ def test_a_missing_case_prints_a_row_to_paste() -> None:
         False,
         False,
         "majority",
+        "settled",
     )
     row = paste_row(case, OVERRIDE)
     assert row.startswith('    rule(OVERRIDE, "TODO: why", known={True}, up={True}, ')

@@ -260,3 +260,28 @@ def test_the_record_role_is_typed(sim: SimCluster, tmp_path: Path) -> None:
     write_status(tmp_path, sim.tick("node1"))
     record = cluster.local_view(tmp_path, "node1").record
     assert record is not None and record.desired_role is Role.PRIMARY
+
+
+def test_command_spawns_are_counted_across_ticks_and_a_rebuilt_runner(sim: SimCluster) -> None:
+    """``spawns_total`` is the runner's count at the end of each tick (in the report and its
+    JSON); the counter adds its growth, and a rebuilt runner's whole count."""
+    from adapters.runner import Runner
+
+    m = Metrics(sim.spec, "node1")
+    runner = sim.adapters["node1"].runner
+    assert runner is not None
+    first = sim.tick("node1")  # the simulated concerns run no command
+    assert first.spawns_total == runner.spawned == 0
+    m(first)
+    runner.run(["true"])
+    runner.run(["true"])
+    second = sim.tick("node1")
+    assert second.spawns_total == 2 and second.to_json()["spawns_total"] == 2
+    m(second)
+    m(sim.tick("node1"))  # nothing new
+    assert value(m, "tandem_command_spawns_total") == 2
+    fresh = Runner()  # adapters rebuilt for a spec edit: a new runner from zero
+    sim.adapters["node1"].runner = fresh
+    fresh.run(["true"])
+    m(sim.tick("node1"))
+    assert value(m, "tandem_command_spawns_total") == 3

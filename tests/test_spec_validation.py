@@ -1107,6 +1107,8 @@ def _complete_document() -> dict[str, Any]:
     doc["spec"]["alerts"]["mail"]["to"] = ["ops@example.com"]
     doc["spec"]["resources"][0]["devicePath"] = "/srv/iscsi1.img"
     doc["spec"]["target"]["chap"] = {"secretsFile": "/etc/tandem/chap.yaml", "mutual": True}
+    doc["spec"]["witness"]["endpoints"] = ["http://192.0.2.9:2379"]
+    doc["spec"]["witness"]["watchdog"] = {"device": "/dev/watchdog", "timeout": 5.0}
     load_spec(_yaml_text(doc))  # still valid
     return doc
 

@@ -9,10 +9,10 @@ make observations come back as UNKNOWN data, exactly like unparseable command ou
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 from adapters.base import NodeAdapters
 from adapters.inventory import InventoryData
@@ -31,6 +31,7 @@ from reconciler.core.observed import (
     RoleVerdict,
     TargetObs,
     VipObs,
+    WitnessObs,
 )
 from reconciler.core.spec import Lun, Resource, StorageCluster, Target, Vip
 
@@ -73,9 +74,42 @@ def _record(world: World, node: str, how: str, *args: object) -> None:
     world.nodes[node].inventory = data.to_json()
 
 
+class LinkProbe(Protocol):
+    """What a node sees of its peer's real addresses (``adapters.pinger.Pinger``)."""
+
+    def answers(self, addresses: Sequence[str]) -> tuple[bool | None, ...]: ...
+
+
+@dataclass
 class SimDrbd(_SimBase):
+    """DRBD on a simulated node. With ``links`` (the namespace lab: real links, simulated
+    DRBD) the simulated replication and management links follow what this node's pinger sees
+    of the peer's real addresses (``World.follow_links``), before every observation and
+    action: the connection drops, as real DRBD's does, once the peer's replication address
+    stopped answering (``liveness.misses`` rounds without a reply: DRBD's ping-int /
+    ping-timeout with the agent's liveness timings), and the peer's disk is then DUnknown,
+    not its last written state."""
+
+    links: LinkProbe | None = None
+    peer_replication: str | None = None
+    peer_management: str | None = None
+
+    def _follow_links(self) -> None:
+        if self.links is None:
+            return
+        wanted = [a for a in (self.peer_replication, self.peer_management) if a]
+        seen = dict(zip(wanted, self.links.answers(wanted), strict=True))
+        replication = seen.get(self.peer_replication) if self.peer_replication else None
+        management = seen.get(self.peer_management) if self.peer_management else None
+        if replication is None and management is None:
+            return
+        with self.store.transaction() as world:
+            if world.nodes[self.node].alive:
+                world.follow_links(self.node, replication=replication, management=management)
+
     def observe(self, resources: Sequence[Resource]) -> tuple[ResourceObs, ...]:
         self._hang("drbd-observe")
+        self._follow_links()
         with self.store.transaction() as world:
             world.step()
             if not world.nodes[self.node].alive:
@@ -115,30 +149,35 @@ class SimDrbd(_SimBase):
 
     def up(self, resource: Resource) -> None:
         self._hang("drbd-up")
+        self._follow_links()
         with self.store.transaction() as world:
             world.check_fault(self.node, "drbd-up", resource.name)
             world.drbd_up(self.node, resource.name)
 
     def primary(self, resource: Resource, *, force: bool = False) -> None:
         self._hang("drbd-primary")
+        self._follow_links()
         with self.store.transaction() as world:
             world.check_fault(self.node, "drbd-primary", resource.name)
             world.drbd_primary(self.node, resource.name, force=force)
 
     def secondary(self, resource: Resource) -> None:
         self._hang("drbd-secondary")
+        self._follow_links()
         with self.store.transaction() as world:
             world.check_fault(self.node, "drbd-secondary", resource.name)
             world.drbd_secondary(self.node, resource.name)
 
     def connect(self, resource: Resource, *, discard_my_data: bool = False) -> None:
         self._hang("drbd-connect")
+        self._follow_links()
         with self.store.transaction() as world:
             world.check_fault(self.node, "drbd-connect", resource.name)
             world.drbd_connect(self.node, resource.name, discard_my_data=discard_my_data)
 
     def disconnect(self, resource: Resource) -> None:
         self._hang("drbd-disconnect")
+        self._follow_links()
         with self.store.transaction() as world:
             world.check_fault(self.node, "drbd-disconnect", resource.name)
             world.drbd_disconnect(self.node, resource.name)
@@ -424,6 +463,54 @@ class SimOperatorStore(_SimBase):
             nd.force = state.force
 
 
+@dataclass
+class SimWitness(_SimBase):
+    """The simulated 3-member etcd (``World.witness``): the cluster's leader key with leases
+    on the witness's clock, this node's clock and its memory of its last claim."""
+
+    ttl: float = 10.0
+    # The agent's clock for a world shared through a file by agent processes (the CLI's
+    # embedded simulator): the witness's clock follows it. None: the simulation moves it.
+    clock: Callable[[], float] | None = None
+
+    def _sync(self, world: World) -> None:
+        if self.clock is not None:
+            world.now = max(world.now, self.clock())
+
+    def observe(self) -> WitnessObs:
+        with self.store.transaction() as world:
+            self._sync(world)
+            if world.check_fault(self.node, "witness-observe") == "garbage":
+                world.nodes[self.node].last_observed = world.now
+                left = world.lease_left(self.node, self.ttl)
+                return WitnessObs(
+                    enabled=True, reachable=False, lease_left=left, error="unreadable answer"
+                )
+            reachable, holder, left = world.witness_observe(self.node, self.ttl)
+            error = None if reachable else "no etcd majority answers"
+            return WitnessObs(
+                enabled=True, reachable=reachable, holder=holder, lease_left=left, error=error
+            )
+
+    def claim(self) -> None:
+        with self.store.transaction() as world:
+            self._sync(world)
+            world.witness_claim(self.node, self.ttl)
+
+    def release(self) -> None:
+        with self.store.transaction() as world:
+            self._sync(world)
+            world.witness_release(self.node)
+
+
+def sim_witness(store: WorldStore, node: str, spec: StorageCluster) -> SimWitness | None:
+    """The simulated witness when the spec names one (in a simulation every concern is
+    simulated: 'etcd' too)."""
+    if spec.spec.adapters.witness == "none":
+        return None
+    return SimWitness(store=store, node=node, ttl=spec.spec.witness.ttl)
+
+
 def _as(cls: type[_E], value: object) -> _E:
     return value if isinstance(value, cls) else cls(str(value))
 
@@ -447,6 +534,7 @@ def sim_node_adapters(store: WorldStore, node: str, spec: StorageCluster) -> Nod
         liveness=sim_liveness(store, node, spec),
         operator=SimOperatorStore(store, node),
         hypervisor=sim_hypervisor(store, node, spec),
+        witness=sim_witness(store, node, spec),
     )
 
 

@@ -13,7 +13,10 @@ node's switch port, which also cuts its management path. So "the peer is unreach
 heuristics answer" happens either to the node that stayed on the switch while its peer is
 isolated (the case the quorum policy is built for) or when only the management path between the
 nodes is cut (both still see the heuristics: the quorum policy's assumption is broken, and only
-fencing keeps the data safe). docs/simulation.md walks through both.
+fencing keeps the data safe). docs/simulation.md walks through both. In the namespace lab
+(real addresses, simulated DRBD) the links follow what each node's pinger sees of its peer's
+real addresses (``follow_links``): a crashed peer's silent replication address drops the
+connection, as real DRBD's ping timeout does.
 
 DRBD rules kept (8.4 semantics, protocol C, single-primary):
 - promote is refused while the connected peer is Primary ("Multiple primaries not allowed"), and
@@ -77,6 +80,18 @@ The rules XAPI keeps:
   make it usable again;
 - XAPI can be unreachable on a host (``SimNode.xapi_reachable``): observations come back with
   an error, plugs fail transient.
+
+The quorum witness (``witness``, for ``promotion.whenDisconnected: witness``): an etcd of three
+members (``SimWitness.members``) that answers while a majority is up, one leader key per
+cluster holding the node name of its lease holder, and leases that expire on the witness's
+clock (``World.now``, simulated seconds moved only by the simulation's time steps). Each node
+has its own monotonic clock running at ``SimNode.clock_rate`` against the witness's, and the
+agent's memory of when it *sent* its last successful claim (``lease_sent``), from which it
+reports ``lease_left`` (never later than the witness's expiry when its clock is right; a slow
+clock over-estimates by up to ``clockDrift``, which the core's margins absorb). A node cut from
+its switch port (``isolate``) is cut from etcd too; ``etcd_cut`` cuts only that path. The agent
+pets its watchdog at each observation (``last_pet``); a paused agent (``agent_paused``: a long
+GC pause, SIGSTOP) pets nothing, and the simulation resets the node when its watchdog expires.
 
 Invariants: every mutation goes through a method here and ends with ``settle()``, which
 re-derives connections and retries fencing; the world never raises on observation, only on
@@ -176,6 +191,20 @@ class SimNode(BaseModel):
     chosen_role: Role | None = None
     force: bool = False
     xapi_reachable: bool = True  # XAPI answers on this host (local socket / URL)
+    # The witness as this node lives it (see the module docstring).
+    etcd_cut: bool = False  # this node cannot reach any etcd member
+    agent_paused: bool = False  # the agent process is stopped (GC pause, SIGSTOP)
+    clock_rate: float = 1.0  # this node's monotonic clock against the witness's
+    lease_sent: float | None = None  # witness time the last successful claim was sent
+    last_observed: float = 0.0  # witness time of the agent's last observation (its pet)
+
+
+class SimWitness(BaseModel):
+    """A 3-member etcd with one leader key (``holder`` until ``expires``, witness clock)."""
+
+    members: list[bool] = Field(default_factory=lambda: [True, True, True])
+    holder: str | None = None
+    expires: float = 0.0
 
 
 class Fault(BaseModel):
@@ -218,6 +247,9 @@ class World(BaseModel):
     # The events above that report a split brain (a typed mark for the simulator's report).
     split_brain_events: list[str] = Field(default_factory=list)
     srs: list[SimSr] = Field(default_factory=list)  # hypervisor storage (adapters.hypervisor)
+    witness_on: bool = False  # the spec names a witness (adapters.witness)
+    now: float = 0.0  # the witness's clock (simulated seconds)
+    witness: SimWitness = Field(default_factory=SimWitness)
 
     @field_validator("fencing", mode="before")
     @classmethod
@@ -253,6 +285,7 @@ class World(BaseModel):
             acked={r.name: [] for r in spec.spec.resources},
             fencing=fencing,
             srs=_srs(spec) if spec.spec.adapters.hypervisor != "none" else [],
+            witness_on=spec.spec.adapters.witness != "none",
         )
         world.settle()
         return world
@@ -869,11 +902,71 @@ class World(BaseModel):
         )
         return here, elsewhere
 
+    # --- the witness ----------------------------------------------------------------------
+
+    def witness_majority(self) -> bool:
+        return sum(self.witness.members) * 2 > len(self.witness.members)
+
+    def witness_reachable(self, node: str) -> bool:
+        """``node`` gets a linearizable answer: it reaches etcd and a majority is up."""
+        nd = self.nodes[node]
+        return nd.alive and not nd.etcd_cut and not nd.isolated and self.witness_majority()
+
+    def witness_holder(self) -> str | None:
+        """The key's holder now (a lease past its expiry on the witness's clock is gone)."""
+        w = self.witness
+        if w.holder is not None and self.now >= w.expires:
+            w.holder = None
+        return w.holder
+
+    def lease_left(self, node: str, ttl: float) -> float | None:
+        """What ``node``'s agent computes: ttl minus the time since it sent its last
+        successful claim, on its own clock."""
+        nd = self.nodes[node]
+        if nd.lease_sent is None:
+            return None
+        return ttl - (self.now - nd.lease_sent) * nd.clock_rate
+
+    def witness_observe(self, node: str, ttl: float) -> tuple[bool, str | None, float | None]:
+        """(reachable, holder, lease_left) as ``node`` observes them; the observation is
+        also the agent's watchdog pet."""
+        nd = self.nodes[node]
+        nd.last_observed = self.now
+        if not self.witness_reachable(node):
+            return False, None, self.lease_left(node, ttl)
+        holder = self.witness_holder()
+        if holder != node:
+            nd.lease_sent = None  # the agent learns it holds nothing
+        return True, holder, self.lease_left(node, ttl)
+
+    def witness_claim(self, node: str, ttl: float) -> None:
+        self._require_alive(node, "witness-claim")
+        self.check_fault(node, "witness-claim")
+        if not self.witness_reachable(node):
+            raise TransientError(f"witness claim by {node}: no etcd majority answers")
+        holder = self.witness_holder()
+        if holder is not None and holder != node:
+            raise TransientError(f"witness claim by {node}: the key is held by {holder}")
+        self.witness.holder = node
+        self.witness.expires = self.now + ttl
+        self.nodes[node].lease_sent = self.now
+
+    def witness_release(self, node: str) -> None:
+        self._require_alive(node, "witness-release")
+        self.check_fault(node, "witness-release")
+        if not self.witness_reachable(node):
+            raise TransientError(f"witness release by {node}: no etcd majority answers")
+        if self.witness_holder() == node:
+            self.witness.holder = None
+        self.nodes[node].lease_sent = None
+
     # --- faults of the environment ------------------------------------------------------
 
     def _power_off(self, node: str) -> None:
         nd = self.nodes[node]
         nd.alive = False
+        nd.agent_paused = False  # a new agent starts at boot, with no memory of a lease
+        nd.lease_sent = None
         for res in nd.resources.values():
             res.up = False
             res.role = Role.SECONDARY
@@ -901,6 +994,7 @@ class World(BaseModel):
 
     def boot(self, node: str) -> None:
         self.nodes[node].alive = True
+        self.nodes[node].last_observed = self.now  # its agent starts (and pets) at boot
         self.settle()
         self._boot_pbds(node)
 
@@ -910,6 +1004,30 @@ class World(BaseModel):
         if management is not None:
             self.management_link = management
         self.settle()
+
+    def follow_links(self, node: str, *, replication: bool | None, management: bool | None) -> None:
+        """What ``node`` saw of its peer's real addresses (the namespace lab: a resident pinger
+        on the node's real links), applied to the simulated links as real DRBD would notice
+        it: the replication link is down once the peer's replication address stopped
+        answering, up once it answers again; likewise the management path. None (not known)
+        changes nothing. The world cannot tell a crashed peer from a cut-off one (neither can
+        DRBD): the peer's simulated DRBD stays as it was, only disconnected."""
+        changed: dict[str, bool] = {}
+        if replication is not None and replication != self.replication_link:
+            changed["replication"] = replication
+        if management is not None and management != self.management_link:
+            changed["management"] = management
+        if not changed:
+            return
+        peer = self.peer(node)
+        for link, up in changed.items():
+            how = "answers again" if up else "stopped answering"
+            self.event(
+                f"{node}: {peer}'s {link} address {how}: {link} link {'up' if up else 'down'}"
+            )
+        # Both at once, so a lost connection never runs the fence handler over a management
+        # path that is already known dead.
+        self.set_links(replication=changed.get("replication"), management=changed.get("management"))
 
     def isolate(self, node: str, isolated: bool = True) -> None:
         """Cut (or restore) ``node``'s port on the management/client switch."""

@@ -1,14 +1,18 @@
 """Floating addresses (VIPs): one job a module.
 
-- ``parse``: pure parsers of ``ip -j addr show`` and ``arping`` output.
+- ``parse``: pure parsers of ``ip -j addr show``, netlink address dumps and ``arping`` output.
 - ``arp``: the ARP packet codec (pure).
 - ``tools``: ``ArpTool`` implementations, ``InProcessArp`` (AF_PACKET, background rounds) and
   ``CommandArp`` (``arping`` through the runner).
 - ``record``: ``AnnounceRecord``, which VIPs were announced since they were last added (on disk).
-- ``adapter``: ``IpVip``, the real ``VipAdapter`` on iproute2.
+- ``adapter``: ``AddressVip`` (what the real adapters share) and ``IpVip`` on iproute2 (for
+  executing transports, where netlink cannot reach).
+- ``netlink``: ``NetlinkVip`` on rtnetlink (pyroute2) with address events, the real adapter
+  for transports local and netns. Not imported here: pyroute2 takes ~0.4 s to import, so only
+  the code that builds one pays for it (``from adapters.vip.netlink import NetlinkVip``).
 """
 
-from adapters.vip.adapter import IpVip
+from adapters.vip.adapter import AddressVip, IpVip
 from adapters.vip.arp import (
     ARP_REPLY,
     ARP_REQUEST,
@@ -21,7 +25,15 @@ from adapters.vip.arp import (
     parse_arp_frame,
     probe_packet,
 )
-from adapters.vip.parse import ArpingReport, IpAddrParseError, parse_arping, parse_ip_addr_json
+from adapters.vip.parse import (
+    AddressReadError,
+    ArpingReport,
+    IpAddrParseError,
+    NetlinkReplyError,
+    parse_arping,
+    parse_ip_addr_json,
+    parse_netlink_addrs,
+)
 from adapters.vip.record import AnnounceRecord
 from adapters.vip.tools import (
     ANNOUNCE_COUNT,
@@ -44,6 +56,8 @@ __all__ = [
     "ETH_P_ARP",
     "STARTUP_MAX",
     "STARTUP_MIN",
+    "AddressReadError",
+    "AddressVip",
     "AnnounceRecord",
     "ArpPacket",
     "ArpTool",
@@ -52,6 +66,7 @@ __all__ = [
     "InProcessArp",
     "IpAddrParseError",
     "IpVip",
+    "NetlinkReplyError",
     "ProbeResult",
     "announce_packets",
     "arp_frame",
@@ -60,5 +75,6 @@ __all__ = [
     "parse_arp_frame",
     "parse_arping",
     "parse_ip_addr_json",
+    "parse_netlink_addrs",
     "probe_packet",
 ]

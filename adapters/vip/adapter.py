@@ -33,7 +33,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 from adapters.inventory import FileInventory
 from adapters.runner import Runner
-from adapters.vip.parse import IpAddrParseError, parse_ip_addr_json
+from adapters.vip.parse import AddressReadError, parse_ip_addr_json
 from adapters.vip.record import AnnounceRecord
 from adapters.vip.tools import DEFAULT_PROBE_TIMEOUT, ArpTool, ProbeResult
 from reconciler.core.errors import AdapterError, TerminalError
@@ -46,42 +46,50 @@ _ABSENT_RE = re.compile(
 )
 
 
-class IpVip:
-    """``VipAdapter`` on iproute2 (see the module docstring for the invariants).
+class AddressVip:
+    """What every real ``VipAdapter`` shares, whatever reads and changes the addresses: the
+    ARP probes of VIPs not held here, the announcement record, the inventory, and how an
+    address table becomes ``VipObs`` (see the module docstring for the invariants).
 
-    ``probe_timeout`` bounds each ARP probe; several VIPs that need probing are probed
-    concurrently, so ``observe`` costs one ``ip`` call plus about one ``probe_timeout``.
+    A subclass provides ``_read_addresses`` (interface name -> its IPv4 addresses; raises
+    ``AddressReadError`` or ``AdapterError`` when they cannot be read) and ``_change`` (add or
+    delete one address; True when it changed something, False when it was already so).
     """
 
     def __init__(
         self,
-        runner: Runner,
         *,
         arp: ArpTool,
         probe_timeout: float = DEFAULT_PROBE_TIMEOUT,
-        command_timeout: float | None = None,
         record: AnnounceRecord | None = None,
         inventory: FileInventory | None = None,
     ) -> None:
         if probe_timeout <= 0:
             raise ValueError("probe_timeout must be positive")
-        self.runner = runner
         self.arp = arp
         self.probe_timeout = probe_timeout
-        self.command_timeout = command_timeout
         self.record = AnnounceRecord() if record is None else record
         self.inventory = FileInventory() if inventory is None else inventory
         # VIPs the last observation did not find here: their probes start together with the
-        # `ip` call (a probe costs probe_timeout, the call a process start); a VIP found here
-        # after all just has its probe result dropped. A scheduling hint, not a belief: the
-        # observation is the same function of the world with or without it (a VIP missing from
-        # it is probed after the `ip` call), only its latency differs.
+        # address read (a probe costs probe_timeout, an `ip` call a process start); a VIP found
+        # here after all just has its probe result dropped. A scheduling hint, not a belief:
+        # the observation is the same function of the world with or without it (a VIP missing
+        # from it is probed after the read), only its latency differs.
         self._remote: set[str] = set()
 
+    # --- what a subclass provides -------------------------------------------------------
+    def _read_addresses(self) -> dict[str, set[str]]:
+        raise NotImplementedError
+
+    def _change(self, verb: str, address: str, dev: str) -> bool:
+        """``verb`` "add" or "del" ``address`` (``A/P``) on ``dev``."""
+        raise NotImplementedError
+
+    # --- VipAdapter ---------------------------------------------------------------------
     def observe(self, vips: Sequence[Vip]) -> tuple[VipObs, ...]:
         if not vips:
             return ()
-        # Probes run on one pool: the early ones beside the `ip` call, the rest after it.
+        # Probes run on one pool: the early ones beside the address read, the rest after it.
         with ThreadPoolExecutor(max_workers=len(vips), thread_name_prefix="arp-probe") as pool:
             probes = {
                 vip.ip: pool.submit(self._probe_one, vip) for vip in vips if vip.ip in self._remote
@@ -96,7 +104,7 @@ class IpVip:
     ) -> tuple[VipObs, ...]:
         try:
             links = self._read_addresses()
-        except (AdapterError, IpAddrParseError) as exc:
+        except (AdapterError, AddressReadError) as exc:
             why = f"cannot read local addresses: {exc}"
             return tuple(VipObs(address=v.ip, local=None, error=why) for v in vips)
         out: dict[int, VipObs] = {}
@@ -139,13 +147,6 @@ class IpVip:
             )
         return tuple(out[i] for i in range(len(vips)))
 
-    def _read_addresses(self) -> dict[str, set[str]]:
-        """Interface -> its IPv4 addresses, read now (``ip -j addr show``); raises
-        ``AdapterError``/``IpAddrParseError``. The address monitor (``adapters.vip.monitor``)
-        serves it from its cache instead."""
-        res = self.runner.run(["ip", "-j", "addr", "show"], timeout=self.command_timeout)
-        return parse_ip_addr_json(res.stdout)
-
     def _probe_one(self, vip: Vip) -> ProbeResult:
         try:
             return self.arp.probe(vip.interface, vip.ip, timeout=self.probe_timeout)
@@ -153,16 +154,16 @@ class IpVip:
             return ProbeResult(None, detail=f"ARP probe failed: {exc!r}")
 
     def add(self, vip: Vip) -> None:
-        """``ip addr add ADDR/PREFIX dev IF``; an address already there is success. The VIP
+        """Add the address on the VIP's interface; an address already there is success. The VIP
         leaves the announcement record first: it counts as announced only once ``announce``
         ran after this."""
         self.record.forget(vip.ip)
-        if self._ip_addr("add", str(vip.address), vip.interface, already=_EXISTS_RE, what="add"):
+        if self._change("add", str(vip.address), vip.interface):
             self.inventory.change("add_vip", str(vip.address), vip.interface)
 
     def remove(self, vip: Vip) -> None:
-        """``ip addr del ADDR/PREFIX dev IF``; an address (or interface) that is not there is
-        success: the VIP is not configured on that interface either way. This node's own
+        """Delete the address from the VIP's interface; an address (or interface) that is not
+        there is success: the VIP is not configured on that interface either way. This node's own
         announcements of the VIP end first: a gratuitous ARP round still due after the peer
         took the address over would drag the initiators' ARP caches back here."""
         self.remove_old(str(vip.address), vip.interface)
@@ -172,7 +173,7 @@ class IpVip:
         inventory; absent is success (see ``remove``)."""
         ip = address.split("/", 1)[0]
         self.arp.cancel(interface, ip)
-        self._ip_addr("del", address, interface, already=_ABSENT_RE, what="remove")
+        self._change("del", address, interface)
         self.record.forget(ip)
         self.inventory.change("drop_vip", address)
 
@@ -180,6 +181,42 @@ class IpVip:
         """Addresses this adapter added that ``vips`` no longer declares (no command runs)."""
         found = self.inventory.read().vip_leftovers(vips)
         return Leftovers(vips=found, error=self.inventory.error)
+
+    def announce(self, vip: Vip) -> None:
+        self.arp.announce(vip.interface, vip.ip)
+        self.record.remember(vip.ip)
+
+
+class IpVip(AddressVip):
+    """``VipAdapter`` on iproute2 (see the module docstring for the invariants).
+
+    ``probe_timeout`` bounds each ARP probe; several VIPs that need probing are probed
+    concurrently, so ``observe`` costs one ``ip`` call plus about one ``probe_timeout``. Used
+    where netlink cannot reach: a node behind an executing transport (the VM tier's console).
+    """
+
+    def __init__(
+        self,
+        runner: Runner,
+        *,
+        arp: ArpTool,
+        probe_timeout: float = DEFAULT_PROBE_TIMEOUT,
+        command_timeout: float | None = None,
+        record: AnnounceRecord | None = None,
+        inventory: FileInventory | None = None,
+    ) -> None:
+        super().__init__(arp=arp, probe_timeout=probe_timeout, record=record, inventory=inventory)
+        self.runner = runner
+        self.command_timeout = command_timeout
+
+    def _read_addresses(self) -> dict[str, set[str]]:
+        res = self.runner.run(["ip", "-j", "addr", "show"], timeout=self.command_timeout)
+        return parse_ip_addr_json(res.stdout)
+
+    def _change(self, verb: str, address: str, dev: str) -> bool:
+        if verb == "add":
+            return self._ip_addr("add", address, dev, already=_EXISTS_RE, what="add")
+        return self._ip_addr("del", address, dev, already=_ABSENT_RE, what="remove")
 
     def _ip_addr(
         self, verb: str, address: str, dev: str, *, already: re.Pattern[str], what: str
@@ -197,7 +234,3 @@ class IpVip:
             command=res.argv,
             output=res.stderr,
         )
-
-    def announce(self, vip: Vip) -> None:
-        self.arp.announce(vip.interface, vip.ip)
-        self.record.remember(vip.ip)

@@ -1,15 +1,33 @@
-"""Pure parsers for the VIP adapter: ``ip -j addr show`` and iputils ``arping`` output."""
+"""Pure parsers for the VIP adapters: ``ip -j addr show``, netlink address dumps and iputils
+``arping`` output."""
 
 from __future__ import annotations
 
 import ipaddress
 import json
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 
-class IpAddrParseError(ValueError):
+class AddressReadError(ValueError):
+    """An address table that cannot be trusted (unparseable output, a garbage reply)."""
+
+
+class IpAddrParseError(AddressReadError):
     """``ip -j addr show`` output that is not what iproute2 prints."""
+
+
+class NetlinkReplyError(AddressReadError):
+    """A netlink dump whose messages are not what the kernel sends (``RTM_NEWLINK`` /
+    ``RTM_NEWADDR`` with an index, a name, an IPv4 address)."""
+
+
+class NetlinkMessage(Protocol):
+    """What the parser reads of a pyroute2 message: ``msg.get(field or attribute name)``."""
+
+    def get(self, key: str, default: Any = None) -> Any: ...
 
 
 def parse_ip_addr_json(text: str) -> dict[str, set[str]]:
@@ -51,6 +69,54 @@ def parse_ip_addr_json(text: str) -> dict[str, set[str]]:
             except ValueError as exc:
                 raise IpAddrParseError(f"{name}: bad IPv4 address {local!r}") from exc
     return result
+
+
+def parse_netlink_addrs(
+    links: Iterable[NetlinkMessage], addrs: Iterable[NetlinkMessage]
+) -> dict[str, set[str]]:
+    """Map interface name -> its IPv4 addresses from an ``RTM_GETLINK`` and an
+    ``RTM_GETADDR`` dump (pyroute2 messages), the same table ``parse_ip_addr_json`` gives.
+
+    Pure. Every link appears, with an empty set when it has no IPv4 address. Non-IPv4
+    addresses are ignored. A message without an index, a link without a name, an address on an
+    index the link dump did not list (the dumps are two requests: a link created in between),
+    or a malformed address raise ``NetlinkReplyError``: the caller reports the observation as
+    unknown rather than decide on half a table.
+    """
+    names: dict[int, str] = {}
+    for link in links:
+        index = _index(link, "link")
+        name = link.get("IFLA_IFNAME")
+        if not isinstance(name, str) or not name:
+            raise NetlinkReplyError(f"link {index} without a name")
+        names[index] = name
+    result: dict[str, set[str]] = {name: set() for name in names.values()}
+    for addr in addrs:
+        family = addr.get("family")
+        if family != 2:  # AF_INET
+            if not isinstance(family, int):
+                raise NetlinkReplyError(f"address message without a family: {clip(repr(addr))}")
+            continue
+        index = _index(addr, "address")
+        if index not in names:
+            raise NetlinkReplyError(f"address on interface index {index}, not in the link dump")
+        # IFA_LOCAL is the interface's own address (IFA_ADDRESS the peer's on point-to-point
+        # links); `ip addr` shows IFA_LOCAL as "local" too.
+        local = addr.get("IFA_LOCAL") or addr.get("IFA_ADDRESS")
+        if not isinstance(local, str):
+            raise NetlinkReplyError(f"{names[index]}: inet address without IFA_LOCAL")
+        try:
+            result[names[index]].add(str(ipaddress.IPv4Address(local)))
+        except ValueError as exc:
+            raise NetlinkReplyError(f"{names[index]}: bad IPv4 address {local!r}") from exc
+    return result
+
+
+def _index(msg: NetlinkMessage, what: str) -> int:
+    index = msg.get("index")
+    if not isinstance(index, int) or isinstance(index, bool) or index <= 0:
+        raise NetlinkReplyError(f"{what} message without an interface index: {clip(repr(msg))}")
+    return index
 
 
 def clip(text: str, limit: int = 80) -> str:

@@ -54,6 +54,10 @@ class ActionKind(StrEnum):
     # target serves (on this node, or the VIP answers from the peer).
     PLUG_PBD = "plug-pbd"
     REPLUG_PBD = "replug-pbd"
+    # The quorum witness (promotion.whenDisconnected 'witness'): create the cluster's key with
+    # a lease of this node, or refresh this node's lease; revoke it after a step-down.
+    CLAIM_WITNESS = "claim-witness"
+    RELEASE_WITNESS = "release-witness"
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,6 +153,13 @@ class BlockKind(StrEnum):
     # its disk not UpToDate, a SyncTarget, unreachable): this node keeps serving.
     HOLDING = "holding"
     STORAGE_NOT_SERVED = "storage-not-served"  # a PBD plug needs the target serving the LUN
+    # The policy 'witness' (promotion.whenDisconnected): the witness (etcd) gives no majority
+    # answer; its key is held by the other node; the key is free (claimed first in this plan);
+    # this node claimed it less than the settle time ago.
+    WITNESS_UNREACHABLE = "witness-unreachable"
+    WITNESS_HELD = "witness-held"
+    WITNESS_CLAIM = "witness-claim"
+    WITNESS_SETTLING = "witness-settling"
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,6 +184,11 @@ class WarningKind(StrEnum):
     SPLIT_BRAIN = "split-brain"  # a resource is split-brained; only the operator resolves it
     DRBD_UNREADABLE = "drbd-unreadable"  # DRBD unreadable: holding the VIP and the target
     HYPERVISOR_UNREADABLE = "hypervisor-unreadable"  # XAPI unreadable: no PBD is touched
+    # The witness: unreachable or held elsewhere while DRBD is connected (serving on, but no
+    # promotion would happen if the link were cut); the lease ran out on a disconnected
+    # serving node, which stops serving before the other side may take over.
+    WITNESS_UNREACHABLE = "witness-unreachable"
+    WITNESS_STEP_DOWN = "witness-step-down"
 
 
 @dataclass(frozen=True, slots=True)

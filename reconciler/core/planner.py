@@ -490,20 +490,39 @@ def plan(
             role = Role.PRIMARY
             role_reason = f"{role_reason}; but holding: {takeover.reason}"
 
-    _plan_leftovers(observed, rec)
     policy: DisconnectedPolicy = spec.promotion.when_disconnected
+    timing = safety.WitnessTiming.from_spec(spec)
+    lost = None
+    if policy is DisconnectedPolicy.WITNESS and role is Role.PRIMARY:
+        lost = _witness_lost(observed, timing)
+    if lost:
+        # The lease (the right to serve while disconnected) is gone or about to be: stop
+        # serving now, before the other node may take over. Overrides holding.
+        warnings.append(PlanWarning(WarningKind.WITNESS_STEP_DOWN, lost))
+        rec.blocked = [b for b in rec.blocked if b.kind is not BlockKind.HOLDING]
+        role, role_reason = Role.SECONDARY, f"{role_reason}; but {lost}"
+
+    _plan_leftovers(observed, rec)
     vip_elsewhere = any(bool(v.answered_elsewhere) for v in observed.vips)
     node_serving = bool(observed.target.running) or any(bool(v.local) for v in observed.vips)
-    models: list[_ResourceModel] = []
-    for res in spec.resources:
-        robs = observed.resource(res.name)
-        verdict = guards.may_promote(
-            robs,
+    verdicts = {
+        res.name: guards.may_promote(
+            observed.resource(res.name),
             policy=policy,
             liveness=observed.liveness,
             override=observed.operator.force,
             vip_answered_elsewhere=vip_elsewhere,
+            witness=observed.witness,
+            node=observed.node,
+            witness_timing=timing,
         )
+        for res in spec.resources
+    }
+    claim = _plan_claim_before_promote(observed, role, verdicts, rec)
+    models: list[_ResourceModel] = []
+    for res in spec.resources:
+        robs = observed.resource(res.name)
+        verdict = verdicts[res.name]
         model = _ResourceModel(robs, verdict, rec, serving=node_serving)
         models.append(model)
         if model.state == "unknown":
@@ -559,6 +578,8 @@ def plan(
             for model in models:
                 if model.state == "primary":
                     _fire(RESOURCE_MACHINE, "demote", model)
+    if policy is DisconnectedPolicy.WITNESS:
+        _plan_lease(observed, role, timing, claimed=claim is not None, rec=rec, warnings=warnings)
     _plan_daemon(observed, rec, in_trouble=unreadable)
     _plan_pbds(
         desired,
@@ -588,6 +609,146 @@ def plan(
         blocked=tuple(rec.blocked),
         warnings=tuple(warnings),
         serving=serving.state == "serving",
+    )
+
+
+# --- the witness (promotion.whenDisconnected: witness) ---------------------------------------
+
+
+def _primaries(observed: ObservedState) -> list[ResourceObs]:
+    return [r for r in observed.resources if r.known and r.up and r.role is Role.PRIMARY]
+
+
+def _witness_lost(observed: ObservedState, timing: safety.WitnessTiming) -> str | None:
+    """Why this node, Primary and cut off from its peer, must stop serving now (None: it may
+    go on). While DRBD is connected the peer cannot promote, so the witness is not needed
+    (etcd down does not stop a connected cluster). Disconnected, this node serves only on its
+    lease: held (per a majority) with more than the step-down margin left, or, with etcd
+    unreachable, a lease that still has more than the margin left on this node's clock. A
+    free key is claimed in this plan (whoever claims first wins; the other waits the settle
+    time before promoting). The operator's --force override is obeyed."""
+    if observed.operator.force:
+        return None
+    cut = [r.name for r in _primaries(observed) if not r.conn.is_connected]
+    if not cut:
+        return None
+    w, me = observed.witness, observed.node
+    where = f"{', '.join(cut)} disconnected from the peer"
+    left = w.lease_left
+    if w.reachable and w.holder is not None and w.holder != me:
+        return f"{where} and the witness key is held by {w.holder}: stop serving"
+    if w.reachable and w.holder is None:
+        return None  # claimed below (before the other node can)
+    if w.reachable and (left is None or left > timing.step_down):
+        return None  # held by this node (a lease of unknown age is refreshed below)
+    if not w.reachable and left is not None and left > timing.step_down:
+        return None  # on the lease still running on this node's clock (warned below)
+    if w.reachable:
+        return (
+            f"{where} and the witness lease could not be renewed ({left:.1f} s left, margin "
+            f"{timing.step_down:.1f} s): stop serving before it can expire on etcd"
+        )
+    have = "no lease" if left is None else f"{max(left, 0.0):.1f} s of lease left"
+    why = f" ({w.error})" if w.error else ""
+    return (
+        f"{where} and the witness unreachable{why} with {have}: stop serving before the "
+        "other node may take over"
+    )
+
+
+def _plan_claim_before_promote(
+    observed: ObservedState, role: Role, verdicts: dict[str, safety.Verdict], rec: _Recorder
+) -> int | None:
+    """Claim the witness key before any promotion that needs it: when a promotion is allowed
+    only on the witness (``Verdict.claim``) the promote of that resource runs after the claim
+    (the lease is fresh when it promotes, and a failed claim stops the promotion); when the
+    key is free, the claim alone (the promotion waits the settle time)."""
+    if role is not Role.PRIMARY:
+        return None
+    secondary = [r.name for r in observed.resources if _resource_phase(r) == "secondary"]
+    needs = [name for name in secondary if name in verdicts and verdicts[name].claim]
+    free = any(
+        verdicts[name].refusal is BlockKind.WITNESS_CLAIM for name in secondary if name in verdicts
+    )
+    if not needs and not free:
+        return None
+    if needs:
+        index = rec.act(
+            ActionKind.CLAIM_WITNESS,
+            "refresh this node's witness lease right before promoting while disconnected",
+        )
+        for name in needs:
+            rec.res_tail[name] = index
+        return index
+    return rec.act(
+        ActionKind.CLAIM_WITNESS,
+        "the witness key is free and this node should take over: claim it (the promotion "
+        "follows once it has been held for the settle time)",
+    )
+
+
+def _plan_lease(
+    observed: ObservedState,
+    role: Role,
+    timing: safety.WitnessTiming,
+    *,
+    claimed: bool,
+    rec: _Recorder,
+    warnings: list[PlanWarning],
+) -> None:
+    """Keep the lease where it belongs. A Primary that keeps serving claims a free key and
+    refreshes its own lease once lease_left is at or below ``timing.refresh`` (so an idle tick
+    usually applies nothing); a node that does not serve and does not wait to promote while
+    disconnected releases a key it holds, after its demotes (the hand-over of a swap)."""
+    w, me = observed.witness, observed.node
+    primary_after = role is Role.PRIMARY and bool(_primaries(observed))
+    if not w.reachable:
+        why = f" ({w.error})" if w.error else ""
+        connected = all(r.conn.is_connected for r in observed.resources if r.known and r.up)
+        if connected:
+            warnings.append(
+                PlanWarning(
+                    WarningKind.WITNESS_UNREACHABLE,
+                    f"witness unreachable{why}: no promotion while disconnected (serving and "
+                    "swapping go on while DRBD is connected)",
+                )
+            )
+        elif primary_after and w.lease_left is not None:
+            warnings.append(
+                PlanWarning(
+                    WarningKind.WITNESS_UNREACHABLE,
+                    f"witness unreachable{why} while disconnected: serving on for the "
+                    f"{w.lease_left:.1f} s of lease left, then stopping",
+                )
+            )
+        return
+    if claimed:
+        return
+    if primary_after:
+        if w.holder is None:
+            rec.act(
+                ActionKind.CLAIM_WITNESS,
+                "this node serves and the witness key is free: claim it",
+            )
+        elif w.holder == me and (w.lease_left is None or w.lease_left <= timing.refresh):
+            left = "of unknown age" if w.lease_left is None else f"{w.lease_left:.1f} s left"
+            rec.act(
+                ActionKind.CLAIM_WITNESS,
+                f"refresh the witness lease ({left}; refreshed at {timing.refresh:.1f} s)",
+            )
+        return
+    if w.holder != me:
+        return
+    waiting = role is Role.PRIMARY and any(
+        _resource_phase(r) == "secondary" and not r.conn.is_connected for r in observed.resources
+    )
+    if waiting:
+        return
+    demotes = tuple(i for i, a in enumerate(rec.actions) if a.kind is ActionKind.DEMOTE)
+    rec.act(
+        ActionKind.RELEASE_WITNESS,
+        "this node does not serve: release the witness key for the primary",
+        after=demotes,
     )
 
 

@@ -7,7 +7,11 @@ check the cluster-wide invariants below after every executed action.
 Invariants stated here:
 1. Never two primaries: a node promotes only when its DRBD peer is not Primary; while DRBD is
    disconnected the peer's role is unknowable, so promotion then needs the declared
-   ``promotion.whenDisconnected`` policy (peer known Outdated, or quorum) or an operator override.
+   ``promotion.whenDisconnected`` policy (peer known Outdated, quorum, or the witness) or an
+   operator override. With the witness (``may_promote``'s ``witness``): only while this node
+   holds the cluster's etcd key, reached through a majority, and has held it for the settle
+   time (``WitnessTiming.settle``: the old primary's longest observation gap plus its
+   step-down), claimed again in the same plan right before the promotion.
 2. Never promote data that may be older than the peer's: local disk must be UpToDate, and a
    split-brained resource is never promoted automatically.
 3. The VIP and the target only on the primary: a VIP is added only where at least one resource is
@@ -49,9 +53,39 @@ from reconciler.core.observed import (
     ResourceObs,
     Role,
     VipObs,
+    WitnessObs,
 )
 from reconciler.core.plan import BlockKind
-from reconciler.core.spec import DisconnectedPolicy
+from reconciler.core.spec import ClusterSpec, DisconnectedPolicy
+
+
+@dataclass(frozen=True, slots=True)
+class WitnessTiming:
+    """The witness thresholds derived from the spec (docs/operations.md, "The witness").
+
+    ``ttl``: the lease's time-to-live; ``settle``: how long a node waits after claiming the
+    key before it promotes while disconnected (lease_left <= ttl - settle); ``step_down``: a
+    serving, disconnected node with less lease left stops serving; ``refresh``: the serving
+    node refreshes its lease once lease_left is at or below this (not at every tick)."""
+
+    ttl: float = 10.0
+    settle: float = 4.04
+    step_down: float = 4.1
+    refresh: float = 7.1
+
+    @classmethod
+    def from_spec(cls, spec: ClusterSpec) -> WitnessTiming:
+        w, tick = spec.witness, spec.timings.tick_interval
+        return cls(
+            ttl=w.ttl,
+            settle=w.settle(tick),
+            step_down=w.step_down_below(tick),
+            refresh=w.refresh_below(tick),
+        )
+
+
+NO_WITNESS = WitnessObs()
+DEFAULT_WITNESS_TIMING = WitnessTiming()
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +97,9 @@ class Verdict:
     reason: str
     override: bool = False  # allowed only because the operator overrode a safety rule
     refusal: BlockKind | None = None
+    # Allowed only while this node holds the witness key: the plan claims it (refreshes the
+    # lease) first and the promotion runs only once that claim succeeded.
+    claim: bool = False
 
     def __post_init__(self) -> None:
         if self.ok == (self.refusal is not None):  # a programming error, not a world state
@@ -79,12 +116,17 @@ def may_promote(
     liveness: Liveness,
     override: bool = False,
     vip_answered_elsewhere: bool = False,
+    witness: WitnessObs = NO_WITNESS,
+    node: str = "",
+    witness_timing: WitnessTiming = DEFAULT_WITNESS_TIMING,
 ) -> Verdict:
     """May this node promote ``res`` now? (invariants 1 and 2)
 
     ``vip_answered_elsewhere``: another host answers on one of the spec's VIPs. While DRBD is
     disconnected that is positive evidence that someone still serves (the old primary, cut
     off only from us), so no disconnected promotion happens then, whatever the policy says.
+    ``witness``/``node``/``witness_timing``: the witness as ``node`` (this node) sees it, for
+    the policy 'witness' (read by nothing else).
     """
     name = res.name
     if not res.known:
@@ -130,7 +172,10 @@ def may_promote(
             f"{name} is {res.conn.value}, and the VIP still answers from another host: the "
             "peer (or someone) is serving; not promoting while disconnected",
         )
-    if res.peer_disk is DiskState.OUTDATED:
+    if res.peer_disk is DiskState.OUTDATED and policy is not DisconnectedPolicy.WITNESS:
+        # Not under the witness: the witness is the authority there, and a peer "known
+        # Outdated" may only be *believed* so (fencing resource-only assumes an unreachable
+        # peer dead), then take over on the witness while this node stepped down.
         return Verdict(True, f"{name}: disconnected, but the peer's disk is known Outdated")
     if override:
         return Verdict(
@@ -150,7 +195,51 @@ def may_promote(
             BlockKind.DISCONNECTED_POLICY,
             f"{where}; policy 'outdated-peer' needs the peer known Outdated",
         )
+    if policy is DisconnectedPolicy.WITNESS:
+        return _witness(where, witness, node, witness_timing)
     return _quorum(where, liveness)
+
+
+def _witness(where: str, w: WitnessObs, node: str, timing: WitnessTiming) -> Verdict:
+    """The policy 'witness': promote while disconnected only holding the cluster's key, reached
+    through an etcd majority, and only once it has been held for the settle time (the other
+    node, if it still served unleased while connected, has noticed the cut and stopped)."""
+    if not w.enabled:
+        return _no(
+            BlockKind.WITNESS_UNREACHABLE,
+            f"{where}; policy 'witness' but no witness is configured on this node",
+        )
+    if not w.reachable:
+        why = f" ({w.error})" if w.error else ""
+        return _no(
+            BlockKind.WITNESS_UNREACHABLE,
+            f"{where}; witness unreachable{why}: no promotion while disconnected",
+        )
+    if w.holder is not None and w.holder != node:
+        return _no(
+            BlockKind.WITNESS_HELD,
+            f"{where}; the witness key is held by {w.holder} (its lease has not expired): no "
+            "promotion while disconnected",
+        )
+    if w.holder is None:
+        return _no(
+            BlockKind.WITNESS_CLAIM,
+            f"{where}; the witness key is free: claiming it first, then waiting "
+            f"{timing.settle:.1f} s for the other node to notice and stop serving",
+        )
+    if w.lease_left is None or w.lease_left > timing.ttl - timing.settle:
+        held = "" if w.lease_left is None else f" {timing.ttl - w.lease_left:.1f} s ago"
+        return _no(
+            BlockKind.WITNESS_SETTLING,
+            f"{where}; this node claimed the witness key{held}: waiting until it has held it "
+            f"{timing.settle:.1f} s (the other node's longest tick gap plus its step-down)",
+        )
+    return Verdict(
+        True,
+        f"{where}, but this node holds the witness key (claimed over {timing.settle:.1f} s ago, "
+        "reached through an etcd majority); the lease is refreshed right before the promotion",
+        claim=True,
+    )
 
 
 def _quorum(where: str, liveness: Liveness) -> Verdict:

@@ -25,6 +25,7 @@ from pydantic import (
     Strict,
     StrictBool,
     StrictInt,
+    StringConstraints,
     field_validator,
     model_validator,
 )
@@ -137,6 +138,7 @@ class DisconnectedPolicy(StrEnum):
     REFUSE = "refuse"
     OUTDATED_PEER = "outdated-peer"
     QUORUM = "quorum"
+    WITNESS = "witness"
 
 
 class Promotion(_Model):
@@ -148,13 +150,67 @@ class Promotion(_Model):
             "'refuse': never (an operator override is needed); "
             "'outdated-peer': only when DRBD reports the peer's disk Outdated; "
             "'quorum': also when the peer is unreachable and a majority of heuristic "
-            "addresses answer (the lone host still sees the outside world)."
+            "addresses answer (the lone host still sees the outside world); "
+            "'witness': only while this node holds the cluster's lease-backed key in etcd "
+            "(see 'witness'): the serving node renews it, a disconnected node promotes only "
+            "after the old holder's lease has expired and while it reaches an etcd majority."
         ),
     )
     heuristics: tuple[IPv4, ...] = Field(
         default=(),
         description="Addresses only the healthy side can reach (switch, gateway).",
     )
+
+
+class LivenessTimings(_Model):
+    """How the agent pings its peer (management and replication addresses) and the heuristic
+    addresses: one ICMP echo to each every ``interval``, a reply counts when it comes within
+    ``timeout``; the peer is dead after ``misses`` consecutive intervals without a reply on
+    every peer address. Detection time after the peer's last reply: between
+    ``(misses - 1) * interval + timeout`` and ``misses * interval + timeout`` (defaults:
+    0.8-1.0 s). The simulated DRBD drops its connection by the same rule applied to the
+    peer's replication address alone (docs/operations.md)."""
+
+    interval: Annotated[float, Strict()] = Field(
+        default=0.2,
+        ge=0.01,
+        le=60,
+        allow_inf_nan=False,
+        description="Seconds between two probes of each address.",
+    )
+    timeout: Annotated[float, Strict()] = Field(
+        default=0.2,
+        ge=0.005,
+        le=60,
+        allow_inf_nan=False,
+        description="A reply counts only when it arrives within this many seconds of its "
+        "probe; at most 'interval'.",
+    )
+    misses: StrictInt = Field(
+        default=4,
+        ge=1,
+        le=100,
+        description="Consecutive intervals without any reply from the peer before it counts "
+        "as dead (and an address as not answering).",
+    )
+
+    @model_validator(mode="after")
+    def _timeout_within_interval(self) -> LivenessTimings:
+        if self.timeout > self.interval:
+            raise cross_field_error(
+                f"timeout {self.timeout:g} s is longer than interval {self.interval:g} s: a "
+                "probe's reply must be judged before the next probe goes out",
+                "timeout",
+            )
+        return self
+
+    @property
+    def detection(self) -> tuple[float, float]:
+        """Seconds from the peer's last reply until it counts as dead: (fastest, slowest)."""
+        return (
+            (self.misses - 1) * self.interval + self.timeout,
+            self.misses * self.interval + self.timeout,
+        )
 
 
 class Resource(_Model):
@@ -281,8 +337,9 @@ class Timings(_Model):
     retry_backoff_max: Seconds = Field(default=2.0, description="Longest retry delay.")
     wake_poll: Seconds = Field(
         default=0.005,
-        description="How often --watch checks its wake sources (pool.conf, operator choices, "
-        "simulated world) between ticks; a change starts a tick at once.",
+        description="Only where inotify cannot be used (the reason is logged once): how often "
+        "--watch polls its wake files (pool.conf, operator choices, simulated world, spec file) "
+        "between ticks. Normally inotify wakes it at once and nothing is polled.",
     )
     blocked_retry: Seconds = Field(
         default=0.1,
@@ -361,7 +418,11 @@ class Adapters(_Model):
         default="drbd", description="'drbd': drbdsetup/drbdadm; 'sim': the simulated DRBD."
     )
     vip: Literal["sim", "iproute"] = Field(
-        default="iproute", description="'iproute': ip addr + ARP; 'sim': the simulated network."
+        default="iproute",
+        description=(
+            "'iproute': the node's real addresses (over netlink, as iproute2's ip addr) + ARP;"
+            " 'sim': the simulated network."
+        ),
     )
     target: Literal["sim", "tgt"] = Field(
         default="tgt", description="'tgt': tgtd/tgtadm; 'sim': the simulated target."
@@ -376,12 +437,30 @@ class Adapters(_Model):
             "Default: 'pool-conf' for roleSource.type pool-master, else 'state'."
         ),
     )
+    liveness: Literal["sim", "ping"] = Field(
+        default="ping",
+        description=(
+            "Peer liveness and quorum heuristics: 'ping': ICMP echo from the agent (a "
+            "resident in-process pinger, see 'liveness'); 'sim': the simulated links (needs "
+            "drbd 'sim'). Default: 'sim' when drbd, vip and target are all 'sim' (nothing "
+            "real to ping), else 'ping', so a lab with real addresses sees a peer die."
+        ),
+    )
     hypervisor: Literal["none", "sim", "xapi"] = Field(
         default="none",
         description=(
             "The hypervisor storage this node's agent keeps attached (its own host's PBDs of "
             "the SRs served through the VIP and IQN): 'none' (default), 'xapi' (XenServer / "
             "XCP-ng through the XenAPI SDK, see 'xapi'), 'sim' (the simulated pool)."
+        ),
+    )
+
+    witness: Literal["none", "sim", "etcd"] = Field(
+        default="none",
+        description=(
+            "The quorum witness of promotion.whenDisconnected 'witness': 'etcd' (an etcd v3 "
+            "cluster through its HTTP gateway, see 'witness'), 'sim' (the simulated 3-member "
+            "etcd), 'none'. Default: 'etcd' when the policy is 'witness', else 'none'."
         ),
     )
 
@@ -394,8 +473,146 @@ class Adapters(_Model):
             "target": self.target,
             "roleSource": self.role_source,
             "hypervisor": self.hypervisor,
+            "witness": self.witness,
         }
         return tuple(name for name, value in chosen.items() if value == "sim")
+
+    @model_validator(mode="after")
+    def _sim_liveness_needs_sim_drbd(self) -> Adapters:
+        # Simulated liveness answers from the simulated links, which only the simulated DRBD
+        # follows; next to real DRBD it would say "peer alive" about a dead peer.
+        if self.liveness == "sim" and self.drbd != "sim":
+            raise cross_field_error(
+                "liveness 'sim' answers from the simulated links: it needs drbd 'sim' (use "
+                "'ping' with real DRBD)",
+                "liveness",
+            )
+        return self
+
+
+EtcdUrl = Annotated[
+    str,
+    StringConstraints(pattern=r"^https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?/?$"),
+    Field(description="An etcd client URL (v3 HTTP gateway), e.g. http://10.0.0.9:2379."),
+]
+
+
+class Watchdog(_Model):
+    """A hardware (or softdog) watchdog the agent pets before every witness observation: a node
+    whose agent stops (a long pause, SIGSTOP, a hung kernel) is reset before the other node can
+    take over on its expired lease, so it cannot keep DRBD Primary meanwhile (adapters/watchdog.py;
+    the simulator models it with adapters.witness 'sim', and then no device is opened)."""
+
+    device: FilePath = Field(
+        default="/dev/watchdog", description="The watchdog device (Linux: /dev/watchdog)."
+    )
+    timeout: Seconds = Field(
+        description="Seconds without a pet before the device resets the node; at most "
+        "(settle + stepDownMargin) x (1 - clockDrift), settle = (tickInterval + 2 x "
+        "retryTimeout + stepDownMargin) x (1 + clockDrift)."
+    )
+
+
+class Witness(_Model):
+    """The quorum witness of ``promotion.whenDisconnected: witness``: one lease-backed key per
+    cluster in an etcd cluster (``<prefix><metadata.name>/leader`` holds the node name of the
+    lease holder; ``<prefix><metadata.name>/status/<node>`` each node's status record).
+
+    Timing rule (docs/operations.md, "The witness"): with L = timings.tickInterval,
+    R = retryTimeout, M = stepDownMargin, the longest between two witness observations of one
+    agent is G = L + 2R (the wait, the witness read, the lease refresh). A serving node decides
+    to step down only at an observation, so it must do so while one more gap and the step-down
+    still fit in its lease (threshold G + M); and a freshly refreshed lease must still be above
+    that threshold one gap later: ``2 x (L + 2R) + M <= ttl x (1 - clockDrift)`` (Patroni's
+    ``loop_wait + 2 x retry_timeout <= ttl`` twice over: Patroni demotes in the same loop as
+    the failed update, tandem in the tick after it)."""
+
+    endpoints: tuple[EtcdUrl, ...] = Field(
+        default=(),
+        description="etcd client URLs (v3 HTTP gateway); required (at least one) when the "
+        "policy is 'witness'.",
+    )
+    prefix: str = Field(
+        default="/tandem/",
+        pattern=r"^/([A-Za-z0-9_.-]+/)*$",
+        description="Key prefix shared by every cluster using this etcd (starts and ends with /).",
+    )
+    ttl: Seconds = Field(default=10.0, description="Lease time-to-live of the leader key.")
+    retry_timeout: Seconds = Field(
+        default=2.0, description="Timeout of every etcd call (observation, claim, release)."
+    )
+    step_down_margin: Seconds = Field(
+        default=1.0,
+        description="Lease time kept in reserve to stop serving (target, VIP, demote) before "
+        "the lease can expire on etcd: a serving node with less left stops serving.",
+    )
+    clock_drift: Annotated[float, Strict()] = Field(
+        default=0.01,
+        ge=0,
+        le=0.1,
+        allow_inf_nan=False,
+        description="The most a node's monotonic clock may run slow against etcd's (a "
+        "fraction: 0.01 = 1%).",
+    )
+    watchdog: Watchdog | None = Field(
+        default=None,
+        description="Pet a watchdog device at every tick (the fence against agent pauses).",
+    )
+    ca_file: FilePath | None = Field(
+        default=None,
+        description="With https:// endpoints: the CA certificate (PEM) that signed etcd's "
+        "server certificates (default: the system's CA store).",
+    )
+    cert_file: FilePath | None = Field(
+        default=None,
+        description="A client certificate (PEM) for etcd's --client-cert-auth; with keyFile.",
+    )
+    key_file: FilePath | None = Field(
+        default=None,
+        description="The client certificate's private key (PEM, readable by the agent only).",
+    )
+
+    def gap(self, tick_interval: float) -> float:
+        """G: the longest between two witness observations of one agent (seconds)."""
+        return tick_interval + 2 * self.retry_timeout
+
+    def step_down_below(self, tick_interval: float) -> float:
+        """A serving, disconnected node stops serving when its lease_left is below this: one
+        more gap and the step-down must fit in what is left (on a clock that may run slow)."""
+        return self.gap(tick_interval) + self.step_down_margin + self.clock_drift * self.ttl
+
+    def refresh_below(self, tick_interval: float) -> float:
+        """The serving node refreshes its lease when lease_left is at or below this (at least
+        one refresh is tried in the gap before the step-down threshold; above it, an idle tick
+        applies nothing)."""
+        return min(self.ttl, self.step_down_below(tick_interval) + self.gap(tick_interval))
+
+    def settle(self, tick_interval: float) -> float:
+        """How long a node waits after claiming a free key before it promotes disconnected:
+        one observation gap of the other node plus its step-down (the other node may still
+        serve unleased if it was connected when its lease ran out)."""
+        return (self.gap(tick_interval) + self.step_down_margin) * (1 + self.clock_drift)
+
+    def watchdog_limit(self, tick_interval: float) -> float:
+        """The longest watchdog timeout that still resets a paused node before the other node
+        can promote: a node paused right after an observation that planned its step-down had
+        at least stepDownMargin of lease left, and the other node promotes no sooner than the
+        settle time after the lease expired."""
+        return (self.settle(tick_interval) + self.step_down_margin) * (1 - self.clock_drift)
+
+    def timing_problem(self, tick_interval: float) -> str | None:
+        """Why these timings break the timing rule (None: they satisfy it)."""
+        need = 2 * self.gap(tick_interval) + self.step_down_margin
+        have = self.ttl * (1 - self.clock_drift)
+        if need <= have:
+            return None
+        return (
+            f"witness timing rule broken: 2 x (timings.tickInterval {tick_interval:g} + 2 x "
+            f"witness.retryTimeout {self.retry_timeout:g}) + witness.stepDownMargin "
+            f"{self.step_down_margin:g} = {need:g} s must be <= witness.ttl {self.ttl:g} x "
+            f"(1 - witness.clockDrift {self.clock_drift:g}) = {have:g} s: a serving node could "
+            "lose its lease before it notices; raise ttl or lower tickInterval/retryTimeout"
+        )
 
 
 class Xapi(_Model):
@@ -457,6 +674,7 @@ class ClusterSpec(_Model):
     nodes: tuple[Node, Node] = Field(description="Exactly two nodes.")
     role_source: RoleSource = Field(default_factory=RoleSource)
     promotion: Promotion = Field(default_factory=Promotion)
+    liveness: LivenessTimings = Field(default_factory=LivenessTimings)
     resources: tuple[Resource, ...] = Field(min_length=1)
     vips: tuple[Vip, ...] = Field(min_length=1)
     target: Target
@@ -464,6 +682,7 @@ class ClusterSpec(_Model):
     alerts: Alerts = Field(default_factory=Alerts)
     adapters: Adapters = Field(default_factory=Adapters)
     xapi: Xapi = Field(default_factory=Xapi)
+    witness: Witness = Field(default_factory=Witness)
 
     @model_validator(mode="before")
     @classmethod
@@ -482,7 +701,39 @@ class ClusterSpec(_Model):
             and kind is not None
             and str(kind) != RoleSourceType.POOL_MASTER.value
         ):
-            return {**data, "adapters": {**adapters, "roleSource": "state"}}
+            data = {**data, "adapters": {**adapters, "roleSource": "state"}}
+        # The witness adapter follows the policy: etcd for 'witness', none otherwise.
+        adapters = data.get("adapters", {})
+        promotion = data.get("promotion")
+        policy = promotion.get("whenDisconnected") if isinstance(promotion, dict) else None
+        if (
+            isinstance(adapters, dict)
+            and "witness" not in adapters
+            and policy is not None
+            and str(policy) == DisconnectedPolicy.WITNESS.value
+        ):
+            data = {**data, "adapters": {**adapters, "witness": "etcd"}}
+        return data
+
+    @model_validator(mode="before")
+    @classmethod
+    def _sim_liveness_only_when_all_sim(cls, data: Any) -> Any:
+        # Simulated liveness by default only when nothing on the node is real (the demo);
+        # a lab with real addresses and a simulated DRBD pings for real. Only fills what the
+        # spec leaves out.
+        if not isinstance(data, dict):
+            return data
+        adapters = data.get("adapters", {})
+        if isinstance(adapters, Adapters):  # built in Python: the same rule
+            if "liveness" not in adapters.model_fields_set and all(
+                getattr(adapters, k) == "sim" for k in ("drbd", "vip", "target")
+            ):
+                return {**data, "adapters": adapters.model_copy(update={"liveness": "sim"})}
+            return data
+        if not isinstance(adapters, dict) or "liveness" in adapters:
+            return data
+        if all(adapters.get(k) == "sim" for k in ("drbd", "vip", "target")):
+            return {**data, "adapters": {**adapters, "liveness": "sim"}}
         return data
 
     @model_validator(mode="after")
@@ -590,7 +841,47 @@ class ClusterSpec(_Model):
                 "roleSource",
                 "preferred",
             )
+        self._witness_rules()
         return self
+
+    def _witness_rules(self) -> None:
+        witness_policy = self.promotion.when_disconnected is DisconnectedPolicy.WITNESS
+        if witness_policy and self.adapters.witness == "none":
+            raise cross_field_error(
+                "promotion.whenDisconnected 'witness' needs a witness adapter ('etcd' or 'sim')",
+                "adapters",
+                "witness",
+            )
+        if (self.witness.cert_file is None) != (self.witness.key_file is None):
+            raise cross_field_error(
+                "witness.certFile and witness.keyFile go together (a client certificate and "
+                "its key)",
+                "witness",
+                "certFile" if self.witness.cert_file is None else "keyFile",
+            )
+        if not witness_policy:
+            return
+        if self.adapters.witness == "etcd" and not self.witness.endpoints:
+            raise cross_field_error(
+                "promotion.whenDisconnected 'witness' needs witness.endpoints (at least one "
+                "etcd client URL)",
+                "witness",
+                "endpoints",
+            )
+        if problem := self.witness.timing_problem(self.timings.tick_interval):
+            raise cross_field_error(problem, "witness", "ttl")
+        dog = self.witness.watchdog
+        limit = self.witness.watchdog_limit(self.timings.tick_interval)
+        if dog is not None and dog.timeout > limit:
+            raise cross_field_error(
+                f"witness.watchdog.timeout ({dog.timeout:g}) must be <= (settle time + "
+                f"stepDownMargin) x (1 - clockDrift) = {limit:.2f} s (settle: 1.01 x "
+                "(tickInterval + 2 x retryTimeout + stepDownMargin) at 1% drift): a paused node "
+                "must be reset before the other node can promote",
+                "witness",
+                "watchdog",
+                "timeout",
+            )
 
 
 def _node_address_owners(*nodes: Node) -> dict[ipaddress.IPv4Address, str]:

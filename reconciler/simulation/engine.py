@@ -334,9 +334,20 @@ class Simulation:
                 self._note("alert", node, f"alert sent: {alert.message}")
         return report.plan
 
+    def _paused(self, node: str) -> bool:
+        """The node's agent is paused: it does nothing until resumed (or reset)."""
+        if self.w.nodes[node].agent_paused:
+            self._note("tick", node, "agent paused: no tick")
+            return True
+        return False
+
     def tick(self, node: str) -> Plan:
         """One whole tick of ``node``'s agent: observe, plan, apply (checks after each action)."""
         self._begin("tick", {"tick": node})
+        if self._paused(node):
+            return self.last_plans.get(node) or Plan(
+                node=node, desired_role=Role.UNKNOWN, role_reason="agent paused"
+            )
         self.pending[node] = []
         return self._tick(node, dry_run=False, kind="tick")
 
@@ -344,6 +355,10 @@ class Simulation:
         """Observe and plan (a dry-run tick), keep the plan: ``apply_next`` runs it one action
         at a time, so faults can land between the observation and the actions (a stale plan)."""
         self._begin("plan", {"plan": node})
+        if self._paused(node):
+            return self.last_plans.get(node) or Plan(
+                node=node, desired_role=Role.UNKNOWN, role_reason="agent paused"
+            )
         p = self._tick(node, dry_run=True, kind="plan")
         self.pending[node] = list(p.actions)
         self._pending_plan[node] = p
@@ -354,6 +369,8 @@ class Simulation:
     def apply_next(self, node: str) -> None:
         """The next action of the kept plan, through the executor (as the rest of its tick)."""
         self._begin("apply-next", {"applyNext": node})
+        if self._paused(node):
+            return
         if not self.pending[node]:
             self._note("action", node, "nothing pending")
             return
@@ -457,10 +474,76 @@ class Simulation:
         self.check("pool split", by_agent=False)
 
     def wait(self, seconds: float) -> None:
-        """Simulated time passes (nothing else happens): alert grace and screen times."""
+        """Simulated time passes (nothing else happens): alert grace and screen times, and the
+        witness's clock (leases expire; no agent ticks meanwhile: see ``elapse``)."""
         self._begin("wait", {"wait": f"{seconds:g}s"})
         self.clock += seconds
+        self.w.now += seconds
         self._note("time", None, f"{seconds:g} s pass (simulated clock at {self.clock:g} s)")
+        self._watchdogs()
+
+    # --- time and the witness -----------------------------------------------------------
+
+    @property
+    def witness_on(self) -> bool:
+        return self.spec.spec.adapters.witness != "none"
+
+    def gap(self) -> float:
+        """G: the longest between two witness observations of a running agent (the timing
+        rule's tickInterval + 2 x retryTimeout): time never moves further past a running
+        agent's last observation (``advance``)."""
+        return self.spec.spec.witness.gap(self.spec.spec.timings.tick_interval)
+
+    def advance(self, seconds: float) -> float:
+        """Time passes by up to ``seconds`` on the witness's clock (and the alert clock), as
+        far as every running agent keeps its tick rhythm: never more than G past an agent's
+        last observation (a paused agent excepted: that is what a pause is), and never past a
+        paused node's watchdog expiry (the node is reset then). Returns the seconds passed."""
+        self._begin("time", {"advance": f"{seconds:g}s"})
+        w = self.w
+        limit = w.now + seconds
+        dog = self.spec.spec.witness.watchdog
+        for n in self.names:
+            nd = w.nodes[n]
+            if not nd.alive:
+                continue
+            if not nd.agent_paused:
+                limit = min(limit, nd.last_observed + self.gap())
+            elif dog is not None:
+                limit = min(limit, nd.last_observed + dog.timeout)
+        passed = max(0.0, limit - w.now)
+        w.now += passed
+        self.clock += passed
+        self._note("time", None, f"{passed:g} s pass (witness clock at {w.now:g} s)")
+        self._watchdogs()
+        self.check("time passes", by_agent=False)
+        return passed
+
+    def _watchdogs(self) -> None:
+        """A paused agent pets nothing: its node's watchdog resets it ``timeout`` seconds
+        after the last pet (the agent's last observation)."""
+        dog = self.spec.spec.witness.watchdog
+        if dog is None or not self.witness_on:
+            return
+        for n in self.names:
+            nd = self.w.nodes[n]
+            if nd.alive and nd.agent_paused and self.w.now >= nd.last_observed + dog.timeout:
+                self.w.crash(n)
+                self.pending[n] = []
+                self.counts["watchdog reset"] += 1
+                self._note("fault", n, f"{n}'s watchdog expired: the node is reset (power cycle)")
+                self.w.boot(n)
+
+    def elapse(self, seconds: float) -> None:
+        """``seconds`` pass with both agents ticking every tickInterval (a scenario's view of
+        steady time: the failover time of the witness plays out)."""
+        interval = self.spec.spec.timings.tick_interval
+        left = seconds
+        while left > 1e-9:
+            left -= self.advance(min(interval, left))
+            for n in self.names:
+                if self.w.nodes[n].alive:
+                    self.tick(n)
 
     def split_brain_recovery(self, node: str, *, resource: str, survivor: str) -> tuple[bool, str]:
         """The guided split-brain recovery on ``node`` (``reconcile split-brain RES --survivor
@@ -529,6 +612,9 @@ class Simulation:
             w.nodes[n].chosen_role = None
             w.nodes[n].force = False
             w.nodes[n].xapi_reachable = True
+            w.nodes[n].etcd_cut = False
+            w.nodes[n].agent_paused = False
+        w.witness.members = [True] * len(w.witness.members)
         w.faults = []
         w.strangers = []
         w.pool_views = {}
@@ -654,6 +740,8 @@ class Simulation:
                 self._repair_disks()
             for n in nodes:
                 self.tick(n)
+            if self.witness_on:  # a round is one tick interval of simulated time
+                self.advance(self.spec.spec.timings.tick_interval)
             self._client_write()  # a client keeps writing (and re-ARPs when it times out)
             if self.k_served is None and all(self.w.serving_node(r) for r in servable):
                 self.k_served = i

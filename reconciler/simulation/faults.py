@@ -135,4 +135,47 @@ def apply_fault(
     if name == "clearFaults":
         w.faults = []
         return "injected command faults cleared"
+    if name in WITNESS_FAULTS:
+        return _witness_fault(sim, name, n, kw)
     raise ValueError(f"unknown fault {name!r}")
+
+
+WITNESS_FAULTS = (
+    "etcdMemberDown",
+    "etcdMemberUp",
+    "etcdDown",
+    "etcdUp",
+    "etcdCut",
+    "etcdRejoin",
+    "pause",
+    "resume",
+)
+"""The witness's faults: one etcd member down/up (``value``: the member 0-2; else the first
+that can change), every member down/up, one node cut from etcd (or back), the node's agent paused
+(a long GC pause, SIGSTOP) or resumed."""
+
+
+def _witness_fault(sim: Simulation, name: str, n: str, kw: Mapping[str, Any]) -> str:
+    w = sim.w
+    members = w.witness.members
+    if name in ("etcdMemberDown", "etcdMemberUp"):
+        up = name == "etcdMemberUp"
+        member = kw.get("value")
+        if isinstance(member, bool) or not isinstance(member, int):
+            member = next((i for i, m in enumerate(members) if m != up), 0)
+        members[int(member) % len(members)] = up
+        state = "up" if up else "down"
+        return f"etcd member {int(member) % len(members)} {state} ({sum(members)}/3 up)"
+    if name in ("etcdDown", "etcdUp"):
+        w.witness.members = [name == "etcdUp"] * len(members)
+        return "etcd fully down" if name == "etcdDown" else "etcd back (3/3 members)"
+    if name in ("etcdCut", "etcdRejoin"):
+        w.nodes[n].etcd_cut = name == "etcdCut"
+        return f"{n} cut from etcd" if name == "etcdCut" else f"{n} reaches etcd again"
+    if name == "pause":
+        if not w.nodes[n].alive:
+            return f"{n} is down: no agent to pause"
+        w.nodes[n].agent_paused = True
+        return f"{n}'s agent paused (a long GC pause / SIGSTOP): it observes, acts, pets nothing"
+    w.nodes[n].agent_paused = False
+    return f"{n}'s agent resumes (its pending plan, if any, goes on from where it stopped)"

@@ -48,6 +48,8 @@ ACTION_OPS = (
     "target-export",
     "pbd-plug",
     "pbd-replug",
+    "witness-claim",
+    "witness-release",
 )
 OBSERVE_OPS = (
     "drbd-observe",
@@ -55,6 +57,7 @@ OBSERVE_OPS = (
     "target-observe",
     "role-observe",
     "hypervisor-observe",
+    "witness-observe",
 )
 
 
@@ -215,6 +218,9 @@ class Expect(_Model):
         default=None, description="Text no alert mailed so far contains."
     )
 
+    witness: NodeRef | Literal["none"] | None = Field(
+        default=None, description="Who holds the witness key now ('none': free)."
+    )
     pbd_attached: dict[NodeRef, bool] | None = Field(
         default=None,
         description="Per node: every PBD of its host attached (adapters.hypervisor: sim).",
@@ -271,6 +277,27 @@ class Step(_Model):
     wait: float | None = Field(
         default=None, description="Simulated time passes: 30s, 10m, 1h (alert grace, screens)."
     )
+    advance: float | None = Field(
+        default=None,
+        description="The witness's clock moves on by up to this much, as far as every running "
+        "agent keeps its tick rhythm (never past tickInterval + 2 x retryTimeout since its "
+        "last observation; a paused agent's watchdog resets its node).",
+    )
+    elapse: float | None = Field(
+        default=None,
+        description="This much time passes with both agents ticking every tickInterval "
+        "(the witness's failover plays out).",
+    )
+    etcd_member_down: int | None = Field(default=None, ge=0, le=2, description="etcd member.")
+    etcd_member_up: int | None = Field(default=None, ge=0, le=2, description="etcd member.")
+    etcd_down: bool | None = Field(default=None, description="Every etcd member down.")
+    etcd_up: bool | None = Field(default=None, description="Every etcd member up again.")
+    etcd_cut: NodeRef | None = Field(default=None, description="The node cannot reach etcd.")
+    etcd_rejoin: NodeRef | None = None
+    pause: NodeRef | None = Field(
+        default=None, description="The node's agent pauses (GC pause, SIGSTOP)."
+    )
+    resume: NodeRef | None = None
     split_brain: SplitBrainStep | None = None
     clear_faults: bool | None = None
     operator: OperatorStep | None = None
@@ -280,7 +307,7 @@ class Step(_Model):
     heal: bool | None = None
     expect: Expect | None = None
 
-    @field_validator("wait", mode="before")
+    @field_validator("wait", "advance", "elapse", mode="before")
     @classmethod
     def _duration(cls, value: object) -> object:
         return None if value is None else parse_duration(value)

@@ -53,9 +53,28 @@ def run_random(
     return result
 
 
+WITNESS_STEPS = (
+    "etcdMemberDown",
+    "etcdMemberUp",
+    "etcdDown",
+    "etcdUp",
+    "etcdCut",
+    "etcdRejoin",
+    "pause",
+    "resume",
+)
+
+
 def random_step(sim: Simulation, rng: random.Random, *, overrides: bool = False) -> None:
-    """One random step, weighted so agents act about half of the time."""
+    """One random step, weighted so agents act about half of the time. With a witness in the
+    spec, one step in five moves the witness's clock or applies a witness fault instead."""
     n = rng.choice(sim.names)
+    if sim.witness_on and rng.random() < 0.2:
+        if rng.random() < 0.6:
+            sim.advance(rng.choice([0.5, 1.0, 2.0, 4.0, 7.0]))
+        else:
+            sim.fault(rng.choice(WITNESS_STEPS), n)
+        return
     r = rng.random()
     if r < 0.30:
         sim.tick(n)

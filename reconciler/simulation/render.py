@@ -56,6 +56,10 @@ def world_line(world: World, names: Sequence[str], resources: Sequence[str]) -> 
             bits.append("ISOLATED")
         if nd.manual_mode:
             bits.append(f"manual:{nd.chosen_role.value if nd.chosen_role else '-'}")
+        if nd.etcd_cut:
+            bits.append("ETCD-CUT")
+        if nd.agent_paused:
+            bits.append("PAUSED")
         parts.append(f"{n}: {' '.join(bits)}")
     repl = "up" if w.replication_link else "CUT"
     links = f"repl {repl}, mgmt {'up' if w.management_link else 'CUT'}"
@@ -63,7 +67,13 @@ def world_line(world: World, names: Sequence[str], resources: Sequence[str]) -> 
     if w.pool_views:
         master += " (split: " + ", ".join(f"{k}->{v}" for k, v in w.pool_views.items()) + ")"
     acked = sum(len(v) for v in w.acked.values())
-    return f"{' | '.join(parts)} | {links} | master {master} | {acked} acked"
+    witness = ""
+    if w.witness_on:
+        up = sum(w.witness.members)
+        holder = w.witness_holder()
+        key = f"key {holder} ({w.witness.expires - w.now:.1f}s)" if holder else "key free"
+        witness = f" | etcd {up}/{len(w.witness.members)} {key} | t={w.now:.1f}s"
+    return f"{' | '.join(parts)} | {links} | master {master} | {acked} acked{witness}"
 
 
 def plan_text(p: Plan) -> str:

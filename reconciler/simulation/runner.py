@@ -148,6 +148,10 @@ def _node_refs(step: Step) -> list[str]:
     value = getattr(step, step.kind)
     if step.kind in ("ticks", "converge", "write", "wait", "replication", "management"):
         return []
+    if step.kind in ("advance", "elapse", "etcd_member_down", "etcd_member_up"):
+        return []
+    if step.kind in ("etcd_down", "etcd_up"):
+        return []
     if step.kind in ("stranger", "clear_faults", "spec", "heal"):
         return []
     if isinstance(value, str):
@@ -160,7 +164,9 @@ def _node_refs(step: Step) -> list[str]:
         return [value.node, value.survivor]
     if step.kind == "expect":
         e: Expect = value
-        refs = [r for r in (e.primary, e.vip, e.serving, e.frozen, e.node) if r is not None]
+        refs = [
+            r for r in (e.primary, e.vip, e.serving, e.frozen, e.node, e.witness) if r is not None
+        ]
         for table in (e.disk, e.peer_disk, e.luns, e.vips):
             refs.extend(table or {})
         return refs + list(e.alive or [])
@@ -257,6 +263,10 @@ def _run_step(sim: Simulation, spec: StorageCluster, step: Step, result: RunResu
         "break_sr": "breakSr",
         "xapi_down": "xapiDown",
         "xapi_up": "xapiUp",
+        "etcd_cut": "etcdCut",
+        "etcd_rejoin": "etcdRejoin",
+        "pause": "pause",
+        "resume": "resume",
     }
     if kind in simple:
         if isinstance(value, ResourceFault):
@@ -267,6 +277,18 @@ def _run_step(sim: Simulation, spec: StorageCluster, step: Step, result: RunResu
     if kind == "wait":
         sim.wait(value)
         return _ok(f"{value:g} s passed")
+    if kind == "advance":
+        passed = sim.advance(value)
+        return _ok(f"{passed:g} s passed")
+    if kind == "elapse":
+        sim.elapse(value)
+        return _ok(f"{value:g} s passed, both agents ticking")
+    if kind in ("etcd_member_down", "etcd_member_up"):
+        sim.fault("etcdMemberDown" if kind == "etcd_member_down" else "etcdMemberUp", value=value)
+        return _ok("done")
+    if kind in ("etcd_down", "etcd_up"):
+        sim.fault("etcdDown" if kind == "etcd_down" else "etcdUp")
+        return _ok("done")
     if kind == "split_brain":
         ok, text = sim.split_brain_recovery(
             node(value.node), resource=value.resource, survivor=node(value.survivor)
@@ -428,6 +450,8 @@ def _expect(sim: Simulation, spec: StorageCluster, e: Expect) -> StepResult:
             sorted(node for node in (_resolve(spec, a) for a in e.alive) if node),
             sorted(n for n in sim.names if w.nodes[n].alive),
         )
+    if e.witness is not None:
+        want("witness key", _resolve(spec, e.witness) or "none", w.witness_holder() or "none")
     for label, wanted, read in (
         ("PBDs attached", e.pbd_attached, w.pbds_attached),
         ("SR usable", e.sr_usable, w.srs_usable),

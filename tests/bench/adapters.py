@@ -14,6 +14,13 @@ that used to be asserted there as time limits are printed here, min / median / m
 - InProcessArp.announce: time until it returns (the first round only; 3 rounds, 50 ms apart);
 - PingLiveness.observe of 5 addresses whose fake pings take 100 ms each;
 - Runner.run of `sleep 30` with a 0.2 s timeout: time until the TransientError.
+
+With ``--lab`` (root and the lab's packages; skipped with the reason otherwise) it also brings
+up a namespace lab and measures the real VIP adapters in node1's namespace, as the factory
+builds them for transport netns, side by side: ``IpVip`` (``ip`` through the runner) and
+``NetlinkVip`` (one pyroute2 handle into the namespace) for observe (VIP held, so no ARP probe),
+add and remove, with the processes each operation started (``Runner.spawned``) and, for
+NetlinkVip, the one-off cost of opening its handle.
 """
 
 from __future__ import annotations
@@ -110,16 +117,65 @@ CASES: tuple[tuple[str, Callable[[], float]], ...] = (
 )
 
 
+def _report(name: str, values: list[float], extra: str = "") -> None:
+    print(
+        f"{name:<46} min {min(values):7.1f}  median {statistics.median(values):7.1f}  "
+        f"max {max(values):7.1f} ms{extra}"
+    )
+
+
+def lab_vip(rounds: int) -> None:
+    """IpVip and NetlinkVip in node1's namespace of a fresh lab (see the module docstring)."""
+    from adapters.vip import CommandArp
+    from adapters.vip.netlink import NetlinkVip
+    from tests.lab.conftest import lab_unavailable, unique_prefix
+    from tests.lab.netns import VIP, Lab
+
+    if reason := lab_unavailable():
+        print(f"lab figures skipped: {reason}")
+        return
+    the_vip = vip(VIP)
+    with Lab(unique_prefix()) as lab:
+        lab.up()
+        ip_runner = lab.runner("node1")
+        nl_runner = lab.runner("node1")
+        adapters = {
+            "IpVip": IpVip(ip_runner, arp=CommandArp(ip_runner)),
+            "NetlinkVip": NetlinkVip(namespace=lab.ns("node1"), arp=CommandArp(nl_runner)),
+        }
+        runners = {"IpVip": ip_runner, "NetlinkVip": nl_runner}
+        netlink = adapters["NetlinkVip"]
+        assert isinstance(netlink, NetlinkVip)
+        opened = _ms(lambda: netlink.observe([vip("198.51.100.99/24", "lo")]))
+        print(f"{'NetlinkVip first request (opens the handle)':<46} {opened:7.1f} ms")
+        for name, adapter in adapters.items():
+            runner = runners[name]
+            ops: dict[str, Callable[[], object]] = {
+                "add": lambda a=adapter: a.add(the_vip),  # type: ignore[misc]
+                "observe": lambda a=adapter: a.observe([the_vip]),  # type: ignore[misc]
+                "remove": lambda a=adapter: a.remove(the_vip),  # type: ignore[misc]
+            }
+            times: dict[str, list[float]] = {op: [] for op in ops}
+            spawns: dict[str, int] = dict.fromkeys(ops, 0)
+            for _ in range(rounds):
+                for op, call in ops.items():
+                    before = runner.spawned
+                    times[op].append(_ms(call))
+                    spawns[op] += runner.spawned - before
+            for op, values in times.items():
+                _report(f"lab {name}.{op}", values, f"  {spawns[op] / rounds:g} processes/op")
+        netlink.close()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--lab", action="store_true", help="also the real VIP adapters in a lab")
     args = parser.parse_args()
     for name, case in CASES:
-        values = [case() for _ in range(args.rounds)]
-        print(
-            f"{name:<46} min {min(values):7.1f}  median {statistics.median(values):7.1f}  "
-            f"max {max(values):7.1f} ms"
-        )
+        _report(name, [case() for _ in range(args.rounds)])
+    if args.lab:
+        lab_vip(args.rounds)
     return 0
 
 

@@ -14,12 +14,16 @@ import pytest
 from reconciler.core.spec import StorageCluster
 from tests.contract.envs import (
     FAKE_EVENTS2,
+    NETLINK_LOCAL,
+    NETLINK_NETNS,
     REAL,
     REAL_DRBD,
     REAL_LAB,
     SIM,
     DrbdEnv,
     FakeDrbdEnv,
+    LocalNetlinkVipEnv,
+    NetlinkVipEnv,
     RealRoleEnv,
     RealTargetEnv,
     RealVipEnv,
@@ -31,7 +35,9 @@ from tests.contract.envs import (
     TargetEnv,
     VipEnv,
 )
+from tests.contract.witness_envs import RealWitnessEnv, SimWitnessEnv, WitnessEnv
 from tests.contract.xapi_envs import XAPI, XapiRoleEnv
+from tests.etcd_cluster import etcd  # noqa: F401  (the session's real etcd)
 from tests.lab.conftest import (  # noqa: F401  (the lab fixtures and their failure hook)
     lab,
     lab_factory,
@@ -56,12 +62,16 @@ def short_tmp() -> Iterator[Path]:
         shutil.rmtree(path, ignore_errors=True)
 
 
-@pytest.fixture(params=[SIM, REAL_LAB])
+@pytest.fixture(params=[SIM, REAL_LAB, NETLINK_NETNS, NETLINK_LOCAL])
 def vip_env(request: pytest.FixtureRequest, cluster: StorageCluster) -> Iterator[VipEnv]:
+    """sim: SimVip; real: IpVip in the node's namespace; netlink-netns / netlink-local:
+    NetlinkVip as built for transport netns (handle into the namespace, arping) and local
+    (inside the namespace, in-process ARP)."""
     if request.param == SIM:
         yield SimVipEnv(cluster)
         return
-    env = RealVipEnv(request.getfixturevalue("lab"))
+    kinds = {REAL: RealVipEnv, "netlink-netns": NetlinkVipEnv, "netlink-local": LocalNetlinkVipEnv}
+    env = kinds[request.param](request.getfixturevalue("lab"))
     try:
         yield env
     finally:
@@ -118,3 +128,17 @@ def drbd_env(
             env.close()
         return
     raise NotImplementedError("the VM tier provides real DRBD")  # pragma: no cover
+
+
+@pytest.fixture(params=[SIM, REAL])
+def witness_env(
+    request: pytest.FixtureRequest, cluster: StorageCluster, tmp_path: Path
+) -> Iterator[WitnessEnv]:
+    if request.param == SIM:
+        yield SimWitnessEnv(cluster)
+        return
+    env = RealWitnessEnv(request.getfixturevalue("etcd"), tmp_path / "state")
+    try:
+        yield env
+    finally:
+        env.close()

@@ -45,6 +45,8 @@ SIM = "sim"
 REAL = "real"
 FAKE_EVENTS2 = "fake-events2"
 REAL_LAB = pytest.param(REAL, marks=pytest.mark.lab)
+NETLINK_NETNS = pytest.param("netlink-netns", marks=pytest.mark.lab)
+NETLINK_LOCAL = pytest.param("netlink-local", marks=pytest.mark.lab)
 REAL_DRBD = pytest.param(
     REAL,
     marks=pytest.mark.skip(
@@ -129,11 +131,13 @@ class RealVipEnv:
         self.lab = lab
         self._remotes: dict[str, Any] = {}
 
+    adapter_kind = "ip"
+
     def adapter(self, node: str) -> VipAdapter:
         from tests.lab.remote import RemoteVip
 
         if node not in self._remotes:
-            self._remotes[node] = RemoteVip.start(self.lab, node)
+            self._remotes[node] = RemoteVip.start(self.lab, node, adapter=self.adapter_kind)
         remote: VipAdapter = self._remotes[node]
         return remote
 
@@ -162,6 +166,46 @@ class RealVipEnv:
         for remote in self._remotes.values():
             remote.drain()
             remote.close()
+
+
+class NetlinkVipEnv(RealVipEnv):
+    """``NetlinkVip`` as the factory builds it for transport ``netns``: the test process opens
+    one netlink handle inside each node's namespace (pyroute2 ``netns=``), ARP goes through
+    ``arping`` run by the node's lab runner (``CommandArp``)."""
+
+    kind = REAL
+
+    def __init__(self, lab: Lab) -> None:
+        super().__init__(lab)
+        self._netlink: dict[str, Any] = {}
+
+    def adapter(self, node: str) -> VipAdapter:
+        from adapters.vip import CommandArp
+        from adapters.vip.netlink import NetlinkVip
+
+        if node not in self._netlink:
+            self._netlink[node] = NetlinkVip(
+                namespace=self.lab.ns(node), arp=CommandArp(self.lab.runner(node))
+            )
+        adapter: VipAdapter = self._netlink[node]
+        return adapter
+
+    def announcements_over(self, node: str) -> None:
+        # CommandArp.drain: a cancelled announcement's arping was killed; a running one ends.
+        assert self._netlink[node].arp.drain(), f"{node}'s arping still running after 5 s"
+
+    def close(self) -> None:
+        for vip in self._netlink.values():
+            vip.arp.drain()
+            vip.close()
+
+
+class LocalNetlinkVipEnv(RealVipEnv):
+    """``NetlinkVip`` as the factory builds it for transport ``local`` (the lab's agents): run
+    inside each node's namespace (``tests.lab.remote --adapter netlink``), with in-process
+    ARP."""
+
+    adapter_kind = "netlink"
 
 
 # -------------------------------------------------------------------------------- target

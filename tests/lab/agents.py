@@ -118,6 +118,19 @@ class AgentCluster:
         proc.kill()
         return proc.wait(timeout=5)
 
+    def crash(self, node: str) -> float:
+        """Crash ``node`` as a power loss would: its links down (eth0 to the switch, repl0 to
+        the peer), then its agent and its tgtd SIGKILLed by PID. Nothing is told to the
+        survivor. Returns the monotonic time both links were down (see ``links_down``)."""
+        down = links_down(self.lab, node)
+        tgtd = self.tgtd_pid(node)
+        if node in self.procs and self.procs[node].poll() is None:
+            self.kill(node)
+        if tgtd is not None and tgtd in pids_in(self.lab, node):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(tgtd, signal.SIGKILL)  # a tgtd its agent (our child) started
+        return down
+
     def reports(self, node: str) -> list[dict[str, Any]]:
         """The agent's tick reports (its ``--json`` lines; stderr log lines are skipped)."""
         out = []
@@ -258,6 +271,14 @@ class AgentCluster:
             errors.append(f"{exc} (still there: {left})")
         if errors:
             raise RuntimeError("agent cluster cleanup: " + "; ".join(errors))
+
+
+def links_down(lab: Lab, node: str) -> float:
+    """Both of ``node``'s links down (eth0 to the switch, repl0 to the peer) in one ``ip
+    -batch``, so neither outlives the other by a process start; the monotonic time the command
+    returned (the crash instant: nothing goes through node1 after it)."""
+    lab.run(node, ["ip", "-batch", "-"], stdin="link set dev eth0 down\nlink set dev repl0 down\n")
+    return time.monotonic()
 
 
 def announcing(lab: Lab, key: str) -> bool:

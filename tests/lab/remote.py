@@ -1,4 +1,5 @@
-"""Run a real ``IpVip`` inside a lab node's namespace and call it from the test process.
+"""Run a real ``IpVip`` (or ``NetlinkVip``, ``--adapter netlink``) inside a lab node's
+namespace and call it from the test process.
 
 The real VIP adapter sends ARP from a packet socket of the process that calls it, so it must run
 *inside* the node's namespace (the production arrangement: the agent runs on the node). The test
@@ -52,7 +53,7 @@ class RemoteVip:
         self._file: Any = None
 
     @classmethod
-    def start(cls, lab: Any, key: str, *, timeout: float = 10.0) -> RemoteVip:
+    def start(cls, lab: Any, key: str, *, timeout: float = 10.0, adapter: str = "ip") -> RemoteVip:
         # A short directory of its own: sun_path holds 108 bytes, pytest's paths get long.
         sock_dir = tempfile.mkdtemp(prefix="tdmrv")
         sock_path = os.path.join(sock_dir, "sock")
@@ -64,6 +65,8 @@ class RemoteVip:
             sock_path,
             "--netns",
             lab.ns(key),
+            "--adapter",
+            adapter,
         ]
         proc = lab.spawn(key, argv, env={"PYTHONPATH": str(REPO)}, log_name=f"remote-vip-{key}.log")
         remote = cls(sock_path, proc)
@@ -159,13 +162,19 @@ def _vip_json(vip: Vip) -> dict[str, str]:
 
 
 # ------------------------------------------------------------------------------ the server
-def serve(sock_path: str, netns: str) -> int:
+def serve(sock_path: str, netns: str, adapter_kind: str = "ip") -> int:
     from adapters.runner import Runner
-    from adapters.vip import InProcessArp, IpVip
+    from adapters.vip import AddressVip, InProcessArp, IpVip
 
     arp = InProcessArp(netns=netns)
     arp.check_netns()  # refuse to serve at all from the wrong namespace
-    adapter = IpVip(Runner(), arp=arp)
+    adapter: AddressVip
+    if adapter_kind == "netlink":
+        from adapters.vip.netlink import NetlinkVip
+
+        adapter = NetlinkVip(arp=arp)  # transport local: the server runs in the namespace
+    else:
+        adapter = IpVip(Runner(), arp=arp)
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     with contextlib.suppress(FileNotFoundError):
         os.unlink(sock_path)
@@ -186,6 +195,9 @@ def serve(sock_path: str, netns: str) -> int:
             fh.write(json.dumps(reply).encode() + b"\n")
             fh.flush()
     arp.drain(5.0)
+    close = getattr(adapter, "close", None)
+    if close is not None:
+        close()
     with contextlib.suppress(FileNotFoundError):
         os.unlink(sock_path)
     return 0
@@ -213,8 +225,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.lab.remote")
     parser.add_argument("--socket", required=True)
     parser.add_argument("--netns", required=True)
+    parser.add_argument("--adapter", choices=("ip", "netlink"), default="ip")
     args = parser.parse_args(argv)
-    return serve(args.socket, args.netns)
+    return serve(args.socket, args.netns, args.adapter)
 
 
 if __name__ == "__main__":

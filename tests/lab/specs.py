@@ -19,6 +19,7 @@ Pure file work: nothing here runs a command.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +29,7 @@ from reconciler.core.specload import load_spec
 NODES = ("node1", "node2")
 MANAGEMENT = {"node1": "198.51.100.1", "node2": "198.51.100.2"}
 REPLICATION = {"node1": "198.51.100.129", "node2": "198.51.100.130"}
+CLIENT = "198.51.100.10"
 VIP_CIDR = "198.51.100.3/24"
 IQN = "iqn.2024-01.org.example.tandem:iscsi1"
 RESOURCE = "iscsi1"
@@ -52,11 +54,7 @@ spec:
       replicationAddress: {repl2}
       managementAddress: {mgmt2}
       poolConf: {pool2}
-  roleSource:
-    type: pool-master
-  promotion:
-    whenDisconnected: refuse
-  resources:
+{roles}  resources:
     - name: {resource}
       minor: 1
       disk: /dev/vdb
@@ -85,7 +83,25 @@ spec:
     drbd: sim
     vip: iproute
     target: tgt
-    roleSource: pool-conf
+    roleSource: {role_adapter}
+{liveness}"""
+
+POOL_MASTER_ROLES = """\
+  roleSource:
+    type: pool-master
+  promotion:
+    whenDisconnected: refuse
+"""
+
+# The crash tests: node1 preferred, node2 takes over by itself when node1 stops answering on
+# both links while the client (the heuristic) still answers node2.
+STATIC_ROLES = """\
+  roleSource:
+    type: static
+    preferred: node1
+  promotion:
+    whenDisconnected: quorum
+    heuristics: [{client}]
 """
 
 
@@ -100,9 +116,19 @@ class LabCluster:
     pool_conf: dict[str, Path]
 
     @classmethod
-    def create(cls, directory: Path, *, interval: float = 0.05) -> LabCluster:
+    def create(
+        cls,
+        directory: Path,
+        *,
+        interval: float = 0.05,
+        static: bool = False,
+        liveness: Mapping[str, float] | None = None,
+    ) -> LabCluster:
         """Write the spec, the backing file and pool.conf files (node1 master) under
-        ``directory``; the state directory is created empty."""
+        ``directory``; the state directory is created empty. ``static``: the static role
+        source (node1 preferred) with the quorum policy and the client as heuristic, instead
+        of following pool.conf; ``liveness``: the spec's ``liveness`` timings (camelCase
+        keys), else the defaults."""
         root = Path(directory).absolute()
         root.mkdir(parents=True, exist_ok=True)
         device = root / f"{RESOURCE}.img"
@@ -124,6 +150,9 @@ class LabCluster:
             scsi_id=SCSI_ID,
             scsi_sn=SCSI_SN,
             interval=interval,
+            roles=STATIC_ROLES.format(client=CLIENT) if static else POOL_MASTER_ROLES,
+            role_adapter="state" if static else "pool-conf",
+            liveness=_liveness_yaml(liveness),
         )
         spec_path = root / "spec.yaml"
         spec_path.write_text(text)
@@ -164,6 +193,12 @@ class LabCluster:
             f"{interval:g}",
             "--json",
         ]
+
+
+def _liveness_yaml(timings: Mapping[str, float] | None) -> str:
+    if not timings:
+        return ""
+    return "  liveness:\n" + "".join(f"    {k}: {v}\n" for k, v in timings.items())
 
 
 def _write_atomic(path: Path, text: str) -> None:

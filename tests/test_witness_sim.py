@@ -1,0 +1,210 @@
+"""The witness in the simulator and in the planner's plans (promotion.whenDisconnected:
+witness): the simulated 3-member etcd (majority, lease expiry on the witness's clock, each
+node's clock), the shipped witness scenarios, the agent pause with and without the watchdog,
+and the plans the policy makes (claim before promote, refresh not at every tick, step-down
+and release after the demote, a connected cluster serving on while etcd is down)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from adapters.sim.adapters import SimWitness
+from adapters.sim.world import World, WorldStore
+from reconciler.core.errors import TransientError
+from reconciler.core.plan import ActionKind, BlockKind, Plan, WarningKind
+from reconciler.core.safety import ViolationKind
+from reconciler.simulation import Simulation, load_scenario, new_simulation, run_scenario
+from tests.simcluster import ROOT, witness_spec
+
+SPEC = witness_spec()
+SCENARIOS = sorted((ROOT / "specs" / "scenarios" / "witness").glob("*.yaml"))
+N1, N2 = SPEC.node_names
+
+
+def kinds(plan: Plan) -> list[str]:
+    return [a.kind.value for a in plan.actions]
+
+
+# --- the simulated etcd ---------------------------------------------------------------------
+
+
+def witness_pair() -> tuple[World, SimWitness, SimWitness]:
+    world = World.fresh(SPEC)
+    store = WorldStore(world)
+    return world, SimWitness(store, N1, ttl=10.0), SimWitness(store, N2, ttl=10.0)
+
+
+def test_the_key_is_exclusive_and_its_lease_expires_on_the_witness_clock() -> None:
+    world, a, b = witness_pair()
+    assert a.observe().holder is None
+    a.claim()
+    with pytest.raises(TransientError, match="held by node1"):
+        b.claim()
+    world.now = 9.9
+    seen = b.observe()
+    assert seen.reachable and seen.holder == N1 and seen.lease_left is None
+    assert a.observe().lease_left == pytest.approx(0.1)
+    world.now = 10.0  # expired on etcd: the other node may claim
+    assert b.observe().holder is None
+    b.claim()
+    assert a.observe().holder == N2 and a.observe().lease_left is None
+
+
+def test_a_majority_answers_and_a_node_cut_from_etcd_does_not() -> None:
+    world, a, b = witness_pair()
+    a.claim()
+    world.witness.members = [True, False, True]
+    assert a.observe().reachable is True
+    world.witness.members = [True, False, False]
+    seen = a.observe()
+    assert seen.reachable is False and seen.error and seen.lease_left == pytest.approx(10.0)
+    with pytest.raises(TransientError, match="majority"):
+        a.claim()
+    world.witness.members = [True, True, True]
+    world.nodes[N2].etcd_cut = True
+    assert b.observe().reachable is False
+    world.nodes[N2].etcd_cut = False
+    world.nodes[N2].isolated = True  # off the switch: no etcd either
+    assert b.observe().reachable is False
+
+
+def test_lease_left_runs_on_the_nodes_own_clock_and_release_frees_the_key() -> None:
+    world, a, b = witness_pair()
+    world.nodes[N1].clock_rate = 0.99  # a slow clock believes in more lease
+    a.claim()
+    world.now = 5.0
+    assert a.observe().lease_left == pytest.approx(10.0 - 5.0 * 0.99)
+    a.release()
+    assert b.observe().holder is None and a.observe().lease_left is None
+
+
+# --- the scenarios and the pause --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", SCENARIOS, ids=lambda p: p.stem)
+def test_the_witness_scenarios_hold(path: Path) -> None:
+    loaded = load_scenario(path.read_text(), filename=str(path))
+    result = run_scenario(SPEC, loaded)
+    assert result.ok, f"{result.failed}\n{result.sim.timeline[-5:]}"
+    assert not result.sim.violations
+
+
+def test_without_the_watchdog_a_paused_primary_ends_in_two_primaries() -> None:
+    """The agent-pause scenario on a spec without the watchdog: node1's DRBD stays Primary
+    through the pause while node2 takes over on the expired lease. Software on a paused node
+    cannot prevent this; only the watchdog reset (or STONITH) can."""
+    path = ROOT / "specs" / "scenarios" / "witness" / "agent-pause.yaml"
+    result = run_scenario(witness_spec(watchdog=False), load_scenario(path.read_text()))
+    assert not result.ok
+    found = {f.violation.kind for f in result.sim.violations if f.violation is not None}
+    assert ViolationKind.TWO_PRIMARIES in found
+    with_dog = run_scenario(SPEC, load_scenario(path.read_text()))
+    assert with_dog.ok and with_dog.sim.counts["watchdog reset"] == 1
+
+
+def test_time_never_moves_past_a_running_agents_tick_rhythm() -> None:
+    sim = new_simulation(SPEC, fencing="resource-only")
+    sim.converge(max_rounds=3)
+    gap = SPEC.spec.witness.gap(SPEC.spec.timings.tick_interval)
+    assert sim.advance(100.0) <= gap
+    assert sim.advance(100.0) == 0.0  # nobody ticked since: time waits for them
+    sim.tick(N1)
+    assert sim.advance(100.0) == 0.0  # node2 has not
+    sim.tick(N2)
+    assert sim.advance(1.0) == 1.0
+
+
+# --- the plans --------------------------------------------------------------------------------
+
+
+def serving_cluster() -> Simulation:
+    sim = new_simulation(SPEC, fencing="resource-only")
+    sim.converge(max_rounds=3)
+    sim.tick(N1)
+    assert sim.w.witness_holder() == N1
+    return sim
+
+
+def test_an_idle_serving_node_refreshes_its_lease_only_below_the_threshold() -> None:
+    sim = serving_cluster()
+    plans = []
+    for _ in range(6):
+        sim.advance(2.0)
+        plans.append(kinds(sim.tick(N1)))
+        sim.tick(N2)
+    refreshes = sum(p == ["claim-witness"] for p in plans)
+    assert all(p in ([], ["claim-witness"]) for p in plans), plans
+    assert 0 < refreshes < len(plans), plans  # not at every tick
+
+
+def test_a_disconnected_node_claims_first_waits_the_settle_time_then_claims_before_promoting() -> (
+    None
+):
+    sim = serving_cluster()
+    sim.fault("crash", N1)
+    sim.set_pool_master(N2)
+    first = sim.tick(N2)
+    assert BlockKind.WITNESS_HELD in {b.kind for b in first.blocked}
+    for _ in range(10):
+        sim.advance(2.0)
+        sim.tick(N2)
+        if sim.w.witness_holder() != N1:
+            break
+    claimed = sim.last_plans[N2]
+    assert kinds(claimed) == ["claim-witness"]
+    assert BlockKind.WITNESS_CLAIM in {b.kind for b in claimed.blocked}
+    sim.advance(2.0)
+    waiting = sim.tick(N2)
+    assert BlockKind.WITNESS_SETTLING in {b.kind for b in waiting.blocked}
+    assert not waiting.actions
+    for _ in range(10):
+        if any(a.kind is ActionKind.PROMOTE for a in sim.last_plans[N2].actions):
+            break
+        sim.advance(2.0)
+        sim.tick(N2)
+    plan = sim.last_plans[N2]
+    assert kinds(plan)[:2] == ["claim-witness", "promote"]
+    assert plan.actions[1].after == (0,)  # the promotion runs only if the claim succeeded
+
+
+def test_a_cut_off_primary_stops_serving_before_its_lease_expires_and_keeps_it_connected() -> None:
+    sim = serving_cluster()
+    sim.fault("etcdDown")
+    for _ in range(3):
+        sim.advance(2.0)
+        plan = sim.tick(N1)
+        sim.tick(N2)
+        assert not plan.actions  # connected: etcd down does not stop the serving node
+        assert WarningKind.WITNESS_UNREACHABLE in {w.kind for w in plan.warnings}
+    sim.fault("etcdUp")
+    sim.advance(2.0)
+    assert kinds(sim.tick(N1)) == ["claim-witness"]  # the key is free again: claimed
+    sim.fault("etcdCut", N1)
+    sim.fault("replication", value=False)
+    left = []
+    for _ in range(10):
+        sim.advance(2.0)
+        plan = sim.tick(N1)
+        sim.tick(N2)
+        left.append(sim.w.lease_left(N1, 10.0))
+        if sim.serving_ok(N1) is not None:
+            break
+    assert kinds(plan) == ["stop-target", "remove-vip", "demote"]
+    assert WarningKind.WITNESS_STEP_DOWN in {w.kind for w in plan.warnings}
+    assert left[-1] is not None and left[-1] > 0  # before the lease can expire on etcd
+
+
+def test_the_old_primary_releases_the_key_after_its_demote_in_a_swap() -> None:
+    sim = serving_cluster()
+    sim.set_pool_master(N2)
+    plan = sim.tick(N1)
+    names = kinds(plan)
+    assert names[-1] == "release-witness" and "demote" in names
+    assert plan.actions[-1].after == (names.index("demote"),)
+    assert sim.w.witness_holder() is None
+    sim.tick(N2)
+    sim.advance(2.0)
+    assert kinds(sim.tick(N2)) == ["claim-witness"]  # the new primary claims it
+    assert sim.w.witness_holder() == N2
