@@ -248,7 +248,7 @@ def _liveness(
     'ping' is the resident in-process pinger (``adapters.pinger``) over the peer's management
     and replication addresses and the heuristics, with ``spec.liveness``' timings, inside the
     node's namespace for transport 'netns'. (The VM tier builds its own adapters with
-    ``PingLiveness``, ``ping`` through its executing transport.)"""
+    ``StreamLiveness``: ``ping`` streams through its executing transport.)"""
     if spec.spec.adapters.liveness == "sim":
         assert world is not None  # the spec requires drbd 'sim' for it
         return sim_liveness(world, node, spec)

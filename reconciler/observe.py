@@ -37,11 +37,16 @@ def observe(
     executor: Executor | None = None,
     timings: dict[str, float] | None = None,
 ) -> ObservedState:
-    """One observation of every concern. With an ``executor`` the concerns are observed
-    concurrently (the watch loop passes one: a tick then costs its slowest read, e.g. an ARP
-    probe or a ping to a dead peer, not their sum); without one, in order (deterministic, for
-    simulations that share one in-memory world); either way the role source and the operator's
-    choices are read last (see below). ``timings``, when given, receives the seconds
+    """One observation of every concern. With an ``executor`` (the watch loop passes one)
+    the VIPs and the hypervisor are read first, concurrently, then DRBD, the target and
+    liveness, concurrently, once the VIP read is in: the VIP read's ARP probe of a VIP that is
+    not here is the one read that waits on the network, while the others are caches fed by
+    event streams (DRBD events2, the resident tgtd's target list, the pinger), so reading them
+    after it costs nothing and gives the freshest state (in a planned swap the new primary's
+    tick that was probing while the peer stepped down sees the peer Secondary in that tick, not
+    the next one; measured in the VM tier). Without one, in order (deterministic, for
+    simulations that share one in-memory world). Either way the role source and the
+    operator's choices are read last (see below). ``timings``, when given, receives the seconds
     each concern's read took (keys: drbd, vip, target, role, operator, liveness, and
     hypervisor and witness when configured). The witness is read very last: its
     ``lease_left`` is then as fresh as it can be when the plan acts on it."""
@@ -61,25 +66,41 @@ def observe(
             return lambda: value
         return executor.submit(_guarded, name, read, fallback, timings).result
 
-    resources = start("drbd", lambda: adapters.drbd.observe(s.resources), drbd_unknown)
-    vips = start("vip", lambda: adapters.vip.observe(s.vips), vip_unknown)
-    target = start(
-        "target",
-        lambda: adapters.target.observe(s.target),
-        lambda exc: TargetObs(running=None, error=_err("target", exc)),
-    )
-    liveness = start("liveness", adapters.liveness.observe, lambda exc: Liveness())
-    hyper = adapters.hypervisor
-    hypervisor = (
-        start(
+    def read_drbd() -> Callable[[], tuple[ResourceObs, ...]]:
+        return start("drbd", lambda: adapters.drbd.observe(s.resources), drbd_unknown)
+
+    def read_rest() -> tuple[Callable[[], TargetObs], Callable[[], Liveness]]:
+        return (
+            start(
+                "target",
+                lambda: adapters.target.observe(s.target),
+                lambda exc: TargetObs(running=None, error=_err("target", exc)),
+            ),
+            start("liveness", adapters.liveness.observe, lambda exc: Liveness()),
+        )
+
+    def read_hypervisor() -> Callable[[], HypervisorObs]:
+        hyper = adapters.hypervisor
+        if hyper is None:
+            return lambda: HypervisorObs()
+        return start(
             "hypervisor",
             lambda: hyper.observe(s.target, s.vips),
             lambda exc: HypervisorObs(enabled=True, error=_err("hypervisor", exc)),
         )
-        if hyper is not None
-        else lambda: HypervisorObs()
-    )
-    slow = (tuple(resources()), tuple(vips()), target(), liveness(), hypervisor())
+
+    if executor is None:  # in order: drbd, vip, target, liveness, hypervisor
+        resources = read_drbd()
+        vip_obs = tuple(start("vip", lambda: adapters.vip.observe(s.vips), vip_unknown)())
+        target, liveness = read_rest()
+        hypervisor = read_hypervisor()
+    else:  # the VIPs (and the hypervisor) first; the cached concerns once the VIPs are in
+        vips = start("vip", lambda: adapters.vip.observe(s.vips), vip_unknown)
+        hypervisor = read_hypervisor()
+        vip_obs = tuple(vips())
+        resources = read_drbd()
+        target, liveness = read_rest()
+    slow = (tuple(resources()), vip_obs, target(), liveness(), hypervisor())
     leftovers = _leftovers(spec, adapters)
     # The role source and the operator's choices are read last, once the slower reads are in:
     # they are what a wake source watches (pool.conf, the operator file), so a change that

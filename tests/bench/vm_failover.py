@@ -25,7 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from tests.vm.cluster import NODES, RESOURCE, VmCluster
+from tests.vm.cluster import NODES, RESOURCE, VmCluster, timeline
 from tests.vm.image import build_image
 from tests.vm.machine import VmLab
 
@@ -46,9 +46,10 @@ def swap_round(c: VmCluster) -> tuple[float, float]:
     """Agents node1 -> node2, then by hand node2 -> node1."""
     w = c.client_write()
     assert w is not None
-    started = now()
+    started, wall = now(), time.time()
     c.set_master("node2")
     agent = (now() - started) + c.wait_client_read(w, via="node2")
+    TIMELINES.append(("swap", agent, timeline(c.agents, wall, wall + agent)))
     c.wait_roles("node2")
     with c.agents_paused():
         started = now()
@@ -75,12 +76,14 @@ def crash_round(c: VmCluster) -> tuple[float, float]:
     """Agents: kill node1, node2 takes over; node1 rejoins. Floor: kill node2, node1 by hand."""
     writer = c.writer()
     writer.wait_acked(2)
-    started = now()
+    started, wall = now(), time.time()
     c.lab["node1"].kill()
     c.agents["node1"].request_stop()
     c.set_master("node2")
     writer.stop()
     agent = (now() - started) + c.wait_client_read(writer.acked[-1], via="node2")
+    survivor = {"node2": c.agents["node2"]}
+    TIMELINES.append(("crash", agent, timeline(survivor, wall, wall + agent)))
     writer.join()
     c.agents["node1"].stop()
     restart(c, "node1", by_hand=False)
@@ -105,6 +108,9 @@ def crash_round(c: VmCluster) -> tuple[float, float]:
     return agent, floor
 
 
+TIMELINES: list[tuple[str, float, str]] = []  # (kind, agent seconds, the agents' ticks)
+
+
 def summary(name: str, rounds: list[tuple[float, float]]) -> dict[str, object]:
     agents = [a for a, _ in rounds]
     floors = [f for _, f in rounds]
@@ -120,6 +126,9 @@ def main() -> int:
     parser.add_argument("--swaps", type=int, default=5)
     parser.add_argument("--crashes", type=int, default=2)
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument(
+        "--timelines", action="store_true", help="print each round's agent ticks (per step)"
+    )
     args = parser.parse_args()
     lab = VmLab(build_image(log=True))
     results: dict[str, object] = {}
@@ -130,6 +139,9 @@ def main() -> int:
         c = VmCluster(lab, lab.directory)
         try:
             bring_up(c)
+            idle = c.idle_cost(5.0)
+            print(idle)
+            results["idle"] = idle
             swaps = [swap_round(c) for _ in range(args.swaps)]
             results["swap"] = summary("swap", swaps)
             crashes = [crash_round(c) for _ in range(args.crashes)]
@@ -139,6 +151,10 @@ def main() -> int:
             c.stop_agents()
     finally:
         lab.down()
+    if args.timelines:
+        for kind, seconds, text in TIMELINES:
+            print(f"{kind} {seconds:.2f}s: agent ticks (start, node, tick length, actions):")
+            print(text)
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
     return 0

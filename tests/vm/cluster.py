@@ -4,16 +4,21 @@
   link, VIP 198.51.100.3/24 on eth0, role source pool-conf with host-side pool.conf files,
   quorum policy whose heuristic address is the client VM's).
 - ``vm_adapters``: one node's real adapters on a ``VmConsole`` runner, built the way
-  ``adapters.factory`` builds real adapters for a node the agent does not run on: RealDrbd,
-  IpVip with ``CommandArp``, TgtAdapter with ``CommandProcessHost`` (tgtd's control directory
-  and PID file live in the VM), PingLiveness over the peer's management and replication
-  addresses, pool.conf, the operator store in the state directory.
+  ``adapters.factory`` builds real adapters for a node the agent does not run on. With
+  ``streams`` (the agents) observation is event-fed over the console's streams, so an idle
+  tick starts no process in the VM: EventFedDrbd (one ``drbdsetup events2``), MonitoredVip
+  (``ip -o monitor address link``, ``CommandArp``), StreamLiveness (one ``ping -O`` per peer
+  and heuristic address), TgtAdapter with ``CommandProcessHost`` (resident tgtd, its target
+  list cached and re-listed after each action and every ``timings.resync``; its exit seen
+  through its handle), all notifying one ``Wakeup``. Without ``streams`` (a one-shot
+  ``reconcile`` command) the polling adapters: RealDrbd, IpVip, PingLiveness.
 - ``AgentLoop``: one node's agent, ``reconciler.agent.tick`` in a thread (``reconcile --watch``
   in-process), recording every report and the alerts it raises.
 - ``VmCluster``: provisioning (DRBD configuration, metadata), pool.conf, client I/O over
   iSCSI through the VIP (qemu-io in the client VM), and the hand-scripted floors: the same
   drbdadm/ip/arping/tgtd/tgtadm commands the adapters issue, sent directly through the same
-  transport with no observation and no decisions.
+  transport with no observation and no decisions (tgtd resident: a takeover defines the
+  target on the running tgtd, a step-down deletes it and keeps tgtd, as the adapter does).
 """
 
 from __future__ import annotations
@@ -26,16 +31,20 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from adapters.base import Alert, NodeAdapters
+from adapters.base import Alert, DrbdAdapter, LivenessAdapter, NodeAdapters, VipAdapter
 from adapters.drbd import RealDrbd
 from adapters.drbd.parse import parse_status_text
+from adapters.drbd.stream import EventFedDrbd
 from adapters.factory import announce_record_path, wake_sources
 from adapters.liveness import PingLiveness
+from adapters.liveness_stream import StreamLiveness
 from adapters.poolconf import PoolConfRoleSource
 from adapters.runner import Process, Runner
 from adapters.state import FileOperatorStore
 from adapters.tgt import CommandProcessHost, TgtAdapter
 from adapters.vip import AnnounceRecord, CommandArp, IpVip
+from adapters.vip.monitor import MonitoredVip
+from adapters.wake import Wakeup
 from reconciler import loop
 from reconciler.agent import TickReport
 from reconciler.alerts import alerts_for
@@ -91,7 +100,7 @@ spec:
         scsiSn: TANDEMVM0001
     initiators: [ALL]
   timings:
-    tickInterval: 0.1
+    tickInterval: 1.0   # changes wake the agents (streams, inotify): the interval is a backstop
     commandTimeout: 10
   alerts:
     syslog: false
@@ -142,36 +151,58 @@ def drbd_config(spec: StorageCluster) -> dict[str, str]:
     return out
 
 
-def vm_adapters(spec: StorageCluster, node: str, runner: Runner, state_dir: Path) -> NodeAdapters:
+def vm_adapters(
+    spec: StorageCluster, node: str, runner: Runner, state_dir: Path, *, streams: bool = True
+) -> NodeAdapters:
     """The real adapters of ``node`` on its VM runner (see the module docstring)."""
-    timeout = spec.spec.timings.command_timeout
+    timings = spec.spec.timings
+    timeout = timings.command_timeout
     peer = spec.peer_of(node)
     peer_addresses = [str(a) for a in (peer.management_address, peer.replication_address) if a]
+    heuristics = [str(h) for h in spec.spec.promotion.heuristics]
     role_source = PoolConfRoleSource(Path(spec.node(node).pool_conf))
     operator = FileOperatorStore(state_dir / f"operator-{node}.json")
-    return NodeAdapters(
-        node=node,
-        drbd=RealDrbd(runner),
-        vip=IpVip(
+    wakeup = Wakeup()
+    record = AnnounceRecord(announce_record_path(state_dir, node))
+    real_drbd = RealDrbd(runner)
+    drbd: DrbdAdapter
+    vip: VipAdapter
+    liveness: LivenessAdapter
+    if streams:
+        drbd = EventFedDrbd(runner, real=real_drbd, wakeup=wakeup, resync=timings.resync)
+        vip = MonitoredVip(
             runner,
             arp=CommandArp(runner),
             command_timeout=timeout,
-            record=AnnounceRecord(announce_record_path(state_dir, node)),
-        ),
+            record=record,
+            wakeup=wakeup,
+            resync=timings.resync,
+        )
+        liveness = StreamLiveness(
+            runner, peer_addresses=peer_addresses, heuristics=heuristics, wakeup=wakeup
+        )
+    else:
+        drbd = real_drbd
+        vip = IpVip(runner, arp=CommandArp(runner), command_timeout=timeout, record=record)
+        liveness = PingLiveness(runner, peer_addresses=peer_addresses, heuristics=heuristics)
+    return NodeAdapters(
+        node=node,
+        drbd=drbd,
+        vip=vip,
         target=TgtAdapter(
             runner,
             control_dir=f"{TGT_DIR}/tgt-{node}",
             portal=spec.spec.vips[0].ip,
             host=CommandProcessHost(runner),
+            resync=timings.resync,
+            wakeup=wakeup,
         ),
         role_source=role_source,
-        liveness=PingLiveness(
-            runner,
-            peer_addresses=peer_addresses,
-            heuristics=[str(h) for h in spec.spec.promotion.heuristics],
-        ),
+        liveness=liveness,
         operator=operator,
         wake=wake_sources(role_source, operator, None),
+        wakeup=wakeup,
+        runner=runner,
     )
 
 
@@ -181,10 +212,17 @@ def vm_adapters(spec: StorageCluster, node: str, runner: Runner, state_dir: Path
 class AgentLoop:
     """One node's agent ticking in a thread (``reconcile --watch`` in-process)."""
 
-    def __init__(self, spec: StorageCluster, adapters: NodeAdapters) -> None:
+    def __init__(
+        self,
+        spec: StorageCluster,
+        adapters: NodeAdapters,
+        rebuild: Callable[[], NodeAdapters] | None = None,
+    ) -> None:
         self.spec = spec
         self.adapters = adapters
         self.node = adapters.node
+        self._rebuild = rebuild
+        self._used = False  # the loop closes its adapters when it ends: a restart needs new ones
         self.reports: list[TickReport] = []
         self.alerts: list[Alert] = []
         self.crashes: list[str] = []
@@ -199,6 +237,9 @@ class AgentLoop:
     def start(self) -> None:
         if self.running:
             return
+        if self._used and self._rebuild is not None:
+            self.adapters = self._rebuild()  # as a restarted agent process builds its own
+        self._used = True
         self._stop.clear()
         self._thread = threading.Thread(target=self._run, name=f"agent-{self.node}", daemon=True)
         self._thread.start()
@@ -319,6 +360,7 @@ class Timings:
     rows: list[Timing] = field(default_factory=list)
     boot: dict[str, float] = field(default_factory=dict)
     timelines: dict[str, str] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
 
     def row(self, scenario: str) -> Timing:
         """The row of ``scenario`` (created on first use; scenarios fill agent and floor)."""
@@ -339,6 +381,7 @@ class Timings:
             lines.append(f"{r.scenario:44s} {agent} {floor} {ratio}  {r.note}".rstrip())
         if self.boot:
             lines.append("boot (TCG): " + ", ".join(f"{k} {v:.1f}s" for k, v in self.boot.items()))
+        lines.extend(self.notes)
         for name, text in self.timelines.items():
             lines.append(f"agent ticks during {name} (start, node, tick length, actions):")
             lines.append(text)
@@ -424,7 +467,7 @@ class VmCluster:
         self.adapters = {
             n: vm_adapters(self.spec, n, self.runners[n], self.state_dir) for n in NODES
         }
-        self.agents = {n: AgentLoop(self.spec, self.adapters[n]) for n in NODES}
+        self.agents = {n: self._agent(n) for n in NODES}
         self.res = self.spec.spec.resources[0]
         self.writes: list[ClientWrite] = []
         self._next_block = 0
@@ -457,8 +500,15 @@ class VmCluster:
         """New adapters and a new agent for ``node`` (its agent process after a reboot)."""
         self.agents[node].stop()
         self.adapters[node] = vm_adapters(self.spec, node, self.runners[node], self.state_dir)
-        self.agents[node] = AgentLoop(self.spec, self.adapters[node])
+        self.agents[node] = self._agent(node)
         return self.agents[node]
+
+    def _agent(self, node: str) -> AgentLoop:
+        def rebuild() -> NodeAdapters:
+            self.adapters[node] = vm_adapters(self.spec, node, self.runners[node], self.state_dir)
+            return self.adapters[node]
+
+        return AgentLoop(self.spec, self.adapters[node], rebuild)
 
     def start_agents(self, *nodes: str) -> None:
         for n in nodes or NODES:
@@ -491,6 +541,19 @@ class VmCluster:
         secondary = next(n for n in NODES if n != primary)
         self.agents[primary].wait(serving, timeout, f"{primary} serving")
         self.agents[secondary].wait(standing_by, timeout, f"{secondary} standing by")
+
+    def idle_cost(self, seconds: float) -> str:
+        """The converged agents' ticks and process starts in their VMs over ``seconds`` (every
+        command and stream the node's runner started; nothing else uses it meanwhile)."""
+        before = {n: (self.runners[n].spawned, len(self.agents[n].reports)) for n in NODES}
+        time.sleep(seconds)
+        parts = []
+        for n in NODES:
+            spawned = self.runners[n].spawned - before[n][0]
+            ticks = len(self.agents[n].reports) - before[n][1]
+            per = f"{spawned / ticks:.2f}" if ticks else "-"
+            parts.append(f"{n} {ticks} ticks, {spawned} process starts ({per} per tick)")
+        return f"idle agents over {seconds:g}s: " + "; ".join(parts)
 
     # ------------------------------------------------------------------ observation
     def drbd(self, node: str) -> ResourceObs:
@@ -573,8 +636,9 @@ class VmCluster:
         return {"TGT_IPC_SOCKET": f"{TGT_DIR}/tgt-{node}/socket"}
 
     def promote_by_hand(self, node: str) -> None:
-        """The adapters' promote -> add VIP -> announce -> start target (tgtd, target, ACL)
-        -> export (LUN, IDs) commands."""
+        """The adapters' promote -> add VIP -> announce -> define the target on the resident
+        tgtd (started first only when none runs, e.g. after a boot) -> ACL -> export (LUN,
+        IDs) commands."""
         lun = self.spec.spec.target.luns[0]
         env = self._tgt_env(node)
         adm = ("tgtadm", "--lld", "iscsi")
@@ -582,18 +646,22 @@ class VmCluster:
         self._cmd(node, "ip", "addr", "add", VIP_CIDR, "dev", "eth0")
         r = self.runners[node]
         self._floor_procs.append(r.spawn(["arping", "-U", "-c", "3", "-I", "eth0", VIP]))
-        self._cmd(node, "mkdir", "-p", "-m", "0700", f"{TGT_DIR}/tgt-{node}")
-        self._floor_procs.append(
-            r.spawn(
-                ["tgtd", "-f", "--iscsi", f"portal={VIP}:3260"],
-                env=env,
-                log_path=f"{TGT_DIR}/tgt-{node}/tgtd.log",
-            )
-        )
-        # The adapter's first request to a fresh tgtd defines the target (repeated until
-        # tgtd answers): no separate readiness round.
         new = [*adm, "--mode", "target", "--op", "new", "--tid", "1", "-T", IQN]
-        wait_for(lambda: r.run(new, env=env, check=False).ok, 5, "tgtd answering", interval=0.002)
+        first = r.run(new, env=env, check=False)
+        if first.rc == 107:  # no tgtd answers: start it; its first answer defines the target
+            self._cmd(node, "mkdir", "-p", "-m", "0700", f"{TGT_DIR}/tgt-{node}")
+            self._floor_procs.append(
+                r.spawn(
+                    ["tgtd", "-f", "--iscsi", f"portal={VIP}:3260"],
+                    env=env,
+                    log_path=f"{TGT_DIR}/tgt-{node}/tgtd.log",
+                )
+            )
+            wait_for(
+                lambda: r.run(new, env=env, check=False).ok, 5, "tgtd answering", interval=0.002
+            )
+        elif not first.ok:
+            raise RuntimeError(f"{node}: tgtadm target new failed: {first.stderr.strip()}")
         self._cmd(
             node, *adm, "--mode", "target", "--op", "bind", "--tid", "1", "-I", "ALL", env=env
         )
@@ -626,34 +694,24 @@ class VmCluster:
         )
 
     def demote_by_hand(self, node: str) -> None:
-        """The adapters' stop target -> remove VIP -> demote commands."""
+        """The adapters' stop target (deleted with --force; tgtd stays resident) -> remove
+        VIP -> demote commands."""
         env = self._tgt_env(node)
+        delete = ["--mode", "target", "--op", "delete", "--force", "--tid", "1"]
+        self._cmd(node, "tgtadm", "--lld", "iscsi", *delete, env=env)
+        self._cmd(node, "ip", "addr", "del", VIP_CIDR, "dev", "eth0")
+        self._cmd(node, "drbdadm", "secondary", RESOURCE)
+
+    def stop_tgtd_by_hand(self, node: str) -> None:
+        """Stop the node's tgtd (not part of any floor: cleaning up after one)."""
         r = self.runners[node]
-        r.run(
-            ["tgtadm", "--mode", "sys", "--op", "update", "--name", "State", "-v", "offline"],
-            env=env,
+        # tgtd exits at once; tgtadm itself then waits for it: do not wait for tgtadm
+        self._floor_procs.append(
+            r.spawn(["tgtadm", "--op", "delete", "--mode", "system"], env=self._tgt_env(node))
         )
-        r.run(
-            [
-                "tgtadm",
-                "--lld",
-                "iscsi",
-                "--mode",
-                "target",
-                "--op",
-                "delete",
-                "--force",
-                "--tid",
-                "1",
-            ],
-            env=env,
-        )
-        self._floor_procs.append(r.spawn(["tgtadm", "--op", "delete", "--mode", "system"], env=env))
         wait_for(
             lambda: not r.run(["pidof", "tgtd"], check=False).ok, 5, "tgtd gone", interval=0.005
         )
-        self._cmd(node, "ip", "addr", "del", VIP_CIDR, "dev", "eth0")
-        self._cmd(node, "drbdadm", "secondary", RESOURCE)
 
     def reap_floor_processes(self) -> None:
         for p in self._floor_procs:

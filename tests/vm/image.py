@@ -56,7 +56,7 @@ from pathlib import Path
 
 GUEST_DIR = Path(__file__).resolve().parent / "guest"
 KERNEL_META_PACKAGE = "linux-image-amd64"
-BUILD_FORMAT = 1  # bump to invalidate every cached image
+BUILD_FORMAT = 2  # bump to invalidate every cached image (2: libgcc_s added)
 
 # Modules the guests load (by module name); their dependencies are added automatically.
 WANTED_MODULES = (
@@ -364,6 +364,7 @@ def _build(cache: Path, work: Path, inputs: Mapping[str, object], *, log: bool) 
         assert path
         dest = tool if tool.startswith("/") else f"/usr/sbin/{tool}"
         _copy_with_libs(Path(path), root, dest)
+    _dlopened_libs_into(root)
     agent = work / "tandem-agent"
     _run(["gcc", "-O2", "-Wall", "-o", str(agent), str(GUEST_DIR / "agent.c")])
     _copy_with_libs(agent, root, "/sbin/tandem-agent")
@@ -534,6 +535,21 @@ def _copy_with_libs(src: Path, root: Path, dest: str) -> None:
             if not dest_lib.exists():
                 dest_lib.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy(lib, dest_lib, follow_symlinks=True)
+
+
+def _dlopened_libs_into(root: Path) -> None:
+    """Libraries glibc loads at run time, which ``ldd`` does not list: ``libgcc_s.so.1``
+    (``pthread_cancel``/``pthread_exit`` unwind with it; without it a process that cancels a
+    thread aborts with "libgcc_s.so.1 must be installed for pthread_cancel to work" - tgtd
+    does, when a target with a LUN is deleted, so it died at every stop of the target)."""
+    found = _run(["gcc", "-print-file-name=libgcc_s.so.1"]).strip()
+    lib = Path(found)
+    if not lib.is_absolute() or not lib.exists():
+        raise ImageError("libgcc_s.so.1 not found on the host (package libgcc-s1)")
+    real = lib.resolve()
+    dest = root / "lib/x86_64-linux-gnu/libgcc_s.so.1"
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy(real, dest, follow_symlinks=True)
 
 
 def _cpio_gz(root: Path, out: Path) -> None:

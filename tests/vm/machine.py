@@ -207,8 +207,10 @@ class Vm:
 
     def command(self) -> list[str]:
         s = self.spec
+        # no_timer_check: under TCG on a starved host the kernel's boot-time timer IRQ check
+        # can fail ("IO-APIC + timer doesn't work!", a panic seen here at load average ~7).
         append = (
-            "console=ttyS0 quiet panic=-1 ipv6.disable=1 "
+            "console=ttyS0 quiet panic=-1 ipv6.disable=1 no_timer_check "
             f"tandem.name={s.name} tandem.eth0={s.eth0}"
             + (f" tandem.eth1={s.eth1}" if s.eth1 else "")
         )

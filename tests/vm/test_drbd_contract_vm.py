@@ -1,9 +1,10 @@
 """The real half of the DRBD adapter contract: every test function of
 ``tests/contract/test_drbd_contract.py``, collected here as well, against real DRBD 8.4 in the
-VM tier's node VMs, twice: ``RealDrbd`` on each node's console runner (as the VM scenarios use
-it, one status command per observe) and ``EventFedDrbd`` (one ``drbdsetup events2`` stream per
-node through the console transport's ``stream``; skipped, with the reason, while the console
-transport cannot stream).
+VM tier's node VMs, twice: ``RealDrbd`` on each node's console runner (as the scenarios'
+one-shot ``reconcile`` commands use it, one status command per observe) and ``EventFedDrbd``
+(as the scenarios' agents use it: one ``drbdsetup events2`` stream per node through the
+console transport's ``stream``; skipped, with the reason, on a transport that cannot
+stream).
 
 The module borrows the session's VMs (``vm_cluster``) before the scenarios do, and hands them
 back with DRBD down. Once per module the resource is configured on both nodes with fresh
@@ -68,7 +69,7 @@ def drbd_env(request: pytest.FixtureRequest, cold_cluster: VmCluster) -> Iterato
     event_fed = request.param == "events2"
     if event_fed and not all(cold_cluster.runners[n].can_stream for n in NODES):
         pytest.skip(
-            "the VM console transport cannot stream (no stream() on it yet): the event-fed "
+            "the VM console transport cannot stream: the event-fed "
             "DRBD adapter needs Runner.stream through it"
         )
     env = env_of(cold_cluster, event_fed=event_fed)

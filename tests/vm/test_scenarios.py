@@ -45,7 +45,8 @@ def reconcile(c: VmCluster, node: str, *args: str) -> Result:
     actors on one node at once race (see the report to the lead)."""
 
     def build(spec: object, n: str, sdir: object, *, dry_run: bool = False) -> object:
-        return vm_adapters(c.spec, n, c.runners[n], c.state_dir)
+        # A one-shot command polls (streams would outlive it in the VM).
+        return vm_adapters(c.spec, n, c.runners[n], c.state_dir, streams=False)
 
     argv = [*args, "-f", str(c.spec_path), "--node", node, "--state-dir", str(c.state_dir)]
     with c.agents_paused(node), pytest.MonkeyPatch.context() as mp:
@@ -90,8 +91,9 @@ def test_fresh_bring_up(vm_cluster: VmCluster) -> None:
     w = c.client_write()
     assert w is not None and c.client_verify([w]), "client I/O after the hand-made bring-up"
     floor = now() - started
-    # back to blank disks
+    # back to blank disks (and no tgtd: the agents start their own)
     c.demote_by_hand("node1")
+    c.stop_tgtd_by_hand("node1")
     for n in NODES:
         c.runners[n].run(["drbdadm", "down", RESOURCE])
         c.provision(n, create_md=True)
@@ -128,6 +130,7 @@ def test_planned_swap(vm_cluster: VmCluster) -> None:
     data through the VIP from the new primary."""
     c = vm_cluster
     c.wait_roles("node1")
+    TIMINGS.notes.append(c.idle_cost(3.0))  # a figure, not a check: printed with the table
     w = c.client_write()
     assert w is not None
 

@@ -219,3 +219,150 @@ def test_an_unreachable_vm_is_transient_and_ping_says_no(tmp_path: Path) -> None
     with pytest.raises(TransientError, match="not reachable"):
         Runner(transport=console).run(["true"])
     assert console.ping(0.2) is False
+
+
+# ------------------------------------------------------------------------------ streams
+
+
+class Lines:
+    """What a stream delivered: its lines in order, then its end (exactly once)."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+        self.ends: list[int] = []
+        self.ended = threading.Event()
+
+    def on_line(self, line: str) -> None:
+        self.lines.append(line)
+
+    def on_end(self, rc: int) -> None:
+        self.ends.append(rc)
+        self.ended.set()
+
+
+def test_a_stream_delivers_lines_as_they_come_then_its_exit(
+    console: VmConsole, tmp_path: Path
+) -> None:
+    go = tmp_path / "go"
+    got = Lines()
+    script = (
+        f"echo first; echo noise >&2; until [ -e {go} ]; do sleep 0.01; done; "
+        "printf 'x\\ntail'; exit 3"
+    )
+    proc = console.stream(["sh", "-c", script], on_line=got.on_line, on_end=got.on_end)
+    assert proc.pid > 0
+    # "first" arrives while the command still runs (it waits for the file): streamed, not
+    # collected at the end.
+    wait_for("the first line", lambda: got.lines == ["first"], timeout=5)
+    assert proc.poll() is None and not got.ends
+    go.touch()
+    assert proc.wait(5) == 3
+    assert got.lines == ["first", "x", "tail"]  # stderr dropped; the unterminated last line kept
+    assert got.ends == [3]
+
+
+def test_killing_a_stream_kills_its_process_group_and_ends_it_once(console: VmConsole) -> None:
+    got = Lines()
+    proc = console.stream(
+        ["sh", "-c", "sleep 30 & echo $!; wait"], on_line=got.on_line, on_end=got.on_end
+    )
+    wait_for("the child's pid", lambda: len(got.lines) == 1, timeout=5)
+    child = int(got.lines[0])
+    proc.kill()
+    assert proc.wait(5) == -9
+    wait_for(
+        f"the stream's child {child} to be killed",
+        lambda: not Path(f"/proc/{child}").exists(),
+        timeout=2,
+    )
+    proc.kill()  # ended: a no-op
+    assert got.ends == [-9]
+
+
+def test_many_streams_and_commands_share_one_connection(console: VmConsole) -> None:
+    streams = [Lines() for _ in range(8)]
+    procs = [
+        console.stream(
+            ["sh", "-c", f"for i in 1 2 3 4 5; do echo {n}-$i; sleep 0.01; done"],
+            on_line=s.on_line,
+            on_end=s.on_end,
+        )
+        for n, s in enumerate(streams)
+    ]
+    assert console.execute(["echo", "meanwhile"], timeout=5).stdout == "meanwhile\n"
+    for proc in procs:
+        assert proc.wait(10) == 0
+    for n, s in enumerate(streams):
+        assert s.lines == [f"{n}-{i}" for i in range(1, 6)]
+        assert s.ends == [0]
+
+
+def test_a_callback_may_run_commands_on_the_same_console(console: VmConsole) -> None:
+    answers: list[str] = []
+    done = threading.Event()
+
+    def on_line(line: str) -> None:
+        answers.append(console.execute(["echo", f"saw {line}"], timeout=5).stdout.strip())
+
+    proc = console.stream(["echo", "it"], on_line=on_line, on_end=lambda rc: done.set())
+    assert proc.wait(10) == 0 and done.is_set()
+    assert answers == ["saw it"]
+
+
+def test_a_stream_that_cannot_start_raises_and_calls_nothing(console: VmConsole) -> None:
+    got = Lines()
+    with pytest.raises(FileNotFoundError, match="no-such-streamer-xyz"):
+        console.stream(["no-such-streamer-xyz"], on_line=got.on_line, on_end=got.on_end)
+    assert console.execute(["true"], timeout=5).rc == 0
+    assert got.lines == [] and got.ends == []
+
+
+def test_a_vm_crash_ends_every_stream_with_minus_9_and_streams_start_again(
+    console: VmConsole, server: AgentServer
+) -> None:
+    first, second = Lines(), Lines()
+    pids: list[int] = []
+    for got in (first, second):
+        console.stream(
+            ["sh", "-c", "echo $$; exec sleep 30"], on_line=got.on_line, on_end=got.on_end
+        )
+    wait_for("both streams running", lambda: len(first.lines) == len(second.lines) == 1, timeout=5)
+    pids = [int(first.lines[0]), int(second.lines[0])]
+    server.crash()
+    assert first.ended.wait(5) and second.ended.wait(5)
+    assert first.ends == [-9] and second.ends == [-9]
+    for orphan in pids:  # on the host they outlive the agent (a VM's die with it)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(orphan, 9)
+    again = Lines()
+    assert console.stream(["echo", "back"], on_line=again.on_line, on_end=again.on_end).wait(5) == 0
+    assert again.lines == ["back"]
+
+
+def test_closing_the_connection_makes_the_agent_end_its_streams(console: VmConsole) -> None:
+    got = Lines()
+    console.stream(["sh", "-c", "echo $$; exec sleep 30"], on_line=got.on_line, on_end=got.on_end)
+    wait_for("the stream's pid", lambda: len(got.lines) == 1, timeout=5)
+    pid = int(got.lines[0])
+    console.close()
+    assert got.ended.wait(5) and got.ends == [-9]
+    # The agent saw its host go away and killed the stream's process group.
+    wait_for(f"stream {pid} killed by the agent", lambda: not _alive(pid), timeout=5)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_the_runner_streams_through_the_console_and_counts_it(runner: Runner) -> None:
+    got = Lines()
+    before = runner.spawned
+    proc = runner.stream(["printf", "a\\nb\\n"], on_line=got.on_line, on_end=got.on_end)
+    assert proc.wait(5) == 0
+    assert (got.lines, got.ends, runner.spawned - before) == (["a", "b"], [0], 1)
+    with pytest.raises(TerminalError, match="command not found: no-such-streamer-xyz"):
+        runner.stream(["no-such-streamer-xyz"], on_line=got.on_line, on_end=got.on_end)

@@ -25,6 +25,14 @@ Invariants:
   VM) and returns a handle with ``pid`` (the VM's PID), ``poll``, ``wait`` and ``kill``; the
   agent reports the exit, so ``poll`` is a local lookup. When the connection breaks (the VM
   died) a handle whose exit was not reported reports ``-9``.
+- ``stream`` starts a long-running command in the VM (its own session, stderr dropped) whose
+  stdout comes back as it is written: ``on_line(line)`` for every line (no trailing newline;
+  a last line without one is delivered at the end), then ``on_end(rc)`` exactly once, both
+  from one delivery thread per stream (so a slow callback holds up only its own stream, and
+  a callback may itself run commands on the same console). ``rc`` is the exit code, or minus
+  the signal (``kill`` gives -9); when the connection breaks (the VM died) or is closed, every
+  stream ends with -9, and the agent kills the streams of a connection that went away. Many
+  streams run at once on one connection.
 - Only the environment variables the caller names are sent (merged into the agent's own
   environment in the VM): the host's environment never leaks into the VM.
 
@@ -36,14 +44,15 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import queue
 import re
 import socket
 import sys
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-__all__ = ["Completed", "VmConsole", "VmProcess"]
+__all__ = ["Completed", "VmConsole", "VmProcess", "VmStream"]
 
 _LOST = -9  # exit status reported for a process whose VM connection broke
 
@@ -111,6 +120,99 @@ class VmProcess:
                 self._session.send(f"K {self._id}\n".encode())
 
 
+class VmStream:
+    """A command started by ``VmConsole.stream`` (see the module docstring): a ``Process``
+    whose stdout lines go to ``on_line`` and whose end goes to ``on_end``, from its own
+    delivery thread. ``wait``/``poll`` report the end once ``on_end`` has returned."""
+
+    def __init__(
+        self,
+        console: VmConsole,
+        session: _Session,
+        ident: int,
+        on_line: Callable[[str], None],
+        on_end: Callable[[int], None],
+    ) -> None:
+        self._console = console
+        self._session = session
+        self._id = ident
+        self._pid = 0
+        self._on_line = on_line
+        self._on_end = on_end
+        self._queue: queue.SimpleQueue[bytes | int] = queue.SimpleQueue()
+        self._done = threading.Event()
+        self._status: int | None = None
+        self._ending = False  # an end was queued: later ends are ignored
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    @property
+    def pid(self) -> int:
+        return self._pid
+
+    @property
+    def returncode(self) -> int | None:
+        return self._status
+
+    def _begin(self, pid: int) -> None:
+        """The agent started it: deliver what came (and comes) from now on."""
+        self._pid = pid
+        self._thread = threading.Thread(
+            target=self._deliver, name=f"vmstream-{self._console.label}-{self._id}", daemon=True
+        )
+        self._thread.start()
+
+    def _data(self, data: bytes) -> None:
+        self._queue.put(data)
+
+    def _ended(self, status: int) -> None:
+        with self._lock:
+            if self._ending:
+                return
+            self._ending = True
+        self._queue.put(status)
+
+    def _deliver(self) -> None:
+        pending = b""
+        while True:
+            item = self._queue.get()
+            if isinstance(item, int):
+                if pending:
+                    self._call(self._on_line, pending)
+                with contextlib.suppress(Exception):  # a callback's bug must not hide the end
+                    self._on_end(item)
+                self._status = item
+                self._done.set()
+                return
+            pending += item
+            *lines, pending = pending.split(b"\n")
+            for line in lines:
+                self._call(self._on_line, line)
+
+    @staticmethod
+    def _call(on_line: Callable[[str], None], line: bytes) -> None:
+        with contextlib.suppress(Exception):  # one bad line must not end the delivery
+            on_line(line.decode("utf-8", "replace"))
+
+    def poll(self) -> int | None:
+        return self._status
+
+    def wait(self, timeout: float | None = None) -> int:
+        """The exit status (after ``on_end`` returned); ``TimeoutError`` when still running."""
+        if not self._done.wait(timeout):
+            raise TimeoutError(f"stream {self._pid} in {self._console.label} still runs")
+        assert self._status is not None
+        return self._status
+
+    def kill(self) -> None:
+        """SIGKILL the command's process group (it ends with -9); a no-op once it ended."""
+        if not self._ending:
+            try:
+                self._session.send(f"K {self._id}\n".encode())
+            except OSError:
+                self._ended(_LOST)  # the connection is gone: so is the stream
+
+
 class _Session:
     """One connection to the agent: a socket, a reader thread and the waiting calls."""
 
@@ -120,6 +222,7 @@ class _Session:
         self.lock = threading.Lock()
         self.waiters: dict[int, _Waiter] = {}
         self.procs: dict[int, VmProcess] = {}
+        self.streams: dict[int, VmStream] = {}
         self.early_exits: dict[int, int] = {}  # exits reported before spawn() took the handle
         self.alive = True
         self.error = ""
@@ -144,8 +247,10 @@ class _Session:
             self.error = why
             waiters = list(self.waiters.values())
             procs = list(self.procs.values())
+            streams = list(self.streams.values())
             self.waiters.clear()
             self.procs.clear()
+            self.streams.clear()
         with contextlib.suppress(OSError):
             self.sock.shutdown(socket.SHUT_RDWR)
         with contextlib.suppress(OSError):
@@ -155,6 +260,8 @@ class _Session:
             w.done.set()
         for p in procs:
             p._ended(_LOST)
+        for st in streams:
+            st._ended(_LOST)
 
     def _read(self) -> None:
         buf = bytearray()
@@ -191,6 +298,17 @@ class _Session:
                     w.stdout, w.stderr = body[:nout], body[nout:]
                     w.done.set()
                 continue
+            if kind == "D" and len(head) == 3:
+                size = int(head[2])
+                if len(buf) < nl + 1 + size:
+                    return  # wait for the rest of the chunk
+                data = bytes(buf[nl + 1 : nl + 1 + size])
+                del buf[: nl + 1 + size]
+                with self.lock:
+                    stream = self.streams.get(int(head[1]))
+                if stream is not None:
+                    stream._data(data)
+                continue
             del buf[: nl + 1]
             ident = int(head[1]) if len(head) > 1 and head[1].isdigit() else -1
             if kind == "O" or (kind == "S" and len(head) == 3):
@@ -210,9 +328,12 @@ class _Session:
                     w.done.set()
             elif kind == "Z" and len(head) == 3:
                 with self.lock:
-                    proc = self.procs.pop(ident, None)
-                    if proc is None:
+                    stream = self.streams.pop(ident, None)
+                    proc = self.procs.pop(ident, None) if stream is None else None
+                    if stream is None and proc is None:
                         self.early_exits[ident] = int(head[2])
+                if stream is not None:
+                    stream._ended(int(head[2]))
                 if proc is not None:
                     proc._ended(int(head[2]))
             # anything else: noise (ignored)
@@ -364,6 +485,39 @@ class VmConsole:
         elif not session.alive:
             proc._ended(_LOST)
         return proc
+
+    def stream(
+        self,
+        argv: Sequence[str],
+        *,
+        on_line: Callable[[str], None],
+        on_end: Callable[[int], None],
+        env: Mapping[str, str] | None = None,
+    ) -> VmStream:
+        """Start ``argv`` in the VM and stream its stdout lines (see the module docstring).
+        Raises like ``spawn`` when it cannot start (then neither callback is called)."""
+        session = self._connect()
+        ident = next(self._ids)
+        payload = _payload(argv, env, b"")
+        handle = VmStream(self, session, ident, on_line, on_end)
+        waiter = self._register(session, ident)
+        with session.lock:
+            session.streams[ident] = handle  # before the request: its first lines may race in
+        try:
+            session.send(f"X {ident} t 0 {len(payload)}\n".encode() + payload)
+            if not waiter.done.wait(self.connect_timeout + self.slack):
+                session._take(ident)
+                with contextlib.suppress(OSError):
+                    session.send(f"K {ident}\n".encode())
+                raise TimeoutError(f"{self.label}: no answer to stream {argv[0]}")
+            self._raise_failure(waiter, argv)
+        except BaseException:
+            with session.lock:
+                session.streams.pop(ident, None)
+            raise
+        assert waiter.pid is not None
+        handle._begin(waiter.pid)
+        return handle
 
     def _raise_failure(self, waiter: _Waiter, argv: Sequence[str]) -> None:
         if waiter.error is not None:

@@ -15,7 +15,10 @@
  *                                           mode r: the command's stdin bytes (the rest)
  *                                           mode s: a log path for stdout+stderr (the rest;
  *                                                   empty = /dev/null)
- *     K <id>                                SIGKILL command <id> (mode r: its process group)
+ *                                           mode t: nothing (a stream: stdout is sent as
+ *                                                   it comes, stderr is dropped)
+ *     K <id>                                SIGKILL command <id> (modes r, t: its process
+ *                                           group)
  *
  *   guest -> host
  *     O <id>                                pong
@@ -23,8 +26,11 @@
  *                                           status: exit code, or -signal; tmo 1 = killed
  *                                           at its deadline
  *     F <id> <errno>                        exec failed (2 = command not found)
- *     S <id> <pid>                          mode s started
- *     Z <id> <status>                       a mode s process ended
+ *     S <id> <pid>                          mode s or t started
+ *     D <id> <n>                            then <n> bytes of a mode t command's stdout, as
+ *                                           they came (not cut at lines)
+ *     Z <id> <status>                       a mode s or t process ended (mode t: after its
+ *                                           last D, once its stdout closed)
  *     E <id> <reason>                       the request could not be served
  *
  * ``tandem-agent fd:N`` serves an inherited socket instead (the transport's tests run the agent
@@ -210,7 +216,9 @@ static void start_job(unsigned long id, char mode, long timeout_ms, char *payloa
     j->id = id;
     j->mode = mode;
     int in_fd = -1, out[2] = {-1, -1}, err[2] = {-1, -1}, ex[2] = {-1, -1};
-    if (mode == 'r') {
+    if (mode == 't') {
+        if (pipe2(out, O_CLOEXEC)) goto fail;
+    } else if (mode == 'r') {
         char path[64];
         snprintf(path, sizeof path, "/tmp/.agent-stdin-%lu", id);
         in_fd = open(path, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
@@ -244,7 +252,12 @@ static void start_job(unsigned long id, char mode, long timeout_ms, char *payloa
         signal(SIGCHLD, SIG_DFL);
         signal(SIGPIPE, SIG_DFL);
         setsid();
-        if (mode == 'r') {
+        if (mode == 't') {
+            int nul = open("/dev/null", O_RDWR);
+            dup2(nul, 0);
+            dup2(out[1], 1);
+            dup2(nul, 2);
+        } else if (mode == 'r') {
             int nul = open("/dev/null", O_RDONLY);
             dup2(in_fd >= 0 ? in_fd : nul, 0);
             dup2(out[1], 1);
@@ -278,11 +291,9 @@ static void start_job(unsigned long id, char mode, long timeout_ms, char *payloa
         int st;
         while (waitpid(pid, &st, 0) < 0 && errno == EINTR) {
         }
-        if (out[0] >= 0) {
-            close(out[0]);
-            close(out[1]);
-            close(err[0]);
-            close(err[1]);
+        for (int i = 0; i < 2; i++) {
+            if (out[i] >= 0) close(out[i]);
+            if (err[i] >= 0) close(err[i]);
         }
         j->used = 0;
         sendf("F %lu %d\n", id, child_errno);
@@ -299,6 +310,11 @@ static void start_job(unsigned long id, char mode, long timeout_ms, char *payloa
         fcntl(j->out_fd, F_SETFL, O_NONBLOCK);
         fcntl(j->err_fd, F_SETFL, O_NONBLOCK);
         if (timeout_ms > 0) j->deadline = now_ms() + timeout_ms;
+    } else if (mode == 't') {
+        close(out[1]);
+        j->out_fd = out[0];
+        fcntl(j->out_fd, F_SETFL, O_NONBLOCK);
+        sendf("S %lu %d\n", id, (int)pid);
     } else {
         sendf("S %lu %d\n", id, (int)pid);
     }
@@ -330,6 +346,23 @@ static void finish_job(struct job *j) {
         sendf("Z %lu %d\n", j->id, encode_status(j->status));
     }
     free_job(j);
+}
+
+/* A stream's stdout: everything readable now goes to the host at once ("D" chunks). */
+static void drain_stream(struct job *j) {
+    char chunk[65536];
+    for (;;) {
+        ssize_t n = read(j->out_fd, chunk, sizeof chunk);
+        if (n > 0) {
+            sendf("D %lu %zd\n", j->id, n);
+            if (host_open) buf_add(&outq, chunk, (size_t)n);
+            continue;
+        }
+        if (n < 0 && (errno == EAGAIN || errno == EINTR)) return;
+        close(j->out_fd); /* EOF or error */
+        j->out_fd = -1;
+        return;
+    }
 }
 
 static void reap(void) {
@@ -377,14 +410,14 @@ static void handle_line(char *line, size_t payload_avail, size_t *consumed_paylo
         sendf("O %lu\n", id);
     } else if (line[0] == 'K' && sscanf(line, "K %lu", &id) == 1) {
         struct job *j = find_job(id);
-        if (j && !j->exited) kill(j->mode == 'r' ? -j->pid : j->pid, SIGKILL);
+        if (j && !j->exited) kill(j->mode == 's' ? j->pid : -j->pid, SIGKILL);
     } else if (line[0] == 'X' && sscanf(line, "X %lu %c %ld %zu", &id, &mode, &timeout_ms, &len) == 4) {
         if (payload_avail < len) {
             *need_more = 1;
             return;
         }
         *consumed_payload = len;
-        if (mode != 'r' && mode != 's') {
+        if (mode != 'r' && mode != 's' && mode != 't') {
             sendf("E %lu bad-mode\n", id);
             return;
         }
@@ -411,6 +444,9 @@ static void process_input(void) {
 }
 
 static void host_closed(void) {
+    /* nobody reads the streams any more: end them (a new connection starts its own) */
+    for (int i = 0; i < MAX_JOBS; i++)
+        if (jobs[i].used && jobs[i].mode == 't' && !jobs[i].exited) kill(-jobs[i].pid, SIGKILL);
     host_open = 0;
     outq.len = 0;
     inbuf.len = 0;
@@ -459,7 +495,7 @@ int main(int argc, char **argv) {
         long long wake = host_open ? -1 : retry_at;
         for (int i = 0; i < MAX_JOBS; i++) {
             struct job *j = &jobs[i];
-            if (!j->used || j->mode != 'r') continue;
+            if (!j->used || j->mode == 's') continue;
             if (j->out_fd >= 0) {
                 fds[nf].fd = j->out_fd;
                 fds[nf].events = POLLIN;
@@ -487,19 +523,21 @@ int main(int argc, char **argv) {
             if (!fds[k].revents || !owner[k]) continue;
             struct job *j = owner[k];
             if (!j->used) continue;
-            if (fds[k].fd == j->out_fd) drain_fd(j, &j->out_fd, &j->out);
+            if (fds[k].fd == j->out_fd && j->mode == 't') drain_stream(j);
+            else if (fds[k].fd == j->out_fd) drain_fd(j, &j->out_fd, &j->out);
             else if (fds[k].fd == j->err_fd) drain_fd(j, &j->err_fd, &j->err);
         }
         now = now_ms();
         for (int i = 0; i < MAX_JOBS; i++) {
             struct job *j = &jobs[i];
-            if (!j->used || j->mode != 'r') continue;
+            if (!j->used || j->mode == 's') continue;
             if (!j->exited && j->deadline && now >= j->deadline && !j->timed_out) {
                 j->timed_out = 1;
                 kill(-j->pid, SIGKILL);
             }
             if (j->exited && ((j->out_fd < 0 && j->err_fd < 0) || now >= j->reaped_at + REAP_GRACE_MS)) {
-                if (j->out_fd >= 0) drain_fd(j, &j->out_fd, &j->out);
+                if (j->out_fd >= 0 && j->mode == 't') drain_stream(j);
+                else if (j->out_fd >= 0) drain_fd(j, &j->out_fd, &j->out);
                 if (j->err_fd >= 0) drain_fd(j, &j->err_fd, &j->err);
                 finish_job(j);
             }
