@@ -16,7 +16,9 @@ Invariants:
   interval``, so rounds never overlap), or is already queued on the socket when the thread
   looks at the deadline (the thread being late must not look like a silent peer); replies are
   matched by source address and sequence number, so a late reply never counts for a later
-  round.
+  round. The replies are read once per round, at its deadline (``timeout`` after the probe),
+  not as they come: one thread wake per round (two when ``timeout < interval``), and each
+  round's verdict, answered or not, is taken at its deadline.
 - Each address is ``None`` (unknown) until it answered once or missed ``misses`` rounds in a
   row; then True after any answered round, False after ``misses`` consecutive rounds without a
   reply (a send refused with "network/host unreachable" or "network down" is no reply, as
@@ -43,7 +45,6 @@ import errno
 import ipaddress
 import logging
 import os
-import select
 import socket
 import struct
 import threading
@@ -273,11 +274,20 @@ class Pinger:
             self.wakeup.notify("peer liveness")
 
     def _loop(self, sock: socket.socket, raw: bool) -> None:
+        sock.setblocking(False)
         seq = 0
         next_send = self.clock()
         while not self._stop.is_set():
             seq = (seq + 1) & 0xFFFF
-            answered = self._probe(sock, raw, seq)
+            sent = self.clock()
+            pending = self._send(sock, seq)
+            # The replies are not read as they come (a thread wake each, most of an idle
+            # agent's pinger cost): they queue on the socket, read once at the round's
+            # deadline. A dead peer is seen at the same instant; an answering one is known at
+            # the deadline instead of at its reply (at most ``timeout`` later).
+            if pending and self._stop.wait(max(0.0, sent + self.timeout - self.clock())):
+                return
+            answered = self._drain(sock, raw, seq, pending)
             with self._lock:
                 changed = self._tracker.round(answered)
                 self._changes += changed
@@ -291,12 +301,12 @@ class Pinger:
             now = self.clock()
             if next_send < now:  # fell behind (a stalled machine): start afresh, no burst
                 next_send = now
-            self._stop.wait(next_send - now)
+            if next_send > now:  # with timeout == interval the round's wait was this one
+                self._stop.wait(next_send - now)
 
-    def _probe(self, sock: socket.socket, raw: bool, seq: int) -> set[str]:
-        """One round: an echo request to every address, then replies until ``timeout``."""
+    def _send(self, sock: socket.socket, seq: int) -> set[str]:
+        """An echo request to every address; the addresses it could be sent to."""
         packet = echo_request(self._ident, seq)
-        sent = self.clock()
         pending: set[str] = set()
         for address in self.addresses:
             try:
@@ -306,19 +316,21 @@ class Pinger:
                     continue  # no route / link down: no reply this round
                 raise
             pending.add(address)
+        return pending
+
+    def _drain(self, sock: socket.socket, raw: bool, seq: int, pending: set[str]) -> set[str]:
+        """The addresses in ``pending`` whose reply to ``seq`` is queued on the (non-blocking)
+        socket, reading everything queued: the replies that came within the round's
+        ``timeout`` (the thread being late to read them must not look like a silent peer);
+        a late reply to an earlier round does not count (matched by sequence number)."""
         answered: set[str] = set()
-        while pending:
-            # Past the deadline, replies already queued still count (one poll, no wait): they
-            # came in time, this thread was late to read them (a loaded machine, the GIL), and
-            # that must not look like a silent peer.
-            left = max(0.0, sent + self.timeout - self.clock())
-            ready, _, _ = select.select([sock], [], [], left)
-            if not ready:
-                break
+        while True:
             try:
                 data, (source, _port) = sock.recvfrom(2048)
+            except BlockingIOError:
+                return answered
             except OSError as exc:
-                if exc.errno in _NO_ANSWER or exc.errno in (errno.EAGAIN, errno.ECONNREFUSED):
+                if exc.errno in _NO_ANSWER or exc.errno == errno.ECONNREFUSED:
                     continue  # an ICMP error queued on a ping socket: no reply from there
                 raise
             reply = parse_echo_reply(data, raw=raw)
@@ -328,6 +340,4 @@ class Pinger:
             # A ping socket's kernel rewrites the identifier (its "port") and only hands this
             # socket its own replies; a raw socket sees every echo reply in the namespace.
             if got_seq == seq and (ident == self._ident or not raw):
-                pending.discard(source)
                 answered.add(source)
-        return answered

@@ -96,6 +96,26 @@ def test_world_wake_ignores_the_step_counter(tmp_path: Path, spec: StorageCluste
     assert wake.fingerprint() != before
 
 
+def test_a_step_alone_does_not_rewrite_the_world_file(tmp_path: Path, spec: StorageCluster) -> None:
+    """An idle agent's observation only advances the step counter: the file is not written
+    (each write would wake both agents' file watchers; that step is not counted); a real
+    change still saves, with its step."""
+    store = world_store(spec, tmp_path)
+    with store.transaction() as world:
+        world.step()
+    assert store.path.exists()  # a fresh world is saved by its first transaction
+    first = store.path.stat()
+    with store.transaction() as world:
+        world.step()
+    assert store.path.stat().st_ino == first.st_ino
+    with store.transaction() as world:
+        world.step()
+        world.pool_master = "node2"
+    saved = json.loads(store.path.read_text())
+    assert store.path.stat().st_ino != first.st_ino
+    assert saved["pool_master"] == "node2" and saved["step_count"] == 2
+
+
 def test_a_nodes_world_wake_ignores_its_own_changes_but_not_the_peers(
     tmp_path: Path, spec: StorageCluster
 ) -> None:

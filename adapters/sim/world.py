@@ -1282,7 +1282,10 @@ class WorldStore:
 
 class FileWorldStore(WorldStore):
     """A world persisted as JSON; every transaction is load -> change -> atomic save under an
-    exclusive lock, so two agent processes can share one simulated cluster."""
+    exclusive lock, so two agent processes can share one simulated cluster. A transaction
+    that changed nothing but the step counter saves nothing (that step is not counted: the
+    counter, which only numbers the event log, counts the observations that changed
+    something)."""
 
     def __init__(self, path: Path, *, spec: StorageCluster, read_only: bool = False) -> None:
         self.path = path
@@ -1303,13 +1306,21 @@ class FileWorldStore(WorldStore):
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[World]:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.lock_path, "a+") as lock:
+        # Opened read-only: closing a file opened for writing is an inotify CLOSE_WRITE in
+        # the state directory, which would wake every agent's file watcher per transaction.
+        with open(os.open(self.lock_path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)) as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             try:
+                existed = self.path.exists()
                 world = self._load()
-                before = world.model_dump_json()
+                before = world.model_dump_json(exclude=_CLOCK)
                 yield world
-                if not self.read_only and world.model_dump_json() != before:
+                # Time alone passing (an observation's step, nothing else changed) is not
+                # saved: an idle agent would rewrite the file every tick, and every write
+                # wakes both agents' file watchers (the step counter is not a wake anyway).
+                # A fresh world is saved by its first transaction, as before.
+                changed = not existed or world.model_dump_json(exclude=_CLOCK) != before
+                if not self.read_only and changed:
                     self._save(world)
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)
@@ -1358,6 +1369,9 @@ class FileWorldStore(WorldStore):
             json.dump(world.model_dump(mode="json"), fh, indent=1, sort_keys=True)
         os.replace(tmp, self.path)
 
+
+_CLOCK = {"step_count"}
+"""The simulated clock: never a reason to save on its own (``FileWorldStore._transaction``)."""
 
 _BOOKKEEPING = (
     "step_count",

@@ -152,6 +152,19 @@ def first_read_on_a_new_session(path: Path, t0: float) -> float | None:
     return None
 
 
+def wait_standing_by(agents: AgentCluster, node: str, *, timeout: float) -> None:
+    """Wait until ``node``'s agent settled as the standby: its last tick converged without
+    acting (after the tick that started its resident tgtd; its pinger is past its first
+    round). A crash before that measures the survivor's start-up, not a failover."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        tail = agents.reports(node)[-1:]
+        if tail and tail[0].get("converged") and not tail[0].get("applied"):
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"{node} did not settle as the standby within {timeout:g} s")
+
+
 def kill_all(lab: Lab, node: str) -> None:
     for pid in pids_in(lab, node):
         with contextlib.suppress(ProcessLookupError):
@@ -173,6 +186,7 @@ def tandem_round(tag: str, *, tuned: bool) -> float:
             agents.start("node1")
             agents.start("node2")
             agents.wait_serving("node1", timeout=30, strict=False)
+            wait_standing_by(agents, "node2", timeout=30)
 
             def crash() -> float:
                 t0 = links_down(rnd.lab, "node1")
