@@ -19,13 +19,32 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 from adapters.runner import Runner
 from reconciler.core.observed import Liveness
 
 _UNREACHABLE_RE = re.compile(r"unreachable|no route to host", re.IGNORECASE)
+
+
+def liveness_from(
+    answers: Mapping[str, bool | None], peers: Sequence[str], heuristics: Sequence[str]
+) -> Liveness:
+    """The module docstring's rule, from each address's answer (True: it answered; False: no
+    answer; None: not asked). Pure; every liveness adapter uses it."""
+    peer = [answers.get(a) for a in peers]
+    if any(peer):
+        peer_reachable: bool | None = True
+    elif peer and all(a is False for a in peer):
+        peer_reachable = False
+    else:
+        peer_reachable = None
+    return Liveness(
+        peer_reachable=peer_reachable,
+        heuristics_ok=sum(1 for a in heuristics if answers.get(a)),
+        heuristics_total=len(heuristics),
+    )
 
 
 class PingLiveness:
@@ -52,18 +71,7 @@ class PingLiveness:
         if addresses:
             with ThreadPoolExecutor(max_workers=len(addresses), thread_name_prefix="ping") as pool:
                 answers = dict(zip(addresses, pool.map(self.ping, addresses), strict=True))
-        peer = [answers[a] for a in self.peer_addresses]
-        if any(peer):
-            peer_reachable: bool | None = True
-        elif peer and all(a is False for a in peer):
-            peer_reachable = False
-        else:
-            peer_reachable = None
-        return Liveness(
-            peer_reachable=peer_reachable,
-            heuristics_ok=sum(1 for a in self.heuristics if answers[a]),
-            heuristics_total=len(self.heuristics),
-        )
+        return liveness_from(answers, self.peer_addresses, self.heuristics)
 
     def ping(self, address: str) -> bool | None:
         """True: it answered; False: no answer (or no route); None: could not ask."""

@@ -30,6 +30,7 @@ import time
 from collections.abc import Callable, Sequence
 
 from adapters.linestream import LineStream
+from adapters.liveness import liveness_from
 from adapters.runner import Runner
 from adapters.wake import Wakeup
 from reconciler.core.observed import Liveness
@@ -135,18 +136,7 @@ class StreamLiveness:
         for pinger in self._pingers.values():  # after judging: a restart is not evidence
             if not pinger.stream.running:
                 pinger.stream.ensure()
-        peer = [answers[a] for a in self.peer_addresses]
-        if any(peer):
-            peer_reachable: bool | None = True
-        elif peer and all(a is False for a in peer):
-            peer_reachable = False
-        else:
-            peer_reachable = None
-        return Liveness(
-            peer_reachable=peer_reachable,
-            heuristics_ok=sum(1 for a in self.heuristics if answers[a]),
-            heuristics_total=len(self.heuristics),
-        )
+        return liveness_from(answers, self.peer_addresses, self.heuristics)
 
     def close(self) -> None:
         for pinger in self._pingers.values():

@@ -51,6 +51,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 
+from adapters.liveness import liveness_from
 from adapters.wake import Wakeup
 from reconciler.core.observed import Liveness
 
@@ -189,18 +190,7 @@ class Pinger:
             return Liveness(
                 peer_reachable=None, heuristics_ok=0, heuristics_total=len(self.heuristics)
             )
-        peer = [states[a] for a in self.peer_addresses]
-        if any(peer):
-            reachable: bool | None = True
-        elif peer and all(s is False for s in peer):
-            reachable = False
-        else:
-            reachable = None
-        return Liveness(
-            peer_reachable=reachable,
-            heuristics_ok=sum(1 for a in self.heuristics if states[a]),
-            heuristics_total=len(self.heuristics),
-        )
+        return liveness_from(states, self.peer_addresses, self.heuristics)
 
     def answers(self, addresses: Sequence[str]) -> tuple[bool | None, ...]:
         """Whether each of ``addresses`` (probed ones) answers, from one snapshot: True, False

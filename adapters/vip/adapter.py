@@ -28,6 +28,7 @@ Invariants:
 from __future__ import annotations
 
 import re
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 
@@ -46,7 +47,7 @@ _ABSENT_RE = re.compile(
 )
 
 
-class AddressVip:
+class AddressVip(ABC):
     """What every real ``VipAdapter`` shares, whatever reads and changes the addresses: the
     ARP probes of VIPs not held here, the announcement record, the inventory, and how an
     address table becomes ``VipObs`` (see the module docstring for the invariants).
@@ -78,12 +79,12 @@ class AddressVip:
         self._remote: set[str] = set()
 
     # --- what a subclass provides -------------------------------------------------------
-    def _read_addresses(self) -> dict[str, set[str]]:
-        raise NotImplementedError
+    @abstractmethod
+    def _read_addresses(self) -> dict[str, set[str]]: ...
 
+    @abstractmethod
     def _change(self, verb: str, address: str, dev: str) -> bool:
         """``verb`` "add" or "del" ``address`` (``A/P``) on ``dev``."""
-        raise NotImplementedError
 
     # --- VipAdapter ---------------------------------------------------------------------
     def observe(self, vips: Sequence[Vip]) -> tuple[VipObs, ...]:
