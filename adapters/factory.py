@@ -115,16 +115,21 @@ def build_adapters(
     liveness = _liveness(spec, node, runner, world, wakeup)
     drbd: DrbdAdapter
     if chosen.drbd == "sim":
+        import time
+
         assert world is not None
         peer = spec.peer_of(node)
         # With real liveness (the namespace lab) the simulated DRBD's links follow the
-        # pinger's view of the peer's real addresses, so a crashed peer disconnects it.
+        # pinger's view of the peer's real addresses, so a crashed peer disconnects it. A
+        # world shared through the state directory follows the agents' clock (the instant a
+        # connection dropped is stamped on it); a caller's in-memory world keeps its own.
         drbd = SimDrbd(
             world,
             node,
             links=liveness if isinstance(liveness, Pinger) else None,
             peer_replication=str(peer.replication_address),
             peer_management=str(peer.management_address) if peer.management_address else None,
+            clock=time.monotonic if store is None else None,
         )
     else:
         drbd = _real_drbd(spec, node, runner, state_dir, wakeup, dry_run=dry_run)

@@ -208,3 +208,80 @@ def test_the_old_primary_releases_the_key_after_its_demote_in_a_swap() -> None:
     sim.advance(2.0)
     assert kinds(sim.tick(N2)) == ["claim-witness"]  # the new primary claims it
     assert sim.w.witness_holder() == N2
+
+
+# --- the simulated DRBD's disconnected_for (the world's ground truth) -------------------------
+
+
+def test_sim_drbd_counts_the_disconnect_on_the_world_clock_and_a_heal_clears_it(
+    tmp_path: Path,
+) -> None:
+    from adapters.sim.adapters import SimDrbd
+    from tests.simcluster import SimCluster
+
+    c = SimCluster.create(SPEC, tmp_path)
+    c.converge()
+    drbd = SimDrbd(WorldStore(c.world), N2)
+    (res,) = SPEC.spec.resources
+    assert drbd.observe([res])[0].disconnected_for is None  # connected
+    c.world.now = 5.0
+    c.world.set_links(replication=False)
+    c.world.now = 8.0
+    assert drbd.observe([res])[0].disconnected_for == 3.0
+    c.world.set_links(replication=True)  # healed, even for an instant, clears it
+    assert drbd.observe([res])[0].disconnected_for is None
+    c.world.now = 9.0
+    c.world.set_links(replication=False)
+    c.world.now = 10.5
+    assert drbd.observe([res])[0].disconnected_for == 1.5  # from the re-cut
+
+
+class _Silent:
+    """A pinger whose view of the peer's addresses the test sets."""
+
+    def __init__(self) -> None:
+        self.up: bool | None = True
+
+    def answers(self, addresses: object) -> tuple[bool | None, ...]:
+        return (self.up, self.up)
+
+
+def test_sim_drbd_following_the_pinger_stamps_the_instant_the_world_dropped_the_link(
+    tmp_path: Path,
+) -> None:
+    """The lab's setup: a world shared through a file, the links following each node's pinger,
+    the world's clock following the agents' clock. The instant is when the first node's
+    pinger reported the peer silent, whichever node observes later."""
+    from adapters.sim.adapters import SimDrbd
+    from adapters.sim.world import FileWorldStore
+
+    now = [100.0]
+    store = FileWorldStore(tmp_path / "world.json", spec=SPEC)
+    with store.transaction() as world:
+        for n in SPEC.node_names:
+            for r in SPEC.spec.resources:
+                world.drbd_up(n, r.name)
+    pingers = {n: _Silent() for n in SPEC.node_names}
+    drbd = {
+        n: SimDrbd(
+            store,
+            n,
+            links=pingers[n],
+            peer_replication="198.51.100.130",
+            peer_management="198.51.100.1",
+            clock=lambda: now[0],
+        )
+        for n in SPEC.node_names
+    }
+    (res,) = SPEC.spec.resources
+    assert drbd[N2].observe([res])[0].conn.is_connected
+    pingers[N1].up = False  # node1's pinger first: it drops the link at 101
+    now[0] = 101.0
+    assert not drbd[N1].observe([res])[0].conn.is_connected
+    pingers[N2].up = False
+    now[0] = 104.0
+    seen = drbd[N2].observe([res])[0]
+    assert not seen.conn.is_connected and seen.disconnected_for == 3.0
+    pingers[N1].up = pingers[N2].up = True
+    now[0] = 105.0
+    assert drbd[N2].observe([res])[0].disconnected_for is None

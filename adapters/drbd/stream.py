@@ -48,6 +48,14 @@ Invariants:
   tick, which then sees the whole change.
 - ``close()`` is idempotent and safe from any thread; an observe after it re-lists (polling)
   without starting a stream again.
+- ``disconnected_for`` (``ResourceObs``): counted from the monotonic instant this adapter
+  last *knew* the connection was down with a trusted stream watching from then on: the
+  stream's event that took it out of a connected state, or the stream's initial dump, or a
+  full re-list (every re-list, whatever its reason: a heal hidden in a stream gap or a silent
+  stall is then covered, "continuously disconnected since at least the re-list"). A connected
+  state (event or listing) clears it; the instants belong to one stream (a new stream starts
+  with none); with no trusted stream (polling, a dead or distrusted stream) it is None, like
+  the polling adapter's: a heal between two listings is invisible.
 """
 
 from __future__ import annotations
@@ -56,7 +64,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from adapters.drbd.adapter import RealDrbd
 from adapters.drbd.parse import Events2State
@@ -95,6 +103,8 @@ class _Stream:
     ended: int | None = None  # exit code once it ended
     killed: str | None = None  # why this adapter killed it
     seen: dict[str, tuple[object, ...]] = field(default_factory=dict)
+    # Per resource: the instant since which this stream knows it continuously disconnected.
+    down_since: dict[str, float] = field(default_factory=dict)
 
     @property
     def usable(self) -> str | None:
@@ -188,11 +198,35 @@ class EventFedDrbd:
         for name in sorted(helper_sb):
             log.warning("DRBD called its split-brain helper for %s (events2)", name)
             self.real.mark_split_brain(name)
-        if cached is not None and not acted:
-            return self.real.report(cached, resources)
+        if cached is not None and not acted and stream is not None:
+            return self._with_downtime(stream, self.real.report(cached, resources), now)
         return self._relist(
             resources, why or "an action was issued since the last listing", check=periodic
         )
+
+    def _with_downtime(
+        self, stream: _Stream | None, observed: Sequence[ResourceObs], now: float
+    ) -> tuple[ResourceObs, ...]:
+        """``observed`` with ``disconnected_for`` from ``stream``'s instants (see the module
+        docstring); None for every resource when the stream is not trusted."""
+        with self._lock:
+            trusted = stream is not None and stream is self._stream and stream.usable is None
+            since = dict(stream.down_since) if trusted and stream is not None else {}
+        out = []
+        for obs in observed:
+            at = since.get(obs.name)
+            gone = None if at is None or obs.conn.is_connected else max(0.0, now - at)
+            out.append(obs if gone == obs.disconnected_for else replace(obs, disconnected_for=gone))
+        return tuple(out)
+
+    def _stamp(self, stream: _Stream, obs: ResourceObs, now: float, *, listing: bool) -> None:
+        """Record what ``obs`` says of the connection's continuity (lock held): connected
+        clears; disconnected keeps an instant this stream already knows, unless ``listing``
+        (a full view taken at ``now``: the continuity restarts there)."""
+        if obs.known and obs.conn.is_connected:
+            stream.down_since.pop(obs.name, None)
+        elif listing or obs.name not in stream.down_since:
+            stream.down_since[obs.name] = now
 
     def _why_relist(self, stream: _Stream | None, now: float) -> str | None:
         if self.polling is not None:
@@ -213,17 +247,30 @@ class EventFedDrbd:
         listed = self.real.observe(resources)
         with self._lock:
             self.relists += 1
-            self._last_listing = self._clock()
+            self._last_listing = listed_at = self._clock()
             stream = self._stream
             check = check and stream is not None and stream.usable is None
             cached = stream.state.result() if check and stream is not None else None
         if cached is not None and stream is not None:
             self._compare(stream, cached.resources, listed)
-        return tuple(
-            obs
-            if obs.known
-            else ResourceObs.unknown(obs.name, f"{obs.error} (events2 not used: {why})")
-            for obs in listed
+        with self._lock:
+            if stream is not None and stream is self._stream:
+                for obs in listed:
+                    # An event that came in during the listing is newer than the listing.
+                    newer = stream.state.resource(obs.name) if stream.dumped else None
+                    if newer is not None:
+                        self._stamp(stream, newer, listed_at, listing=True)
+                    elif obs.known:
+                        self._stamp(stream, obs, listed_at, listing=True)
+        return self._with_downtime(
+            stream,
+            [
+                obs
+                if obs.known
+                else ResourceObs.unknown(obs.name, f"{obs.error} (events2 not used: {why})")
+                for obs in listed
+            ],
+            listed_at,
         )
 
     def _compare(
@@ -310,9 +357,11 @@ class EventFedDrbd:
             if what.kind == "end-of-dump":
                 stream.dumped = True
                 self._backoff = self._backoff_first
-                stream.seen = {
-                    name: _essence(obs) for name, obs in stream.state.result().resources.items()
-                }
+                dumped = stream.state.result().resources
+                stream.seen = {name: _essence(obs) for name, obs in dumped.items()}
+                at = self._clock()
+                for obs in dumped.values():  # the stream's own listing
+                    self._stamp(stream, obs, at, listing=True)
             elif what.kind == "garbage":
                 stream.distrust = stream.distrust or what.why or "unreadable line"
                 wake = True
@@ -324,6 +373,10 @@ class EventFedDrbd:
                 wake = True
             elif what.kind == "event" and what.name and stream.dumped:
                 now = stream.state.resource(what.name)
+                if now is None:
+                    stream.down_since.setdefault(what.name, self._clock())  # destroyed
+                else:
+                    self._stamp(stream, now, self._clock(), listing=False)
                 essence = None if now is None else _essence(now)
                 before = stream.seen.get(what.name)
                 if before != essence:

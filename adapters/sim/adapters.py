@@ -88,11 +88,23 @@ class SimDrbd(_SimBase):
     action: the connection drops, as real DRBD's does, once the peer's replication address
     stopped answering (``liveness.misses`` rounds without a reply: DRBD's ping-int /
     ping-timeout with the agent's liveness timings), and the peer's disk is then DUnknown,
-    not its last written state."""
+    not its last written state.
+
+    ``disconnected_for`` is the world's ground truth (``SimResource.disconnected_since``, on
+    the world's clock, the instant the world dropped the connection: in the lab the instant
+    this node's or the peer's pinger reported the peer's address silent), as an events2
+    stream would see it; a heal clears it. ``clock``: the agents' clock for a world shared
+    through a file (the lab, the CLI's embedded simulator): the world's clock follows it in
+    every transaction here, so the instant is stamped on it; None: the simulation moves it."""
 
     links: LinkProbe | None = None
     peer_replication: str | None = None
     peer_management: str | None = None
+    clock: Callable[[], float] | None = None
+
+    def _sync(self, world: World) -> None:
+        if self.clock is not None:
+            world.now = max(world.now, self.clock())
 
     def _follow_links(self) -> None:
         if self.links is None:
@@ -104,6 +116,7 @@ class SimDrbd(_SimBase):
         if replication is None and management is None:
             return
         with self.store.transaction() as world:
+            self._sync(world)
             if world.nodes[self.node].alive:
                 world.follow_links(self.node, replication=replication, management=management)
 
@@ -111,6 +124,7 @@ class SimDrbd(_SimBase):
         self._hang("drbd-observe")
         self._follow_links()
         with self.store.transaction() as world:
+            self._sync(world)
             world.step()
             if not world.nodes[self.node].alive:
                 return tuple(ResourceObs.unknown(r.name, "node is down") for r in resources)
@@ -143,6 +157,7 @@ class SimDrbd(_SimBase):
                         peer_disk=_as(DiskState, view["peer_disk"]),
                         split_brain=bool(view["split_brain"]),
                         sync_percent=_float_or_none(view["sync_percent"]),
+                        disconnected_for=_float_or_none(view["disconnected_for"]),
                     )
                 )
             return tuple(out)
@@ -151,6 +166,7 @@ class SimDrbd(_SimBase):
         self._hang("drbd-up")
         self._follow_links()
         with self.store.transaction() as world:
+            self._sync(world)
             world.check_fault(self.node, "drbd-up", resource.name)
             world.drbd_up(self.node, resource.name)
 
@@ -158,6 +174,7 @@ class SimDrbd(_SimBase):
         self._hang("drbd-primary")
         self._follow_links()
         with self.store.transaction() as world:
+            self._sync(world)
             world.check_fault(self.node, "drbd-primary", resource.name)
             world.drbd_primary(self.node, resource.name, force=force)
 
@@ -165,6 +182,7 @@ class SimDrbd(_SimBase):
         self._hang("drbd-secondary")
         self._follow_links()
         with self.store.transaction() as world:
+            self._sync(world)
             world.check_fault(self.node, "drbd-secondary", resource.name)
             world.drbd_secondary(self.node, resource.name)
 
@@ -172,6 +190,7 @@ class SimDrbd(_SimBase):
         self._hang("drbd-connect")
         self._follow_links()
         with self.store.transaction() as world:
+            self._sync(world)
             world.check_fault(self.node, "drbd-connect", resource.name)
             world.drbd_connect(self.node, resource.name, discard_my_data=discard_my_data)
 
@@ -179,6 +198,7 @@ class SimDrbd(_SimBase):
         self._hang("drbd-disconnect")
         self._follow_links()
         with self.store.transaction() as world:
+            self._sync(world)
             world.check_fault(self.node, "drbd-disconnect", resource.name)
             world.drbd_disconnect(self.node, resource.name)
 

@@ -144,6 +144,9 @@ class SimResource(BaseModel):
     detached_from: DiskState | None = None  # the disk state when it was detached (data kept)
     exposed: list[int] = Field(default_factory=list)  # while Primary: the data it serves
     disk_broken: bool = False  # this resource's backing disk failed and was not replaced
+    # World time since which this side has been continuously not connected (None while
+    # connected): set by ``settle`` when it finds the connection gone, cleared when it is back.
+    disconnected_since: float | None = None
 
 
 class SimPbd(BaseModel):
@@ -408,6 +411,12 @@ class World(BaseModel):
                 self._on_disconnect(names, r)
             for n in names:
                 me = self.nodes[n].resources[r]
+                # Ground truth of the connection's continuity (what an events2 stream sees):
+                # every change goes through here, so a heal, however short, clears it.
+                if me.connected:
+                    me.disconnected_since = None
+                elif me.disconnected_since is None:
+                    me.disconnected_since = self.now
                 if not me.frozen:
                     continue
                 if me.connected or me.role is not Role.PRIMARY or not me.up:
@@ -633,6 +642,11 @@ class World(BaseModel):
             "split_brain": me.split_brain,
             "sync_percent": percent,
             "suspended": me.frozen,
+            "disconnected_for": (
+                None
+                if me.connected or me.disconnected_since is None
+                else max(0.0, self.now - me.disconnected_since)
+            ),
         }
 
     # --- DRBD actions -------------------------------------------------------------------
@@ -1370,11 +1384,12 @@ class FileWorldStore(WorldStore):
         os.replace(tmp, self.path)
 
 
-_CLOCK = {"step_count"}
+_CLOCK = {"step_count", "now"}
 """The simulated clock: never a reason to save on its own (``FileWorldStore._transaction``)."""
 
 _BOOKKEEPING = (
     "step_count",
+    "now",
     "events",
     "split_brain_events",
     "acked",
@@ -1404,6 +1419,7 @@ def _world_digest(content: bytes, *, node: str | None = None) -> object:
     data = json.loads(content)
     if isinstance(data, dict) and node is None:
         data.pop("step_count", None)
+        data.pop("now", None)  # the clock, which agents following a real one move each tick
     elif isinstance(data, dict):
         for key in _BOOKKEEPING:
             data.pop(key, None)

@@ -132,6 +132,13 @@ class ResourceObs:
     ``up`` is False when the resource is not configured in the kernel (DRBD stopped / module not
     loaded); ``known`` is False when the observation itself failed (then every state is
     UNKNOWN and ``error`` says why).
+
+    ``disconnected_for``: seconds the connection has been *continuously* not connected
+    (``ConnState.is_connected`` false), as the adapter knows it: only an adapter that sees
+    every change (an events2 stream, the simulated world) reports it, counted from the change
+    or from the listing after which it saw every change; None when connected or not known
+    (a polling adapter: a heal between two polls is invisible). The witness counts its settle
+    time from it (``safety.may_promote``).
     """
 
     name: str
@@ -145,6 +152,7 @@ class ResourceObs:
     sync_percent: float | None = None
     known: bool = True
     error: str | None = None
+    disconnected_for: float | None = None
 
     @classmethod
     def unknown(cls, name: str, error: str) -> ResourceObs:

@@ -9,9 +9,11 @@ Invariants stated here:
    disconnected the peer's role is unknowable, so promotion then needs the declared
    ``promotion.whenDisconnected`` policy (peer known Outdated, quorum, or the witness) or an
    operator override. With the witness (``may_promote``'s ``witness``): only while this node
-   holds the cluster's etcd key, reached through a majority, and has held it for the settle
-   time (``WitnessTiming.settle``: the old primary's longest observation gap plus its
-   step-down), claimed again in the same plan right before the promotion.
+   holds the cluster's etcd key, reached through a majority, and the settle time
+   (``WitnessTiming.settle``: the old primary's longest observation gap plus its step-down)
+   has passed since the key was claimed, or since the resource was (continuously)
+   disconnected with the key held for ``WitnessTiming.hold`` (``_witness`` says why that is
+   as safe), claimed again in the same plan right before the promotion.
 2. Never promote data that may be older than the peer's: local disk must be UpToDate, and a
    split-brained resource is never promoted automatically.
 3. The VIP and the target only on the primary: a VIP is added only where at least one resource is
@@ -63,15 +65,21 @@ from reconciler.core.spec import ClusterSpec, DisconnectedPolicy
 class WitnessTiming:
     """The witness thresholds derived from the spec (docs/operations.md, "The witness").
 
-    ``ttl``: the lease's time-to-live; ``settle``: how long a node waits after claiming the
-    key before it promotes while disconnected (lease_left <= ttl - settle); ``step_down``: a
-    serving, disconnected node with less lease left stops serving; ``refresh``: the serving
-    node refreshes its lease once lease_left is at or below this (not at every tick)."""
+    ``ttl``: the lease's time-to-live; ``settle``: how long the other node may still serve
+    after the cut (its longest observation gap plus its step-down), which a node disconnected
+    from it lets pass before it promotes: counted from its claim of the key (lease_left <=
+    ttl - settle) or from the disconnect itself (``ResourceObs.disconnected_for``); ``hold``:
+    the least the key must have been held before a promotion counted from the disconnect (the
+    watchdog's window, ``spec.Witness.hold``); ``step_down``: a serving, disconnected node
+    with less lease left stops serving; ``refresh``: the serving node refreshes its lease once
+    lease_left is at or below this (not at every tick). The default ``hold`` equals
+    ``settle``: without a spec the disconnect rule grants nothing the claim rule does not."""
 
     ttl: float = 10.0
     settle: float = 4.04
     step_down: float = 4.1
     refresh: float = 7.1
+    hold: float = 4.04
 
     @classmethod
     def from_spec(cls, spec: ClusterSpec) -> WitnessTiming:
@@ -81,6 +89,7 @@ class WitnessTiming:
             settle=w.settle(tick),
             step_down=w.step_down_below(tick),
             refresh=w.refresh_below(tick),
+            hold=w.hold(),
         )
 
 
@@ -196,14 +205,35 @@ def may_promote(
             f"{where}; policy 'outdated-peer' needs the peer known Outdated",
         )
     if policy is DisconnectedPolicy.WITNESS:
-        return _witness(where, witness, node, witness_timing)
+        return _witness(where, res, witness, node, witness_timing)
     return _quorum(where, liveness)
 
 
-def _witness(where: str, w: WitnessObs, node: str, timing: WitnessTiming) -> Verdict:
+def _witness(
+    where: str, res: ResourceObs, w: WitnessObs, node: str, timing: WitnessTiming
+) -> Verdict:
     """The policy 'witness': promote while disconnected only holding the cluster's key, reached
-    through an etcd majority, and only once it has been held for the settle time (the other
-    node, if it still served unleased while connected, has noticed the cut and stopped)."""
+    through an etcd majority, and only once the other node, if it still served, has stopped.
+
+    It may serve after the cut in one way only: unleased while it still saw DRBD connected (a
+    connected cluster serves on when etcd is down or its lease lapsed); a leased one stops
+    before its lease can expire on etcd, so before this node can claim. The unleased one steps
+    down once it sees the disconnect, within the settle time (its observation gap plus its
+    step-down). Two ways to know that time has passed, either suffices:
+
+    - the key has been held for the settle time (it was free at the claim, so the other node
+      served unleased if at all, and saw the cut by then at the latest);
+    - ``res`` has been *continuously* disconnected for the settle time, and the key held for
+      ``timing.hold``. The other node sees the cut about when this one does, and stops within
+      its gap once it does: counted from the disconnect, the settle time is as safe as counted
+      from the claim. Continuity is the point: a heal in between would let it see DRBD
+      connected again and serve on unleased, so only an adapter that sees every change (an
+      events2 stream, the simulated world) reports ``disconnected_for``, and a heal or a
+      re-list restarts it. The one assumption, which the claim rule makes too (with the
+      claim's delay as margin): both DRBD sides detect the cut within about the same time
+      (ping-int/ping-timeout on both). The hold covers the watchdog's window: a node paused
+      right after planning its step-down is reset by its watchdog, and the hold keeps this node
+      from promoting before that (``spec.Witness.hold``; 0 without a watchdog)."""
     if not w.enabled:
         return _no(
             BlockKind.WITNESS_UNREACHABLE,
@@ -224,21 +254,39 @@ def _witness(where: str, w: WitnessObs, node: str, timing: WitnessTiming) -> Ver
     if w.holder is None:
         return _no(
             BlockKind.WITNESS_CLAIM,
-            f"{where}; the witness key is free: claiming it first, then waiting "
-            f"{timing.settle:.1f} s for the other node to notice and stop serving",
+            f"{where}; the witness key is free: claiming it first, then waiting until the "
+            f"other node has had {timing.settle:.1f} s since the cut to notice and stop serving",
         )
-    if w.lease_left is None or w.lease_left > timing.ttl - timing.settle:
-        held = "" if w.lease_left is None else f" {timing.ttl - w.lease_left:.1f} s ago"
-        return _no(
-            BlockKind.WITNESS_SETTLING,
-            f"{where}; this node claimed the witness key{held}: waiting until it has held it "
-            f"{timing.settle:.1f} s (the other node's longest tick gap plus its step-down)",
+    held = None if w.lease_left is None else timing.ttl - w.lease_left
+    gone = res.disconnected_for
+    tail = "reached through an etcd majority); the lease is refreshed right before the promotion"
+    if held is not None and held >= timing.settle:
+        return Verdict(
+            True,
+            f"{where}, but this node holds the witness key (claimed {held:.1f} s ago >= settle "
+            f"{timing.settle:.1f} s, {tail}",
+            claim=True,
         )
-    return Verdict(
-        True,
-        f"{where}, but this node holds the witness key (claimed over {timing.settle:.1f} s ago, "
-        "reached through an etcd majority); the lease is refreshed right before the promotion",
-        claim=True,
+    if held is not None and held >= timing.hold and gone is not None and gone >= timing.settle:
+        return Verdict(
+            True,
+            f"{where}, but this node holds the witness key (claimed {held:.1f} s ago, "
+            f"{tail}, and {res.name} has been disconnected for {gone:.1f} s >= settle "
+            f"{timing.settle:.1f} s: the other node saw the same cut and has stopped serving",
+            claim=True,
+        )
+    claimed = "" if held is None else f" {held:.1f} s ago"
+    since = (
+        "not known to have been continuously disconnected"
+        if gone is None
+        else f"disconnected for {gone:.1f} s"
+    )
+    return _no(
+        BlockKind.WITNESS_SETTLING,
+        f"{where}; this node claimed the witness key{claimed} and {res.name} is {since}: "
+        f"waiting until it has held the key {timing.settle:.1f} s, or {timing.hold:.1f} s "
+        f"with {res.name} disconnected for {timing.settle:.1f} s (the other node's longest "
+        "tick gap plus its step-down)",
     )
 
 

@@ -600,6 +600,19 @@ class Witness(_Model):
         serve unleased if it was connected when its lease ran out)."""
         return (self.gap(tick_interval) + self.step_down_margin) * (1 + self.clock_drift)
 
+    def hold(self) -> float:
+        """The least a node must have held a claimed key before it promotes on the disconnect
+        rule (``safety.WitnessTiming.hold``): with a watchdog, a node paused right after the
+        observation that planned its step-down has at least stepDownMargin of lease left on
+        etcd and is reset at most timeout / (1 - clockDrift) after that observation; the other
+        node claims no sooner than that lease's expiry, so it holds the key (on a clock that
+        may run fast) (timeout / (1 - clockDrift) - stepDownMargin) x (1 + clockDrift) before
+        promoting. Without a watchdog nothing fences a paused node (docs/operations.md): 0."""
+        if self.watchdog is None:
+            return 0.0
+        reset = self.watchdog.timeout / (1 - self.clock_drift)
+        return max(0.0, reset - self.step_down_margin) * (1 + self.clock_drift)
+
     def watchdog_limit(self, tick_interval: float) -> float:
         """The longest watchdog timeout that still resets a paused node before the other node
         can promote: a node paused right after an observation that planned its step-down had

@@ -498,3 +498,87 @@ def test_its_own_promote_does_not_wake_the_agent_the_peers_does(
     wakeup.clear()
     fake.set_node("iscsi1", "node1", disk="Outdated")  # not ours: it wakes
     wait_for("a wake", lambda: wakeup.pending())
+
+
+# --- disconnected_for: the connection's continuity as the stream knows it ---------------------
+
+
+def cut_seen(adapter: EventFedDrbd) -> bool:
+    seen = adapter.streamed("iscsi1")
+    return seen is not None and not seen.conn.is_connected
+
+
+def healed_seen(adapter: EventFedDrbd) -> bool:
+    seen = adapter.streamed("iscsi1")
+    return seen is not None and seen.conn.is_connected
+
+
+def test_disconnected_for_counts_from_the_streamed_disconnect_and_a_heal_clears_it(
+    fake: FakeDrbd, adapters: dict[str, EventFedDrbd]
+) -> None:
+    clock = Clock()
+    adapter = streaming_after_first(make(fake, adapters, clock=clock))
+    assert one(adapter).disconnected_for is None  # connected
+    fake.set_node("iscsi1", "node2", up=False)  # the connection is lost at clock 1000
+    wait_for("the stream shows the disconnect", lambda: cut_seen(adapter))
+    clock.now += 7.0
+    obs = one(adapter)
+    assert obs.conn is ConnState.CONNECTING and obs.disconnected_for == 7.0
+    fake.set_node("iscsi1", "node2", up=True)  # a heal, however short, clears it
+    wait_for("the stream shows the heal", lambda: healed_seen(adapter))
+    assert one(adapter).disconnected_for is None
+    clock.now += 1.0
+    fake.set_node("iscsi1", "node2", up=False)  # re-cut at 1008: counted from there
+    wait_for("the stream shows the re-cut", lambda: cut_seen(adapter))
+    clock.now += 2.0
+    assert one(adapter).disconnected_for == 2.0
+    assert adapter.relists == 1  # every one of them from the stream
+
+
+def test_a_relist_while_disconnected_restarts_the_count_at_the_relist(
+    fake: FakeDrbd, adapters: dict[str, EventFedDrbd]
+) -> None:
+    """Found disconnected by the first listing and the stream's dump: counted from the dump.
+    The stream then goes silent (a heal and a re-cut it never reports); the periodic re-list
+    finds it disconnected again and restarts the count there, not at the dump."""
+    clock = Clock()
+    fake.set_node("iscsi1", "node2", up=False)
+    adapter = make(fake, adapters, clock=clock, resync=30.0)
+    first = one(adapter)
+    assert first.conn is ConnState.CONNECTING
+    # The listing's own instant (0 s), or not known if the stream was not trusted yet then.
+    assert first.disconnected_for in (None, 0.0)
+    streaming(adapter)  # the dump at clock 1000
+    clock.now += 5.0
+    assert one(adapter).disconnected_for == 5.0
+    fake.events2_mode("node1", "silent")
+    fake.set_node("iscsi1", "node2", up=True)
+    fake.set_node("iscsi1", "node2", up=False)
+    clock.now += 25.0  # the periodic re-list (every 30 s), at 1030
+    relisted = one(adapter)
+    assert adapter.relists == 2 and relisted.disconnected_for == 0.0
+    clock.now += 3.0
+    assert one(adapter).disconnected_for == 3.0  # from the re-list, the stream agreed
+
+
+def test_without_a_trusted_stream_disconnected_for_is_not_known(
+    fake: FakeDrbd, adapters: dict[str, EventFedDrbd]
+) -> None:
+    clock = Clock()
+    adapter = streaming_after_first(make(fake, adapters, clock=clock))
+    fake.set_node("iscsi1", "node2", up=False)
+    wait_for("the stream shows the disconnect", lambda: cut_seen(adapter))
+    clock.now += 10.0
+    assert one(adapter).disconnected_for == 10.0
+    fake.events2_mode("node1", "exit:3")
+    wait_for("the stream's end", lambda: not adapter.streaming)
+    fake.events2_mode("node1", "nodump")  # the replacement delivers nothing: the ticks poll
+    clock.now += 1.0
+    polled = one(adapter)
+    assert polled.conn is ConnState.CONNECTING and polled.disconnected_for is None
+    fake.events2_mode("node1", "run")
+    clock.now += 5.5  # past the stall bound: replaced
+    one(adapter)
+    streaming(adapter)  # the new stream's dump, at 1016.5: the count restarts there
+    clock.now += 2.0
+    assert one(adapter).disconnected_for == 2.0

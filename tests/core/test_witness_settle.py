@@ -1,0 +1,135 @@
+"""The witness's settle time counted from the claim or from the disconnect (``safety._witness``
+through ``may_promote``): either branch suffices; the disconnect branch needs the key held for
+the watchdog's hold too, and a resource whose continuity is not known (``disconnected_for``
+None: a polling adapter) keeps the claim rule. Per resource: one disconnected long is promoted,
+one disconnected briefly waits."""
+
+from __future__ import annotations
+
+import pytest
+
+from reconciler.core.observed import (
+    ConnState,
+    DiskState,
+    Liveness,
+    ResourceObs,
+    Role,
+    WitnessObs,
+)
+from reconciler.core.plan import BlockKind
+from reconciler.core.safety import Verdict, WitnessTiming, may_promote
+from reconciler.core.spec import DisconnectedPolicy
+from tests.simcluster import witness_spec
+
+ME = "node2"
+# specs/witness.yaml's timings: settle (1 + 2 + 1) x 1.01, hold (4.5 / 0.99 - 1) x 1.01.
+TIMING = WitnessTiming.from_spec(witness_spec().spec)
+NO_LIVENESS = Liveness(peer_reachable=None, heuristics_ok=0, heuristics_total=0)
+
+
+def cut(name: str = "iscsi1", gone: float | None = None) -> ResourceObs:
+    return ResourceObs(
+        name=name,
+        up=True,
+        role=Role.SECONDARY,
+        conn=ConnState.WF_CONNECTION,
+        disk=DiskState.UPTODATE,
+        peer_role=Role.UNKNOWN,
+        peer_disk=DiskState.DUNKNOWN,
+        disconnected_for=gone,
+    )
+
+
+def held(seconds: float | None) -> WitnessObs:
+    """This node holds the key, claimed ``seconds`` ago (None: a lease of unknown age)."""
+    left = None if seconds is None else TIMING.ttl - seconds
+    return WitnessObs(enabled=True, reachable=True, holder=ME, lease_left=left)
+
+
+def verdict(res: ResourceObs, witness: WitnessObs) -> Verdict:
+    return may_promote(
+        res,
+        policy=DisconnectedPolicy.WITNESS,
+        liveness=NO_LIVENESS,
+        witness=witness,
+        node=ME,
+        witness_timing=TIMING,
+    )
+
+
+def test_the_shipped_timings() -> None:
+    assert TIMING.settle == pytest.approx(4.04)
+    assert TIMING.hold == pytest.approx((4.5 / 0.99 - 1) * 1.01)  # 3.58 s
+
+
+def test_held_for_the_settle_time_promotes_whatever_the_adapter_knows() -> None:
+    for gone in (None, 0.0, 100.0):
+        v = verdict(cut(gone=gone), held(4.1))
+        assert v.ok and v.claim, gone
+        assert "claimed 4.1 s ago >= settle 4.0 s" in v.reason
+
+
+def test_disconnected_for_the_settle_time_promotes_once_the_hold_passed() -> None:
+    v = verdict(cut(gone=4.1), held(3.6))
+    assert v.ok and v.claim  # the claim is refreshed right before the promotion
+    assert "iscsi1 has been disconnected for 4.1 s >= settle 4.0 s" in v.reason
+    early = verdict(cut(gone=100.0), held(3.5))  # the watchdog's window is not over
+    assert early.refusal is BlockKind.WITNESS_SETTLING
+    assert "disconnected for 100.0 s" in early.reason and "3.6 s with iscsi1" in early.reason
+
+
+def test_disconnected_shorter_than_the_settle_time_waits_for_the_claim_rule() -> None:
+    v = verdict(cut(gone=4.0), held(3.9))
+    assert v.refusal is BlockKind.WITNESS_SETTLING and not v.claim
+    assert "claimed the witness key 3.9 s ago and iscsi1 is disconnected for 4.0 s" in v.reason
+
+
+def test_continuity_not_known_keeps_the_claim_rule() -> None:
+    """A polling adapter (``drbdsetup status`` only) cannot see a heal between two polls."""
+    v = verdict(cut(gone=None), held(4.0))
+    assert v.refusal is BlockKind.WITNESS_SETTLING
+    assert "not known to have been continuously disconnected" in v.reason
+
+
+def test_a_lease_of_unknown_age_or_a_free_key_never_promotes_on_the_disconnect() -> None:
+    assert verdict(cut(gone=100.0), held(None)).refusal is BlockKind.WITNESS_SETTLING
+    free = WitnessObs(enabled=True, reachable=True)
+    assert verdict(cut(gone=100.0), free).refusal is BlockKind.WITNESS_CLAIM
+    other = WitnessObs(enabled=True, reachable=True, holder="node1")
+    assert verdict(cut(gone=100.0), other).refusal is BlockKind.WITNESS_HELD
+    down = WitnessObs(enabled=True, reachable=False, lease_left=9.0, error="no majority")
+    assert verdict(cut(gone=100.0), down).refusal is BlockKind.WITNESS_UNREACHABLE
+
+
+def test_per_resource_one_disconnected_long_is_promoted_one_disconnected_briefly_waits() -> None:
+    witness = held(3.6)
+    long, short = verdict(cut("iscsi1", 30.0), witness), verdict(cut("iscsi2", 1.0), witness)
+    assert long.ok and long.claim
+    assert short.refusal is BlockKind.WITNESS_SETTLING
+    assert "iscsi2 is disconnected for 1.0 s" in short.reason
+
+
+def test_without_a_watchdog_the_hold_is_zero() -> None:
+    timing = WitnessTiming.from_spec(witness_spec(watchdog=False).spec)
+    assert timing.hold == 0.0 and timing.settle == TIMING.settle
+    v = may_promote(
+        cut(gone=4.1),
+        policy=DisconnectedPolicy.WITNESS,
+        liveness=NO_LIVENESS,
+        witness=held(0.5),
+        node=ME,
+        witness_timing=timing,
+    )
+    assert v.ok and v.claim
+
+
+def test_the_default_timing_grants_nothing_beyond_the_claim_rule() -> None:
+    """Without a spec (``DEFAULT_WITNESS_TIMING``) the hold equals the settle time."""
+    v = may_promote(
+        cut(gone=100.0),
+        policy=DisconnectedPolicy.WITNESS,
+        liveness=NO_LIVENESS,
+        witness=WitnessObs(enabled=True, reachable=True, holder=ME, lease_left=10.0 - 4.0),
+        node=ME,
+    )
+    assert v.refusal is BlockKind.WITNESS_SETTLING
