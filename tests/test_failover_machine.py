@@ -53,6 +53,7 @@ from reconciler.core.plan import BlockKind, Plan, WarningKind
 from reconciler.core.planner import DEFAULT_GUARDS, Guards
 from reconciler.core.safety import ViolationKind
 from reconciler.core.spec import StorageCluster
+from reconciler.core.specload import load_spec
 from reconciler.simulation import (
     ACTION_OPS,
     OBSERVE_OPS,
@@ -60,7 +61,7 @@ from reconciler.simulation import (
     Simulation,
     new_simulation,
 )
-from tests.simcluster import demo_spec, two_resource_spec, witness_spec
+from tests.simcluster import WITNESS_TEXT, demo_spec, two_resource_spec, witness_spec
 
 SPEC = demo_spec()
 SPEC2 = two_resource_spec()
@@ -519,6 +520,28 @@ class WitnessMachine(FailoverMachine):
         self.sim.fault("pause" if pause else "resume", node)
 
     @rule(node=st.sampled_from(NODES))
+    def heal_and_recut(self, node: str) -> None:
+        """The replication link heals and is cut again between two ticks of ``node`` (the one
+        that may promote on its disconnect time), the other node ticking in between: seeing
+        DRBD connected it may serve on without a lease, so ``node`` must count the settle
+        time from the re-cut, never from the first cut (``ResourceObs.disconnected_for``)."""
+        self._count("heal and re-cut")
+        sim = self.sim
+        if sim.w.replication_link:
+            sim.fault("replication", value=False)
+            sim.tick(node)
+        sim.fault("replication", value=True)
+        sim.tick(sim.w.peer(node))
+        sim.fault("replication", value=False)
+
+    @rule(node=st.sampled_from(NODES))
+    def drbd_relist(self, node: str) -> None:
+        """A stream re-list on ``node`` (``World.drbd_relist``): its disconnect count restarts.
+        Not a scenario step: a replay printed on a failure does not show it."""
+        self._count("drbd re-list")
+        self.sim.w.drbd_relist(node)
+
+    @rule(node=st.sampled_from(NODES))
     def full_partition(self, node: str) -> None:
         """``node`` loses its switch port (clients, management, etcd) and the replication link
         at once: the two nodes are fully partitioned from each other."""
@@ -687,6 +710,98 @@ def test_switching_off_the_witness_is_caught() -> None:
         f"witness switched off: found in {exc.replay.count(chr(10) + '- ')} steps: "
         f"{exc.problems[0]}"
     )
+
+
+def _witness_text(timeout: str) -> StorageCluster:
+    dog = "      timeout: 4.5\n"
+    assert WITNESS_TEXT.count(dog) == 1, "specs/witness.yaml changed shape"
+    return load_spec(WITNESS_TEXT.replace(dog, f"      timeout: {timeout}\n"))
+
+
+class _ShortHoldWitnessMachine(WitnessMachine):
+    """The witness machine with a 1 s watchdog (at most stepDownMargin x (1 - clockDrift)
+    later than the step-down: the hold after a claim is then 0.01 s), so a promotion counted
+    from the disconnect happens as soon as the continuity allows it."""
+
+    spec = _witness_text("0.99")
+    record = False
+
+
+def test_the_witness_machine_with_a_short_hold_keeps_one_primary() -> None:
+    """The disconnect count with (nearly) no hold after the claim: never two primaries."""
+    assert safety.WitnessTiming.from_spec(_ShortHoldWitnessMachine.spec.spec).hold < 0.01
+    run_state_machine_as_test(
+        _ShortHoldWitnessMachine, settings=_quiet(max_examples=60, stateful_step_count=60)
+    )
+
+
+_FIRST_CUT: dict[tuple[str, str], float] = {}
+_CLOCK: list[Simulation] = []
+
+
+def _promote_forgetting_heals(res: ResourceObs, **kw: Any) -> safety.Verdict:
+    """The continuity switched off: each node counts from the first disconnect it ever saw of
+    a resource, as if a heal did not clear ``disconnected_for``."""
+    if res.disconnected_for is not None and _CLOCK:
+        now = _CLOCK[0].w.now
+        first = _FIRST_CUT.setdefault((str(kw.get("node")), res.name), now - res.disconnected_for)
+        res = replace(res, disconnected_for=now - first)
+    return safety.may_promote(res, **kw)
+
+
+def _heal_and_recut(guards: Guards) -> Simulation:
+    """node1 serves; both links are cut (node2's count starts; node1 serves on its lease) and
+    heal; node1, off its switch port (so off etcd), serves on without a lease while connected;
+    the pool splits (each node believes it is the master); the replication link is cut again
+    and node2 ticks twice before node1 ticks: the attack on the count from the disconnect (the
+    short-hold spec: the claim alone holds nothing back)."""
+    spec = _ShortHoldWitnessMachine.spec
+    sim = new_simulation(spec, fencing="resource-only", guards=guards, raise_on_violation=True)
+    _CLOCK[:] = [sim]
+    _FIRST_CUT.clear()
+    n1, n2 = NODES
+    sim.set_pool_master(n1)
+    sim.converge()
+    sim.fault("management", value=False)  # both links: no fence-peer outdates node2
+    sim.fault("replication", value=False)  # node1 serves on its lease
+    sim.tick(n2)
+    sim.wait(5.0)
+    sim.tick(n2)
+    sim.fault("replication", value=True)
+    sim.fault("management", value=True)
+    sim.fault("isolate", n1)  # off its switch port, so off etcd too
+    for _ in range(12):  # node1's lease runs out while connected: it serves on
+        sim.elapse(1.0)
+    sim.split_pool({n1: n1, n2: n2})
+    sim.tick(n2)  # connected: node1 is Primary, nothing to do
+    sim.fault("replication", value=False)
+    sim.tick(n2)  # the key is free: claim
+    sim.wait(0.1)
+    sim.tick(n2)  # counted from the re-cut: 0.1 s, not 17 s
+    return sim
+
+
+def test_a_heal_restarts_the_disconnect_count() -> None:
+    sim = _heal_and_recut(DEFAULT_GUARDS)
+    n1, n2 = NODES
+    assert sim.w.witness_holder() == n2
+    assert sim.w.nodes[n1].resources["iscsi1"].role is Role.PRIMARY  # not ticked yet
+    assert sim.w.nodes[n2].resources["iscsi1"].role is Role.SECONDARY
+    plan = sim.last_plans[n2]
+    assert [b.kind for b in plan.blocked] == [BlockKind.WITNESS_SETTLING], plan.blocked
+    sim.tick(n1)  # node1 sees the cut: no lease, it stops serving
+    assert sim.w.nodes[n1].resources["iscsi1"].role is Role.SECONDARY
+
+
+def test_switching_off_the_disconnect_continuity_is_caught() -> None:
+    """The same run with the continuity switched off (each node counts from the first
+    disconnect it ever saw): node2 promotes on the old disconnect while node1, which saw DRBD
+    connected in between and served on without a lease, still serves: two primaries."""
+    with pytest.raises(InvariantViolation) as caught:
+        _heal_and_recut(Guards(may_promote=_promote_forgetting_heals))
+    kinds = {p.kind for p in caught.value.problems}
+    assert ViolationKind.TWO_PRIMARIES in kinds, caught.value.problems
+    Stats.lines.append(f"disconnect continuity switched off: {caught.value.problems[0]}")
 
 
 # --- the property runs tick through the production tick ----------------------------------------

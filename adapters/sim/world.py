@@ -1019,6 +1019,16 @@ class World(BaseModel):
             self.management_link = management
         self.settle()
 
+    def drbd_relist(self, node: str) -> None:
+        """A full re-list by ``node``'s events2 adapter after a stream gap (a stream that
+        ended, stalled or lied, or the periodic one): it knows its disconnected resources
+        continuously disconnected only since now (``adapters.drbd.stream``), whatever the
+        world's truth; the simulator's way to attack the witness's count from the disconnect."""
+        for res in self.nodes[node].resources.values():
+            if not res.connected:
+                res.disconnected_since = self.now
+        self.settle()
+
     def follow_links(self, node: str, *, replication: bool | None, management: bool | None) -> None:
         """What ``node`` saw of its peer's real addresses (the namespace lab: a resident pinger
         on the node's real links), applied to the simulated links as real DRBD would notice

@@ -23,9 +23,13 @@ free (the witness part of the ``witness`` promotion policy). Then node1 is cut f
 - ``node1 stops``: the first tick at which node1's own ``lease_left`` (counted from the send
   time of its last successful refresh) is below the policy's step-down threshold
   (``Witness.step_down_below``: one more observation gap, the margin and the clock drift);
-- ``node2 owns``: when node2's claim succeeded, and ``node2 may promote``: that plus the
-  policy's settle time (``Witness.settle``: one observation gap of the other node plus its
-  step-down);
+- ``node2 owns``: when node2's claim succeeded, and ``node2 may promote``: the earlier of
+  that plus the policy's settle time (``Witness.settle``: one observation gap of the other
+  node plus its step-down) and, counted from the disconnect (``ResourceObs.disconnected_for``,
+  DRBD seeing the cut ``--drbd-detect`` seconds after it, 0 by default), the later of the
+  disconnect plus the settle time and the claim plus the watchdog's hold (``Witness.hold``:
+  3.58 s with the shipped 4.5 s watchdog; 0 with ``--no-watchdog``). Then node2's next tick
+  promotes;
 - the margin between node1 stopping and node2 promoting (must be positive).
 
 Besides, the latency of ``observe`` / ``claim`` (create and refresh) on a healthy cluster,
@@ -68,15 +72,26 @@ def _shipped() -> tuple[float, float, float, float]:
     return w.ttl, w.retry_timeout, w.step_down_margin, spec.spec.timings.tick_interval
 
 
-def _thresholds(ttl: float, timeout: float, margin: float, tick: float) -> tuple[float, float]:
-    """(step down below, settle): the policy's thresholds for these timings (spec.Witness)."""
-    from reconciler.core.spec import Witness
+def _thresholds(
+    ttl: float, timeout: float, margin: float, tick: float, dog: float | None = None
+) -> tuple[float, float, float]:
+    """(step down below, settle, hold): the policy's thresholds for these timings and this
+    watchdog timeout (None: no watchdog) (spec.Witness)."""
+    from reconciler.core.spec import Watchdog, Witness
 
-    w = Witness(ttl=ttl, retry_timeout=timeout, step_down_margin=margin)
+    watchdog = None if dog is None else Watchdog(timeout=dog)
+    w = Witness(ttl=ttl, retry_timeout=timeout, step_down_margin=margin, watchdog=watchdog)
     problem = w.timing_problem(tick)
     if problem is not None:
         raise SystemExit(problem)
-    return w.step_down_below(tick), w.settle(tick)
+    return w.step_down_below(tick), w.settle(tick), w.hold()
+
+
+def _shipped_watchdog() -> float | None:
+    from reconciler.core.specload import load_spec
+
+    dog = load_spec((REPO / "specs" / "witness.yaml").read_text()).spec.witness.watchdog
+    return None if dog is None else dog.timeout
 
 
 def _witness(
@@ -132,6 +147,8 @@ def failover_round(
     timeout: float,
     margin: float,
     tick: float,
+    dog: float | None,
+    detect: float,
 ) -> dict[str, float]:
     cluster = f"failover{r}"
     links = {n: etcd.link() for n in ("node1", "node2")}
@@ -139,7 +156,7 @@ def failover_round(
         n: _witness(links[n], n, cluster=cluster, ttl=ttl, timeout=timeout, state=state)
         for n in links
     }
-    stop_below, settle = _thresholds(ttl, timeout, margin, tick)
+    stop_below, settle, hold = _thresholds(ttl, timeout, margin, tick, dog)
     stop = threading.Event()
     marks: dict[str, float] = {}
     cut_at: list[float] = []
@@ -164,8 +181,9 @@ def failover_round(
             if obs.reachable and obs.holder is None:
                 try:
                     w["node2"].claim()
-                    marks["node2 owns"] = time.monotonic()
-                    marks["node2 may promote"] = marks["node2 owns"] + settle
+                    owns = marks["node2 owns"] = time.monotonic()
+                    by_disconnect = max(cut_at[0] + detect + settle, owns + hold)
+                    marks["node2 may promote"] = min(owns + settle, by_disconnect)
                 except TransientError:
                     pass
             stop.wait(max(0.0, tick - (time.monotonic() - started)))
@@ -203,6 +221,8 @@ def main() -> int:
     ap.add_argument("--retry-timeout", type=float, default=retry0)
     ap.add_argument("--step-down-margin", type=float, default=margin0)
     ap.add_argument("--tick-interval", type=float, default=tick0)
+    ap.add_argument("--drbd-detect", type=float, default=0.0)
+    ap.add_argument("--no-watchdog", action="store_true")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     if ETCD is None:
@@ -210,10 +230,13 @@ def main() -> int:
         return 2
     ttl, timeout, tick = args.ttl, args.retry_timeout, args.tick_interval
     margin = args.step_down_margin
-    stop_below, settle = _thresholds(ttl, timeout, margin, tick)
+    dog = None if args.no_watchdog else _shipped_watchdog()
+    stop_below, settle, hold = _thresholds(ttl, timeout, margin, tick, dog)
     print(
         f"witness.ttl={ttl:g}s witness.retryTimeout={timeout:g}s stepDownMargin={margin:g}s "
-        f"tickInterval={tick:g}s (step down below {stop_below:.2f}s left, settle {settle:.2f}s)"
+        f"tickInterval={tick:g}s watchdog={'none' if dog is None else f'{dog:g}s'} (step down "
+        f"below {stop_below:.2f}s left, settle {settle:.2f}s, hold {hold:.2f}s; DRBD sees the "
+        f"cut {args.drbd_detect:g}s after it)"
     )
     base = Path(tempfile.mkdtemp(prefix="tandem-bench-etcd-"))
     etcd = EtcdCluster.start(base)
@@ -227,7 +250,15 @@ def main() -> int:
         rounds = []
         for r in range(args.rounds):
             got = failover_round(
-                etcd, base, r=r, ttl=ttl, timeout=timeout, margin=margin, tick=tick
+                etcd,
+                base,
+                r=r,
+                ttl=ttl,
+                timeout=timeout,
+                margin=margin,
+                tick=tick,
+                dog=dog,
+                detect=args.drbd_detect,
             )
             rounds.append(got)
             stops, owns = got.get("node1 stops"), got.get("node2 owns")

@@ -297,7 +297,7 @@ def test_node1_cut_from_node2_and_from_etcd_stops_before_node2_takes_over(
     took = float(promoted[0]["time"]) - cut_at
     print(
         f"\ncut -> node2's promote: {took:.2f} s (ttl {TTL:g} s + 2 ticks = "
-        f"{TTL + 2 * INTERVAL:g} s; the policy also waits its settle time after the claim)"
+        f"{TTL + 2 * INTERVAL:g} s; settle counted from the disconnect, no watchdog: no hold)"
     )
 
     # The client reads every acknowledged write through node2 (its ARP entry moved there).
