@@ -6,16 +6,26 @@ and release after the demote, a connected cluster serving on while etcd is down)
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from adapters.sim.adapters import SimWitness
 from adapters.sim.world import World, WorldStore
 from reconciler.core.errors import TransientError
+from reconciler.core.observed import ResourceObs, Role
 from reconciler.core.plan import ActionKind, BlockKind, Plan, WarningKind
-from reconciler.core.safety import ViolationKind
-from reconciler.simulation import Simulation, load_scenario, new_simulation, run_scenario
+from reconciler.core.planner import DEFAULT_GUARDS, Guards
+from reconciler.core.safety import Verdict, ViolationKind, WitnessTiming, may_promote
+from reconciler.simulation import (
+    InvariantViolation,
+    Simulation,
+    load_scenario,
+    new_simulation,
+    run_scenario,
+)
 from tests.simcluster import ROOT, witness_spec
 
 SPEC = witness_spec()
@@ -285,3 +295,102 @@ def test_sim_drbd_following_the_pinger_stamps_the_instant_the_world_dropped_the_
     pingers[N1].up = pingers[N2].up = True
     now[0] = 105.0
     assert drbd[N2].observe([res])[0].disconnected_for is None
+
+
+# --- the watchdog's window: what the hold after the claim is for ------------------------------
+
+
+def _hold_switched_off(res: ResourceObs, **kw: Any) -> Verdict:
+    """The rule counted from the disconnect without the watchdog's hold."""
+    timing = kw.get("witness_timing")
+    if isinstance(timing, WitnessTiming):
+        kw["witness_timing"] = replace(timing, hold=0.0)
+    return may_promote(res, **kw)
+
+
+def _paused_after_planning_its_step_down(guards: Guards) -> tuple[Simulation, float]:
+    """node1 serves; a full partition (off its switch port, so off etcd, and off node2; the
+    pool split, so each node wants to serve); node1 ticks on its lease until the observation
+    that plans its step-down, and its agent pauses right after it (the plan not applied).
+    Returns the simulation and that observation's time; node2 ticks every 0.25 s from then."""
+    sim = new_simulation(SPEC, fencing="resource-only", guards=guards, raise_on_violation=True)
+    sim.set_pool_master(N1)
+    sim.converge()
+    sim.elapse(2.0)
+    assert sim.w.witness_holder() == N1
+    sim.split_pool({N1: N1, N2: N2})
+    sim.fault("isolate", N1)
+    sim.fault("replication", value=False)
+    step_down = WitnessTiming.from_spec(SPEC.spec).step_down
+    while True:
+        sim.advance(0.25)
+        sim.tick(N2)
+        left = sim.w.lease_left(N1, SPEC.spec.witness.ttl)
+        if left is not None and left < step_down + 0.01:
+            plan = sim.plan_only(N1)
+            assert ActionKind.DEMOTE in {a.kind for a in plan.actions}
+            sim.fault("pause", N1)
+            return sim, sim.w.now
+        sim.tick(N1)
+
+
+def test_the_hold_keeps_the_survivor_from_promoting_inside_the_paused_nodes_watchdog_window() -> (
+    None
+):
+    """node2, disconnected for far longer than the settle time, claims the key as node1's
+    lease expires (about 4 s after node1's last observation) and still waits the hold
+    (3.58 s): node1's watchdog (4.5 s after that observation) has reset it by then."""
+    sim, paused_at = _paused_after_planning_its_step_down(DEFAULT_GUARDS)
+    while sim.w.nodes[N2].resources["iscsi1"].role is not Role.PRIMARY:
+        assert sim.w.now - paused_at < 15.0, "node2 never took over"
+        sim.advance(0.25)
+        sim.tick(N2)
+        if not sim.w.nodes[N1].agent_paused:
+            sim.tick(N1)  # reset by its watchdog: a new agent
+    assert sim.counts["watchdog reset"] == 1
+    assert sim.w.now - paused_at >= 4.0 + 3.58
+
+
+def test_without_the_hold_the_survivor_promotes_inside_the_watchdog_window() -> None:
+    """The guard bites: the same run with the hold switched off is two primaries (node2
+    promotes a tick after its claim, node1 paused and still Primary until its watchdog)."""
+    sim, paused_at = _paused_after_planning_its_step_down(Guards(may_promote=_hold_switched_off))
+    with pytest.raises(InvariantViolation) as caught:
+        for _ in range(60):
+            sim.advance(0.25)
+            sim.tick(N2)
+    assert ViolationKind.TWO_PRIMARIES in {p.kind for p in caught.value.problems}
+    assert sim.w.now - paused_at < SPEC.spec.witness.watchdog.timeout  # type: ignore[union-attr]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=InvariantViolation,
+    reason="known hole, before the count from the disconnect too: the watchdog limit "
+    "((settle + stepDownMargin) x (1 - clockDrift)) does not cover a node that served without "
+    "a lease while connected and pauses right after the observation that saw the cut; the "
+    "settle time would have to cover its gap plus the watchdog timeout",
+)
+def test_a_node_serving_unleased_that_pauses_as_it_sees_the_cut_is_reset_before_the_takeover() -> (
+    None
+):
+    """node1 serves while connected without a lease (off its switch port, so off etcd); the
+    link is cut, node1's next observation plans its step-down and its agent pauses; node2
+    claims the free key at once and promotes the settle time (4.04 s) later, counted from the
+    claim or from the cut alike, while node1's watchdog resets it only 4.5 s after that
+    observation: two primaries for about 0.4 s."""
+    sim = new_simulation(SPEC, fencing="resource-only", raise_on_violation=True)
+    sim.set_pool_master(N1)
+    sim.converge()
+    sim.fault("isolate", N1)
+    for _ in range(12):
+        sim.elapse(1.0)  # node1's lease runs out on etcd; connected, it serves on
+    sim.split_pool({N1: N1, N2: N2})
+    sim.fault("replication", value=False)
+    plan = sim.plan_only(N1)
+    assert ActionKind.DEMOTE in {a.kind for a in plan.actions}
+    sim.fault("pause", N1)
+    sim.tick(N2)  # the key is free: claim
+    for step in (1.0, 1.0, 1.0, 1.0, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1):
+        sim.advance(step)
+        sim.tick(N2)
