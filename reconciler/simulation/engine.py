@@ -645,12 +645,18 @@ class Simulation:
 
     def peer_has_data(self, node: str, resource: str | None = None) -> bool:
         """The peer holds an UpToDate copy of every resource (or of ``resource``) on a working
-        disk: failing ``node``'s disk now loses nothing (the fault model's one-disk-at-a-time
-        rule)."""
-        peer = self.w.nodes[self.w.peer(node)]
+        disk, with every acknowledged write on it: failing ``node``'s disk now loses nothing
+        (the fault model's one-disk-at-a-time rule). UpToDate alone is not enough: after a
+        takeover on the witness, the writes acknowledged while disconnected are on the new
+        primary's disk only, and the old primary's disk still says UpToDate."""
+        w = self.w
+        peer = w.nodes[w.peer(node)]
         names = self.resources if resource is None else [resource]
         return all(
-            not peer.resources[r].disk_broken and peer.resources[r].disk is DiskState.UPTODATE
+            not peer.resources[r].disk_broken
+            and peer.resources[r].disk is DiskState.UPTODATE
+            and set(w.acked.get(r, [])) - set(w.destroyed.get(r, []))
+            <= set(peer.resources[r].history)
             for r in names
         )
 

@@ -29,7 +29,8 @@ free (the witness part of the ``witness`` promotion policy). Then node1 is cut f
   DRBD seeing the cut ``--drbd-detect`` seconds after it, 0 by default), the later of the
   disconnect plus the settle time and the claim plus the watchdog's hold (``Witness.hold``:
   3.58 s with the shipped 4.5 s watchdog; 0 with ``--no-watchdog``). Then node2's next tick
-  promotes;
+  promotes (``node2 promotes``: its first tick at or after that, one tick after the claim at
+  the earliest, counted in whole ticks from the claim);
 - the margin between node1 stopping and node2 promoting (must be positive).
 
 Besides, the latency of ``observe`` / ``claim`` (create and refresh) on a healthy cluster,
@@ -44,6 +45,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import statistics
 import sys
 import tempfile
@@ -183,7 +185,11 @@ def failover_round(
                     w["node2"].claim()
                     owns = marks["node2 owns"] = time.monotonic()
                     by_disconnect = max(cut_at[0] + detect + settle, owns + hold)
-                    marks["node2 may promote"] = min(owns + settle, by_disconnect)
+                    may = marks["node2 may promote"] = min(owns + settle, by_disconnect)
+                    # The claim's tick cannot promote (the key was free when it planned):
+                    # node2's first tick from then on, one tick after the claim at the earliest.
+                    ticks = max(1, math.ceil((may - owns) / tick - 1e-9))
+                    marks["node2 promotes"] = owns + ticks * tick
                 except TransientError:
                     pass
             stop.wait(max(0.0, tick - (time.monotonic() - started)))
@@ -268,7 +274,7 @@ def main() -> int:
                 f"round {r + 1}: after the cut node1 stops at {_s(stops)}, node2 owns the key "
                 f"at {_s(owns)}, may promote at {_s(may)} (node1 out {ahead} s before)"
             )
-        for mark in ("node2 owns", "node2 may promote"):
+        for mark in ("node2 owns", "node2 may promote", "node2 promotes"):
             got_all = [g[mark] for g in rounds if mark in g]
             if got_all:
                 print(
