@@ -804,6 +804,70 @@ def test_switching_off_the_disconnect_continuity_is_caught() -> None:
     Stats.lines.append(f"disconnect continuity switched off: {caught.value.problems[0]}")
 
 
+def _claim_then_heal_and_recut(guards: Guards) -> Simulation:
+    """node1 serves without a lease while connected (off its switch port, so off etcd); the
+    pool splits; the link is cut and node2 claims the free key at once (c); the link heals at
+    c + 1.1 s, node1 ticks at c + 1.2 s (connected: it serves on), the link is cut again at
+    c + 1.3 s; node2 ticks at c + 2.9 s and c + 4.1 s (the key held 4.1 s >= settle), node1's
+    next tick is due at c + 4.2 s (its gap: 3 s). The claim's argument ("free at the claim, so
+    the other node has seen the cut by now") does not survive the heal."""
+    sim = new_simulation(
+        WITNESS_SPEC, fencing="resource-only", guards=guards, raise_on_violation=True
+    )
+    n1, n2 = NODES
+    sim.set_pool_master(n1)
+    sim.converge()
+    sim.fault("isolate", n1)
+    for _ in range(12):
+        sim.elapse(1.0)
+    sim.split_pool({n1: n1, n2: n2})
+    sim.fault("replication", value=False)
+    claimed = sim.w.now
+    sim.tick(n2)
+    assert sim.w.witness_holder() == n2
+
+    def at(offset: float) -> None:
+        sim.advance(claimed + offset - sim.w.now)
+        assert abs(sim.w.now - claimed - offset) < 1e-9
+
+    at(1.1)
+    sim.fault("replication", value=True)
+    at(1.2)
+    sim.tick(n1)
+    at(1.3)
+    sim.fault("replication", value=False)
+    at(2.9)
+    sim.tick(n2)
+    at(4.1)
+    sim.tick(n2)
+    return sim
+
+
+def test_a_heal_after_the_claim_restarts_the_count_too() -> None:
+    sim = _claim_then_heal_and_recut(DEFAULT_GUARDS)
+    n1, n2 = NODES
+    assert sim.w.nodes[n2].resources["iscsi1"].role is Role.SECONDARY
+    assert "disconnected for 2.8 s" in sim.last_plans[n2].blocked[0].reason
+    sim.tick(n1)  # it sees the re-cut: no lease, it stops serving
+    assert sim.w.nodes[n1].resources["iscsi1"].role is Role.SECONDARY
+
+
+def _promote_on_the_claim_alone(res: ResourceObs, **kw: Any) -> safety.Verdict:
+    """The rule of an adapter that cannot know the continuity (the polling one)."""
+    return safety.may_promote(replace(res, disconnected_for=None), **kw)
+
+
+def test_the_claim_alone_is_caught_by_a_heal_after_the_claim() -> None:
+    """Counted from the claim only (what a polling DRBD adapter leaves, and the claim branch of
+    an "either" rule): node2 promotes while node1, which saw DRBD connected after the claim,
+    still serves: two primaries. Where the continuity is known the count from the disconnect
+    decides; the polling adapter cannot see this heal (docs/operations.md, "The witness")."""
+    with pytest.raises(InvariantViolation) as caught:
+        _claim_then_heal_and_recut(Guards(may_promote=_promote_on_the_claim_alone))
+    assert ViolationKind.TWO_PRIMARIES in {p.kind for p in caught.value.problems}
+    Stats.lines.append(f"the claim alone after a heal: {caught.value.problems[0]}")
+
+
 # --- the property runs tick through the production tick ----------------------------------------
 
 

@@ -385,10 +385,10 @@ def test_witness_survivor_claims_waits_the_settle_time_then_promotes_after_the_c
     assert [b.kind for b in claim.plan.blocked] == [BlockKind.WITNESS_CLAIM]
     c.world.now += 2.0
     settling = c.tick("node2")
-    assert steps(settling) == [] and "waiting until it has held the key 4.0 s" in str(
+    assert steps(settling) == [] and "with the key held 3.6 s" in str(
         settling.plan.blocked[0].reason
     )
-    c.world.now += 2.1  # held 4.1 s >= settle 4.04 s
+    c.world.now += 2.1  # held 4.1 s >= hold 3.58 s; disconnected 14.1 s >= settle 4.04 s
     r = c.tick("node2")
     assert steps(r) == ["claim-witness", *BRING_UP]
     assert r.plan.actions[1].after == (0,)  # promote only once the claim succeeded

@@ -11,9 +11,10 @@ Invariants stated here:
    operator override. With the witness (``may_promote``'s ``witness``): only while this node
    holds the cluster's etcd key, reached through a majority, and the settle time
    (``WitnessTiming.settle``: the old primary's longest observation gap plus its step-down)
-   has passed since the key was claimed, or since the resource was (continuously)
-   disconnected with the key held for ``WitnessTiming.hold`` (``_witness`` says why that is
-   as safe), claimed again in the same plan right before the promotion.
+   has passed since the resource was (continuously) disconnected, with the key held for
+   ``WitnessTiming.hold``, or, where the DRBD adapter cannot know the continuity, since the
+   key was claimed (``_witness`` says why), claimed again in the same plan right before the
+   promotion.
 2. Never promote data that may be older than the peer's: local disk must be UpToDate, and a
    split-brained resource is never promoted automatically.
 3. The VIP and the target only on the primary: a VIP is added only where at least one resource is
@@ -219,21 +220,29 @@ def _witness(
     connected cluster serves on when etcd is down or its lease lapsed); a leased one stops
     before its lease can expire on etcd, so before this node can claim. The unleased one steps
     down once it sees the disconnect, within the settle time (its observation gap plus its
-    step-down). Two ways to know that time has passed, either suffices:
+    step-down). How this node knows that time has passed depends on what its DRBD adapter
+    knows:
 
-    - the key has been held for the settle time (it was free at the claim, so the other node
-      served unleased if at all, and saw the cut by then at the latest);
-    - ``res`` has been *continuously* disconnected for the settle time, and the key held for
-      ``timing.hold``. The other node sees the cut about when this one does, and stops within
-      its gap once it does: counted from the disconnect, the settle time is as safe as counted
-      from the claim. Continuity is the point: a heal in between would let it see DRBD
-      connected again and serve on unleased, so only an adapter that sees every change (an
-      events2 stream, the simulated world) reports ``disconnected_for``, and a heal or a
-      re-list restarts it. The one assumption, which the claim rule makes too (with the
-      claim's delay as margin): both DRBD sides detect the cut within about the same time
-      (ping-int/ping-timeout on both). The hold covers the watchdog's window: a node paused
-      right after planning its step-down is reset by its watchdog, and the hold keeps this node
-      from promoting before that (``spec.Witness.hold``; 0 without a watchdog)."""
+    - ``res.disconnected_for`` known (an adapter that sees every change: an events2 stream,
+      the simulated world): ``res`` has been *continuously* disconnected for the settle time,
+      and the key held for ``timing.hold`` (or the settle time, if shorter). The other node
+      sees the cut about when this one does, and stops within its gap once it does: counted
+      from the disconnect, the settle time is as safe as counted from the claim. Continuity is
+      the point: a heal in between would let it see DRBD connected again and serve on
+      unleased, so a heal or a re-list restarts the count. It is required even once the key
+      has been held for the settle time: a heal and a re-cut *after the claim*, between two
+      ticks of this node, void the claim's argument below (the other node ticked while
+      connected and served on), so where continuity is known the claim alone never suffices;
+    - not known (the polling adapter: a heal between two polls is invisible): the key has been
+      held for the settle time (it was free at the claim, so the other node served unleased if
+      at all, and saw the cut by then at the latest, unless the link healed and was cut again
+      between two of this node's polls, which no poll can see).
+
+    The one assumption, which the claim rule makes too (with the claim's delay as margin):
+    both DRBD sides detect the cut within about the same time (ping-int/ping-timeout on both).
+    The hold covers the watchdog's window: a node paused right after planning its step-down is
+    reset by its watchdog, and the hold keeps this node from promoting before that
+    (``spec.Witness.hold``; 0 without a watchdog)."""
     if not w.enabled:
         return _no(
             BlockKind.WITNESS_UNREACHABLE,
@@ -260,14 +269,19 @@ def _witness(
     held = None if w.lease_left is None else timing.ttl - w.lease_left
     gone = res.disconnected_for
     tail = "reached through an etcd majority); the lease is refreshed right before the promotion"
-    if held is not None and held >= timing.settle:
+    if held is not None and gone is None and held >= timing.settle:
         return Verdict(
             True,
             f"{where}, but this node holds the witness key (claimed {held:.1f} s ago >= settle "
             f"{timing.settle:.1f} s, {tail}",
             claim=True,
         )
-    if held is not None and held >= timing.hold and gone is not None and gone >= timing.settle:
+    if (
+        held is not None
+        and gone is not None
+        and gone >= timing.settle
+        and held >= min(timing.hold, timing.settle)
+    ):
         return Verdict(
             True,
             f"{where}, but this node holds the witness key (claimed {held:.1f} s ago, "
@@ -276,17 +290,19 @@ def _witness(
             claim=True,
         )
     claimed = "" if held is None else f" {held:.1f} s ago"
-    since = (
-        "not known to have been continuously disconnected"
-        if gone is None
-        else f"disconnected for {gone:.1f} s"
-    )
+    if gone is None:
+        return _no(
+            BlockKind.WITNESS_SETTLING,
+            f"{where}; this node claimed the witness key{claimed} and {res.name} is not known "
+            "to have been continuously disconnected: waiting until it has held the key "
+            f"{timing.settle:.1f} s (the other node's longest tick gap plus its step-down)",
+        )
     return _no(
         BlockKind.WITNESS_SETTLING,
-        f"{where}; this node claimed the witness key{claimed} and {res.name} is {since}: "
-        f"waiting until it has held the key {timing.settle:.1f} s, or {timing.hold:.1f} s "
-        f"with {res.name} disconnected for {timing.settle:.1f} s (the other node's longest "
-        "tick gap plus its step-down)",
+        f"{where}; this node claimed the witness key{claimed} and {res.name} is disconnected "
+        f"for {gone:.1f} s: waiting until it has been disconnected {timing.settle:.1f} s (the "
+        "other node's longest tick gap plus its step-down) with the key held "
+        f"{min(timing.hold, timing.settle):.1f} s",
     )
 
 

@@ -1,8 +1,9 @@
-"""The witness's settle time counted from the claim or from the disconnect (``safety._witness``
-through ``may_promote``): either branch suffices; the disconnect branch needs the key held for
-the watchdog's hold too, and a resource whose continuity is not known (``disconnected_for``
-None: a polling adapter) keeps the claim rule. Per resource: one disconnected long is promoted,
-one disconnected briefly waits."""
+"""The witness's settle time counted from the disconnect or from the claim (``safety._witness``
+through ``may_promote``): where the continuity is known the count from the disconnect decides
+(with the key held for the watchdog's hold too), and a heal after the claim voids the claim;
+a resource whose continuity is not known (``disconnected_for`` None: a polling adapter) keeps
+the claim rule. Per resource: one disconnected long is promoted, one disconnected briefly
+waits."""
 
 from __future__ import annotations
 
@@ -62,11 +63,22 @@ def test_the_shipped_timings() -> None:
     assert TIMING.hold == pytest.approx((4.5 / 0.99 - 1) * 1.01)  # 3.58 s
 
 
-def test_held_for_the_settle_time_promotes_whatever_the_adapter_knows() -> None:
-    for gone in (None, 0.0, 100.0):
-        v = verdict(cut(gone=gone), held(4.1))
-        assert v.ok and v.claim, gone
-        assert "claimed 4.1 s ago >= settle 4.0 s" in v.reason
+def test_held_for_the_settle_time_promotes_where_continuity_is_not_known() -> None:
+    """The polling adapter (``disconnected_for`` None): today's rule, counted from the claim."""
+    v = verdict(cut(gone=None), held(4.1))
+    assert v.ok and v.claim
+    assert "claimed 4.1 s ago >= settle 4.0 s" in v.reason
+
+
+def test_a_heal_after_the_claim_voids_the_claim_where_continuity_is_known() -> None:
+    """Held for the settle time, but the connection came back and went again since the claim
+    (disconnected for less than it has held the key): counted from the re-cut."""
+    v = verdict(cut(gone=1.0), held(6.0))
+    assert v.refusal is BlockKind.WITNESS_SETTLING and not v.claim
+    assert "iscsi1 is disconnected for 1.0 s: waiting until it has been disconnected 4.0 s" in (
+        v.reason
+    )
+    assert verdict(cut(gone=6.0), held(6.0)).ok
 
 
 def test_disconnected_for_the_settle_time_promotes_once_the_hold_passed() -> None:
@@ -75,13 +87,14 @@ def test_disconnected_for_the_settle_time_promotes_once_the_hold_passed() -> Non
     assert "iscsi1 has been disconnected for 4.1 s >= settle 4.0 s" in v.reason
     early = verdict(cut(gone=100.0), held(3.5))  # the watchdog's window is not over
     assert early.refusal is BlockKind.WITNESS_SETTLING
-    assert "disconnected for 100.0 s" in early.reason and "3.6 s with iscsi1" in early.reason
+    assert "disconnected for 100.0 s" in early.reason and "key held 3.6 s" in early.reason
 
 
-def test_disconnected_shorter_than_the_settle_time_waits_for_the_claim_rule() -> None:
+def test_disconnected_shorter_than_the_settle_time_waits() -> None:
     v = verdict(cut(gone=4.0), held(3.9))
     assert v.refusal is BlockKind.WITNESS_SETTLING and not v.claim
     assert "claimed the witness key 3.9 s ago and iscsi1 is disconnected for 4.0 s" in v.reason
+    assert verdict(cut(gone=4.0), held(5.0)).refusal is BlockKind.WITNESS_SETTLING
 
 
 def test_continuity_not_known_keeps_the_claim_rule() -> None:
