@@ -52,12 +52,32 @@ class DrbdAdapter(Protocol):
     def disconnect(self, resource: Resource) -> None: ...
 
 
+# How old a pending ARP probe's answer may be when ``VipAdapter.add(probe=True)`` uses it; an
+# older one (an executor that retried and slept in between) is replaced by a new probe.
+PENDING_MAX_AGE = 1.0
+
+
 class VipAdapter(Protocol):
-    def observe(self, vips: Sequence[Vip]) -> tuple[VipObs, ...]:
-        """Local presence of each VIP; for the ones not local, whether another host answers."""
+    def observe(self, vips: Sequence[Vip], *, wait_probes: bool = True) -> tuple[VipObs, ...]:
+        """Local presence of each VIP; for the ones not local, whether another host answers.
+
+        ``wait_probes=False``: return once the local addresses are read; a VIP whose ARP probe
+        has not answered yet is ``probe_pending`` (its probe goes on: ``complete`` waits for
+        it, ``add(vip, probe=True)`` checks it). Each call starts a new observation: what an
+        earlier one left pending is dropped."""
         ...
 
-    def add(self, vip: Vip) -> None: ...
+    def complete(self, seen: tuple[VipObs, ...]) -> tuple[VipObs, ...]:
+        """``seen`` (from ``observe(..., wait_probes=False)``) with every pending probe's
+        answer filled in (waits for them: at most about one probe timeout)."""
+        ...
+
+    def add(self, vip: Vip, *, probe: bool = False) -> None:
+        """Configure the VIP. ``probe``: the plan was made before this VIP's ARP probe answered
+        (``Action.probe``): check first that nobody else answers (the pending probe's answer
+        when it is recent, else a new probe) and raise ``TerminalError`` without adding it
+        when someone does or the probe cannot be made."""
+        ...
 
     def remove(self, vip: Vip) -> None: ...
 

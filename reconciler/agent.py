@@ -149,7 +149,9 @@ def tick(
     started = time.time()
     t0 = time.monotonic()
     parts: dict[str, float] = {}
-    observed = observe(spec, adapters, executor=executor, timings=parts)
+    # The plan may be made before a VIP probe answers when only add-vip reads it (it then
+    # checks the answer itself): see reconciler.observe.
+    observed = observe(spec, adapters, executor=executor, timings=parts, defer_probes=True)
     looked = time.monotonic() - t0
     the_plan = make_plan(spec, observed, guards=guards)
     if on_plan is not None:

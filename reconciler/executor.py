@@ -202,7 +202,7 @@ def _dispatch(action: Action, spec: StorageCluster, a: NodeAdapters) -> None:
     elif kind in (ActionKind.ADD_VIP, ActionKind.REMOVE_VIP, ActionKind.ANNOUNCE_VIP):
         vip = next(v for v in s.vips if v.ip == action.vip)
         if kind is ActionKind.ADD_VIP:
-            a.vip.add(vip)
+            a.vip.add(vip, probe=action.probe)
         elif kind is ActionKind.REMOVE_VIP:
             a.vip.remove(vip)
         else:

@@ -25,6 +25,7 @@ from reconciler.core.observed import (
     VipObs,
     WitnessObs,
 )
+from reconciler.core.safety import probes_can_wait
 from reconciler.core.spec import StorageCluster
 
 _T = TypeVar("_T")
@@ -36,18 +37,25 @@ def observe(
     *,
     executor: Executor | None = None,
     timings: dict[str, float] | None = None,
+    defer_probes: bool = False,
 ) -> ObservedState:
     """One observation of every concern. With an ``executor`` (the watch loop passes one)
     the VIPs and the hypervisor are read first, concurrently, then DRBD, the target and
-    liveness, concurrently, once the VIP read is in: the VIP read's ARP probe of a VIP that is
-    not here is the one read that waits on the network, while the others are caches fed by
-    event streams (DRBD events2, the resident tgtd's target list, the pinger), so reading them
-    after it costs nothing and gives the freshest state (in a planned swap the new primary's
-    tick that was probing while the peer stepped down sees the peer Secondary in that tick, not
-    the next one; measured in the VM tier). Without one, in order (deterministic, for
-    simulations that share one in-memory world). Either way the role source and the
-    operator's choices are read last (see below). ``timings``, when given, receives the seconds
-    each concern's read took (keys: drbd, vip, target, role, operator, liveness, and
+    liveness, concurrently, once the VIPs' addresses are in. The ARP probe of a VIP that is not
+    here is the one read that waits on the network (the others are caches fed by event
+    streams: DRBD events2, the resident tgtd's target list, the pinger); it is waited for only
+    when the plan needs its answer: always, unless ``defer_probes`` (the tick's observation,
+    ``reconciler.agent.tick``; an operator command's or a status read's is complete) and
+    ``safety.probes_can_wait`` (every resource connected with a peer that is not Primary, no
+    target here). Then DRBD is read again after the wait, the
+    freshest state (in a planned swap the new primary's tick that was probing while the peer
+    stepped down sees the peer Secondary in that tick, not the next one; measured in the VM
+    tier). Otherwise the VIP stays ``probe_pending`` and the tick goes on: the node taking over
+    in a planned swap promotes and defines its target while its probe listens, and add-vip
+    checks the answer itself. Without an executor, in order (deterministic, for simulations
+    that share one in-memory world). Either way the role source and the operator's choices are
+    read last (see below). ``timings``, when given, receives the seconds each concern's read
+    took (keys: drbd, vip (with the probes' wait), target, role, operator, liveness, and
     hypervisor and witness when configured). The witness is read very last: its
     ``lease_left`` is then as fresh as it can be when the plan acts on it."""
     s = spec.spec
@@ -89,18 +97,48 @@ def observe(
             lambda exc: HypervisorObs(enabled=True, error=_err("hypervisor", exc)),
         )
 
+    def read_vips() -> Callable[[], tuple[VipObs, ...]]:
+        # Never waits for the ARP probes of VIPs not here: ``wait_for_probes`` does, when the
+        # plan needs their answers.
+        return start(
+            "vip", lambda: tuple(adapters.vip.observe(s.vips, wait_probes=False)), vip_unknown
+        )
+
+    def wait_for_probes(
+        seen: tuple[VipObs, ...], res: tuple[ResourceObs, ...], tgt: TargetObs
+    ) -> tuple[VipObs, ...] | None:
+        """The VIPs with their probes' answers, or None when the plan may go on without them
+        (none pending, or ``probes_can_wait``: then add-vip checks them itself)."""
+        if not any(v.probe_pending for v in seen) or (defer_probes and probes_can_wait(res, tgt)):
+            return None
+        waited = _guarded("vip-probe", lambda: adapters.vip.complete(seen), vip_unknown, timings)
+        if timings is not None:
+            timings["vip"] = timings.get("vip", 0.0) + timings.pop("vip-probe", 0.0)
+        return waited
+
     if executor is None:  # in order: drbd, vip, target, liveness, hypervisor
-        resources = read_drbd()
-        vip_obs = tuple(start("vip", lambda: adapters.vip.observe(s.vips), vip_unknown)())
+        resources = tuple(read_drbd()())
+        vip_obs = read_vips()()
         target, liveness = read_rest()
+        target_obs = target()
+        vip_obs = wait_for_probes(vip_obs, resources, target_obs) or vip_obs
         hypervisor = read_hypervisor()
     else:  # the VIPs (and the hypervisor) first; the cached concerns once the VIPs are in
-        vips = start("vip", lambda: adapters.vip.observe(s.vips), vip_unknown)
+        vips = read_vips()
         hypervisor = read_hypervisor()
-        vip_obs = tuple(vips())
-        resources = read_drbd()
+        vip_obs = vips()
+        drbd_now = read_drbd()
         target, liveness = read_rest()
-    slow = (tuple(resources()), vip_obs, target(), liveness(), hypervisor())
+        resources, target_obs = tuple(drbd_now()), target()
+        waited = wait_for_probes(vip_obs, resources, target_obs)
+        if waited is not None:
+            # The probes' wait is the one read that waits on the network: DRBD and the target
+            # are read again after it, the freshest state (see the docstring).
+            vip_obs = waited
+            drbd_now = read_drbd()
+            target, liveness = read_rest()
+            resources, target_obs = tuple(drbd_now()), target()
+    slow = (resources, vip_obs, target_obs, liveness(), hypervisor())
     leftovers = _leftovers(spec, adapters)
     # The role source and the operator's choices are read last, once the slower reads are in:
     # they are what a wake source watches (pool.conf, the operator file), so a change that

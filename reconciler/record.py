@@ -53,6 +53,7 @@ class ActionRecord(_Model):
     interface: str | None = None
     repair: bool = False
     pbd: str | None = None
+    probe: bool = False  # add-vip checks the VIP's ARP probe itself (``Action.probe``)
 
     @classmethod
     def of(cls, action: Action) -> ActionRecord:
@@ -68,13 +69,14 @@ class ActionRecord(_Model):
             interface=action.interface,
             repair=action.repair,
             pbd=action.pbd,
+            probe=action.probe,
         )
 
     @model_serializer(mode="wrap")
     def _compact(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
         # The spelling of Action.to_json: only the facets an action has.
         out: dict[str, Any] = handler(self)
-        flags = ("force", "repair")
+        flags = ("force", "repair", "probe")
         return {k: v for k, v in out.items() if v is not None and (k not in flags or v)}
 
 
@@ -127,11 +129,15 @@ class ResourceRecord(_Model):
 
 
 class VipRecord(_Model):
+    """``probe_pending``: the VIP's ARP probe had not answered when the tick was planned (the
+    add-vip action checks it itself)."""
+
     address: str
     local: bool | None = None
     answered_elsewhere: bool | None = None
     announced: bool | None = None
     error: str | None = None
+    probe_pending: bool = False
 
 
 class TargetRecord(_Model):
@@ -202,6 +208,7 @@ class ObservedRecord(_Model):
                     answered_elsewhere=v.answered_elsewhere,
                     announced=v.announced,
                     error=v.error,
+                    probe_pending=v.probe_pending,
                 )
                 for v in obs.vips
             ],

@@ -153,6 +153,8 @@ def render(
         where = {True: "local", False: "not local", None: "unknown"}[vip.local]
         if vip.local and vip.announced is False:
             where += ", not announced since it was added"
+        if vip.probe_pending:
+            where += " (its ARP probe was still running when the tick was planned)"
         console.print(f"VIP {vip.address}: {where}")
     for b in record.blocked:
         console.print(f"[yellow]blocked[/] {b.what}: {e(b.reason)}")

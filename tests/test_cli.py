@@ -36,7 +36,7 @@ def test_readme_story_on_the_embedded_demo(tmp_path: Path) -> None:
     first = run(tmp_path, "--once", "--node", "node1")
     assert first.returncode == 0, first.stderr
     out = first.stdout
-    assert out.index("promote") < out.index("add-vip") < out.index("start-target")
+    assert out.index("promote") < out.index("start-target") < out.index("add-vip")
     assert dry.stdout.replace(" (dry run: nothing applied)", "").replace(" ok", "") == out.replace(
         " ok", ""
     )
@@ -63,10 +63,10 @@ def test_json_lists_actions_with_kind_resource_reason(tmp_path: Path) -> None:
     data = json.loads(r.stdout)
     assert [a["kind"] for a in data["actions"]] == [
         "promote",
-        "add-vip",
-        "announce-vip",
         "start-target",
         "export-lun",
+        "add-vip",
+        "announce-vip",
         "plug-pbd",
     ]
     assert data["actions"][0]["resource"] == "iscsi1"
@@ -92,7 +92,9 @@ def test_exit_3_when_blocked_and_1_when_an_action_fails(tmp_path: Path) -> None:
     world["strangers"] = ["198.51.100.3"]
     world_file.write_text(json.dumps(world))
     r = run(tmp_path, "--once", "--node", "node1")
-    assert r.returncode == 0  # promote applied, VIP refused: progress was made
+    # Planned before the VIP's probe answered (nothing else needed it): add-vip's own check
+    # refuses the address, an action failed.
+    assert r.returncode == 1 and "answered by another host" in r.stdout, r.stdout
     blocked = run(tmp_path, "--once", "--node", "node1")
     assert blocked.returncode == 3, blocked.stdout
     assert "answered by another host" in blocked.stdout

@@ -37,7 +37,7 @@ VERDICTS = ("primary", "secondary", "unknown")
 LOCAL = ("down", "secondary", "primary", "unreadable")
 PEER = ("peer-secondary", "peer-primary", "peer-dead", "peer-alive-disconnected")
 
-UP = "promote add-vip announce-vip start-target export-lun"
+UP = "promote start-target export-lun add-vip announce-vip"
 DOWN = "stop-target remove-vip demote"
 
 # (verdict, local, peer): "actions ! blocked"
@@ -177,27 +177,27 @@ PBD_TABLE: dict[tuple[str, str], str] = {
     ("serving-here", "usable-unknown"): "! - ? -",
     ("serving-here", "pbd-unknown"): "! - ? hypervisor-unreadable",
     ("serving-here", "xapi-down"): "! - ? hypervisor-unreadable",
-    ("bringing-up", "attached"): "promote add-vip announce-vip start-target export-lun ! - ? -",
+    ("bringing-up", "attached"): "promote start-target export-lun add-vip announce-vip ! - ? -",
     (
         "bringing-up",
         "unplugged",
-    ): "promote add-vip announce-vip start-target export-lun plug-pbd ! - ? -",
+    ): "promote start-target export-lun add-vip announce-vip plug-pbd ! - ? -",
     (
         "bringing-up",
         "unusable",
-    ): "promote add-vip announce-vip start-target export-lun replug-pbd ! - ? -",
+    ): "promote start-target export-lun add-vip announce-vip replug-pbd ! - ? -",
     (
         "bringing-up",
         "usable-unknown",
-    ): "promote add-vip announce-vip start-target export-lun ! - ? -",
+    ): "promote start-target export-lun add-vip announce-vip ! - ? -",
     (
         "bringing-up",
         "pbd-unknown",
-    ): "promote add-vip announce-vip start-target export-lun ! - ? hypervisor-unreadable",
+    ): "promote start-target export-lun add-vip announce-vip ! - ? hypervisor-unreadable",
     (
         "bringing-up",
         "xapi-down",
-    ): "promote add-vip announce-vip start-target export-lun ! - ? hypervisor-unreadable",
+    ): "promote start-target export-lun add-vip announce-vip ! - ? hypervisor-unreadable",
     ("peer-serves", "attached"): "! - ? -",
     ("peer-serves", "unplugged"): "plug-pbd ! - ? -",
     ("peer-serves", "unusable"): "replug-pbd ! - ? -",

@@ -37,9 +37,10 @@ def test_persistent_transient_error_gives_up_and_stops(tmp_path: Path) -> None:
     assert r.result.failed.action.kind is ActionKind.ADD_VIP
     assert r.result.failed.attempts == 3
     assert "timed out" in (r.result.failed.error or "")
-    # Stopped at the first failure: no target was started after the failed VIP.
-    assert kinds(r.result.applied) == ["promote"]
-    assert c.world.nodes["node1"].target_running is False
+    # The target comes before the VIP; the VIP's chain stopped at its failure (not announced).
+    assert kinds(r.result.applied) == ["promote", "start-target", "export-lun"]
+    assert kinds(s.action for s in r.result.skipped) == ["announce-vip", "plug-pbd"]
+    assert c.world.nodes["node1"].vips == []
 
 
 def test_terminal_error_is_not_retried_and_nothing_follows_a_failed_promote(
@@ -92,10 +93,10 @@ def test_a_failed_promote_skips_only_what_depends_on_it(tmp_path: Path) -> None:
     # The VIP, the target and LUN 1 do not need iscsi2: they ran. LUN 2 needs it: skipped.
     assert kinds(r.result.applied) == [
         "promote",
-        "add-vip",
-        "announce-vip",
         "start-target",
         "export-lun",
+        "add-vip",
+        "announce-vip",
     ]
     assert [s.action.describe() for s in r.result.skipped] == ["export-lun LUN 2 (iscsi2)"]
     skipped = r.result.skipped[0]
@@ -119,11 +120,11 @@ def test_when_every_promote_fails_no_vip_and_no_target_start(tmp_path: Path) -> 
         "promote iscsi2",
     ]
     assert kinds(s.action for s in r.result.skipped) == [
-        "add-vip",
-        "announce-vip",
         "start-target",
         "export-lun",
         "export-lun",
+        "add-vip",
+        "announce-vip",
     ]
     n1 = c.world.nodes["node1"]
     assert n1.vips == [] and not n1.target_running and n1.exported == {}

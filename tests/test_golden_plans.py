@@ -17,10 +17,10 @@ from tests.simcluster import SimCluster, demo_spec, witness_spec
 
 BRING_UP = [
     "promote iscsi1",
-    "add-vip 198.51.100.3",
-    "announce-vip 198.51.100.3",
     "start-target",
     "export-lun LUN 1 (iscsi1)",
+    "add-vip 198.51.100.3",
+    "announce-vip 198.51.100.3",
 ]
 TEAR_DOWN = ["stop-target", "remove-vip 198.51.100.3", "demote iscsi1"]
 
@@ -132,16 +132,25 @@ def test_peer_crashed_survivor_takes_over_with_quorum(tmp_path: Path) -> None:
 def test_vip_held_by_a_stranger_is_never_taken_over(cluster: SimCluster) -> None:
     cluster.world.strangers.append("198.51.100.3")
     r = cluster.tick("node1")
-    # No target is defined while a VIP is refused; the resident daemon alone serves nothing.
-    assert steps(r) == ["promote iscsi1", "start-daemon"]
-    assert [(b.kind, b.what) for b in r.plan.blocked] == [
+    # Connected, with a peer that is not Primary: the plan is made while the VIP's probe still
+    # listens (it overlaps the target steps) and add-vip checks its answer itself: it refuses,
+    # and nothing that needs the VIP runs. The target is defined, unreachable on the VIP.
+    assert steps(r) == [*BRING_UP, plug(cluster, "node1")]
+    assert r.plan.actions[3].probe
+    assert r.result is not None and r.result.failed is not None
+    assert r.result.failed.action.kind.value == "add-vip"
+    assert "answered by another host" in (r.result.failed.error or "")
+    assert {s.action.kind.value for s in r.result.skipped} == {"announce-vip", "plug-pbd"}
+    # The next tick (the target defined: nothing to overlap) waits for the probe and refuses
+    # the VIP in the plan, as it does from then on.
+    again = cluster.tick("node1")
+    assert steps(again) == [] and again.exit_code == EXIT_BLOCKED
+    assert [(b.kind, b.what) for b in again.plan.blocked] == [
         (BlockKind.VIP_ANSWERS_ELSEWHERE, "add-vip"),
         (BlockKind.STORAGE_NOT_SERVED, "plug-pbd"),  # a stranger serves none of our LUNs
     ]
-    assert "answered by another host" in r.plan.blocked[0].reason
-    again = cluster.tick("node1")
-    assert steps(again) == [] and again.exit_code == EXIT_BLOCKED
-    assert cluster.world.nodes["node1"].target_running is False
+    assert "answered by another host" in again.plan.blocked[0].reason
+    assert "198.51.100.3" not in cluster.world.nodes["node1"].vips
     assert invariant_violations(cluster.world.facts()) == []
 
 
@@ -181,7 +190,7 @@ def test_failed_announcement_is_retried_next_tick(tmp_path: Path) -> None:
     first = cluster.tick("node1")
     assert first.result is not None and first.result.failed is not None
     assert first.result.failed.action.kind.value == "announce-vip"
-    assert steps(cluster.tick("node1")) == [*BRING_UP[2:], plug(cluster, "node1")]
+    assert steps(cluster.tick("node1")) == [*BRING_UP[4:], plug(cluster, "node1")]
     assert cluster.world.serving_node("iscsi1") == "node1"
     assert steps(cluster.tick("node2")) == ["start-daemon", plug(cluster, "node2")]
     assert_idempotent(cluster)
@@ -255,8 +264,10 @@ def test_one_unreadable_drbd_status_does_not_tear_down_the_primary(tmp_path: Pat
 
 def test_bring_up_and_tear_down_plans_carry_their_dependency_chains(tmp_path: Path) -> None:
     """Golden chains (``Action.after``/``after_any``): each resource's promote is its own chain;
-    the VIP needs one of them; VIP -> announce -> target in one chain; each LUN needs the target
-    and its own resource. On the way down: target -> VIP -> each demote."""
+    the target needs one of them; target -> VIP -> announce in one chain (the VIP last, so the
+    first connection to it finds the LUNs, and a probe still running overlaps the target
+    steps); each LUN needs the target and its own resource. On the way down: target -> VIP ->
+    each demote."""
     from tests.simcluster import two_resource_spec
 
     c = SimCluster.create(two_resource_spec(), tmp_path)
@@ -265,11 +276,11 @@ def test_bring_up_and_tear_down_plans_carry_their_dependency_chains(tmp_path: Pa
     assert shown == [
         ("promote iscsi1", (), ()),
         ("promote iscsi2", (), ()),
-        ("add-vip 198.51.100.3", (), (0, 1)),
-        ("announce-vip 198.51.100.3", (2,), ()),
-        ("start-target", (3,), ()),
-        ("export-lun LUN 1 (iscsi1)", (4, 0), ()),
-        ("export-lun LUN 2 (iscsi2)", (4, 1), ()),
+        ("start-target", (), (0, 1)),
+        ("export-lun LUN 1 (iscsi1)", (2, 0), ()),
+        ("export-lun LUN 2 (iscsi2)", (2, 1), ()),
+        ("add-vip 198.51.100.3", (2,), ()),
+        ("announce-vip 198.51.100.3", (5,), ()),
     ]
     assert up.actions[2].to_json()["afterAny"] == [0, 1]
     c.converge()

@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Protocol, TypeVar
 
-from adapters.base import NodeAdapters
+from adapters.base import PENDING_MAX_AGE, NodeAdapters
 from adapters.inventory import InventoryData
 from adapters.tgt.chap import ChapSecrets
-from reconciler.core.errors import AdapterError
+from reconciler.core.errors import AdapterError, TerminalError
 from reconciler.core.observed import (
     ConnState,
     DiskState,
@@ -203,8 +203,17 @@ class SimDrbd(_SimBase):
             world.drbd_disconnect(self.node, resource.name)
 
 
+@dataclass
 class SimVip(_SimBase):
-    def observe(self, vips: Sequence[Vip]) -> tuple[VipObs, ...]:
+    """The VIPs in the world. ``observe(wait_probes=False)`` keeps, as the real adapter's
+    pending probe would, the answer at observation time (with the world's clock) for
+    ``complete`` and ``add(probe=True)``; an answer older than ``PENDING_MAX_AGE`` is asked
+    again at the add, as the real adapter probes again."""
+
+    _pending: dict[str, tuple[float, bool]] = field(default_factory=dict, init=False, repr=False)
+
+    def observe(self, vips: Sequence[Vip], *, wait_probes: bool = True) -> tuple[VipObs, ...]:
+        self._pending = {}
         self._hang("vip-observe")
         with self.store.transaction() as world:
             if not world.nodes[self.node].alive:
@@ -217,21 +226,41 @@ class SimVip(_SimBase):
             for v in vips:
                 nd = world.nodes[self.node]
                 local = v.ip in nd.vips
-                answered = None if local else world.vip_answered_elsewhere(self.node, v.ip)
-                announced = (v.ip in nd.announced) if local else None
-                out.append(
-                    VipObs(
-                        address=v.ip,
-                        local=local,
-                        answered_elsewhere=answered,
-                        announced=announced,
-                    )
-                )
+                if local:
+                    out.append(VipObs(address=v.ip, local=True, announced=v.ip in nd.announced))
+                    continue
+                answered = world.vip_answered_elsewhere(self.node, v.ip)
+                if wait_probes:
+                    out.append(VipObs(address=v.ip, local=False, answered_elsewhere=answered))
+                else:
+                    self._pending[v.ip] = (world.now, answered)
+                    out.append(VipObs(address=v.ip, local=False, probe_pending=True))
             return tuple(out)
 
-    def add(self, vip: Vip) -> None:
+    def complete(self, seen: tuple[VipObs, ...]) -> tuple[VipObs, ...]:
+        out = []
+        for obs in seen:
+            pending = self._pending.pop(obs.address, None) if obs.probe_pending else None
+            if pending is None:
+                out.append(obs)
+                continue
+            out.append(VipObs(address=obs.address, local=False, answered_elsewhere=pending[1]))
+        return tuple(out)
+
+    def add(self, vip: Vip, *, probe: bool = False) -> None:
         self._hang("vip-add")
         with self.store.transaction() as world:
+            if probe:
+                pending = self._pending.pop(vip.ip, None)
+                if pending is None or world.now - pending[0] > PENDING_MAX_AGE:
+                    answered = world.vip_answered_elsewhere(self.node, vip.ip)
+                else:
+                    answered = pending[1]
+                if answered:
+                    raise TerminalError(
+                        f"VIP {vip.ip} is answered by another host; not added, not taking it "
+                        "over (a stale holder or an address conflict)"
+                    )
             _discard(world.nodes[self.node].announced, vip.ip)  # as IpVip: before the add
             world.check_fault(self.node, "vip-add")
             created = vip.ip not in world.nodes[self.node].vips

@@ -28,10 +28,13 @@ Invariants:
 from __future__ import annotations
 
 import re
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, replace
 
+from adapters.base import PENDING_MAX_AGE
 from adapters.inventory import FileInventory
 from adapters.runner import Runner
 from adapters.vip.parse import AddressReadError, parse_ip_addr_json
@@ -45,6 +48,25 @@ _EXISTS_RE = re.compile(r"File exists|already assigned", re.IGNORECASE)
 _ABSENT_RE = re.compile(
     r"Cannot assign requested address|Address not found|Cannot find device", re.IGNORECASE
 )
+
+
+@dataclass(frozen=True, slots=True)
+class _Probe:
+    started: float  # time.monotonic() when it was sent
+    future: Future[ProbeResult]
+
+
+def _probed(address: str, result: ProbeResult) -> VipObs:
+    """A VIP that is not local, as its probe's ``result`` says."""
+    return VipObs(
+        address=address,
+        local=False,
+        answered_elsewhere=result.answered,
+        # "answered by <MAC>" is information, not an observation failure: an error here
+        # would raise a vip-unknown alert on every tick of a healthy secondary.
+        error=(result.detail or None) if result.answered is None else None,
+        holder=(result.detail or None) if result.answered else None,
+    )
 
 
 class AddressVip(ABC):
@@ -77,6 +99,10 @@ class AddressVip(ABC):
         # the observation is the same function of the world with or without it (a VIP missing
         # from it is probed after the read), only its latency differs.
         self._remote: set[str] = set()
+        # The probes the last ``observe(wait_probes=False)`` left pending (VIP address ->
+        # probe): read by ``complete`` or ``add(probe=True)`` of the same tick, dropped by the
+        # next ``observe``.
+        self._pending: dict[str, _Probe] = {}
 
     # --- what a subclass provides -------------------------------------------------------
     @abstractmethod
@@ -87,21 +113,45 @@ class AddressVip(ABC):
         """``verb`` "add" or "del" ``address`` (``A/P``) on ``dev``."""
 
     # --- VipAdapter ---------------------------------------------------------------------
-    def observe(self, vips: Sequence[Vip]) -> tuple[VipObs, ...]:
+    def observe(self, vips: Sequence[Vip], *, wait_probes: bool = True) -> tuple[VipObs, ...]:
+        self._pending = {}  # a new observation: what an earlier one left pending is dropped
         if not vips:
             return ()
         # Probes run on one pool: the early ones beside the address read, the rest after it.
-        with ThreadPoolExecutor(max_workers=len(vips), thread_name_prefix="arp-probe") as pool:
+        pool = ThreadPoolExecutor(max_workers=len(vips), thread_name_prefix="arp-probe")
+        try:
             probes = {
-                vip.ip: pool.submit(self._probe_one, vip) for vip in vips if vip.ip in self._remote
+                vip.ip: self._start_probe(pool, vip) for vip in vips if vip.ip in self._remote
             }
-            return self._observe(vips, pool, probes)
+            return self._observe(vips, pool, probes, wait_probes)
+        finally:
+            # Not waiting: a pending probe ends by itself within probe_timeout (complete()
+            # or add() read its answer); the pool's threads then exit.
+            pool.shutdown(wait=wait_probes)
+
+    def complete(self, seen: tuple[VipObs, ...]) -> tuple[VipObs, ...]:
+        out = []
+        for obs in seen:
+            pending = self._pending.pop(obs.address, None) if obs.probe_pending else None
+            if pending is None:
+                out.append(
+                    replace(obs, probe_pending=False, error="the ARP probe's answer was lost")
+                    if obs.probe_pending
+                    else obs
+                )
+                continue
+            out.append(_probed(obs.address, pending.future.result()))
+        return tuple(out)
+
+    def _start_probe(self, pool: ThreadPoolExecutor, vip: Vip) -> _Probe:
+        return _Probe(time.monotonic(), pool.submit(self._probe_one, vip))
 
     def _observe(
         self,
         vips: Sequence[Vip],
         pool: ThreadPoolExecutor,
-        probes: dict[str, Future[ProbeResult]],
+        probes: dict[str, _Probe],
+        wait: bool,
     ) -> tuple[VipObs, ...]:
         try:
             links = self._read_addresses()
@@ -133,19 +183,15 @@ class AddressVip(ABC):
                 to_probe.append((i, vip))
         for _, vip in to_probe:
             if vip.ip not in probes:
-                probes[vip.ip] = pool.submit(self._probe_one, vip)
+                probes[vip.ip] = self._start_probe(pool, vip)
         self._remote = {vip.ip for _, vip in to_probe}
         for i, vip in to_probe:
-            result = probes[vip.ip].result()
-            out[i] = VipObs(
-                address=vip.ip,
-                local=False,
-                answered_elsewhere=result.answered,
-                # "answered by <MAC>" is information, not an observation failure: an error here
-                # would raise a vip-unknown alert on every tick of a healthy secondary.
-                error=(result.detail or None) if result.answered is None else None,
-                holder=(result.detail or None) if result.answered else None,
-            )
+            probe = probes[vip.ip]
+            if wait or probe.future.done():
+                out[i] = _probed(vip.ip, probe.future.result())
+            else:
+                self._pending[vip.ip] = probe
+                out[i] = VipObs(address=vip.ip, local=False, probe_pending=True)
         return tuple(out[i] for i in range(len(vips)))
 
     def _probe_one(self, vip: Vip) -> ProbeResult:
@@ -154,10 +200,33 @@ class AddressVip(ABC):
         except Exception as exc:  # a probe failure is data, never an exception
             return ProbeResult(None, detail=f"ARP probe failed: {exc!r}")
 
-    def add(self, vip: Vip) -> None:
+    def _check_nobody_answers(self, vip: Vip) -> None:
+        """``add(probe=True)``: the pending probe's answer when it started less than
+        ``PENDING_MAX_AGE`` ago, else a new probe; raise unless nobody else answered."""
+        pending = self._pending.pop(vip.ip, None)
+        if pending is not None and time.monotonic() - pending.started <= PENDING_MAX_AGE:
+            result = pending.future.result()
+        else:
+            result = self._probe_one(vip)
+        if result.answered is False:
+            return
+        if result.answered:
+            raise TerminalError(
+                f"VIP {vip.ip} is answered by another host ({result.detail or 'answered'}); "
+                "not added, not taking it over (a stale holder or an address conflict)"
+            )
+        raise TerminalError(
+            f"VIP {vip.ip} not added: could not check whether another host answers "
+            f"({result.detail})"
+        )
+
+    def add(self, vip: Vip, *, probe: bool = False) -> None:
         """Add the address on the VIP's interface; an address already there is success. The VIP
         leaves the announcement record first: it counts as announced only once ``announce``
-        ran after this."""
+        ran after this. ``probe``: first check that nobody else answers (see the protocol,
+        ``adapters.base.VipAdapter.add``)."""
+        if probe:
+            self._check_nobody_answers(vip)
         self.record.forget(vip.ip)
         if self._change("add", str(vip.address), vip.interface):
             self.inventory.change("add_vip", str(vip.address), vip.interface)

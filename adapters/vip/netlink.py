@@ -259,9 +259,9 @@ class NetlinkVip(AddressVip):
             self._loop.loop.call_soon_threadsafe(_close_quietly, ipr)
 
     # --- reading ------------------------------------------------------------------------
-    def observe(self, vips: Sequence[Vip]) -> tuple[VipObs, ...]:
+    def observe(self, vips: Sequence[Vip], *, wait_probes: bool = True) -> tuple[VipObs, ...]:
         self._events.watch_names({v.interface for v in vips})
-        return super().observe(vips)
+        return super().observe(vips, wait_probes=wait_probes)
 
     def _read_addresses(self) -> dict[str, set[str]]:
         async def dump(ipr: AsyncIPRoute) -> dict[str, set[str]]:

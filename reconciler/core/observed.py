@@ -187,7 +187,13 @@ class VipObs:
     for a local VIP: this node's agent sent gratuitous ARP for it after it last added it (its
     record in the state directory says so); False when it did not (an agent killed between
     adding and announcing, or an announcement that failed: initiators' ARP caches may still
-    point at the old holder for 8-45 s); None when not known or not local."""
+    point at the old holder for 8-45 s); None when not known or not local.
+
+    ``probe_pending``: not local, and its ARP probe was still running when the plan was made
+    (``answered_elsewhere`` is then None). Observed so only when no decision but adding the
+    VIP reads the answer (``safety.probes_can_wait``): the add-vip action then checks it itself
+    before it adds the address (``Action.probe``), after the plan's target steps, so the probe's
+    wait overlaps them instead of delaying the tick."""
 
     address: str
     local: bool | None = None
@@ -195,6 +201,7 @@ class VipObs:
     error: str | None = None
     holder: str | None = None  # who answers when answered_elsewhere (e.g. "answered by MAC")
     announced: bool | None = None
+    probe_pending: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -83,6 +83,10 @@ class Action:
     after: tuple[int, ...] | None = None
     after_any: tuple[int, ...] = ()
     pbd: str | None = None  # the PBD uuid (plug-pbd / replug-pbd)
+    # add-vip only: the observation's ARP probe of this VIP was still running (``VipObs.
+    # probe_pending``), so the action itself checks that nobody else answers before it adds
+    # the address, and fails (terminal, never retried blind) when someone does.
+    probe: bool = False
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"kind": self.kind.value, "reason": self.reason}
@@ -100,6 +104,8 @@ class Action:
                 out[key] = value
         if self.repair:
             out["repair"] = True
+        if self.probe:
+            out["probe"] = True
         if self.after is not None:
             out["after"] = list(self.after)
         if self.after_any:

@@ -43,7 +43,7 @@ from typing import Any
 from transitions import Machine
 
 from reconciler.core import safety
-from reconciler.core.observed import ConnState, ObservedState, ResourceObs, Role
+from reconciler.core.observed import ConnState, ObservedState, ResourceObs, Role, VipObs
 from reconciler.core.plan import (
     Action,
     ActionKind,
@@ -278,49 +278,66 @@ class _ServingModel:
             first_needs: tuple[int, ...] = tuple(rec.promotes[name] for name in serving)
         else:
             first_needs = ()
+        # The VIPs are decided first and acted on last: the target (and its LUNs) is defined
+        # before the address initiators connect to appears, so the first connection to the new
+        # holder finds the LUNs exported, and an ARP probe still running (``probe_pending``)
+        # overlaps the target steps; add-vip then checks its answer itself (``Action.probe``).
         vips_ok = True
+        vip_steps: list[tuple[str, VipObs, str]] = []  # (what, observation, verdict reason)
         for vip in spec.vips:
             vobs = obs.vip(vip.ip)
             if vobs.local:
                 if vobs.announced is False:
-                    self._serving_act(
-                        first_needs,
-                        ActionKind.ANNOUNCE_VIP,
-                        "the VIP is here but was not announced after it was added (an agent "
-                        "stopped in between, or the announcement failed): gratuitous ARP so "
-                        "initiators' ARP caches do not keep the old holder",
-                        vip=vip.ip,
-                    )
+                    vip_steps.append(("announce", vobs, ""))
                 continue
             verdict = self.guards.may_add_vip(vobs, serving_resources=serving)
             if not verdict.ok:
                 rec.block(verdict.refusal, "add-vip", verdict.reason)
                 vips_ok = False
                 continue
+            vip_steps.append(("add", vobs, verdict.reason))
+        if not vips_ok and not obs.target.running:
+            # Starting a target nobody can reach only widens the blast radius of a conflict.
+            return
+        self._record_target(first_needs)
+        for what, vobs, reason in vip_steps:
+            if what == "announce":
+                self._serving_act(
+                    first_needs,
+                    ActionKind.ANNOUNCE_VIP,
+                    "the VIP is here but was not announced after it was added (an agent "
+                    "stopped in between, or the announcement failed): gratuitous ARP so "
+                    "initiators' ARP caches do not keep the old holder",
+                    vip=vobs.address,
+                )
+                continue
             if self.was_serving:
                 self._serving_act(
                     first_needs,
                     ActionKind.ADD_VIP,
-                    f"repair: the VIP is gone from this serving primary; {verdict.reason}",
-                    vip=vip.ip,
+                    f"repair: the VIP is gone from this serving primary; {reason}",
+                    vip=vobs.address,
                     repair=True,
+                    probe=vobs.probe_pending,
                 )
             else:
                 self._serving_act(
                     first_needs,
                     ActionKind.ADD_VIP,
-                    f"primary here and {verdict.reason}",
-                    vip=vip.ip,
+                    f"primary here and {reason}",
+                    vip=vobs.address,
+                    probe=vobs.probe_pending,
                 )
             self._serving_act(
                 first_needs,
                 ActionKind.ANNOUNCE_VIP,
                 "gratuitous ARP so initiators' ARP caches move to this node at once",
-                vip=vip.ip,
+                vip=vobs.address,
             )
-        if not vips_ok and not obs.target.running:
-            # Starting a target nobody can reach only widens the blast radius of a conflict.
-            return
+
+    def _record_target(self, first_needs: tuple[int, ...]) -> None:
+        """The target and LUN steps of ``record_serve`` (before its VIP steps)."""
+        spec, obs, rec = self.spec.spec, self.obs, self.rec
         if obs.target.running is None:
             rec.block(
                 BlockKind.TARGET_UNKNOWN,
@@ -512,6 +529,7 @@ def plan(
             liveness=observed.liveness,
             override=observed.operator.force,
             vip_answered_elsewhere=vip_elsewhere,
+            vip_probe_pending=any(v.probe_pending for v in observed.vips),
             witness=observed.witness,
             node=observed.node,
             witness_timing=timing,

@@ -44,7 +44,7 @@ Every function here is pure and total: it returns a ``Verdict``, it never raises
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -55,6 +55,7 @@ from reconciler.core.observed import (
     ObservedState,
     ResourceObs,
     Role,
+    TargetObs,
     VipObs,
     WitnessObs,
 )
@@ -126,6 +127,7 @@ def may_promote(
     liveness: Liveness,
     override: bool = False,
     vip_answered_elsewhere: bool = False,
+    vip_probe_pending: bool = False,
     witness: WitnessObs = NO_WITNESS,
     node: str = "",
     witness_timing: WitnessTiming = DEFAULT_WITNESS_TIMING,
@@ -135,6 +137,8 @@ def may_promote(
     ``vip_answered_elsewhere``: another host answers on one of the spec's VIPs. While DRBD is
     disconnected that is positive evidence that someone still serves (the old primary, cut
     off only from us), so no disconnected promotion happens then, whatever the policy says.
+    ``vip_probe_pending``: a VIP's probe had not answered when the plan was made; while
+    disconnected that answer is needed first (``probes_can_wait`` never lets it happen then).
     ``witness``/``node``/``witness_timing``: the witness as ``node`` (this node) sees it, for
     the policy 'witness' (read by nothing else).
     """
@@ -172,6 +176,12 @@ def may_promote(
         return Verdict(True, f"{name}: connected, local data UpToDate, peer not Primary")
     # Disconnected: the peer may be Primary and writing right now. DRBD itself would let us
     # promote (8.4 without fencing), so this is where we must be stricter than the tool.
+    if vip_probe_pending:
+        return _no(
+            BlockKind.VIP_UNKNOWN,
+            f"{name} is {res.conn.value}, and the VIP's ARP probe is not in yet: not promoting "
+            "while disconnected without knowing whether another host still serves it",
+        )
     if vip_answered_elsewhere:
         # The heuristics-quorum assumption ("only the healthy side sees the outside world")
         # is visibly broken: the peer is cut off from us, not from the clients. This comes
@@ -380,6 +390,12 @@ def may_add_vip(vip: VipObs, *, serving_resources: Iterable[str]) -> Verdict:
         return _no(BlockKind.NOT_PRIMARY_HERE, f"VIP {vip.address}: no resource is Primary here")
     if vip.local is None:
         return _no(BlockKind.VIP_UNKNOWN, f"VIP {vip.address}: local state unknown ({vip.error})")
+    if vip.probe_pending:
+        return Verdict(
+            True,
+            f"VIP {vip.address}: its ARP probe is still running; add-vip waits for it and adds "
+            "the address only if nobody else answers",
+        )
     if vip.answered_elsewhere is None:
         return _no(
             BlockKind.VIP_UNKNOWN,
@@ -392,6 +408,29 @@ def may_add_vip(vip: VipObs, *, serving_resources: Iterable[str]) -> Verdict:
             "(a stale holder or an address conflict)",
         )
     return Verdict(True, f"VIP {vip.address}: nobody else answers")
+
+
+def probes_can_wait(resources: Sequence[ResourceObs], target: TargetObs) -> bool:
+    """May this tick be planned before the ARP probes of the VIPs not here have answered?
+
+    Only when every resource is known, up and connected, with a peer that is not Primary, and
+    the target is known not to be defined here yet. Then nothing but adding a VIP reads a
+    probe's answer (``may_add_vip``, and the add-vip action checks it again itself:
+    ``Action.probe``): a connected promotion does not (``may_promote`` reads it only while
+    disconnected), a PBD plug for storage served by the peer needs the peer Primary, and a
+    stand-by node with a Primary peer waits for it as before. This lets the node taking over in
+    a planned swap promote and define its target while its probe still listens (the wait
+    overlaps those steps; the VIP is added after them). With the target already defined there is
+    nothing to overlap: a VIP missing from a serving node (or refused by add-vip's own check in
+    an earlier tick) waits for its probe and is planned, or refused, on its answer."""
+    return (
+        bool(resources)
+        and target.running is False
+        and all(
+            r.known and r.up and r.conn.is_connected and r.peer_role is not Role.PRIMARY
+            for r in resources
+        )
+    )
 
 
 def may_export(resource: str, *, primary: Mapping[str, bool]) -> Verdict:

@@ -10,7 +10,7 @@ lab's namespace-entering helper) and talks to it over a unix socket in the lab's
 ``IpVip(Runner(), arp=InProcessArp(netns=NS))``: the ARP tool itself refuses to open a socket
 unless it really is in ``NS``.
 
-Protocol: one JSON object per line each way. Request ``{"op": "observe"|"add"|"remove"|
+Protocol: one JSON object per line each way. Request ``{"op": "observe"|"add"|"add_probed"|"remove"|
 "announce"|"drain", "vips": [...]}`` (VIPs as ``{"address": "A/P", "interface": "eth0"}``);
 reply ``{"result": ...}`` or ``{"error": "TransientError"|"TerminalError"|..., "message": ...}``.
 Adapter errors are re-raised on the client side as the same class.
@@ -115,11 +115,15 @@ class RemoteVip:
         return reply["result"]
 
     # --- VipAdapter ---------------------------------------------------------------------
-    def observe(self, vips: Sequence[Vip]) -> tuple[VipObs, ...]:
+    def observe(self, vips: Sequence[Vip], *, wait_probes: bool = True) -> tuple[VipObs, ...]:
+        # The server always waits for its probes: nothing is left pending across the socket.
         return tuple(VipObs(**item) for item in self._call("observe", vips))
 
-    def add(self, vip: Vip) -> None:
-        self._call("add", [vip])
+    def complete(self, seen: tuple[VipObs, ...]) -> tuple[VipObs, ...]:
+        return seen
+
+    def add(self, vip: Vip, *, probe: bool = False) -> None:
+        self._call("add_probed" if probe else "add", [vip])
 
     def remove(self, vip: Vip) -> None:
         self._call("remove", [vip])
@@ -213,6 +217,10 @@ def _dispatch(adapter: Any, arp: Any, op: str, vips: list[Vip]) -> Any:
     if op == "remove_old":
         (vip,) = vips
         adapter.remove_old(str(vip.address), vip.interface)
+        return None
+    if op == "add_probed":
+        (vip,) = vips
+        adapter.add(vip, probe=True)
         return None
     if op in ("add", "remove", "announce"):
         (vip,) = vips

@@ -96,8 +96,9 @@ def test_bring_up_from_nothing(agents: AgentCluster, lab: Lab) -> None:
     assert views["node2"].target.running is False and not views["node2"].vip
     order = agents.applied("node1")
     assert order[:1] == ["promote"], order
-    assert order.index("add-vip") < order.index("announce-vip") < order.index("start-target")
-    assert order.index("start-target") < order.index("export-lun")
+    # The target and its LUN before the VIP (the first connection finds the LUN).
+    assert order.index("start-target") < order.index("export-lun") < order.index("add-vip")
+    assert order.index("add-vip") < order.index("announce-vip")
     # The secondary only starts its resident tgtd, with no target defined.
     assert agents.applied("node2") == ["start-daemon"]
     assert views["node2"].target.daemon is True
@@ -123,7 +124,7 @@ def test_planned_swap_follows_the_pool_master(agents: AgentCluster, lab: Lab) ->
     down = agents.applied("node1")
     assert down[-3:] == ["stop-target", "remove-vip", "demote"], down
     up = agents.applied("node2")
-    assert up[-5:] == ["promote", "add-vip", "announce-vip", "start-target", "export-lun"], up
+    assert up[-5:] == ["promote", "start-target", "export-lun", "add-vip", "announce-vip"], up
     no_failed_actions(agents)
 
 
@@ -151,7 +152,8 @@ def test_vip_added_but_not_announced_before_a_crash_is_announced(
 
     wait_for("node1 to step down", node1_stepped_down)
     agents.stop("node1")
-    # What node2's agent did before it was killed: promote, then add-vip, not announce-vip.
+    # What node2's agent did before it was killed: promote, add-vip, not announce-vip (its
+    # target steps, which come before add-vip, are left to the restarted agent here).
     with world_store(agents.spec, agents.files.state_dir).transaction() as world:
         world.drbd_primary("node2", RESOURCE)
     runner = lab.runner("node2")
@@ -170,7 +172,7 @@ def test_vip_added_but_not_announced_before_a_crash_is_announced(
     )
     agents.client_io(f"read -P {PATTERN} 0 1M")
     after = agents.applied("node2")[before:]
-    assert after[:1] == ["announce-vip"] and "add-vip" not in after, after
+    assert "announce-vip" in after and "add-vip" not in after, after
     no_failed_actions(agents)
 
 

@@ -33,7 +33,7 @@ def test_events_list_the_bring_up_with_reasons(tmp_path: Path) -> None:
     got = [json.loads(line) for line in r.stdout.splitlines()]
     mine = [e for e in got if e["node"] == "node1"]
     assert [e["action"] for e in mine] == [
-        "promote", "add-vip", "announce-vip", "start-target", "export-lun", "plug-pbd"
+        "promote", "start-target", "export-lun", "add-vip", "announce-vip", "plug-pbd"
     ]  # fmt: skip
     assert all(e["result"] == "ok" and e["reason"] for e in mine)
     assert mine[0]["resource"] == "iscsi1"
@@ -44,7 +44,7 @@ def test_events_list_the_bring_up_with_reasons(tmp_path: Path) -> None:
     # --since in the future: nothing; --last 2: the newest two.
     assert "no events" in run(tmp_path, "events", "--since", "@9999999999").stdout
     last = run(tmp_path, "events", "--node", "node1", "--json", "--last", "2").stdout
-    assert [json.loads(x)["action"] for x in last.splitlines()] == ["export-lun", "plug-pbd"]
+    assert [json.loads(x)["action"] for x in last.splitlines()] == ["announce-vip", "plug-pbd"]
 
 
 def test_refusals_are_recorded_when_they_start_not_every_tick(tmp_path: Path) -> None:
@@ -71,7 +71,8 @@ def test_a_failed_step_and_the_steps_it_left_unrun(tmp_path: Path) -> None:
     got = {e.action: e for e in from_report(c.tick("node1"))}
     assert got["promote"].result == "ok"
     assert got["add-vip"].result == "failed" and "injected" in (got["add-vip"].error or "")
-    assert got["start-target"].result == "not-run"
+    assert got["start-target"].result == "ok"  # the VIP comes after the target
+    assert got["announce-vip"].result == "not-run"
     assert from_report(c.tick("node1", dry_run=True)) == []  # a dry run did nothing
 
 
