@@ -49,7 +49,7 @@ def witness_spec(*, watchdog: bool = True) -> StorageCluster:
     (the fence against agent pauses) unless ``watchdog`` is False."""
     text = WITNESS_TEXT
     if not watchdog:
-        dog = "    watchdog:\n      device: /dev/watchdog\n      timeout: 4.5\n"
+        dog = "    watchdog:\n      device: /dev/watchdog\n      timeout: 3.5\n"
         assert text.count(dog) == 1, "specs/witness.yaml changed shape"
         text = text.replace(dog, "")
     return load_spec(text, filename="specs/witness.yaml")

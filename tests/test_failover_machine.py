@@ -713,7 +713,7 @@ def test_switching_off_the_witness_is_caught() -> None:
 
 
 def _witness_text(timeout: str) -> StorageCluster:
-    dog = "      timeout: 4.5\n"
+    dog = "      timeout: 3.5\n"
     assert WITNESS_TEXT.count(dog) == 1, "specs/witness.yaml changed shape"
     return load_spec(WITNESS_TEXT.replace(dog, f"      timeout: {timeout}\n"))
 

@@ -396,10 +396,10 @@ def test_witness_survivor_claims_waits_the_settle_time_then_promotes_after_the_c
     assert [b.kind for b in claim.plan.blocked] == [BlockKind.WITNESS_CLAIM]
     c.world.now += 2.0
     settling = c.tick("node2")
-    assert steps(settling) == [] and "with the key held 3.6 s" in str(
+    assert steps(settling) == [] and "with the key held 2.6 s" in str(
         settling.plan.blocked[0].reason
     )
-    c.world.now += 2.1  # held 4.1 s >= hold 3.58 s; disconnected 14.1 s >= settle 4.04 s
+    c.world.now += 2.1  # held 4.1 s >= hold 2.56 s; disconnected 14.1 s >= settle 6.60 s
     r = c.tick("node2")
     assert steps(r) == ["claim-witness", *BRING_UP]
     assert r.plan.actions[1].after == (0,)  # promote only once the claim succeeded
@@ -410,25 +410,25 @@ def test_witness_survivor_disconnected_for_the_settle_time_promotes_after_the_wa
     tmp_path: Path,
 ) -> None:
     """Counted from the disconnect: node2 lost the connection 10 s before it could claim, so it
-    waits only the watchdog's hold after the claim (timeout 4.5: (4.5 / 0.99 - 1) x 1.01 =
-    3.58 s), not the settle time."""
+    waits only the watchdog's hold after the claim (timeout 3.5: (3.5 / 0.99 - 1) x 1.01 =
+    2.56 s), not the settle time."""
     c = witness_serving(tmp_path)
     c.world.crash("node1")
     c.world.pool_master = "node2"
     c.tick("node2")
     c.world.now += 10.0  # node1's lease expired on etcd
     assert steps(c.tick("node2")) == ["claim-witness"]
-    c.world.now += 3.5
+    c.world.now += 2.5
     holding = c.tick("node2")
     assert steps(holding) == [] and [b.kind for b in holding.plan.blocked] == [
         BlockKind.WITNESS_SETTLING
     ]
-    assert "disconnected for 13.5 s" in holding.plan.blocked[0].reason
-    c.world.now += 0.1  # held 3.6 s >= hold 3.58 s; disconnected 13.6 s >= settle 4.04 s
+    assert "disconnected for 12.5 s" in holding.plan.blocked[0].reason
+    c.world.now += 0.1  # held 2.6 s >= hold 2.56 s; disconnected 12.6 s >= settle 6.60 s
     r = c.tick("node2")
     assert steps(r) == ["claim-witness", *BRING_UP]
     assert r.plan.actions[1].after == (0,)
-    assert "disconnected for 13.6 s >= settle 4.0 s" in r.plan.actions[1].reason
+    assert "disconnected for 12.6 s >= settle 6.6 s" in r.plan.actions[1].reason
     assert c.world.serving_node("iscsi1") == "node2"
 
 

@@ -19,6 +19,7 @@ from reconciler.core.observed import ResourceObs, Role
 from reconciler.core.plan import ActionKind, BlockKind, Plan, WarningKind
 from reconciler.core.planner import DEFAULT_GUARDS, Guards
 from reconciler.core.safety import Verdict, ViolationKind, WitnessTiming, may_promote
+from reconciler.core.specload import load_spec
 from reconciler.simulation import (
     InvariantViolation,
     Simulation,
@@ -26,9 +27,17 @@ from reconciler.simulation import (
     new_simulation,
     run_scenario,
 )
-from tests.simcluster import ROOT, witness_spec
+from tests.simcluster import ROOT, WITNESS_TEXT, witness_spec
 
 SPEC = witness_spec()
+# specs/witness.yaml with a longer watchdog (4.5 s) and the ttl it needs (12 s): the hold after
+# a claim (4.5 / 0.99 - 1) x 1.01 = 3.58 s is then longer than a tick, so a guard test can show
+# what it is for.
+_LONG = WITNESS_TEXT.replace("      timeout: 3.5\n", "      timeout: 4.5\n").replace(
+    "    ttl: 10\n", "    ttl: 12\n"
+)
+assert _LONG != WITNESS_TEXT, "specs/witness.yaml changed shape"
+LONG_DOG = load_spec(_LONG, filename="specs/witness.yaml")
 SCENARIOS = sorted((ROOT / "specs" / "scenarios" / "witness").glob("*.yaml"))
 N1, N2 = SPEC.node_names
 
@@ -313,7 +322,7 @@ def _paused_after_planning_its_step_down(guards: Guards) -> tuple[Simulation, fl
     pool split, so each node wants to serve); node1 ticks on its lease until the observation
     that plans its step-down, and its agent pauses right after it (the plan not applied).
     Returns the simulation and that observation's time; node2 ticks every 0.25 s from then."""
-    sim = new_simulation(SPEC, fencing="resource-only", guards=guards, raise_on_violation=True)
+    sim = new_simulation(LONG_DOG, fencing="resource-only", guards=guards, raise_on_violation=True)
     sim.set_pool_master(N1)
     sim.converge()
     sim.elapse(2.0)
@@ -321,11 +330,11 @@ def _paused_after_planning_its_step_down(guards: Guards) -> tuple[Simulation, fl
     sim.split_pool({N1: N1, N2: N2})
     sim.fault("isolate", N1)
     sim.fault("replication", value=False)
-    step_down = WitnessTiming.from_spec(SPEC.spec).step_down
+    step_down = WitnessTiming.from_spec(LONG_DOG.spec).step_down
     while True:
         sim.advance(0.25)
         sim.tick(N2)
-        left = sim.w.lease_left(N1, SPEC.spec.witness.ttl)
+        left = sim.w.lease_left(N1, LONG_DOG.spec.witness.ttl)
         if left is not None and left < step_down + 0.01:
             plan = sim.plan_only(N1)
             assert ActionKind.DEMOTE in {a.kind for a in plan.actions}
@@ -360,37 +369,55 @@ def test_without_the_hold_the_survivor_promotes_inside_the_watchdog_window() -> 
             sim.advance(0.25)
             sim.tick(N2)
     assert ViolationKind.TWO_PRIMARIES in {p.kind for p in caught.value.problems}
-    assert sim.w.now - paused_at < SPEC.spec.witness.watchdog.timeout  # type: ignore[union-attr]
+    assert sim.w.now - paused_at < LONG_DOG.spec.witness.watchdog.timeout  # type: ignore[union-attr]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=InvariantViolation,
-    reason="known hole, before the count from the disconnect too: the watchdog limit "
-    "((settle + stepDownMargin) x (1 - clockDrift)) does not cover a node that served without "
-    "a lease while connected and pauses right after the observation that saw the cut; the "
-    "settle time would have to cover its gap plus the watchdog timeout",
-)
-def test_a_node_serving_unleased_that_pauses_as_it_sees_the_cut_is_reset_before_the_takeover() -> (
-    None
-):
+def _settle_without_the_watchdog(res: ResourceObs, **kw: Any) -> Verdict:
+    """The settle time as it was before it covered the watchdog: gap + stepDownMargin."""
+    timing = kw.get("witness_timing")
+    if isinstance(timing, WitnessTiming):
+        w, tick = LONG_DOG.spec.witness, LONG_DOG.spec.timings.tick_interval
+        old = (w.gap(tick) + w.step_down_margin) * (1 + w.clock_drift)
+        kw["witness_timing"] = replace(timing, settle=old)
+    return may_promote(res, **kw)
+
+
+@pytest.mark.parametrize("covered", [True, False], ids=["settle-covers-watchdog", "switched-off"])
+def test_a_node_serving_unleased_that_pauses_as_it_sees_the_cut_is_reset_before_the_takeover(
+    covered: bool,
+) -> None:
     """node1 serves while connected without a lease (off its switch port, so off etcd); the
-    link is cut, node1's next observation plans its step-down and its agent pauses; node2
-    claims the free key at once and promotes the settle time (4.04 s) later, counted from the
-    claim or from the cut alike, while node1's watchdog resets it only 4.5 s after that
-    observation: two primaries for about 0.4 s."""
-    sim = new_simulation(SPEC, fencing="resource-only", raise_on_violation=True)
+    link is cut, node1's next observation plans its step-down and its agent pauses: only its
+    watchdog (4.5 s) stops it. The settle time covers that timeout ((1 + 2 + 4.5 / 0.99) x 1.01
+    = 7.62 s), so node2 promotes only after node1 was reset. Switched off (the settle time of
+    gap + stepDownMargin, 4.04 s, counted from the claim or from the cut alike), node2 promotes
+    while node1 is paused and still Primary: two primaries."""
+    guards = DEFAULT_GUARDS if covered else Guards(may_promote=_settle_without_the_watchdog)
+    sim = new_simulation(LONG_DOG, fencing="resource-only", guards=guards, raise_on_violation=True)
     sim.set_pool_master(N1)
     sim.converge()
     sim.fault("isolate", N1)
-    for _ in range(12):
+    for _ in range(14):
         sim.elapse(1.0)  # node1's lease runs out on etcd; connected, it serves on
     sim.split_pool({N1: N1, N2: N2})
     sim.fault("replication", value=False)
     plan = sim.plan_only(N1)
     assert ActionKind.DEMOTE in {a.kind for a in plan.actions}
     sim.fault("pause", N1)
+    paused_at = sim.w.now
     sim.tick(N2)  # the key is free: claim
-    for step in (1.0, 1.0, 1.0, 1.0, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1):
-        sim.advance(step)
+    if not covered:
+        with pytest.raises(InvariantViolation) as caught:
+            for _ in range(100):
+                sim.advance(0.1)
+                sim.tick(N2)
+        assert ViolationKind.TWO_PRIMARIES in {p.kind for p in caught.value.problems}
+        return
+    while sim.w.nodes[N2].resources["iscsi1"].role is not Role.PRIMARY:
+        assert sim.w.now - paused_at < 20.0, "node2 never took over"
+        sim.advance(0.1)
         sim.tick(N2)
+        if not sim.w.nodes[N1].agent_paused:
+            sim.tick(N1)  # reset by its watchdog: a new agent
+    assert sim.counts["watchdog reset"] == 1
+    assert sim.w.now - paused_at >= 4.5

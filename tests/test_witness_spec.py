@@ -63,13 +63,20 @@ def test_the_timing_rule_names_the_fields() -> None:
     assert "witness timing rule broken" in problem(witness_spec("    ttl: 10\n", tick="3"))
 
 
-def test_the_watchdog_must_fire_before_the_other_node_can_promote() -> None:
+def test_the_watchdog_timeout_lengthens_the_settle_time_which_must_fit_in_the_ttl() -> None:
+    """A node serving unleased that pauses as it sees the cut is stopped only by its watchdog:
+    the settle time covers the timeout, and settle + one gap must fit in ttl x 0.99 (the
+    claimant waits on its own lease): (3 + t / 0.99) x 1.01 + 3 <= 9.9 for t <= 3.79."""
     dog = "    watchdog:\n      device: /dev/watchdog\n      timeout: {}\n"
-    # limit: (settle 1.01 x (1 + 2 + 1) + margin 1) x 0.99 = 4.99
-    assert "watchdog.timeout" in problem(witness_spec(dog.format("5.0")))
-    spec = load_spec(witness_spec(dog.format("4.9")))
+    why = problem(witness_spec(dog.format("3.8")))
+    assert "watchdog.timeout (3.8) is too long for witness.ttl (10)" in why
+    assert "lower the timeout or raise the ttl" in why
+    spec = load_spec(witness_spec(dog.format("3.7")))
     assert spec.spec.witness.watchdog is not None
-    assert spec.spec.witness.watchdog.timeout == 4.9
+    assert spec.spec.witness.watchdog.timeout == 3.7
+    assert spec.spec.witness.settle(1.0) == pytest.approx((3 + 3.7 / 0.99) * 1.01)
+    # A longer ttl makes room for a longer timeout.
+    assert load_spec(witness_spec("    ttl: 12\n" + dog.format("4.5"))).spec.witness.ttl == 12
 
 
 def test_the_derived_thresholds() -> None:
@@ -77,8 +84,7 @@ def test_the_derived_thresholds() -> None:
     assert w.gap(1.0) == 3.0
     assert w.step_down_below(1.0) == pytest.approx(4.1)
     assert w.refresh_below(1.0) == pytest.approx(7.1)
-    assert w.settle(1.0) == pytest.approx(4.04)
-    assert w.watchdog_limit(1.0) == pytest.approx(5.04 * 0.99)
+    assert w.settle(1.0) == pytest.approx(4.04)  # no watchdog: gap + stepDownMargin
     # a fresh lease is above the step-down threshold one gap later (what the rule buys)
     assert w.ttl - w.gap(1.0) > w.step_down_below(1.0)
 

@@ -508,9 +508,12 @@ class Watchdog(_Model):
         default="/dev/watchdog", description="The watchdog device (Linux: /dev/watchdog)."
     )
     timeout: Seconds = Field(
-        description="Seconds without a pet before the device resets the node; at most "
-        "(settle + stepDownMargin) x (1 - clockDrift), settle = (tickInterval + 2 x "
-        "retryTimeout + stepDownMargin) x (1 + clockDrift)."
+        description="Seconds without a pet before the device resets the node; make it longer "
+        "than tickInterval + 2 x retryTimeout (the agent pets it at each witness observation, "
+        "so a shorter one resets a healthy node whose etcd answered slowly). "
+        "It lengthens the settle time: (tickInterval + 2 x retryTimeout + timeout / (1 - "
+        "clockDrift)) x (1 + clockDrift), which plus one such gap must fit in ttl x (1 - "
+        "clockDrift)."
     )
 
 
@@ -595,10 +598,17 @@ class Witness(_Model):
         return min(self.ttl, self.step_down_below(tick_interval) + self.gap(tick_interval))
 
     def settle(self, tick_interval: float) -> float:
-        """How long a node waits after claiming a free key before it promotes disconnected:
-        one observation gap of the other node plus its step-down (the other node may still
-        serve unleased if it was connected when its lease ran out)."""
-        return (self.gap(tick_interval) + self.step_down_margin) * (1 + self.clock_drift)
+        """How long a node waits after claiming a free key (or after the disconnect) before it
+        promotes disconnected: one observation gap of the other node plus its step-down (the
+        other node may still serve unleased if it was connected when its lease ran out). With
+        a watchdog, that node may also pause right after the observation that saw the cut and
+        planned its step-down: nothing stops it then but its watchdog, which resets it at most
+        timeout / (1 - clockDrift) after that observation, so the step-down part is at least
+        that long."""
+        cover = self.step_down_margin
+        if self.watchdog is not None:
+            cover = max(cover, self.watchdog.timeout / (1 - self.clock_drift))
+        return (self.gap(tick_interval) + cover) * (1 + self.clock_drift)
 
     def hold(self) -> float:
         """The least a node must have held a claimed key before it promotes on the disconnect
@@ -612,13 +622,6 @@ class Witness(_Model):
             return 0.0
         reset = self.watchdog.timeout / (1 - self.clock_drift)
         return max(0.0, reset - self.step_down_margin) * (1 + self.clock_drift)
-
-    def watchdog_limit(self, tick_interval: float) -> float:
-        """The longest watchdog timeout that still resets a paused node before the other node
-        can promote: a node paused right after an observation that planned its step-down had
-        at least stepDownMargin of lease left, and the other node promotes no sooner than the
-        settle time after the lease expired."""
-        return (self.settle(tick_interval) + self.step_down_margin) * (1 - self.clock_drift)
 
     def ttl_needed(self, tick_interval: float) -> float:
         """The shortest ttl that satisfies the timing rule (seconds)."""
@@ -899,13 +902,18 @@ class ClusterSpec(_Model):
         if problem := self.witness.timing_problem(self.timings.tick_interval):
             raise cross_field_error(problem, "witness", "ttl")
         dog = self.witness.watchdog
-        limit = self.witness.watchdog_limit(self.timings.tick_interval)
-        if dog is not None and dog.timeout > limit:
+        tick = self.timings.tick_interval
+        gap = self.witness.gap(tick)
+        settle = self.witness.settle(tick)
+        room = self.witness.ttl * (1 - self.witness.clock_drift)
+        if dog is not None and settle + gap > room:
             raise cross_field_error(
-                f"witness.watchdog.timeout ({dog.timeout:g}) must be <= (settle time + "
-                f"stepDownMargin) x (1 - clockDrift) = {limit:.2f} s (settle: 1.01 x "
-                "(tickInterval + 2 x retryTimeout + stepDownMargin) at 1% drift): a paused node "
-                "must be reset before the other node can promote",
+                f"witness.watchdog.timeout ({dog.timeout:g}) is too long for witness.ttl "
+                f"({self.witness.ttl:g}): the settle time it needs, (tickInterval + 2 x "
+                f"retryTimeout + timeout / (1 - clockDrift)) x (1 + clockDrift) = {settle:.2f} "
+                f"s, plus one observation gap ({gap:g} s) must fit in ttl x (1 - clockDrift) = "
+                f"{room:.2f} s (a node that claimed the key waits the settle time on its own "
+                "lease); lower the timeout or raise the ttl",
                 "witness",
                 "watchdog",
                 "timeout",

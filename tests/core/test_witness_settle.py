@@ -23,7 +23,8 @@ from reconciler.core.spec import DisconnectedPolicy
 from tests.simcluster import witness_spec
 
 ME = "node2"
-# specs/witness.yaml's timings: settle (1 + 2 + 1) x 1.01, hold (4.5 / 0.99 - 1) x 1.01.
+# specs/witness.yaml's timings: settle (1 + 2 + 3.5 / 0.99) x 1.01 (its watchdog covers a paused
+# node), hold (3.5 / 0.99 - 1) x 1.01.
 TIMING = WitnessTiming.from_spec(witness_spec().spec)
 NO_LIVENESS = Liveness(peer_reachable=None, heuristics_ok=0, heuristics_total=0)
 
@@ -59,47 +60,47 @@ def verdict(res: ResourceObs, witness: WitnessObs) -> Verdict:
 
 
 def test_the_shipped_timings() -> None:
-    assert TIMING.settle == pytest.approx(4.04)
-    assert TIMING.hold == pytest.approx((4.5 / 0.99 - 1) * 1.01)  # 3.58 s
+    assert TIMING.settle == pytest.approx((3 + 3.5 / 0.99) * 1.01)  # 6.60 s
+    assert TIMING.hold == pytest.approx((3.5 / 0.99 - 1) * 1.01)  # 2.56 s
 
 
 def test_held_for_the_settle_time_promotes_where_continuity_is_not_known() -> None:
     """The polling adapter (``disconnected_for`` None): today's rule, counted from the claim."""
-    v = verdict(cut(gone=None), held(4.1))
+    v = verdict(cut(gone=None), held(6.7))
     assert v.ok and v.claim
-    assert "claimed 4.1 s ago >= settle 4.0 s" in v.reason
+    assert "claimed 6.7 s ago >= settle 6.6 s" in v.reason
 
 
 def test_a_heal_after_the_claim_voids_the_claim_where_continuity_is_known() -> None:
     """Held for the settle time, but the connection came back and went again since the claim
     (disconnected for less than it has held the key): counted from the re-cut."""
-    v = verdict(cut(gone=1.0), held(6.0))
+    v = verdict(cut(gone=1.0), held(8.0))
     assert v.refusal is BlockKind.WITNESS_SETTLING and not v.claim
-    assert "iscsi1 is disconnected for 1.0 s: waiting until it has been disconnected 4.0 s" in (
+    assert "iscsi1 is disconnected for 1.0 s: waiting until it has been disconnected 6.6 s" in (
         v.reason
     )
-    assert verdict(cut(gone=6.0), held(6.0)).ok
+    assert verdict(cut(gone=8.0), held(8.0)).ok
 
 
 def test_disconnected_for_the_settle_time_promotes_once_the_hold_passed() -> None:
-    v = verdict(cut(gone=4.1), held(3.6))
+    v = verdict(cut(gone=6.7), held(2.6))
     assert v.ok and v.claim  # the claim is refreshed right before the promotion
-    assert "iscsi1 has been disconnected for 4.1 s >= settle 4.0 s" in v.reason
-    early = verdict(cut(gone=100.0), held(3.5))  # the watchdog's window is not over
+    assert "iscsi1 has been disconnected for 6.7 s >= settle 6.6 s" in v.reason
+    early = verdict(cut(gone=100.0), held(2.5))  # the watchdog's window is not over
     assert early.refusal is BlockKind.WITNESS_SETTLING
-    assert "disconnected for 100.0 s" in early.reason and "key held 3.6 s" in early.reason
+    assert "disconnected for 100.0 s" in early.reason and "key held 2.6 s" in early.reason
 
 
 def test_disconnected_shorter_than_the_settle_time_waits() -> None:
-    v = verdict(cut(gone=4.0), held(3.9))
+    v = verdict(cut(gone=6.5), held(2.9))
     assert v.refusal is BlockKind.WITNESS_SETTLING and not v.claim
-    assert "claimed the witness key 3.9 s ago and iscsi1 is disconnected for 4.0 s" in v.reason
-    assert verdict(cut(gone=4.0), held(5.0)).refusal is BlockKind.WITNESS_SETTLING
+    assert "claimed the witness key 2.9 s ago and iscsi1 is disconnected for 6.5 s" in v.reason
+    assert verdict(cut(gone=6.5), held(5.0)).refusal is BlockKind.WITNESS_SETTLING
 
 
 def test_continuity_not_known_keeps_the_claim_rule() -> None:
     """A polling adapter (``drbdsetup status`` only) cannot see a heal between two polls."""
-    v = verdict(cut(gone=None), held(4.0))
+    v = verdict(cut(gone=None), held(6.5))
     assert v.refusal is BlockKind.WITNESS_SETTLING
     assert "not known to have been continuously disconnected" in v.reason
 
@@ -115,7 +116,7 @@ def test_a_lease_of_unknown_age_or_a_free_key_never_promotes_on_the_disconnect()
 
 
 def test_per_resource_one_disconnected_long_is_promoted_one_disconnected_briefly_waits() -> None:
-    witness = held(3.6)
+    witness = held(2.6)
     long, short = verdict(cut("iscsi1", 30.0), witness), verdict(cut("iscsi2", 1.0), witness)
     assert long.ok and long.claim
     assert short.refusal is BlockKind.WITNESS_SETTLING
@@ -124,7 +125,7 @@ def test_per_resource_one_disconnected_long_is_promoted_one_disconnected_briefly
 
 def test_without_a_watchdog_the_hold_is_zero() -> None:
     timing = WitnessTiming.from_spec(witness_spec(watchdog=False).spec)
-    assert timing.hold == 0.0 and timing.settle == TIMING.settle
+    assert timing.hold == 0.0 and timing.settle == pytest.approx(4.04)
     v = may_promote(
         cut(gone=4.1),
         policy=DisconnectedPolicy.WITNESS,
