@@ -309,6 +309,16 @@ class NetlinkVip(AddressVip):
         """None while ``observe`` would answer from the monitor's cache, else why not."""
         return self._cache_unusable()
 
+    @property
+    def cache_dumps(self) -> int:
+        """Dumps on the monitor's socket so far (start, overruns, resyncs, new sockets)."""
+        return self._cache.dumps
+
+    @property
+    def overruns(self) -> int:
+        """``ENOBUFS`` overruns the monitor's socket reported so far."""
+        return self._cache.overruns
+
     def _cache_unusable(self) -> str | None:
         monitor = self._monitor
         if monitor is None:
