@@ -44,7 +44,9 @@ def observe(
     event streams (DRBD events2, the resident tgtd's target list, the pinger), so reading them
     after it costs nothing and gives the freshest state (in a planned swap the new primary's
     tick that was probing while the peer stepped down sees the peer Secondary in that tick, not
-    the next one; measured in the VM tier). Without one, in order (deterministic, for
+    the next one; measured in the VM tier). The VIPs and liveness are read in the calling
+    thread while the others run on the executor: the tick waits for each group anyway, and a
+    hand-off to a worker is two thread wakes. Without one, in order (deterministic, for
     simulations that share one in-memory world). Either way the role source and the
     operator's choices are read last (see below). ``timings``, when given, receives the seconds
     each concern's read took (keys: drbd, vip, target, role, operator, liveness, and
@@ -58,26 +60,32 @@ def observe(
     def vip_unknown(exc: Exception) -> tuple[VipObs, ...]:
         return tuple(VipObs(address=v.ip, error=_err("VIP", exc)) for v in s.vips)
 
+    def here(
+        name: str, read: Callable[[], _T], fallback: Callable[[Exception], _T]
+    ) -> Callable[[], _T]:
+        value = _guarded(name, read, fallback, timings)
+        return lambda: value
+
     def start(
         name: str, read: Callable[[], _T], fallback: Callable[[Exception], _T]
     ) -> Callable[[], _T]:
         if executor is None:
-            value = _guarded(name, read, fallback, timings)
-            return lambda: value
+            return here(name, read, fallback)
         return executor.submit(_guarded, name, read, fallback, timings).result
 
     def read_drbd() -> Callable[[], tuple[ResourceObs, ...]]:
         return start("drbd", lambda: adapters.drbd.observe(s.resources), drbd_unknown)
 
     def read_rest() -> tuple[Callable[[], TargetObs], Callable[[], Liveness]]:
-        return (
-            start(
-                "target",
-                lambda: adapters.target.observe(s.target),
-                lambda exc: TargetObs(running=None, error=_err("target", exc)),
-            ),
-            start("liveness", adapters.liveness.observe, lambda exc: Liveness()),
+        target = start(
+            "target",
+            lambda: adapters.target.observe(s.target),
+            lambda exc: TargetObs(running=None, error=_err("target", exc)),
         )
+        # The last read runs in this thread while the others run on the pool: the tick
+        # waits for all of them anyway, and a hand-off to a worker and back is two thread
+        # wakes per tick (what an idle agent's CPU is mostly made of).
+        return target, here("liveness", adapters.liveness.observe, lambda exc: Liveness())
 
     def read_hypervisor() -> Callable[[], HypervisorObs]:
         hyper = adapters.hypervisor
@@ -95,9 +103,9 @@ def observe(
         target, liveness = read_rest()
         hypervisor = read_hypervisor()
     else:  # the VIPs (and the hypervisor) first; the cached concerns once the VIPs are in
-        vips = start("vip", lambda: adapters.vip.observe(s.vips), vip_unknown)
         hypervisor = read_hypervisor()
-        vip_obs = tuple(vips())
+        # In this thread, with the hypervisor on the pool: the tick waits for the VIPs first.
+        vip_obs = tuple(here("vip", lambda: adapters.vip.observe(s.vips), vip_unknown)())
         resources = read_drbd()
         target, liveness = read_rest()
     slow = (tuple(resources()), vip_obs, target(), liveness(), hypervisor())
