@@ -5,7 +5,9 @@ through ``arping`` run by the node's lab runner.
 The contract suite (tests/contract/test_vip_contract.py) covers add/remove/observe/announce
 against the same assertions as IpVip and SimVip; this file covers what only netlink has: no
 process per request, one handle kept open (and re-opened after an error or ``close``), address
-events that wake the agent, and the error paths (missing interface, missing namespace).
+events that wake the agent, the error paths (missing interface, missing namespace), and the
+monitor's cache of links and addresses (events applied, the own change's fresh dump, an
+``ENOBUFS`` overrun's re-dump, the periodic resync, a broken monitor and a failed dump).
 Every command of the test itself goes through the lab helper (``lab.run``); only
 198.51.100.0/24 is used.
 """
