@@ -367,6 +367,7 @@ def _real_vip(
         namespace=n.namespace if netns else None,
         wakeup=wakeup,
         request_timeout=spec.spec.timings.command_timeout,
+        resync=spec.spec.timings.resync,
         record=AnnounceRecord(announce_record_path(state_dir.absolute(), node)),
         inventory=FileInventory(inventory_path(state_dir.absolute(), node, "vip")),
     )

@@ -217,11 +217,16 @@ class StatusPublishing:
 def write_status(
     state_dir: Path, report: TickReport, *, after: ObservedState | None = None
 ) -> None:
-    """Write ``status_record(report, after=after)`` atomically."""
+    """Write ``status_record(report, after=after)`` atomically. The temporary file is written
+    in a subdirectory (``.writing``, same file system: the rename stays atomic), so the
+    state directory itself, which the agents' ``FileWatch`` watches for the operator file and
+    the simulated world, sees one event per record (the rename) instead of five: an idle
+    agent's inotify thread wakes once per record, its own or the peer's."""
     record = redact_data(status_record(report, after=after).to_json())
-    state_dir.mkdir(parents=True, exist_ok=True)
     path = status_path(state_dir, report.plan.node)
-    fd, tmp = tempfile.mkstemp(dir=state_dir, prefix=".status-")
+    scratch = state_dir / ".writing"
+    scratch.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=scratch, prefix=".status-")
     with os.fdopen(fd, "w") as fh:
         json.dump(record, fh, indent=1)
     os.replace(tmp, path)

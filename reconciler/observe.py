@@ -29,6 +29,8 @@ from reconciler.core.safety import probes_can_wait
 from reconciler.core.spec import StorageCluster
 
 _T = TypeVar("_T")
+# The permissive target for the DRBD-only check of ``probes_can_wait`` (see ``observe``).
+_NOT_DEFINED = TargetObs(running=False)
 
 
 def observe(
@@ -52,7 +54,9 @@ def observe(
     stepped down sees the peer Secondary in that tick, not the next one; measured in the VM
     tier). Otherwise the VIP stays ``probe_pending`` and the tick goes on: the node taking over
     in a planned swap promotes and defines its target while its probe listens, and add-vip
-    checks the answer itself. Without an executor, in order (deterministic, for simulations
+    checks the answer itself. The VIPs' addresses and liveness are read in the calling thread
+    while the others run on the executor: the tick waits for each group anyway, and a hand-off
+    to a worker is two thread wakes. Without an executor, in order (deterministic, for simulations
     that share one in-memory world). Either way the role source and the operator's choices are
     read last (see below). ``timings``, when given, receives the seconds each concern's read
     took (keys: drbd, vip (with the probes' wait), target, role, operator, liveness, and
@@ -66,26 +70,32 @@ def observe(
     def vip_unknown(exc: Exception) -> tuple[VipObs, ...]:
         return tuple(VipObs(address=v.ip, error=_err("VIP", exc)) for v in s.vips)
 
+    def here(
+        name: str, read: Callable[[], _T], fallback: Callable[[Exception], _T]
+    ) -> Callable[[], _T]:
+        value = _guarded(name, read, fallback, timings)
+        return lambda: value
+
     def start(
         name: str, read: Callable[[], _T], fallback: Callable[[Exception], _T]
     ) -> Callable[[], _T]:
         if executor is None:
-            value = _guarded(name, read, fallback, timings)
-            return lambda: value
+            return here(name, read, fallback)
         return executor.submit(_guarded, name, read, fallback, timings).result
 
     def read_drbd() -> Callable[[], tuple[ResourceObs, ...]]:
         return start("drbd", lambda: adapters.drbd.observe(s.resources), drbd_unknown)
 
     def read_rest() -> tuple[Callable[[], TargetObs], Callable[[], Liveness]]:
-        return (
-            start(
-                "target",
-                lambda: adapters.target.observe(s.target),
-                lambda exc: TargetObs(running=None, error=_err("target", exc)),
-            ),
-            start("liveness", adapters.liveness.observe, lambda exc: Liveness()),
+        target = start(
+            "target",
+            lambda: adapters.target.observe(s.target),
+            lambda exc: TargetObs(running=None, error=_err("target", exc)),
         )
+        # The last read runs in this thread while the others run on the pool: the tick
+        # waits for all of them anyway, and a hand-off to a worker and back is two thread
+        # wakes per tick (what an idle agent's CPU is mostly made of).
+        return target, here("liveness", adapters.liveness.observe, lambda exc: Liveness())
 
     def read_hypervisor() -> Callable[[], HypervisorObs]:
         hyper = adapters.hypervisor
@@ -100,43 +110,48 @@ def observe(
     def read_vips() -> Callable[[], tuple[VipObs, ...]]:
         # Never waits for the ARP probes of VIPs not here: ``wait_for_probes`` does, when the
         # plan needs their answers.
-        return start(
+        return here(
             "vip", lambda: tuple(adapters.vip.observe(s.vips, wait_probes=False)), vip_unknown
         )
 
-    def wait_for_probes(
-        seen: tuple[VipObs, ...], res: tuple[ResourceObs, ...], tgt: TargetObs
-    ) -> tuple[VipObs, ...] | None:
-        """The VIPs with their probes' answers, or None when the plan may go on without them
-        (none pending, or ``probes_can_wait``: then add-vip checks them itself)."""
-        if not any(v.probe_pending for v in seen) or (defer_probes and probes_can_wait(res, tgt)):
-            return None
+    def complete(seen: tuple[VipObs, ...]) -> tuple[VipObs, ...]:
         waited = _guarded("vip-probe", lambda: adapters.vip.complete(seen), vip_unknown, timings)
         if timings is not None:
             timings["vip"] = timings.get("vip", 0.0) + timings.pop("vip-probe", 0.0)
         return waited
+
+    def may_go_on(seen: tuple[VipObs, ...], res: tuple[ResourceObs, ...], tgt: TargetObs) -> bool:
+        """Whether the plan may be made without the pending probes' answers (none pending, or
+        ``probes_can_wait``: then add-vip checks them itself)."""
+        pending = any(v.probe_pending for v in seen)
+        return not pending or (defer_probes and probes_can_wait(res, tgt))
 
     if executor is None:  # in order: drbd, vip, target, liveness, hypervisor
         resources = tuple(read_drbd()())
         vip_obs = read_vips()()
         target, liveness = read_rest()
         target_obs = target()
-        vip_obs = wait_for_probes(vip_obs, resources, target_obs) or vip_obs
+        if not may_go_on(vip_obs, resources, target_obs):
+            vip_obs = complete(vip_obs)
         hypervisor = read_hypervisor()
     else:  # the VIPs (and the hypervisor) first; the cached concerns once the VIPs are in
-        vips = read_vips()
         hypervisor = read_hypervisor()
-        vip_obs = vips()
-        drbd_now = read_drbd()
+        # In this thread, with the hypervisor on the pool: the tick waits for the VIPs first.
+        vip_obs = read_vips()()
+        resources = tuple(read_drbd()())
+        # DRBD alone may already say the probes' answers are needed (the stand-by node with a
+        # Primary peer, a disconnected one): wait for them before reading the rest.
+        waits = not may_go_on(vip_obs, resources, _NOT_DEFINED)
+        if waits:
+            # The probes' wait is the one read that waits on the network: DRBD is read again
+            # after it, and the target once, the freshest state (see the docstring).
+            vip_obs = complete(vip_obs)
+            resources = tuple(read_drbd()())
         target, liveness = read_rest()
-        resources, target_obs = tuple(drbd_now()), target()
-        waited = wait_for_probes(vip_obs, resources, target_obs)
-        if waited is not None:
-            # The probes' wait is the one read that waits on the network: DRBD and the target
-            # are read again after it, the freshest state (see the docstring).
-            vip_obs = waited
-            drbd_now = read_drbd()
-            target, liveness = read_rest()
+        target_obs = target()
+        if not waits and not may_go_on(vip_obs, resources, target_obs):
+            vip_obs = complete(vip_obs)  # the target is defined here: nothing to overlap
+            drbd_now, (target, liveness) = read_drbd(), read_rest()
             resources, target_obs = tuple(drbd_now()), target()
     slow = (resources, vip_obs, target_obs, liveness(), hypervisor())
     leftovers = _leftovers(spec, adapters)

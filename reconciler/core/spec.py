@@ -357,7 +357,8 @@ class Timings(_Model):
     resync: Seconds = Field(
         default=30.0,
         description="Event-fed observations (DRBD's events2 stream, the resident tgtd's "
-        "target list) are re-listed in full at least this often, besides at start and "
+        "target list, the netlink address cache) are re-listed in full at least this often, "
+        "besides at start and "
         "whenever a stream ends or stalls.",
     )
 

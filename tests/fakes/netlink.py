@@ -15,6 +15,7 @@ import errno
 import threading
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 from typing import Any
 
 from pyroute2.netlink.exceptions import NetlinkError
@@ -35,6 +36,8 @@ class FakeKernel:
     opened: int = 0
     bound: int = 0
     requests: list[tuple[str, str]] = field(default_factory=list)
+    dumps: list[str] = field(default_factory=list)
+    """Who dumped the links, in order: "monitor" (a bound handle) or "request"."""
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _listeners: list[FakeHandle] = field(default_factory=list)
 
@@ -49,6 +52,26 @@ class FakeKernel:
     def del_by_hand(self, index: int, ip: str, prefixlen: int = 24) -> None:
         self.addrs.discard((index, ip, prefixlen))
         self._broadcast("RTM_DELADDR", index, ip, prefixlen)
+
+    def add_link_by_hand(self, index: int, name: str) -> None:
+        self.links[index] = name
+        self._broadcast_link("RTM_NEWLINK", index, name)
+
+    def del_link_by_hand(self, index: int) -> None:
+        name = self.links.pop(index)
+        for addr in [a for a in self.addrs if a[0] == index]:
+            self.del_by_hand(*addr)
+        self._broadcast_link("RTM_DELLINK", index, name)
+
+    def send_raw_event(self, msg: dict[str, Any]) -> None:
+        """Deliver ``msg`` as it is to the bound handles (a garbage event, say)."""
+        with self._lock:
+            listeners = list(self._listeners)
+        for handle in listeners:
+            handle.deliver(msg)
+
+    def _broadcast_link(self, kind: str, index: int, name: str) -> None:
+        self.send_raw_event({"event": kind, "family": 0, "index": index, "IFLA_IFNAME": name})
 
     def break_events(self, exc: BaseException) -> None:
         """The bound sockets fail (as on ENOBUFS): their next ``get`` raises ``exc``."""
@@ -79,6 +102,7 @@ class FakeHandle:
         self.closed = False
         self._queue: asyncio.Queue[dict[str, Any]] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self.msg_queue: Any = None  # as pyroute2's: ``.root`` holds the unread events
 
     async def setup_endpoint(self) -> None:
         if self.kernel.open_error is not None:
@@ -90,6 +114,7 @@ class FakeHandle:
             raise self.kernel.open_error
         self._loop = asyncio.get_running_loop()
         self._queue = asyncio.Queue()
+        self.msg_queue = SimpleNamespace(root=self._queue)
         with self.kernel._lock:
             self.kernel._listeners.append(self)
             self.kernel.bound += 1
@@ -120,6 +145,7 @@ class FakeHandle:
     async def link(self, command: str, **kw: Any) -> list[dict[str, Any]]:
         self._request("link", command)
         if command == "dump":
+            self.kernel.dumps.append("monitor" if self._queue is not None else "request")
             if self.kernel.garbage:
                 return [{"index": "two", "IFLA_IFNAME": None}]
             return [{"index": i, "IFLA_IFNAME": n} for i, n in self.kernel.links.items()]

@@ -5,23 +5,29 @@ through ``arping`` run by the node's lab runner.
 The contract suite (tests/contract/test_vip_contract.py) covers add/remove/observe/announce
 against the same assertions as IpVip and SimVip; this file covers what only netlink has: no
 process per request, one handle kept open (and re-opened after an error or ``close``), address
-events that wake the agent, and the error paths (missing interface, missing namespace).
+events that wake the agent, the error paths (missing interface, missing namespace), and the
+monitor's cache of links and addresses (events applied, the own change's fresh dump, an
+``ENOBUFS`` overrun's re-dump, the periodic resync, a broken monitor and a failed dump).
 Every command of the test itself goes through the lab helper (``lab.run``); only
 198.51.100.0/24 is used.
 """
 
 from __future__ import annotations
 
+import errno
 import os
+import socket
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
 
 import pytest
 
 from adapters.vip import CommandArp, IpVip
-from adapters.vip.netlink import NetlinkVip
+from adapters.vip.netlink import NetlinkVip, open_handle
 from adapters.wake import Wakeup
 from reconciler.core.errors import TerminalError
+from reconciler.core.observed import VipObs
 from reconciler.core.spec import Vip
 from tests.lab.netns import VIP, VIP_IP, Lab
 from tests.waiting import wait_for
@@ -205,3 +211,166 @@ def test_missing_namespace_is_unknown_and_never_created(lab_factory: Callable[[]
         assert vip.opened == 1
     finally:
         vip.close()
+
+
+# ------------------------------------------------------------------ the monitor's cache
+class Handle:
+    """A real pyroute2 handle (``open_handle``) with faults a test can switch on: a small
+    receive buffer on the monitor's socket (so a burst of events overruns it), a monitor
+    socket that fails on its next event, request dumps that fail."""
+
+    def __init__(self, namespace: str | None, faults: dict[str, bool]) -> None:
+        self._inner = open_handle(namespace)
+        self._faults = faults
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    async def bind(self, groups: int = 0) -> None:
+        await self._inner.bind(groups=groups)
+        if self._faults.get("small buffer"):
+            self._inner.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1024)
+
+    async def get(self) -> AsyncIterator[Any]:
+        async for msg in self._inner.get():
+            if self._faults.get("monitor fails"):
+                raise OSError(errno.EBADF, "the test broke the monitor socket")
+            yield msg
+
+    async def addr(self, command: str, **kw: Any) -> Any:
+        if command == "dump" and self._faults.get("dumps fail"):
+            raise OSError(errno.EBADF, "the test broke the request socket")
+        return await self._inner.addr(command, **kw)
+
+
+@pytest.fixture
+def cached_vip(lab: Lab) -> Iterator[Callable[..., tuple[NetlinkVip, dict[str, bool]]]]:
+    made: list[NetlinkVip] = []
+
+    def make(**kw: Any) -> tuple[NetlinkVip, dict[str, bool]]:
+        faults: dict[str, bool] = {}
+        vip = NetlinkVip(
+            namespace=lab.ns("node1"),
+            arp=CommandArp(lab.runner("node1")),
+            wakeup=Wakeup(),
+            handles=lambda ns: Handle(ns, faults),
+            **kw,
+        )
+        made.append(vip)
+        vip.observe([the_vip()])  # the first request starts the monitor (a fresh dump)
+        wait_for("the cache to settle", lambda: vip.cached is None, timeout=5)
+        return vip, faults
+
+    yield make
+    for vip in made:
+        vip.close()
+
+
+def seen(vip: NetlinkVip, v: Vip) -> VipObs:
+    (obs,) = vip.observe([v])
+    return obs
+
+
+def test_the_cache_follows_address_and_link_events_without_a_request(
+    lab: Lab, cached_vip: Callable[..., tuple[NetlinkVip, dict[str, bool]]]
+) -> None:
+    """Once settled, observe answers from the events alone: addresses added and removed by
+    hand, a link created, given an address and deleted; no dump is requested for any of it."""
+    vip, _ = cached_vip()
+    relists = vip.relists
+    assert relists == 1  # the first observe, before the monitor had dumped
+    lab.run("node1", ["ip", "addr", "add", VIP, "dev", "eth0"])
+    wait_for("the cache to show the VIP", lambda: seen(vip, the_vip()).local is True, timeout=5)
+    lab.run("node1", ["ip", "addr", "del", VIP, "dev", "eth0"])
+    wait_for("the cache to drop the VIP", lambda: seen(vip, the_vip()).local is False, timeout=5)
+    on_veth = the_vip(interface="tdmv0")
+    gone = "interface tdmv0 does not exist"
+    assert gone in (seen(vip, on_veth).error or "")
+    lab.run("node1", ["ip", "link", "add", "tdmv0", "type", "veth", "peer", "name", "tdmv1"])
+    try:
+        wait_for("the new link", lambda: gone not in (seen(vip, on_veth).error or ""), timeout=5)
+        lab.run("node1", ["ip", "addr", "add", VIP, "dev", "tdmv0"])
+        wait_for("its address", lambda: seen(vip, on_veth).local is True, timeout=5)
+    finally:
+        lab.run("node1", ["ip", "link", "del", "tdmv0"])
+    wait_for("the link gone", lambda: gone in (seen(vip, on_veth).error or ""), timeout=5)
+    assert seen(vip, the_vip()).local is False
+    assert vip.relists == relists  # every observation above came from the cache
+    assert vip.cache_dumps == 1
+
+
+def test_an_own_change_is_verified_by_a_fresh_dump(
+    lab: Lab, cached_vip: Callable[..., tuple[NetlinkVip, dict[str, bool]]]
+) -> None:
+    vip, _ = cached_vip()
+    relists = vip.relists
+    vip.add(the_vip())
+    assert seen(vip, the_vip()).local is True  # at once: not waiting for the event
+    assert vip.relists == relists + 1
+    wait_for("the event", lambda: seen(vip, the_vip()).local is True, timeout=5)
+    assert vip.relists == relists + 1  # then the cache again
+
+
+def test_an_overrun_redumps_on_the_same_socket(
+    lab: Lab, cached_vip: Callable[..., tuple[NetlinkVip, dict[str, bool]]]
+) -> None:
+    """A burst of address events overflows the monitor's (shrunk) receive buffer: the kernel
+    reports ENOBUFS, the cache is re-dumped on the same socket and then agrees with the
+    kernel, including addresses whose events were lost."""
+    vip, faults = cached_vip()
+    faults["small buffer"] = True
+    vip.close()  # a new monitor, bound with the small buffer
+    vip.observe([the_vip()])
+    wait_for("the new monitor's cache", lambda: vip.cached is None, timeout=5)
+    dumps = vip.cache_dumps
+    burst = "for i in $(seq 140 249); do echo addr {verb} 198.51.100.$i/32 dev repl0; done"
+    lab.run("node1", ["sh", "-c", f"({burst.format(verb='add')}) | ip -force -batch -"])
+    try:
+        wait_for("an overrun", lambda: vip.overruns >= 1, timeout=5)
+        wait_for("a re-dump", lambda: vip.cache_dumps > dumps, timeout=5)
+        wait_for("the cache to settle again", lambda: vip.cached is None, timeout=5)
+        relists = vip.relists
+        for last in ("198.51.100.140/24", "198.51.100.249/24"):
+            assert seen(vip, the_vip(last, "repl0")).local is True
+        assert vip.relists == relists
+    finally:
+        lab.run("node1", ["sh", "-c", f"({burst.format(verb='del')}) | ip -force -batch -"])
+
+
+def test_a_periodic_resync_dumps_afresh_and_redumps_the_cache(
+    lab: Lab, cached_vip: Callable[..., tuple[NetlinkVip, dict[str, bool]]]
+) -> None:
+    now = [1000.0]
+    vip, _ = cached_vip(resync=30.0, clock=lambda: now[0])
+    relists, dumps = vip.relists, vip.cache_dumps
+    assert seen(vip, the_vip()).local is False
+    assert vip.relists == relists
+    now[0] += 30.0
+    assert vip.cached is not None and "periodic" in vip.cached
+    assert seen(vip, the_vip()).local is False  # a fresh dump is this tick's observation
+    assert vip.relists == relists + 1
+    wait_for("the monitor's re-dump", lambda: vip.cache_dumps == dumps + 1, timeout=5)
+    wait_for("the cache to settle", lambda: vip.cached is None, timeout=5)
+    assert seen(vip, the_vip()).local is False
+    assert vip.relists == relists + 1
+
+
+def test_a_broken_monitor_is_never_read_and_a_failed_dump_is_unknown(
+    lab: Lab, cached_vip: Callable[..., tuple[NetlinkVip, dict[str, bool]]]
+) -> None:
+    """The monitor's socket fails: the cache is not used (a fresh dump answers); if that
+    dump fails too, the observation is unknown, never the cache's last table."""
+    vip, faults = cached_vip()
+    lab.run("node1", ["ip", "addr", "add", VIP, "dev", "eth0"])
+    wait_for("the cache to show the VIP", lambda: seen(vip, the_vip()).local is True, timeout=5)
+    faults["monitor fails"] = True
+    lab.run("node1", ["ip", "addr", "del", VIP, "dev", "eth0"])  # its event breaks it
+    wait_for("the cache to be dropped", lambda: vip.cached is not None, timeout=5)
+    assert vip.wakeup is not None and vip.wakeup.pending() == "address"
+    relists = vip.relists
+    assert seen(vip, the_vip()).local is False  # from a fresh dump
+    assert vip.relists == relists + 1
+    lab.run("node1", ["ip", "addr", "add", VIP, "dev", "eth0"])
+    faults["dumps fail"] = True
+    obs = seen(vip, the_vip())
+    assert obs.local is None and obs.error is not None and "request socket" in obs.error
