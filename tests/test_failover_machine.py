@@ -810,9 +810,14 @@ def _claim_then_heal_and_recut(guards: Guards) -> Simulation:
     c + 1.1 s, node1 ticks at c + 1.2 s (connected: it serves on), the link is cut again at
     c + 1.3 s; node2 ticks at c + 2.9 s and c + 4.1 s (the key held 4.1 s >= settle), node1's
     next tick is due at c + 4.2 s (its gap: 3 s). The claim's argument ("free at the claim, so
-    the other node has seen the cut by now") does not survive the heal."""
+    the other node has seen the cut by now") does not survive the heal. Without a watchdog
+    (settle 4.04 s): with one the settle time covers its timeout (6.6 s with the shipped 3.5 s),
+    longer than node1's gap after the heal, and this run cannot show the race."""
     sim = new_simulation(
-        WITNESS_SPEC, fencing="resource-only", guards=guards, raise_on_violation=True
+        witness_spec(watchdog=False),
+        fencing="resource-only",
+        guards=guards,
+        raise_on_violation=True,
     )
     n1, n2 = NODES
     sim.set_pool_master(n1)

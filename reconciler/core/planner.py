@@ -693,7 +693,9 @@ def _plan_claim_before_promote(
     if needs:
         index = rec.act(
             ActionKind.CLAIM_WITNESS,
-            "refresh this node's witness lease right before promoting while disconnected",
+            "claim the free witness key right before promoting while disconnected"
+            if observed.witness.holder is None
+            else "refresh this node's witness lease right before promoting while disconnected",
         )
         for name in needs:
             rec.res_tail[name] = index

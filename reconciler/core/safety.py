@@ -270,6 +270,21 @@ def _witness(
             f"{where}; the witness key is held by {w.holder} (its lease has not expired): no "
             "promotion while disconnected",
         )
+    gone = res.disconnected_for
+    if w.holder is None and gone is not None and gone >= timing.settle and timing.hold <= 0:
+        # Nothing is left to wait for once the key is ours: the other node saw the cut over a
+        # settle time ago (stopped, if it served unleased; a leased one stopped before its
+        # lease could expire, which freed the key), and no watchdog window needs holding. The
+        # claim (etcd's create-if-absent: one claimant wins) runs first in the same plan and
+        # the promotion only after it succeeded: what the next tick would do, one tick sooner.
+        return Verdict(
+            True,
+            f"{where}, but the witness key is free and is claimed in this plan right before the "
+            f"promotion (reached through an etcd majority), and {res.name} has been "
+            f"disconnected for {gone:.1f} s >= settle {timing.settle:.1f} s: the other node "
+            "saw the same cut and has stopped serving",
+            claim=True,
+        )
     if w.holder is None:
         return _no(
             BlockKind.WITNESS_CLAIM,
@@ -277,7 +292,6 @@ def _witness(
             f"other node has had {timing.settle:.1f} s since the cut to notice and stop serving",
         )
     held = None if w.lease_left is None else timing.ttl - w.lease_left
-    gone = res.disconnected_for
     tail = "reached through an etcd majority); the lease is refreshed right before the promotion"
     if held is not None and gone is None and held >= timing.settle:
         return Verdict(

@@ -147,3 +147,29 @@ def test_the_default_timing_grants_nothing_beyond_the_claim_rule() -> None:
         node=ME,
     )
     assert v.refusal is BlockKind.WITNESS_SETTLING
+
+
+def test_a_free_key_is_claimed_and_promoted_on_in_one_plan_when_nothing_is_left_to_wait() -> None:
+    """No watchdog (no hold) and the resource continuously disconnected for the settle time:
+    the claim and the promotion are one plan (the promotion after the claim succeeded), one
+    tick sooner than claiming and promoting at the next tick. Otherwise the free key is
+    claimed alone, as before."""
+    timing = WitnessTiming.from_spec(witness_spec(watchdog=False).spec)
+    free = WitnessObs(enabled=True, reachable=True)
+
+    def on_free(res: ResourceObs, t: WitnessTiming) -> Verdict:
+        return may_promote(
+            res,
+            policy=DisconnectedPolicy.WITNESS,
+            liveness=NO_LIVENESS,
+            witness=free,
+            node=ME,
+            witness_timing=t,
+        )
+
+    v = on_free(cut(gone=4.1), timing)
+    assert v.ok and v.claim
+    assert "key is free and is claimed in this plan right before the promotion" in v.reason
+    assert on_free(cut(gone=4.0), timing).refusal is BlockKind.WITNESS_CLAIM  # < settle 4.04
+    assert on_free(cut(gone=None), timing).refusal is BlockKind.WITNESS_CLAIM  # polling
+    assert on_free(cut(gone=100.0), TIMING).refusal is BlockKind.WITNESS_CLAIM  # a watchdog
