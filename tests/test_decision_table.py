@@ -37,7 +37,7 @@ VERDICTS = ("primary", "secondary", "unknown")
 LOCAL = ("down", "secondary", "primary", "unreadable")
 PEER = ("peer-secondary", "peer-primary", "peer-dead", "peer-alive-disconnected")
 
-UP = "promote start-target export-lun add-vip announce-vip"
+UP = "promote add-vip announce-vip start-target export-lun"
 DOWN = "stop-target remove-vip demote"
 
 # (verdict, local, peer): "actions ! blocked"
@@ -177,27 +177,27 @@ PBD_TABLE: dict[tuple[str, str], str] = {
     ("serving-here", "usable-unknown"): "! - ? -",
     ("serving-here", "pbd-unknown"): "! - ? hypervisor-unreadable",
     ("serving-here", "xapi-down"): "! - ? hypervisor-unreadable",
-    ("bringing-up", "attached"): "promote start-target export-lun add-vip announce-vip ! - ? -",
+    ("bringing-up", "attached"): "promote add-vip announce-vip start-target export-lun ! - ? -",
     (
         "bringing-up",
         "unplugged",
-    ): "promote start-target export-lun add-vip announce-vip plug-pbd ! - ? -",
+    ): "promote add-vip announce-vip start-target export-lun plug-pbd ! - ? -",
     (
         "bringing-up",
         "unusable",
-    ): "promote start-target export-lun add-vip announce-vip replug-pbd ! - ? -",
+    ): "promote add-vip announce-vip start-target export-lun replug-pbd ! - ? -",
     (
         "bringing-up",
         "usable-unknown",
-    ): "promote start-target export-lun add-vip announce-vip ! - ? -",
+    ): "promote add-vip announce-vip start-target export-lun ! - ? -",
     (
         "bringing-up",
         "pbd-unknown",
-    ): "promote start-target export-lun add-vip announce-vip ! - ? hypervisor-unreadable",
+    ): "promote add-vip announce-vip start-target export-lun ! - ? hypervisor-unreadable",
     (
         "bringing-up",
         "xapi-down",
-    ): "promote start-target export-lun add-vip announce-vip ! - ? hypervisor-unreadable",
+    ): "promote add-vip announce-vip start-target export-lun ! - ? hypervisor-unreadable",
     ("peer-serves", "attached"): "! - ? -",
     ("peer-serves", "unplugged"): "plug-pbd ! - ? -",
     ("peer-serves", "unusable"): "replug-pbd ! - ? -",

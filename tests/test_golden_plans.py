@@ -15,12 +15,23 @@ from reconciler.core.plan import BlockKind, PlanWarning, WarningKind
 from reconciler.core.safety import invariant_violations
 from tests.simcluster import SimCluster, demo_spec, witness_spec
 
+# Connected, with a peer that is not Primary: planned before the VIP's probe answered, the VIP
+# after the target steps (the probe's wait overlaps them; add-vip checks its answer).
 BRING_UP = [
     "promote iscsi1",
     "start-target",
     "export-lun LUN 1 (iscsi1)",
     "add-vip 198.51.100.3",
     "announce-vip 198.51.100.3",
+]
+# Disconnected (a takeover after a crash): the probe's answer is in the plan, the VIP first, so
+# initiators whose ARP caches still point at the dead node are told as early as possible.
+TAKE_OVER = [
+    "promote iscsi1",
+    "add-vip 198.51.100.3",
+    "announce-vip 198.51.100.3",
+    "start-target",
+    "export-lun LUN 1 (iscsi1)",
 ]
 TEAR_DOWN = ["stop-target", "remove-vip 198.51.100.3", "demote iscsi1"]
 
@@ -116,7 +127,7 @@ def test_peer_crashed_survivor_takes_over_with_quorum(tmp_path: Path) -> None:
     c.world.crash("node1")
     c.world.pool_master = "node2"  # HA-Lizard makes the survivor pool master
     r = c.tick("node2")
-    assert steps(r) == BRING_UP
+    assert steps(r) == TAKE_OVER
     assert "quorum" in r.plan.actions[0].reason
     assert gen in c.world.nodes["node2"].resources["iscsi1"].history
     assert steps(c.tick("node2")) == []
@@ -401,7 +412,7 @@ def test_witness_survivor_claims_waits_the_settle_time_then_promotes_after_the_c
     )
     c.world.now += 2.1  # held 4.1 s >= hold 2.56 s; disconnected 14.1 s >= settle 6.60 s
     r = c.tick("node2")
-    assert steps(r) == ["claim-witness", *BRING_UP]
+    assert steps(r) == ["claim-witness", *TAKE_OVER]
     assert r.plan.actions[1].after == (0,)  # promote only once the claim succeeded
     assert c.world.serving_node("iscsi1") == "node2"
 
@@ -426,7 +437,7 @@ def test_witness_survivor_disconnected_for_the_settle_time_promotes_after_the_wa
     assert "disconnected for 12.5 s" in holding.plan.blocked[0].reason
     c.world.now += 0.1  # held 2.6 s >= hold 2.56 s; disconnected 12.6 s >= settle 6.60 s
     r = c.tick("node2")
-    assert steps(r) == ["claim-witness", *BRING_UP]
+    assert steps(r) == ["claim-witness", *TAKE_OVER]
     assert r.plan.actions[1].after == (0,)
     assert "disconnected for 12.6 s >= settle 6.6 s" in r.plan.actions[1].reason
     assert c.world.serving_node("iscsi1") == "node2"

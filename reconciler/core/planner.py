@@ -278,10 +278,8 @@ class _ServingModel:
             first_needs: tuple[int, ...] = tuple(rec.promotes[name] for name in serving)
         else:
             first_needs = ()
-        # The VIPs are decided first and acted on last: the target (and its LUNs) is defined
-        # before the address initiators connect to appears, so the first connection to the new
-        # holder finds the LUNs exported, and an ARP probe still running (``probe_pending``)
-        # overlaps the target steps; add-vip then checks its answer itself (``Action.probe``).
+        # The VIPs are decided first (a refused one keeps the target from starting); an ARP
+        # probe still running (``probe_pending``) is checked by add-vip itself (``Action.probe``).
         vips_ok = True
         vip_steps: list[tuple[str, VipObs, str]] = []  # (what, observation, verdict reason)
         for vip in spec.vips:
@@ -299,7 +297,21 @@ class _ServingModel:
         if not vips_ok and not obs.target.running:
             # Starting a target nobody can reach only widens the blast radius of a conflict.
             return
-        self._record_target(first_needs)
+        # A VIP whose probe is still running goes after the target steps, which its wait then
+        # overlaps (the planned swap's new primary); otherwise the VIP comes first: initiators
+        # find the address (and its gratuitous ARP) as early as possible, which after a crash,
+        # with their ARP caches still on the dead node, is what their reconnect waits for.
+        vip_last = any(vobs.probe_pending for what, vobs, _ in vip_steps if what == "add")
+        if vip_last:
+            self._record_target(first_needs)
+        self._record_vips(first_needs, vip_steps)
+        if not vip_last:
+            self._record_target(first_needs)
+
+    def _record_vips(
+        self, first_needs: tuple[int, ...], vip_steps: list[tuple[str, VipObs, str]]
+    ) -> None:
+        """The VIP steps of ``record_serve``."""
         for what, vobs, reason in vip_steps:
             if what == "announce":
                 self._serving_act(
