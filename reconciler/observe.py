@@ -108,8 +108,8 @@ def observe(
         )
 
     def read_vips() -> Callable[[], tuple[VipObs, ...]]:
-        # Never waits for the ARP probes of VIPs not here: ``wait_for_probes`` does, when the
-        # plan needs their answers.
+        # Never waits for the ARP probes of VIPs not here: ``complete`` does, when the plan
+        # needs their answers (``may_go_on``).
         return here(
             "vip", lambda: tuple(adapters.vip.observe(s.vips, wait_probes=False)), vip_unknown
         )
